@@ -1,0 +1,65 @@
+"""Backend names, which one runs a given call, and the implementations behind the custom op.
+
+    reference  plain PyTorch recurrence (lstm_gpu/reference.py): any device, any dtype, the oracle
+    cudnn      torch's own LSTM (torch._VF.lstm: cuDNN on CUDA, ATen's native kernels on CPU)
+    triton     persistent fused Triton kernel (kernels/triton_lstm.py)
+    numba      persistent fused Numba-CUDA kernel (kernels/numba_lstm.py)
+    auto       the fastest backend that can run the call; ``select_backend`` says which
+
+A kernel backend is a module exposing ``unsupported(...) -> str | None`` (why it cannot run a call, or
+None) and ``forward`` / ``backward`` with the contract of lstm_gpu/reference.py. A backend named
+explicitly never falls back: it runs or raises an error that says why.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+
+BACKENDS = ("auto", "reference", "cudnn", "triton", "numba")
+KERNEL_BACKENDS = {"triton": "lstm_gpu.kernels.triton_lstm", "numba": "lstm_gpu.kernels.numba_lstm"}
+
+
+def check_backend_name(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def kernel_module(backend: str) -> ModuleType:
+    """The module implementing a single-layer recurrence for an op backend ("reference", "triton", "numba")."""
+    if backend == "reference":
+        return importlib.import_module("lstm_gpu.reference")
+    try:
+        return importlib.import_module(KERNEL_BACKENDS[backend])
+    except ModuleNotFoundError as e:
+        if e.name != KERNEL_BACKENDS[backend]:
+            raise
+        raise NotImplementedError(f"backend={backend!r} is not implemented yet") from None
+
+
+def unsupported_reason(backend: str, *, device: torch.device, dtype: torch.dtype, hidden_size: int,
+                       proj_size: int, batch: int) -> str | None:
+    """Why ``backend`` cannot run a call of this shape, or None if it can."""
+    if backend in ("reference", "cudnn"):
+        return None
+    return kernel_module(backend).unsupported(device=device, dtype=dtype, hidden_size=hidden_size,
+                                              proj_size=proj_size, batch=batch)
+
+
+def select_backend(backend: str, *, device: torch.device | str, dtype: torch.dtype, hidden_size: int,
+                   proj_size: int = 0, batch: int = 1) -> str:
+    """Resolve ``backend`` (possibly "auto") to the concrete backend that will run the call.
+
+    >>> select_backend("auto", device="cpu", dtype=torch.float32, hidden_size=64)
+    'reference'
+    """
+    check_backend_name(backend)
+    device = torch.device(device)
+    if backend == "auto":
+        return "cudnn" if device.type == "cuda" else "reference"
+    reason = unsupported_reason(backend, device=device, dtype=dtype, hidden_size=hidden_size,
+                                proj_size=proj_size, batch=batch)
+    if reason is not None:
+        raise ValueError(f"backend={backend!r} cannot run this call: {reason}")
+    return backend

@@ -1,0 +1,91 @@
+"""Argument checks with errors that name the argument.
+
+Errors are ``LSTMArgumentError``, both a ValueError and a RuntimeError: nn.LSTM raises either for bad
+input, so code written against nn.LSTM keeps catching what it caught.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class LSTMArgumentError(ValueError, RuntimeError):
+    """A malformed argument to lstm_gpu.LSTM or lstm_gpu.lstm."""
+
+
+def fail(message: str):
+    raise LSTMArgumentError(message)
+
+
+def _shape(t: Tensor) -> tuple:
+    return tuple(t.shape)
+
+
+def check_tensor(name: str, t, shape: tuple, like: Tensor) -> None:
+    """``t`` is a tensor of ``shape`` with ``like``'s dtype and device."""
+    if not isinstance(t, Tensor):
+        fail(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if _shape(t) != tuple(shape):
+        fail(f"{name} must have shape {tuple(shape)}, got {_shape(t)}")
+    if t.dtype != like.dtype:
+        fail(f"{name} has dtype {t.dtype} but input has dtype {like.dtype}: they must match")
+    if t.device != like.device:
+        fail(f"{name} is on {t.device} but input is on {like.device}: they must be on the same device")
+
+
+def check_input(input, name: str = "input", ndim: int = 3) -> None:
+    if not isinstance(input, Tensor):
+        fail(f"{name} must be a torch.Tensor, got {type(input).__name__}")
+    if input.dim() != ndim:
+        fail(f"{name} must have {ndim} dimensions, got {input.dim()} (shape {_shape(input)})")
+    if input.dtype not in FLOAT_DTYPES:
+        fail(f"{name} must be a floating tensor (float16, bfloat16, float32, float64), got {input.dtype}")
+    if input.shape[0] == 0:
+        fail(f"{name} has 0 time steps: the sequence length must be at least 1")
+
+
+def check_lengths(lengths, T: int, B: int) -> None:
+    if not isinstance(lengths, Tensor):
+        fail(f"lengths must be a torch.Tensor, got {type(lengths).__name__}")
+    if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
+        fail(f"lengths must be an integer tensor, got {lengths.dtype}")
+    if _shape(lengths) != (B,):
+        fail(f"lengths must have shape ({B},) (one length per sequence), got {_shape(lengths)}")
+    if B and not torch.compiler.is_compiling():
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 1:
+            fail(f"lengths must all be >= 1, got a length of {lo}")
+        if hi > T:
+            fail(f"lengths must all be <= the sequence length {T}, got a length of {hi}")
+
+
+def check_layer_args(input, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths) -> tuple[int, int]:
+    """Checks the arguments of one layer; returns (hidden size H, output size P)."""
+    check_input(input)
+    T, B, I = input.shape
+    if not isinstance(w_hh, Tensor) or w_hh.dim() != 2 or w_hh.shape[0] % 4 or w_hh.shape[0] == 0:
+        fail(f"weight_hh must be a [4*hidden_size, hidden_size] tensor, got "
+             f"{_shape(w_hh) if isinstance(w_hh, Tensor) else type(w_hh).__name__}")
+    H = w_hh.shape[0] // 4
+    P = H
+    if w_hr is not None:
+        if not isinstance(w_hr, Tensor) or w_hr.dim() != 2:
+            fail("weight_hr must be a [proj_size, hidden_size] tensor")
+        P = w_hr.shape[0]
+        check_tensor("weight_hr", w_hr, (P, H), input)
+    check_tensor("weight_ih", w_ih, (4 * H, I), input)
+    check_tensor("weight_hh", w_hh, (4 * H, P), input)
+    if (b_ih is None) != (b_hh is None):
+        fail("bias_ih and bias_hh must be given together or both be None")
+    if b_ih is not None:
+        check_tensor("bias_ih", b_ih, (4 * H,), input)
+        check_tensor("bias_hh", b_hh, (4 * H,), input)
+    if h0 is not None:
+        check_tensor("h0", h0, (B, P), input)
+    if c0 is not None:
+        check_tensor("c0", c0, (B, H), input)
+    if lengths is not None:
+        check_lengths(lengths, T, B)
+    return H, P

@@ -1,0 +1,96 @@
+"""``lstm_gpu.lstm``: one LSTM layer, one direction, as a function.
+
+The input projection for all steps is one GEMM (``x · W_ihᵀ + b_ih + b_hh``), done here by PyTorch, so
+its gradients (dx, dW_ih, db) are GEMMs too; the recurrence is the custom op of lstm_gpu/ops.py.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import checks, ops
+from .backends import select_backend
+
+
+def lstm(input: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None = None,
+         bias_hh: Tensor | None = None, h0: Tensor | None = None, c0: Tensor | None = None, *,
+         weight_hr: Tensor | None = None, lengths: Tensor | None = None, reverse: bool = False,
+         backend: str = "auto") -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """Run one LSTM layer over a time-major sequence.
+
+    Args:
+        input: [T, B, I] (time-major).
+        weight_ih: [4H, I]; weight_hh: [4H, P]; bias_ih, bias_hh: [4H] or None. Gate order i, f, g, o.
+        h0: [B, P], c0: [B, H]; zeros when None. P = H, or the projection size with ``weight_hr`` [P, H].
+        lengths: [B] int, per-sequence lengths, non-increasing (as in a PackedSequence), each in 1..T.
+            Past its length a sequence's state is frozen and its output is zero.
+        reverse: walk each sequence backwards in time (the reverse half of a bidirectional LSTM).
+        backend: "auto", "reference", "cudnn", "triton" or "numba" (see ``lstm_gpu.select_backend``).
+
+    Returns:
+        y [T, B, P], (h_n [B, P], c_n [B, H]).
+
+    Example:
+        >>> import torch, lstm_gpu
+        >>> T, B, I, H = 5, 2, 3, 4
+        >>> x = torch.randn(T, B, I)
+        >>> w_ih, w_hh = torch.randn(4 * H, I), torch.randn(4 * H, H)
+        >>> y, (h, c) = lstm_gpu.lstm(x, w_ih, w_hh)
+        >>> y.shape, h.shape
+        (torch.Size([5, 2, 4]), torch.Size([2, 4]))
+    """
+    H, P = checks.check_layer_args(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths)
+    T, B, _ = input.shape
+    h0 = input.new_zeros(B, P) if h0 is None else h0
+    c0 = input.new_zeros(B, H) if c0 is None else c0
+    if lengths is not None:
+        lengths = lengths.to(device=input.device, dtype=torch.int64)
+    chosen = select_backend(backend, device=input.device, dtype=input.dtype, hidden_size=H,
+                            proj_size=P if weight_hr is not None else 0, batch=B)
+    if B == 0 and chosen != "cudnn":   # nothing to compute: no kernel launch for an empty batch
+        chosen = "reference"
+    if chosen == "cudnn":
+        return _torch_lstm(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, reverse)
+
+    bias = None
+    if bias_ih is not None:
+        bias = bias_ih + bias_hh
+    gates_x = F.linear(input, weight_ih, bias)
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (gates_x, h0, c0, weight_hh, weight_hr))
+    y, h_n, c_n, _, _ = ops.layer_fwd(gates_x, h0, c0, weight_hh, weight_hr, lengths, reverse, chosen, save)
+    return y, (h_n, c_n)
+
+
+def _reverse_index(T: int, lengths: Tensor | None, B: int, device) -> Tensor:
+    """idx[t, b]: the step that lands at t when each sequence is reversed within its own length."""
+    t = torch.arange(T, device=device)[:, None].expand(T, B)
+    if lengths is None:
+        return T - 1 - t
+    L = lengths[None, :]
+    return torch.where(t < L, L - 1 - t, t)
+
+
+def _torch_lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths, reverse):
+    """The "cudnn" backend for one layer: torch's own LSTM (reverse = run on time-reversed sequences)."""
+    T, B, _ = x.shape
+    if reverse:
+        idx = _reverse_index(T, lengths, B, x.device)
+        x = x.gather(0, idx[..., None].expand_as(x))
+    weights = [w for w in (w_ih, w_hh, b_ih, b_hh, w_hr) if w is not None]
+    if lengths is None:
+        y, h_n, c_n = torch._VF.lstm(x, (h0[None], c0[None]), weights, b_ih is not None, 1, 0.0, False,
+                                     False, False)
+    else:   # torch's packed LSTM wants the batch sorted by decreasing length
+        rnn = torch.nn.utils.rnn
+        packed = rnn.pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+        order, unorder = packed.sorted_indices, packed.unsorted_indices
+        hx = (h0[None].index_select(1, order), c0[None].index_select(1, order))
+        y, h_n, c_n = torch._VF.lstm(packed.data, packed.batch_sizes, hx, weights, b_ih is not None,
+                                     1, 0.0, False, False)
+        y, _ = rnn.pad_packed_sequence(rnn.PackedSequence(y, packed.batch_sizes, order, unorder), total_length=T)
+        h_n, c_n = h_n.index_select(1, unorder), c_n.index_select(1, unorder)
+    if reverse:
+        y = y.gather(0, idx[..., None].expand_as(y))
+    return y, (h_n[0], c_n[0])

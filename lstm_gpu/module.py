@@ -1,0 +1,188 @@
+"""``lstm_gpu.LSTM``: a drop-in replacement for ``torch.nn.LSTM``, and ``convert`` to swap it in.
+
+Built on ``nn.RNNBase`` (mode "LSTM"), so parameters, their names, init, state_dict and repr are
+exactly nn.LSTM's. Not a subclass of nn.LSTM: torch.compile's Dynamo refuses every nn.LSTM/GRU/RNN
+instance, and a model using this module must compile with ``fullgraph=True``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from . import checks
+from .backends import check_backend_name, select_backend
+from .functional import lstm
+
+
+class LSTM(nn.RNNBase):
+    """Multi-layer LSTM with the arguments, parameters and outputs of ``torch.nn.LSTM``.
+
+    Args: as torch.nn.LSTM (input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None), plus keyword-only
+    ``backend``: "auto" (default), "reference", "cudnn", "triton" or "numba". ``backend_for(input)``
+    tells which backend a call will use.
+
+    Example:
+        >>> import torch, lstm_gpu
+        >>> rnn = lstm_gpu.LSTM(10, 20, num_layers=2)
+        >>> output, (h_n, c_n) = rnn(torch.randn(5, 3, 10))
+        >>> output.shape, h_n.shape
+        (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]))
+    """
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
+        check_backend_name(backend)
+        self.backend = backend
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    def backend_for(self, input: Tensor | PackedSequence) -> str:
+        """The concrete backend that ``forward(input)`` runs ("auto" resolved)."""
+        data = input.data if isinstance(input, PackedSequence) else input
+        batch = int(input.batch_sizes[0]) if isinstance(input, PackedSequence) else (
+            1 if data.dim() == 2 else data.shape[0 if self.batch_first else 1])
+        return select_backend(self.backend, device=data.device, dtype=data.dtype, hidden_size=self.hidden_size,
+                              proj_size=self.proj_size, batch=batch)
+
+    # ---- forward -------------------------------------------------------------------------------
+    def forward(self, input, hx=None):
+        self._update_flat_weights()
+        packed = isinstance(input, PackedSequence)
+        sorted_indices = unsorted_indices = None
+        unbatched = False
+        if packed:
+            data, batch_sizes, sorted_indices, unsorted_indices = input
+            checks.check_input(data, "input.data (PackedSequence)", ndim=2)
+            x, B = data, int(batch_sizes[0])
+        else:
+            if not isinstance(input, Tensor) or input.dim() not in (2, 3):
+                checks.fail("input must be a 2-D (unbatched: [L, input_size]) or 3-D (batched) tensor or a "
+                            f"PackedSequence, got {_describe(input)}")
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+            checks.check_input(x)
+            B = x.shape[1]
+        self._check_input_size(x)
+        h0, c0 = self._initial_state(hx, x, B, unbatched, sorted_indices)
+        chosen = self.backend_for(input)
+
+        if chosen == "cudnn":
+            y, h_n, c_n = self._torch_lstm(x, batch_sizes if packed else None, h0, c0)
+        elif packed:
+            padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
+            y, h_n, c_n = self._run_layers(padded, h0, c0, lengths.to(data.device), chosen)
+            y = pack_padded_sequence(y, lengths, enforce_sorted=True).data
+        else:
+            y, h_n, c_n = self._run_layers(x, h0, c0, None, chosen)
+
+        if packed:
+            y = PackedSequence(y, batch_sizes, sorted_indices, unsorted_indices)
+            if unsorted_indices is not None:
+                h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+        elif unbatched:
+            y, h_n, c_n = y.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
+        elif self.batch_first:
+            y = y.transpose(0, 1)
+        return y, (h_n, c_n)
+
+    def _torch_lstm(self, x, batch_sizes, h0, c0):
+        """The "cudnn" backend: the very call torch.nn.LSTM makes."""
+        args = (self._flat_weights, self.bias, self.num_layers, self.dropout, self.training, self.bidirectional)
+        if batch_sizes is None:
+            return torch._VF.lstm(x, (h0, c0), *args, False)
+        return torch._VF.lstm(x, batch_sizes, (h0, c0), *args)
+
+    def _run_layers(self, x, h0, c0, lengths, backend):
+        """Layer by layer, direction by direction, through the single-layer op."""
+        D = 2 if self.bidirectional else 1
+        h_n, c_n = [], []
+        for layer in range(self.num_layers):
+            outputs = []
+            for direction in range(D):
+                k = layer * D + direction
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                w = {name: getattr(self, f"{name}{suffix}", None)
+                     for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
+                y, (h, c) = lstm(x, w["weight_ih"], w["weight_hh"], w["bias_ih"], w["bias_hh"], h0[k], c0[k],
+                                 weight_hr=w["weight_hr"], lengths=lengths, reverse=bool(direction),
+                                 backend=backend)
+                outputs.append(y)
+                h_n.append(h)
+                c_n.append(c)
+            x = outputs[0] if D == 1 else torch.cat(outputs, -1)
+            if self.dropout and self.training and layer < self.num_layers - 1:
+                x = F.dropout(x, self.dropout, training=True)
+        return x, torch.stack(h_n), torch.stack(c_n)
+
+    # ---- checks --------------------------------------------------------------------------------
+    def _check_input_size(self, x: Tensor) -> None:
+        if x.shape[-1] != self.input_size:
+            checks.fail(f"input.size(-1) must be equal to input_size: expected {self.input_size}, "
+                        f"got {x.shape[-1]}")
+        w = self._flat_weights[0]
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+            checks.fail(f"input dtype ({x.dtype}) does not match weight dtype ({w.dtype}): convert the "
+                        f"input with input.to({w.dtype}) or the model with model.to({x.dtype})")
+        if x.device != w.device:
+            checks.fail(f"input is on {x.device} but the weights are on {w.device}")
+
+    def _initial_state(self, hx, x, B, unbatched, sorted_indices):
+        D = 2 if self.bidirectional else 1
+        P = self.proj_size or self.hidden_size
+        h_shape, c_shape = (self.num_layers * D, B, P), (self.num_layers * D, B, self.hidden_size)
+        if hx is None:
+            return x.new_zeros(h_shape), x.new_zeros(c_shape)
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            checks.fail(f"hx must be a tuple (h_0, c_0) of two tensors, got {_describe(hx)}")
+        h0, c0 = hx
+        ndim = 2 if unbatched else 3
+        for name, t in (("h_0 (hx[0])", h0), ("c_0 (hx[1])", c0)):
+            if not isinstance(t, Tensor) or t.dim() != ndim:
+                kind = "unbatched 2-D" if unbatched else "batched 3-D"
+                checks.fail(f"for {kind} input, {name} must be {ndim}-D, got {_describe(t)}")
+        if unbatched:
+            h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
+        checks.check_tensor("h_0 (hx[0])", h0, h_shape, x)
+        checks.check_tensor("c_0 (hx[1])", c0, c_shape, x)
+        if sorted_indices is not None:
+            h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
+        return h0, c0
+
+
+def _describe(obj) -> str:
+    if isinstance(obj, Tensor):
+        return f"a {obj.dim()}-D tensor of shape {tuple(obj.shape)}"
+    return type(obj).__name__
+
+
+def convert(model: nn.Module, *, backend: str = "auto") -> nn.Module:
+    """Replace every ``torch.nn.LSTM`` in ``model`` by an ``lstm_gpu.LSTM`` sharing its parameters.
+
+    In place (the same Parameter objects move over, so optimizers keep working); returns the model, or
+    the new module when ``model`` is itself an nn.LSTM.
+
+        >>> import torch, lstm_gpu
+        >>> model = torch.nn.Sequential(torch.nn.LSTM(4, 8))
+        >>> type(lstm_gpu.convert(model)[0]).__name__
+        'LSTM'
+    """
+    if isinstance(model, nn.LSTM):
+        return _from_torch(model, backend)
+    for name, child in model.named_children():
+        setattr(model, name, convert(child, backend=backend))
+    return model
+
+
+def _from_torch(old: nn.LSTM, backend: str) -> LSTM:
+    new = LSTM(old.input_size, old.hidden_size, num_layers=old.num_layers, bias=old.bias,
+               batch_first=old.batch_first, dropout=old.dropout, bidirectional=old.bidirectional,
+               proj_size=old.proj_size, device="meta", backend=backend)
+    for name in old._flat_weights_names:
+        setattr(new, name, getattr(old, name))
+    new.train(old.training)
+    return new

@@ -1,0 +1,94 @@
+"""The single-layer LSTM recurrence as PyTorch custom ops, with autograd.
+
+    lstm_gpu::layer_fwd  gates_x, h0, c0, w_hh, w_hr?, lengths? -> y, h_n, c_n, gates, cells
+    lstm_gpu::layer_bwd  dy, dh_n, dc_n, saved tensors          -> dgates_x, dh0, dc0, dw_hh, dw_hr
+
+Both are opaque to torch.compile (their fake functions give exact output shapes), dispatch on a
+concrete backend name ("reference", "triton", "numba"), and are tied together by
+``register_autograd``. The input projection and its gradients (dx, dW_ih, db) are ordinary PyTorch
+GEMMs around the op, in lstm_gpu/functional.py. ``gates`` and ``cells`` are the tensors backward needs;
+they are empty when ``save`` is False (inference).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import reference
+from .backends import kernel_module
+
+
+def _saved_shapes(gates_x: Tensor, save: bool):
+    T, B, G = gates_x.shape
+    if not save:
+        return (0,), (0,)
+    return (T, B, G), (T, B, G // 4)
+
+
+@torch.library.custom_op("lstm_gpu::layer_fwd", mutates_args=())
+def layer_fwd(gates_x: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None,
+              lengths: Tensor | None, reverse: bool, backend: str, save: bool
+              ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    y, h_n, c_n, gates, cells = kernel_module(backend).forward(
+        gates_x, h0, c0, w_hh, w_hr, lengths, reverse)
+    if not save:
+        acc = reference.accumulation_dtype(gates_x.dtype)
+        gates = cells = gates_x.new_empty(0, dtype=acc)
+    return y, h_n, c_n, gates, cells
+
+
+@layer_fwd.register_fake
+def _(gates_x, h0, c0, w_hh, w_hr, lengths, reverse, backend, save):
+    T, B, G = gates_x.shape
+    P = h0.shape[-1]
+    acc = reference.accumulation_dtype(gates_x.dtype)
+    g_shape, c_shape = _saved_shapes(gates_x, save)
+    return (gates_x.new_empty(T, B, P), gates_x.new_empty(B, P), gates_x.new_empty(B, G // 4),
+            gates_x.new_empty(g_shape, dtype=acc), gates_x.new_empty(c_shape, dtype=acc))
+
+
+@torch.library.custom_op("lstm_gpu::layer_bwd", mutates_args=())
+def layer_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, gates: Tensor, cells: Tensor, h0: Tensor, c0: Tensor,
+              y: Tensor, w_hh: Tensor, w_hr: Tensor | None, lengths: Tensor | None, reverse: bool,
+              backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    dgates, dh0, dc0, dw_hr = kernel_module(backend).backward(
+        dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), gates, cells, h0, c0, y, w_hh, w_hr,
+        lengths, reverse)
+    dt = y.dtype
+    dgates = dgates.to(dt)
+    dw_hh = reference.weight_grad_hh(dgates, y, h0, lengths, reverse).to(w_hh.dtype)
+    dw_hr = w_hh.new_empty(0) if dw_hr is None else dw_hr.to(w_hr.dtype)
+    return dgates, dh0.to(h0.dtype), dc0.to(c0.dtype), dw_hh, dw_hr
+
+
+@layer_bwd.register_fake
+def _(dy, dh_n, dc_n, gates, cells, h0, c0, y, w_hh, w_hr, lengths, reverse, backend):
+    dw_hr = w_hh.new_empty(0) if w_hr is None else torch.empty_like(w_hr)
+    return (y.new_empty(gates.shape), torch.empty_like(h0), torch.empty_like(c0),
+            torch.empty_like(w_hh), dw_hr)
+
+
+def _setup_context(ctx, inputs, output):
+    gates_x, h0, c0, w_hh, w_hr, lengths, reverse, backend, save = inputs
+    y, _, _, gates, cells = output
+    if not save and ctx.needs_input_grad is not None and any(ctx.needs_input_grad[:5]):
+        ctx.missing_saved = True
+    else:
+        ctx.missing_saved = False
+    ctx.reverse, ctx.backend, ctx.has_proj = reverse, backend, w_hr is not None
+    ctx.save_for_backward(gates, cells, h0, c0, y, w_hh, w_hr, lengths)
+
+
+def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
+    if ctx.missing_saved:
+        raise RuntimeError("lstm_gpu::layer_fwd was called with save=False, so it cannot be differentiated")
+    gates, cells, h0, c0, y, w_hh, w_hr, lengths = ctx.saved_tensors
+    dy = torch.zeros_like(y) if dy is None else dy
+    dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
+    dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
+    dgates, dh0, dc0, dw_hh, dw_hr = layer_bwd(dy, dh_n, dc_n, gates, cells, h0, c0, y, w_hh, w_hr,
+                                               lengths, ctx.reverse, ctx.backend)
+    return dgates, dh0, dc0, dw_hh, (dw_hr if ctx.has_proj else None), None, None, None, None
+
+
+layer_fwd.register_autograd(_backward, setup_context=_setup_context)
