@@ -30,7 +30,8 @@ def layer_fwd(gates_x: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tenso
               lengths: Tensor | None, reverse: bool, backend: str, save: bool
               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     y, h_n, c_n, gates, cells = kernel_module(backend).forward(
-        gates_x, h0, c0, w_hh, w_hr, lengths, reverse)
+        gates_x.contiguous(), h0.contiguous(), c0.contiguous(), w_hh.contiguous(),
+        None if w_hr is None else w_hr.contiguous(), lengths, reverse, save)
     if not save:
         acc = reference.accumulation_dtype(gates_x.dtype)
         gates = cells = gates_x.new_empty(0, dtype=acc)
@@ -52,8 +53,8 @@ def layer_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, gates: Tensor, cells: Tens
               y: Tensor, w_hh: Tensor, w_hr: Tensor | None, lengths: Tensor | None, reverse: bool,
               backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     dgates, dh0, dc0, dw_hr = kernel_module(backend).backward(
-        dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), gates, cells, h0, c0, y, w_hh, w_hr,
-        lengths, reverse)
+        dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), gates, cells, h0.contiguous(),
+        c0.contiguous(), y, w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(), lengths, reverse)
     dt = y.dtype
     dgates = dgates.to(dt)
     dw_hh = reference.weight_grad_hh(dgates, y, h0, lengths, reverse).to(w_hh.dtype)

@@ -10,12 +10,13 @@ recurrence starts from the pre-computed input gates:
 
 Every backend (Triton, Numba-CUDA) implements exactly this contract, tensor for tensor:
 
-forward(gates_x [T,B,4H], h0 [B,P], c0 [B,H], w_hh [4H,P], w_hr [P,H] | None, lengths [B] | None,
-        reverse) -> y [T,B,P], h_n [B,P], c_n [B,H], gates [T,B,4H], cells [T,B,H]
+forward(gates_x [T,B,4H], h0 [B,P], c0 [B,H], w_hh [4H,P], w_hr [P,H] | None, lengths [B] int64 | None,
+        reverse, save) -> y [T,B,P], h_n [B,P], c_n [B,H], gates [T,B,4H], cells [T,B,H]
 
 where P = H without projection. ``gates`` holds the activated (i, f, g, o) and ``cells`` the cell
 state after every step; both are kept in the accumulation dtype (float64 for float64 inputs, float32
-otherwise) because backward needs them exactly.
+otherwise) because backward needs them exactly. With ``save`` False (inference) a backend may skip
+them and return None. All tensors arrive contiguous and on one device.
 
 Variable lengths (packed sequences), as cuDNN does it: sequence b only lives for t < lengths[b].
 Past its end its state is frozen (``cells[t]`` repeats the carried state) and its output is zero. With
@@ -66,7 +67,7 @@ def weight_grad_hh(dgates: Tensor, y: Tensor, h0: Tensor, lengths: Tensor | None
 
 
 def forward(gates_x: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None = None,
-            lengths: Tensor | None = None, reverse: bool = False):
+            lengths: Tensor | None = None, reverse: bool = False, save: bool = True):
     T, B, G = gates_x.shape
     H = G // 4
     acc = accumulation_dtype(gates_x.dtype)

@@ -1,0 +1,44 @@
+"""Host-side logic shared by the Triton and Numba-CUDA backends: where they may run, and the shape
+and dtype checks. The kernels themselves are each language's own (triton_lstm.py, numba_lstm.py).
+
+CPU runs: the Triton interpreter (TRITON_INTERPRET=1) and the Numba simulator (NUMBA_ENABLE_CUDASIM=1)
+run programs/blocks one at a time, so a grid barrier across several of them would deadlock; on CPU the
+backends use their one-program / one-block configuration of the same kernels.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+ENV_FOR_CPU = {"triton": "TRITON_INTERPRET", "numba": "NUMBA_ENABLE_CUDASIM"}
+
+
+def cpu_emulation(backend: str) -> bool:
+    """True when ``backend`` runs its kernels on CPU tensors (Triton interpreter / Numba simulator)."""
+    return os.environ.get(ENV_FOR_CPU[backend], "0") == "1"
+
+
+def common_unsupported(backend: str, *, device: torch.device, dtype: torch.dtype, proj_size: int,
+                       dtypes: tuple[torch.dtype, ...]) -> str | None:
+    """Reasons shared by both kernel backends for refusing a call, or None."""
+    if device.type == "cpu":
+        if not cpu_emulation(backend):
+            var = ENV_FOR_CPU[backend]
+            return (f"CPU tensors need {var}=1 set before the {backend} module is first imported "
+                    f"(the {backend} kernels then run emulated on CPU); otherwise move the model and "
+                    f"input to CUDA, or use backend='reference'")
+    elif device.type != "cuda":
+        return f"the {backend} kernels run on CUDA devices, got device {device}"
+    if proj_size:
+        return "proj_size > 0 (LSTM with projections) is not implemented in the fused kernels"
+    if dtype not in dtypes:
+        return f"dtype {dtype} is not supported (supported: {', '.join(str(d) for d in dtypes)})"
+    return None
+
+
+def lengths_or_full(lengths: torch.Tensor | None, T: int, B: int, device) -> torch.Tensor:
+    """Per-sequence lengths as int32 on ``device``; every sequence has length T when none are given."""
+    if lengths is None:
+        return torch.full((B,), T, dtype=torch.int32, device=device)
+    return lengths.to(device=device, dtype=torch.int32)
