@@ -34,7 +34,7 @@ def layer_fwd(gates_x: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tenso
         None if w_hr is None else w_hr.contiguous(), lengths, reverse, save)
     if not save:
         acc = reference.accumulation_dtype(gates_x.dtype)
-        gates = cells = gates_x.new_empty(0, dtype=acc)
+        gates, cells = gates_x.new_empty(0, dtype=acc), gates_x.new_empty(0, dtype=acc)
     return y, h_n, c_n, gates, cells
 
 

@@ -1,0 +1,95 @@
+"""The custom ops (opcheck), the functional entry point, the backend choice and the "cudnn" backend."""
+import pytest
+import torch
+
+import lstm_gpu
+from lstm_gpu import ops
+from helpers import assert_close, twin_lstms
+
+
+def layer_args(T=4, B=3, H=5, P=None, lengths=None, requires_grad=True, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    P = P or H
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=dtype).requires_grad_(requires_grad)  # noqa: E731
+    w_hr = mk(P, H) if P != H else None
+    return (mk(T, B, 4 * H), mk(B, P), mk(B, H), mk(4 * H, P), w_hr, lengths)
+
+
+CASES = [
+    dict(),
+    dict(lengths=torch.tensor([4, 2, 1])),
+    dict(lengths=torch.tensor([1, 4, 3])),
+    dict(P=3),
+    dict(P=3, lengths=torch.tensor([3, 3, 2])),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_opcheck_layer_fwd(case, reverse):
+    args = layer_args(**case)
+    torch.library.opcheck(ops.layer_fwd, (*args, reverse, "reference", True))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_opcheck_layer_fwd_without_saving(reverse):
+    args = layer_args(requires_grad=False, lengths=torch.tensor([4, 2, 2]))
+    torch.library.opcheck(ops.layer_fwd, (*args, reverse, "reference", False))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_opcheck_layer_bwd(case):
+    gates_x, h0, c0, w_hh, w_hr, lengths = layer_args(requires_grad=False, **case)
+    y, h_n, c_n, gates, cells = ops.layer_fwd(gates_x, h0, c0, w_hh, w_hr, lengths, True, "reference", True)
+    dy, dh, dc = torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n)
+    torch.library.opcheck(ops.layer_bwd, (dy, dh, dc, gates, cells, h0, c0, y, w_hh, w_hr, lengths, True,
+                                          "reference"))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", [None, torch.tensor([5, 2, 3, 1])])
+@pytest.mark.parametrize("proj", [0, 2])
+@pytest.mark.parametrize("backend", ["reference", "cudnn"])
+def test_functional_matches_torch_single_direction(reverse, lengths, proj, backend):
+    """lstm_gpu.lstm for one direction == the matching half of a bidirectional nn.LSTM."""
+    T, B, I, H = 5, 4, 3, 4
+    ref = torch.nn.LSTM(I, H, bidirectional=True, proj_size=proj).double()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    P = proj or H
+    h0, c0 = torch.randn(2, B, P, dtype=torch.float64), torch.randn(2, B, H, dtype=torch.float64)
+    if lengths is None:
+        y_ref, (h_ref, c_ref) = ref(x, (h0, c0))
+    else:
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+        out, (h_ref, c_ref) = ref(packed, (h0, c0))
+        y_ref, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)
+    d = 1 if reverse else 0
+    sfx = "_l0_reverse" if reverse else "_l0"
+    w = lambda n: getattr(ref, n + sfx, None)  # noqa: E731
+    y, (h, c) = lstm_gpu.lstm(x, w("weight_ih"), w("weight_hh"), w("bias_ih"), w("bias_hh"), h0[d], c0[d],
+                              weight_hr=w("weight_hr"), lengths=lengths, reverse=reverse, backend=backend)
+    assert_close(y, y_ref[..., d * P:(d + 1) * P], 1e-12, what="y")
+    assert_close(h, h_ref[d], 1e-12, what="h_n")
+    assert_close(c, c_ref[d], 1e-12, what="c_n")
+
+
+def test_cudnn_backend_module_matches_nn_lstm():
+    ref, ours = twin_lstms(3, 5, num_layers=2, bidirectional=True, backend="cudnn")
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    for a, b in zip((ours(x)[0], *ours(x)[1]), (ref(x)[0], *ref(x)[1])):
+        assert torch.equal(a, b)
+
+
+def test_auto_backend_is_inspectable():
+    m = lstm_gpu.LSTM(3, 4)
+    assert m.backend_for(torch.randn(2, 1, 3)) == "reference"
+    assert lstm_gpu.select_backend("auto", device="cpu", dtype=torch.float32, hidden_size=4) == "reference"
+    assert lstm_gpu.select_backend("auto", device="cuda", dtype=torch.float32, hidden_size=10**6) == "cudnn"
+
+
+def test_inference_does_not_save_activations():
+    args = layer_args(requires_grad=False)
+    _, _, _, gates, cells = ops.layer_fwd(*args, False, "reference", False)
+    assert gates.numel() == 0 and cells.numel() == 0
+    with torch.no_grad():
+        lstm_gpu.LSTM(3, 4)(torch.randn(2, 1, 3))
