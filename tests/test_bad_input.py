@@ -1,0 +1,112 @@
+"""Every malformed call raises a clear error naming the argument (never a crash or a wrong answer)."""
+import pytest
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import lstm_gpu
+from lstm_gpu import LSTMArgumentError
+
+f64 = dict(dtype=torch.float64)
+
+
+def module(**kw):
+    return lstm_gpu.LSTM(3, 4, **kw).double()
+
+
+BAD_MODULE_CALLS = [  # (id, module kwargs, input, hx, expected words in the message)
+    ("4-D input", {}, torch.randn(2, 3, 4, 3, **f64), None, "2-D"),
+    ("1-D input", {}, torch.randn(3, **f64), None, "2-D"),
+    ("wrong feature size", {}, torch.randn(5, 2, 7, **f64), None, "input_size"),
+    ("zero steps", {}, torch.randn(0, 2, 3, **f64), None, "time steps"),
+    ("input dtype", {}, torch.randn(5, 2, 3), None, "dtype"),
+    ("integer input", {}, torch.ones(5, 2, 3, dtype=torch.int64), None, "floating"),
+    ("h0 wrong batch", {}, torch.randn(5, 2, 3, **f64),
+     (torch.zeros(1, 3, 4, **f64), torch.zeros(1, 2, 4, **f64)), "h_0"),
+    ("c0 wrong size", {}, torch.randn(5, 2, 3, **f64),
+     (torch.zeros(1, 2, 4, **f64), torch.zeros(1, 2, 5, **f64)), "c_0"),
+    ("h0 wrong layers", {"num_layers": 2}, torch.randn(5, 2, 3, **f64),
+     (torch.zeros(1, 2, 4, **f64), torch.zeros(1, 2, 4, **f64)), "h_0"),
+    ("h0 2-D for batched", {}, torch.randn(5, 2, 3, **f64),
+     (torch.zeros(2, 4, **f64), torch.zeros(2, 4, **f64)), "3-D"),
+    ("h0 3-D for unbatched", {}, torch.randn(5, 3, **f64),
+     (torch.zeros(1, 1, 4, **f64), torch.zeros(1, 1, 4, **f64)), "2-D"),
+    ("h0 dtype", {}, torch.randn(5, 2, 3, **f64),
+     (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4, **f64)), "dtype"),
+    ("hx not a tuple", {}, torch.randn(5, 2, 3, **f64), torch.zeros(1, 2, 4, **f64), "tuple"),
+    ("h0 proj size", {"proj_size": 2}, torch.randn(5, 2, 3, **f64),
+     (torch.zeros(1, 2, 4, **f64), torch.zeros(1, 2, 4, **f64)), "h_0"),
+    ("input not a tensor", {}, [[1.0, 2.0, 3.0]], None, "tensor"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_MODULE_CALLS, ids=[c[0] for c in BAD_MODULE_CALLS])
+def test_bad_module_call_raises_a_named_error(case):
+    _, kwargs, x, hx, words = case
+    with pytest.raises(LSTMArgumentError, match=words):
+        module(**kwargs)(x, hx)
+
+
+def test_errors_are_both_value_and_runtime_errors():
+    """nn.LSTM raises ValueError for some bad input and RuntimeError for other: both are caught."""
+    for exc in (ValueError, RuntimeError):
+        with pytest.raises(exc):
+            module()(torch.randn(5, 2, 7, **f64))
+
+
+def test_device_mismatch_is_named():
+    with pytest.raises(LSTMArgumentError, match="meta"):
+        module()(torch.randn(5, 2, 3, **f64, device="meta"))
+
+
+def test_bad_backend_name():
+    with pytest.raises(ValueError, match="backend"):
+        lstm_gpu.LSTM(3, 4, backend="cudnnn")
+    with pytest.raises(ValueError, match="backend"):
+        lstm_gpu.lstm(torch.randn(2, 1, 3), torch.randn(16, 3), torch.randn(16, 4), backend="fast")
+
+
+def test_unsorted_lengths_with_enforce_sorted():
+    with pytest.raises(RuntimeError, match="sorted"):
+        pack_padded_sequence(torch.randn(5, 3, 3, **f64), torch.tensor([3, 5, 2]), enforce_sorted=True)
+
+
+def _layer(T=4, B=2, I=3, H=4):
+    return torch.randn(T, B, I), torch.randn(4 * H, I), torch.randn(4 * H, H)
+
+
+@pytest.mark.parametrize("lengths,words", [
+    (torch.tensor([4, 0]), ">= 1"),
+    (torch.tensor([-1, 2]), ">= 1"),
+    (torch.tensor([5, 2]), "<= the sequence length"),
+    (torch.tensor([4, 2, 1]), "shape"),
+    (torch.tensor([4.0, 2.0]), "integer"),
+])
+def test_bad_lengths(lengths, words):
+    x, w_ih, w_hh = _layer()
+    with pytest.raises(LSTMArgumentError, match=words):
+        lstm_gpu.lstm(x, w_ih, w_hh, lengths=lengths, backend="reference")
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(weight_ih=torch.randn(16, 5)), "weight_ih"),
+    (dict(weight_hh=torch.randn(15, 4)), "weight_hh"),
+    (dict(weight_hh=torch.randn(16, 3)), "weight_hh"),
+    (dict(bias_ih=torch.randn(16)), "bias_hh"),
+    (dict(bias_ih=torch.randn(15), bias_hh=torch.randn(16)), "bias_ih"),
+    (dict(h0=torch.randn(3, 4)), "h0"),
+    (dict(c0=torch.randn(2, 4, dtype=torch.float64)), "c0"),
+    (dict(weight_hr=torch.randn(2, 5)), "weight_hr"),
+])
+def test_bad_functional_arguments(kwargs, words):
+    x, w_ih, w_hh = _layer()
+    args = dict(weight_ih=w_ih, weight_hh=w_hh)
+    args.update(kwargs)
+    with pytest.raises(LSTMArgumentError, match=words):
+        lstm_gpu.lstm(x, **args)
+
+
+def test_kernel_backend_without_emulation_on_cpu_says_why(monkeypatch):
+    for backend, var in (("triton", "TRITON_INTERPRET"), ("numba", "NUMBA_ENABLE_CUDASIM")):
+        monkeypatch.setenv(var, "0")
+        with pytest.raises((ValueError, NotImplementedError), match=backend):
+            lstm_gpu.select_backend(backend, device="cpu", dtype=torch.float32, hidden_size=8)

@@ -1,0 +1,51 @@
+"""lstm_gpu.convert: swaps every nn.LSTM for lstm_gpu.LSTM, sharing the parameters."""
+import torch
+from torch import nn
+
+import lstm_gpu
+from helpers import assert_close
+
+
+class Tagger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(10, 4)
+        self.encoder = nn.Sequential(nn.LSTM(4, 6, num_layers=2, bidirectional=True, batch_first=True))
+        self.decoder = nn.LSTM(12, 5, proj_size=3)
+        self.head = nn.Linear(3, 7)
+
+    def forward(self, tokens):
+        y, _ = self.encoder[0](self.embed(tokens))
+        y, _ = self.decoder(y.transpose(0, 1))
+        return self.head(y)
+
+
+def test_convert_replaces_every_lstm_and_keeps_outputs_and_gradients():
+    torch.manual_seed(0)
+    model = Tagger().double()
+    tokens = torch.randint(0, 10, (3, 5))
+    expected = model(tokens)
+    expected.sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    params_before = {n: p for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    assert lstm_gpu.convert(model, backend="reference") is model
+    assert isinstance(model.encoder[0], lstm_gpu.LSTM) and isinstance(model.decoder, lstm_gpu.LSTM)
+    assert not any(type(m) is nn.LSTM for m in model.modules())
+    assert model.encoder[0].batch_first and model.decoder.proj_size == 3
+    for n, p in model.named_parameters():
+        assert p is params_before[n], f"{n} is not the same Parameter object"
+
+    out = model(tokens)
+    assert_close(out, expected, 1e-12, what="output")
+    out.sum().backward()
+    for n, p in model.named_parameters():
+        assert_close(p.grad, ref_grads[n], 1e-12, what=n)
+
+
+def test_convert_an_lstm_itself_and_keep_training_mode():
+    lstm = nn.LSTM(3, 4, dropout=0.2, num_layers=2).eval()
+    new = lstm_gpu.convert(lstm)
+    assert isinstance(new, lstm_gpu.LSTM) and not new.training and new.dropout == 0.2
+    assert new.weight_hh_l1 is lstm.weight_hh_l1
