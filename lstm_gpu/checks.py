@@ -23,13 +23,13 @@ def _shape(t: Tensor) -> tuple:
     return tuple(t.shape)
 
 
-def check_tensor(name: str, t, shape: tuple, like: Tensor) -> None:
-    """``t`` is a tensor of ``shape`` with ``like``'s dtype and device."""
+def check_tensor(name: str, t, shape: tuple, like: Tensor, check_dtype: bool = True) -> None:
+    """``t`` is a tensor of ``shape`` with ``like``'s device (and dtype, if ``check_dtype``)."""
     if not isinstance(t, Tensor):
         fail(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if _shape(t) != tuple(shape):
         fail(f"{name} must have shape {tuple(shape)}, got {_shape(t)}")
-    if t.dtype != like.dtype:
+    if check_dtype and t.dtype != like.dtype:
         fail(f"{name} has dtype {t.dtype} but input has dtype {like.dtype}: they must match")
     if t.device != like.device:
         fail(f"{name} is on {t.device} but input is on {like.device}: they must be on the same device")

@@ -147,8 +147,9 @@ class LSTM(nn.RNNBase):
                 checks.fail(f"for {kind} input, {name} must be {ndim}-D, got {_describe(t)}")
         if unbatched:
             h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-        checks.check_tensor("h_0 (hx[0])", h0, h_shape, x)
-        checks.check_tensor("c_0 (hx[1])", c0, c_shape, x)
+        exact = not torch.is_autocast_enabled(x.device.type)   # under autocast the op casts h0, c0
+        checks.check_tensor("h_0 (hx[0])", h0, h_shape, x, check_dtype=exact)
+        checks.check_tensor("c_0 (hx[1])", c0, c_shape, x, check_dtype=exact)
         if sorted_indices is not None:
             h0, c0 = h0.index_select(1, sorted_indices), c0.index_select(1, sorted_indices)
         return h0, c0

@@ -93,3 +93,23 @@ def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
 
 
 layer_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# Autocast: like torch's own LSTM, the op runs in the autocast dtype (bfloat16 or float16, whichever the
+# active autocast asks for; float64 is left alone), and autograd records the casts.
+_lib = torch.library.Library("lstm_gpu", "FRAGMENT")
+
+
+def _autocast_kernel(device_type: str):
+    key = getattr(torch._C.DispatchKey, "Autocast" + torch._C._dispatch_key_for_device(device_type))
+
+    def kernel(_keyset, gates_x, h0, c0, w_hh, w_hr, *rest):
+        from .functional import autocast_cast
+        with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
+            return layer_fwd._opoverload(*autocast_cast(device_type, gates_x, h0, c0, w_hh, w_hr), *rest)
+    return kernel
+
+
+for _device_type in ("cpu", "cuda"):
+    _lib.impl("layer_fwd", _autocast_kernel(_device_type),
+              "Autocast" + torch._C._dispatch_key_for_device(_device_type), with_keyset=True)

@@ -1,0 +1,73 @@
+"""Autocast, streaming inference and serialisation (CPU parts; the CUDA parts are in test_ecosystem_gpu.py)."""
+import io
+
+import torch
+
+import lstm_gpu
+from helpers import assert_close, twin_lstms
+
+
+def test_cpu_autocast_runs_in_bfloat16_like_nn_lstm():
+    ref, ours = twin_lstms(3, 8, num_layers=2, bidirectional=True, dtype=torch.float32)
+    x = torch.randn(6, 2, 3)
+    exact, _ = ref(x)
+    results = []
+    for m in (ref, ours):
+        m.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, (h, c) = m(x)
+        assert (y.dtype, h.dtype, c.dtype) == (torch.bfloat16,) * 3
+        y.float().square().sum().backward()
+        assert all(p.grad.dtype == torch.float32 for p in m.parameters())
+        results.append(((y.float() - exact).abs().max().item(), [p.grad for p in m.parameters()]))
+    (ref_err, ref_grads), (our_err, our_grads) = results
+    assert our_err <= 2 * ref_err + 1e-3, f"bf16 error {our_err:.2e} vs nn.LSTM's {ref_err:.2e}"
+    for a, b in zip(our_grads, ref_grads):
+        assert_close(a, b, 3e-2, rtol=3e-2, what="autocast grad")
+
+
+def test_streaming_chunks_equal_one_call():
+    """Carrying (h, c) across calls chunk by chunk gives the outputs of one call on the whole sequence."""
+    _, rnn = twin_lstms(3, 5, num_layers=2, batch_first=True)
+    x = torch.randn(2, 11, 3, dtype=torch.float64)
+    whole, (h_whole, c_whole) = rnn(x)
+    state, outputs = None, []
+    for chunk in x.split(4, dim=1):
+        y, state = rnn(chunk, state)
+        outputs.append(y)
+    assert_close(torch.cat(outputs, 1), whole, 1e-12, what="streamed output")
+    assert_close(state[0], h_whole, 1e-12, what="h_n")
+    assert_close(state[1], c_whole, 1e-12, what="c_n")
+
+
+class Model(torch.nn.Module):
+    def __init__(self, lstm_cls, **kw):
+        super().__init__()
+        self.rnn = lstm_cls(4, 6, num_layers=2, **kw)
+        self.head = torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+def test_torch_save_and_load_a_whole_model():
+    model = Model(lstm_gpu.LSTM, backend="reference").double()
+    x = torch.randn(5, 2, 4, dtype=torch.float64)
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert isinstance(loaded.rnn, lstm_gpu.LSTM) and loaded.rnn.backend == "reference"
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_nn_lstm_checkpoint_loads_into_lstm_gpu_model():
+    torch.manual_seed(0)
+    theirs = Model(torch.nn.LSTM).double()
+    buf = io.BytesIO()
+    torch.save(theirs.state_dict(), buf)
+    buf.seek(0)
+    ours = Model(lstm_gpu.LSTM).double()
+    ours.load_state_dict(torch.load(buf))
+    x = torch.randn(5, 2, 4, dtype=torch.float64)
+    assert_close(ours(x), theirs(x), 1e-12, what="output after loading an nn.LSTM checkpoint")
