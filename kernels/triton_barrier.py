@@ -1,0 +1,52 @@
+"""A grid-wide barrier written in Triton (Triton has none built in).
+
+Supported: triton 3.6 and 3.9 (only ``tl.atomic_add`` with ``sem``/``scope`` and ``tl.debug_barrier`` are
+used: 3.6 has no ``tl.atomic_load`` / ``tl.atomic_poll``).
+Tested on: the Triton CPU interpreter with ONE program only (several programs run one after another
+there, so a real wait would hang), and compiled for sm_90 by tests/test_triton_sm90.py. It has NEVER run
+on a GPU with more than one program: tests/test_triton_gpu.py is the first real check.
+Known risks: every program of the grid must be co-resident (launch with ``launch_cooperative_grid=True``
+so the driver refuses an oversized grid instead of hanging); a kernel killed half-way leaves the counter
+dirty, which is why the launcher hands every launch a freshly zeroed counter.
+
+The algorithm is the textbook *sense-reversing centralised barrier* (Mellor-Crummey & Scott, 1991),
+packed into one int32 word so that a single atomic carries both fields:
+
+    bits 0..29   arrivals at the current barrier (0 .. n-1)
+    bit  30      the sense: flips once per completed barrier
+
+    arrive:   old = atomic_add(word, 1)                      (acq_rel, gpu scope)
+    last one  (old's count == n-1): atomic_add(word, ±2^30 - n)   count back to 0 and the sense flipped
+    others:   spin on atomic_add(word, 0) (acquire) until the sense differs from old's sense
+
+The word returns to "count 0" after every barrier, so one zeroed word serves every step of a launch
+(and, if it were kept, every later launch and CUDA-graph replay too). ±2^30 keeps the arithmetic inside
+int32: +2^30 sets the sense bit, -2^30 clears it.
+
+Why it is correct: all programs' stores before the barrier happen-before the last arrival (each arrival
+is a release on the same atomic word, the last arrival's read-modify-write acquires them all), which
+happens-before the flip (a release), which the spinners acquire. ``tl.debug_barrier()`` (bar.sync) on
+either side orders the other threads of each program against the one thread doing the atomics. Data
+written by other programs must then be loaded bypassing L1 (``cache_modifier=".cg"``), and the time loop
+must be ``tl.range(..., num_stages=1)`` so the software pipeliner cannot hoist next step's loads above it.
+"""
+import triton
+import triton.language as tl
+
+SENSE_BIT = 1 << 30
+
+
+@triton.jit
+def grid_barrier(p_bar, NUM_PROGRAMS: tl.constexpr):
+    """Wait until all NUM_PROGRAMS programs of the grid have arrived. ``p_bar``: one int32, zero at launch."""
+    tl.debug_barrier()                                  # every thread's stores precede the release
+    old = tl.atomic_add(p_bar, 1, sem="acq_rel", scope="gpu")
+    sense = old & 0x40000000                            # SENSE_BIT
+    if (old & 0x3FFFFFFF) == NUM_PROGRAMS - 1:          # last to arrive: reset the count, flip the sense
+        flip = tl.where(sense == 0, 0x40000000, -0x40000000)
+        tl.atomic_add(p_bar, flip - NUM_PROGRAMS, sem="release", scope="gpu")
+    else:
+        now = tl.atomic_add(p_bar, 0, sem="acquire", scope="gpu")
+        while (now & 0x40000000) == sense:
+            now = tl.atomic_add(p_bar, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()                                  # no thread reads before the acquire completed

@@ -1,0 +1,142 @@
+"""Launch configuration of the Triton LSTM kernels: tile sizes, path, grid, and what does not fit.
+
+Supports / tested on: pure host-side Python; the GPU rules were fitted to ptxas resource reports of sm_90
+compiles (tests/test_triton_sm90.py), NEVER to a run on a GPU. Known risk: a config that compiles cleanly
+can still be slow; the choices below are about fitting on chip, not about speed.
+
+Rules (GPU):
+- path: ``tl.dot`` (tensor cores for fp16/bf16, and for fp32 when the precision is tf32) when the batch is
+  large enough to fill a 16-row tile; otherwise, and always for float64, the register
+  broadcast-multiply-sum. The batch tile is BLOCK_B rows (16 on the dot path: triton 3.6 wants M ≥ 16),
+  looped over inside the program when B is larger.
+- HT (hidden units per program, all four gates) is the smallest power of two that keeps the grid
+  cdiv(H, HT) within one program per SM; the dot path needs HT ≥ 16 (N of the backward product).
+- The W_hh slice kept on chip is 4·HT·K elements (K = next power of two ≥ H). It must fit the per-program
+  budget below, or the call is unsupported (auto falls back to cuDNN).
+CPU (TRITON_INTERPRET=1): one program (HT = H), no barrier.
+
+fp32 matmul precision: ``FP32_PRECISION`` below if set, else the environment variable TRITON_F32_DEFAULT,
+else "ieee" (exact fp32, CUDA cores). "tf32" uses tensor cores with a 10-bit mantissa, as cuDNN does by
+default (torch.backends.cudnn.rnn.fp32_precision).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from . import host
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+FP32_PRECISION: str | None = None           # "ieee" | "tf32" | "tf32x3"; None: TRITON_F32_DEFAULT or "ieee"
+
+H100_SMS = 132                              # SMs of an H100 SXM, the design target
+REGS_PER_SM = 64 * 1024                     # 32-bit registers per SM (sm_80 .. sm_90)
+MAX_REGS_PER_THREAD = 255
+SHARED_PER_SM = 227 * 1024                  # bytes of shared memory one block may use on sm_90
+# Registers one program may spend on its W_hh slice: about half the register file, measured on sm_90
+# compiles (the rest holds h, the products, addresses and the cell state). 32-bit words.
+W_REG_BUDGET = 32 * 1024
+
+
+@dataclass(frozen=True)
+class LSTMConfig:
+    ht: int             # hidden units per program (power of two)
+    block_k: int        # K: next power of two ≥ H
+    block_b: int        # batch rows per tile
+    use_dot: bool       # tl.dot path (else broadcast-multiply-sum)
+    precision: str      # tl.dot input_precision for fp32
+    num_warps: int
+    num_programs: int   # grid size
+
+    def w_words(self, dtype: torch.dtype) -> int:
+        """32-bit registers the W_hh slice needs: 16-bit weights stay packed on the dot path."""
+        elems = 4 * self.ht * self.block_k
+        if dtype == torch.float64:
+            return 2 * elems
+        if self.use_dot and dtype in (torch.float16, torch.bfloat16):
+            return elems // 2
+        return elems
+
+
+def fp32_precision() -> str:
+    return FP32_PRECISION or os.environ.get("TRITON_F32_DEFAULT") or "ieee"
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def interpreter_config(*, B: int, H: int, dtype: torch.dtype, use_dot: bool | None = None) -> LSTMConfig:
+    """The one-program configuration the CPU interpreter runs (no barrier: programs run one by one)."""
+    k = max(16, _pow2(H))
+    if use_dot is None:
+        use_dot = dtype in (torch.float16, torch.bfloat16)
+    bb = 16 if use_dot else min(4, _pow2(B))
+    return LSTMConfig(ht=k, block_k=k, block_b=bb, use_dot=use_dot, precision=fp32_precision(),
+                      num_warps=4, num_programs=1)
+
+
+def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS) -> LSTMConfig:
+    """The configuration for a CUDA device with ``n_sm`` SMs (a pure function: tested without a GPU)."""
+    precision = fp32_precision()
+    tensor_cores = dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and precision != "ieee")
+    use_dot = tensor_cores and B >= 8
+    block_k = max(16, _pow2(H))
+    ht_min = 16 if use_dot else 4
+    ht = max(ht_min, _pow2(-(-H // n_sm)))
+    ht = min(ht, block_k)
+    num_programs = -(-H // ht)
+    if use_dot:
+        block_b = 16
+    else:
+        block_b = 1 if dtype == torch.float64 else min(4, _pow2(B))
+    words_per_program = LSTMConfig(ht, block_k, block_b, use_dot, precision, 4, num_programs).w_words(dtype)
+    # threads so that the weights take at most ~96 registers per thread
+    num_warps = 4
+    while num_warps < 16 and words_per_program > 96 * 32 * num_warps:
+        num_warps *= 2
+    return LSTMConfig(ht=ht, block_k=block_k, block_b=block_b, use_dot=use_dot, precision=precision,
+                      num_warps=num_warps, num_programs=num_programs)
+
+
+def sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def choose_config(*, B: int, H: int, dtype: torch.dtype, device: torch.device) -> LSTMConfig:
+    if device.type != "cuda":
+        return interpreter_config(B=B, H=H, dtype=dtype)
+    return gpu_config(B=B, H=H, dtype=dtype, n_sm=sm_count(device))
+
+
+def fits_on_chip(cfg: LSTMConfig, dtype: torch.dtype) -> str | None:
+    """Why the W_hh slice of ``cfg`` cannot stay on chip, or None."""
+    words = cfg.w_words(dtype)
+    if words > W_REG_BUDGET:
+        return (f"the W_hh slice per program ({4 * cfg.ht} rows x {cfg.block_k} = {words} 32-bit registers "
+                f"for {dtype}) exceeds the on-chip budget of {W_REG_BUDGET} registers per program")
+    return None
+
+
+def unsupported_reason(*, device: torch.device, dtype: torch.dtype, hidden_size: int, proj_size: int,
+                       batch: int, n_sm: int | None = None) -> str | None:
+    reason = host.common_unsupported("triton", device=device, dtype=dtype, proj_size=proj_size, dtypes=DTYPES)
+    if reason is not None:
+        return reason
+    if device.type != "cuda":
+        if dtype == torch.bfloat16:
+            return "bfloat16 is not supported by the Triton CPU interpreter (it stores bf16 as raw uint16)"
+        return None
+    if n_sm is None:
+        if not torch.cuda.is_available():
+            return "no CUDA device is available"
+        n_sm = sm_count(device)
+    cfg = gpu_config(B=max(batch, 1), H=hidden_size, dtype=dtype, n_sm=n_sm)
+    if cfg.num_programs > n_sm:
+        return f"hidden_size {hidden_size} needs {cfg.num_programs} programs, more than the {n_sm} SMs"
+    why = fits_on_chip(cfg, dtype)
+    if why is not None:
+        return f"hidden_size {hidden_size} is too large for the persistent kernel: {why}"
+    return None

@@ -1,0 +1,524 @@
+"""Persistent fused LSTM recurrence in Triton: forward and backward, one launch for all T steps each.
+
+Supports: one layer, one direction per call (reverse too), no projection (proj_size = 0), packed
+sequences (per-sequence ``lengths``, any order), float32 (tl.dot precision: ieee by default, see
+``kernels/triton_config.py``), float16, bfloat16 and float64 (the broadcast-multiply-sum path;
+tl.dot has no fp64). H up to what fits on chip (``triton_config.unsupported`` says the limit).
+Tested on: the Triton CPU interpreter only (TRITON_INTERPRET=1, one program, grid = 1), against
+lstm_gpu/reference.py in float64/float32/float16, and compiled for sm_90 (ptxas resource usage, no run)
+by tests/test_triton_sm90.py. IT HAS NEVER RUN ON A GPU: no timing has been measured, the multi-program
+grid barrier has never executed, and bfloat16 numerics are untested (the interpreter mangles bf16).
+Known risks: (1) the grid barrier deadlocks if the programs are not all co-resident (the cooperative
+launch should refuse instead); (2) the register / shared-memory model in triton_config.py was fitted to
+sm_90 compiles, not to measured occupancy; (3) the compiler is trusted to keep the W_hh slice loaded
+before the time loop on chip (tests/test_triton_sm90.py checks for spills, not for the exact placement).
+
+Dimension legend
+    T  time steps          B  batch            H  hidden units          G = 4H  gates (i, f, g, o)
+    HT hidden units per program (all four gates of them)       K  = BLOCK_K ≥ H, the reduction dim
+    BB batch rows per tile (BLOCK_B)                            NP  programs in the grid = cdiv(H, HT)
+
+The equations (PyTorch's gate order i, f, g, o; σ = sigmoid, ⊙ = elementwise):
+
+    z_t = gates_x[t] + h_{t-1} · W_hhᵀ          [B, 4H]    gates_x = x·W_ihᵀ + b, one GEMM outside
+    i, f, o = σ(z_i), σ(z_f), σ(z_o)     g = tanh(z_g)
+    c_t = f ⊙ c_{t-1} + i ⊙ g
+    h_t = o ⊙ tanh(c_t)
+
+    backward, walking time the other way (dh, dc carried; dh starts at dh_n, dc at dc_n):
+    dh_t  = dh + dy_t                           dc_t = dc + dh_t ⊙ o ⊙ (1 - tanh²c_t)
+    dz_i = dc_t ⊙ g ⊙ i(1-i)     dz_f = dc_t ⊙ c_{t-1} ⊙ f(1-f)     dz_g = dc_t ⊙ i ⊙ (1-g²)
+    dz_o = dh_t ⊙ tanh c_t ⊙ o(1-o)
+    dh ← dz_t · W_hh   (needs ALL of dz_t: a grid barrier per step)     dc ← dc_t ⊙ f
+
+Work split (the "persistent" part): program p owns hidden units [p·HT, (p+1)·HT) in all four gates,
+so its cell update needs nothing from the other programs. Forward keeps the rows of W_hh for its units
+(4·HT rows × H) on chip for the whole launch; every step it reads the full h_{t-1} that all programs
+wrote into y[t-1], writes its slice of h_t into y[t] (a fresh slot per step, so one grid barrier per
+step suffices) and meets the others at the barrier. Backward keeps the columns W_hh[:, p's units]
+(4H × HT), writes its slice of dz_t into dgates[t], waits at the barrier, then reads all of dz_t.
+
+Variable lengths: sequence b lives at t < lengths[b]; past its end its state is frozen, y is zero,
+``cells`` repeats the carried c, and backward passes dh/dc through untouched. The carried h of a frozen
+row is re-read where it lies (y at the row's last live step, or h0), so ``gates`` at frozen steps
+match the reference too. Reverse walks t = T-1 … 0 (a row starts at t = lengths[b]-1 from h0).
+
+Layers (fla-org layout): 1. the ``@triton.jit`` kernels; 2. the launchers ``lstm_fwd`` / ``lstm_bwd``
+(check, allocate, launch); 3./4. the autograd tie and the public function are the foundation's custom op
+(lstm_gpu/ops.py) and ``lstm_gpu.lstm``, which call this module's backend entry points ``unsupported``,
+``forward`` and ``backward`` (the contract of lstm_gpu/reference.py).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import host
+from .triton_barrier import grid_barrier
+from .triton_config import LSTMConfig, choose_config, fp32_precision, unsupported_reason
+
+__all__ = ["unsupported", "forward", "backward", "lstm_fwd", "lstm_bwd"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Kernels
+# ----------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def _tanh(x):
+    # tanh(x) = 2σ(2x) - 1: libdevice's tanh does not run in the interpreter
+    return 2.0 * _sigmoid(2.0 * x) - 1.0
+
+
+@triton.jit
+def _matmul(b_a, b_w, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """[BB, K] · W → [BB, N]. USE_DOT: W is [K, N], tensor cores (or FMA for ieee fp32).
+    Otherwise W is [N, K] and the product is a register broadcast-multiply-sum (small batch, fp64)."""
+    if USE_DOT:
+        return tl.dot(b_a.to(b_w.dtype), b_w, input_precision=PRECISION)
+    else:
+        return tl.sum(b_a[:, None, :] * b_w[None, :, :], 2)
+
+
+@triton.jit
+def _split_gates(b_z, BB: tl.constexpr, HT: tl.constexpr):
+    """[BB, 4·HT] with column n = gate·HT + j → four [BB, HT] blocks (i, f, g, o)."""
+    b_z = tl.permute(tl.reshape(b_z, (BB, 2, 2, HT)), (0, 3, 1, 2))   # [BB, HT, gate // 2, gate % 2]
+    b_ig, b_fo = tl.split(b_z)
+    b_i, b_g = tl.split(b_ig)
+    b_f, b_o = tl.split(b_fo)
+    return b_i, b_f, b_g, b_o
+
+
+@triton.jit
+def _h_prev(p_y, p_h0, t, o_b, m_b, b_len, o_k, m_k, B, H, REVERSE: tl.constexpr):
+    """h as seen by step t for the rows o_b, columns o_k: [BB, K] (input dtype).
+
+    Forward: h_{t-1} = y[min(t-1, len-1)] (a frozen row re-reads its last live output), h0 before the
+    first step. Reverse: y[t+1] while the row was already alive at t+1 (t+1 < len), otherwise h0.
+    y was written by every program: loaded with .cg (bypass L1) after the grid barrier."""
+    if REVERSE:
+        src = tl.zeros_like(b_len) + t + 1
+        has = src < b_len
+    else:
+        src = tl.minimum(tl.zeros_like(b_len) + t - 1, b_len - 1)
+        has = src >= 0
+    o_row = (src.to(tl.int64) * B + o_b) * H                       # int64: T·B·H may pass 2^31
+    m_y = (m_b & has)[:, None] & m_k[None, :]
+    m_0 = (m_b & (~has))[:, None] & m_k[None, :]
+    b_hy = tl.load(p_y + o_row[:, None] + o_k[None, :], mask=m_y, other=0., cache_modifier=".cg")
+    b_h0 = tl.load(p_h0 + o_b[:, None] * H + o_k[None, :], mask=m_0, other=0.)
+    return tl.where(m_y, b_hy, b_h0)
+
+
+@triton.jit
+def _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_w, b_c, t, i_p, i_bt, B, H,
+              REVERSE: tl.constexpr, SAVE: tl.constexpr, HT: tl.constexpr, BLOCK_K: tl.constexpr,
+              BLOCK_B: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """One step t for one batch tile: returns the new c [BB, HT] (accumulation dtype)."""
+    ACC = b_c.dtype
+    o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)                   # batch rows of this tile
+    m_b = o_b < B
+    o_j = i_p * HT + tl.arange(0, HT)                               # this program's hidden units
+    m_j = o_j < H
+    o_k = tl.arange(0, BLOCK_K)
+    m_k = o_k < H
+    b_len = tl.load(p_len + o_b, mask=m_b, other=0)
+    b_alive = (t < b_len)[:, None]                                  # [BB, 1]
+
+    # z_t = gates_x[t] + h_{t-1} · W_sliceᵀ, all four gates of this program's units at once
+    b_h = _h_prev(p_y, p_h0, t, o_b, m_b, b_len, o_k, m_k, B, H, REVERSE).to(ACC)
+    o_n = tl.arange(0, 4 * HT)                                      # column n = gate·HT + j
+    o_g = (o_n // HT) * H + i_p * HT + (o_n % HT)                   # → gate·H + unit
+    m_n = (i_p * HT + (o_n % HT)) < H
+    o_bt = (t.to(tl.int64) * B + o_b) * (4 * H)                     # row offsets into [T, B, 4H]
+    m_bn = m_b[:, None] & m_n[None, :]
+    b_z = tl.load(p_gx + o_bt[:, None] + o_g[None, :], mask=m_bn, other=0.).to(ACC)
+    b_z += _matmul(b_h, b_w, USE_DOT, PRECISION).to(ACC)
+    b_zi, b_zf, b_zg, b_zo = _split_gates(b_z, BLOCK_B, HT)
+
+    b_i, b_f, b_g, b_o = _sigmoid(b_zi), _sigmoid(b_zf), _tanh(b_zg), _sigmoid(b_zo)
+    b_c_new = b_f * b_c + b_i * b_g                                 # c_t = f ⊙ c_{t-1} + i ⊙ g
+    b_h_new = b_o * _tanh(b_c_new)                                  # h_t = o ⊙ tanh(c_t)
+    b_c_new = tl.where(b_alive, b_c_new, b_c)                       # frozen past the end
+    b_h_new = tl.where(b_alive, b_h_new, 0.)                        # zero output past the end
+
+    o_bh = (t.to(tl.int64) * B + o_b) * H                           # row offsets into [T, B, H]
+    m_bj = m_b[:, None] & m_j[None, :]
+    p_yt = p_y + o_bh[:, None] + o_j[None, :]
+    tl.store(p_yt, b_h_new.to(p_yt.dtype.element_ty), mask=m_bj)
+    if SAVE:
+        p_g = p_gates + o_bt[:, None] + o_j[None, :]                # gate k of unit j at k·H + j
+        tl.store(p_g, b_i, mask=m_bj)
+        tl.store(p_g + H, b_f, mask=m_bj)
+        tl.store(p_g + 2 * H, b_g, mask=m_bj)
+        tl.store(p_g + 3 * H, b_o, mask=m_bj)
+        tl.store(p_cells + o_bh[:, None] + o_j[None, :], b_c_new, mask=m_bj)
+    return b_c_new
+
+
+@triton.jit(do_not_specialize=["T"])
+def _lstm_fwd_kernel(
+    # pointers (all contiguous)
+    p_gx,        # [T, B, 4H] input gates x·W_ihᵀ + b, gate order i, f, g, o
+    p_h0,        # [B, H]
+    p_c0,        # [B, H]
+    p_w,         # [4H, H] W_hh
+    p_len,       # [B] int32, sequence lengths (T for all when none were given)
+    p_y,         # [T, B, H] out: h_t, zero past a row's end; also how programs exchange h
+    p_hn,        # [B, H] out
+    p_cn,        # [B, H] out
+    p_gates,     # [T, B, 4H] out (accumulation dtype): activated i, f, g, o   (SAVE only)
+    p_cells,     # [T, B, H] out (accumulation dtype): c_t                      (SAVE only)
+    p_cs,        # [B, H] accumulation-dtype scratch for c when the batch needs several tiles
+    p_bar,       # [1] int32, zero: the grid barrier's word
+    # sizes
+    T, B, H,
+    # meta-parameters
+    REVERSE: tl.constexpr, SAVE: tl.constexpr,
+    HT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, ONE_TILE: tl.constexpr,
+    USE_DOT: tl.constexpr, PRECISION: tl.constexpr, NUM_PROGRAMS: tl.constexpr, ACC: tl.constexpr,
+):
+    i_p = tl.program_id(0)
+    num_bt = tl.cdiv(B, BLOCK_B)
+
+    # This program's rows of W_hh, loaded ONCE and kept on chip for all T steps.
+    o_n = tl.arange(0, 4 * HT)                                      # n = gate·HT + j
+    o_wr = (o_n // HT) * H + i_p * HT + (o_n % HT)                  # W_hh row of (gate, unit)
+    m_n = (i_p * HT + (o_n % HT)) < H
+    o_k = tl.arange(0, BLOCK_K)
+    m_k = o_k < H
+    if USE_DOT:                                                     # [K, 4HT]: W_sliceᵀ
+        b_w = tl.load(p_w + o_wr[None, :] * H + o_k[:, None], mask=m_n[None, :] & m_k[:, None], other=0.)
+    else:                                                           # [4HT, K], upcast once
+        b_w = tl.load(p_w + o_wr[:, None] * H + o_k[None, :], mask=m_n[:, None] & m_k[None, :],
+                      other=0.).to(ACC)
+
+    o_j = i_p * HT + tl.arange(0, HT)
+    m_j = o_j < H
+    if ONE_TILE:                                                    # c lives in registers
+        o_b = tl.arange(0, BLOCK_B)
+        m_bj = (o_b < B)[:, None] & m_j[None, :]
+        b_c = tl.load(p_c0 + o_b[:, None] * H + o_j[None, :], mask=m_bj, other=0.).to(ACC)
+        for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above the barrier
+            t = T - 1 - s if REVERSE else s
+            b_c = _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_w, b_c, t, i_p, 0, B, H,
+                            REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, USE_DOT, PRECISION)
+            if NUM_PROGRAMS > 1:
+                grid_barrier(p_bar, NUM_PROGRAMS)
+            else:
+                tl.debug_barrier()
+        tl.store(p_cn + o_b[:, None] * H + o_j[None, :], b_c.to(p_cn.dtype.element_ty), mask=m_bj)
+    else:                                                           # c lives in a scratch slice
+        for i_bt in range(num_bt):
+            o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+            m_bj = (o_b < B)[:, None] & m_j[None, :]
+            o_bj = o_b[:, None] * H + o_j[None, :]
+            tl.store(p_cs + o_bj, tl.load(p_c0 + o_bj, mask=m_bj, other=0.).to(ACC), mask=m_bj)
+        for s in tl.range(T, num_stages=1):
+            t = T - 1 - s if REVERSE else s
+            for i_bt in range(num_bt):
+                o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+                m_bj = (o_b < B)[:, None] & m_j[None, :]
+                o_bj = o_b[:, None] * H + o_j[None, :]
+                tl.debug_barrier()
+                b_c = tl.load(p_cs + o_bj, mask=m_bj, other=0.)
+                b_c = _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_w, b_c, t, i_p, i_bt, B, H,
+                                REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, USE_DOT, PRECISION)
+                tl.store(p_cs + o_bj, b_c, mask=m_bj)
+            if NUM_PROGRAMS > 1:
+                grid_barrier(p_bar, NUM_PROGRAMS)
+            else:
+                tl.debug_barrier()
+        for i_bt in range(num_bt):
+            o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+            m_bj = (o_b < B)[:, None] & m_j[None, :]
+            o_bj = o_b[:, None] * H + o_j[None, :]
+            tl.store(p_cn + o_bj, tl.load(p_cs + o_bj, mask=m_bj).to(p_cn.dtype.element_ty), mask=m_bj)
+
+    # h_n: the carried h of each row, i.e. h as the step after the last one would see it
+    t_end = -1 if REVERSE else T
+    for i_bt in range(num_bt):
+        o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+        m_b = o_b < B
+        b_len = tl.load(p_len + o_b, mask=m_b, other=0)
+        b_hn = _h_prev(p_y, p_h0, t_end, o_b, m_b, b_len, o_j, m_j, B, H, REVERSE)
+        tl.store(p_hn + o_b[:, None] * H + o_j[None, :], b_hn, mask=m_b[:, None] & m_j[None, :])
+
+
+@triton.jit
+def _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, b_dh, b_dc, t, T, i_p, i_bt, B, H,
+                 REVERSE: tl.constexpr, HT: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Backward step t, part 1 (own units only): dz_t into dgates[t]; returns the carried dc."""
+    ACC = b_dc.dtype
+    o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+    m_b = o_b < B
+    o_j = i_p * HT + tl.arange(0, HT)
+    m_bj = m_b[:, None] & (o_j < H)[None, :]
+    b_len = tl.load(p_len + o_b, mask=m_b, other=0)
+    b_alive = (t < b_len)[:, None]
+
+    o_bh = (t.to(tl.int64) * B + o_b) * H
+    o_bg = (t.to(tl.int64) * B + o_b) * (4 * H)
+    p_g = p_gates + o_bg[:, None] + o_j[None, :]
+    b_i = tl.load(p_g, mask=m_bj, other=0.)
+    b_f = tl.load(p_g + H, mask=m_bj, other=0.)
+    b_g = tl.load(p_g + 2 * H, mask=m_bj, other=0.)
+    b_o = tl.load(p_g + 3 * H, mask=m_bj, other=0.)
+    b_tc = _tanh(tl.load(p_cells + o_bh[:, None] + o_j[None, :], mask=m_bj, other=0.))
+    prev = t + 1 if REVERSE else t - 1                              # c_{t-1}: cells[prev], or c0
+    if (prev >= 0) & (prev < T):
+        o_bp = (prev.to(tl.int64) * B + o_b) * H
+        b_cp = tl.load(p_cells + o_bp[:, None] + o_j[None, :], mask=m_bj, other=0.)
+    else:
+        b_cp = tl.load(p_c0 + o_b[:, None] * H + o_j[None, :], mask=m_bj, other=0.).to(ACC)
+
+    b_dy = tl.load(p_dy + o_bh[:, None] + o_j[None, :], mask=m_bj, other=0.).to(ACC)
+    b_dht = b_dh + tl.where(b_alive, b_dy, 0.)                      # dh_t = dh + dy_t
+    b_dct = b_dc + b_dht * b_o * (1. - b_tc * b_tc)                 # dc_t = dc + dh_t ⊙ o ⊙ (1 - tanh²c)
+    b_dzi = b_dct * b_g * b_i * (1. - b_i)
+    b_dzf = b_dct * b_cp * b_f * (1. - b_f)
+    b_dzg = b_dct * b_i * (1. - b_g * b_g)
+    b_dzo = b_dht * b_tc * b_o * (1. - b_o)
+    p_dz = p_dgates + o_bg[:, None] + o_j[None, :]
+    tl.store(p_dz, tl.where(b_alive, b_dzi, 0.), mask=m_bj)
+    tl.store(p_dz + H, tl.where(b_alive, b_dzf, 0.), mask=m_bj)
+    tl.store(p_dz + 2 * H, tl.where(b_alive, b_dzg, 0.), mask=m_bj)
+    tl.store(p_dz + 3 * H, tl.where(b_alive, b_dzo, 0.), mask=m_bj)
+    return tl.where(b_alive, b_dct * b_f, b_dc)                     # dc ← dc_t ⊙ f
+
+
+@triton.jit
+def _bwd_tile_dh(p_dgates, p_len, b_w, b_dh, t, i_bt, B, H, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr,
+                 USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """Backward step t, part 2 (after the barrier): dh ← dz_t · W_hh[:, own units]; returns dh."""
+    o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+    m_b = o_b < B
+    b_len = tl.load(p_len + o_b, mask=m_b, other=0)
+    o_r = tl.arange(0, 4 * BLOCK_K)                                 # r = gate·K + k → column gate·H + k
+    o_g = (o_r // BLOCK_K) * H + (o_r % BLOCK_K)
+    m_r = (o_r % BLOCK_K) < H
+    o_bg = (t.to(tl.int64) * B + o_b) * (4 * H)
+    b_dz = tl.load(p_dgates + o_bg[:, None] + o_g[None, :], mask=m_b[:, None] & m_r[None, :], other=0.,
+                   cache_modifier=".cg")                            # written by every program
+    b_new = _matmul(b_dz, b_w, USE_DOT, PRECISION).to(b_dh.dtype)
+    return tl.where((t < b_len)[:, None], b_new, b_dh)              # frozen rows pass dh through
+
+
+@triton.jit(do_not_specialize=["T"])
+def _lstm_bwd_kernel(
+    # pointers (all contiguous)
+    p_dy,        # [T, B, H] gradient w.r.t. y
+    p_dhn,       # [B, H]
+    p_dcn,       # [B, H]
+    p_gates,     # [T, B, 4H] (accumulation dtype), saved by forward
+    p_cells,     # [T, B, H]  (accumulation dtype), saved by forward
+    p_c0,        # [B, H]
+    p_w,         # [4H, H] W_hh
+    p_len,       # [B] int32
+    p_dgates,    # [T, B, 4H] out (accumulation dtype): dz, the gradient w.r.t. gates_x
+    p_dh0,       # [B, H] out (accumulation dtype)
+    p_dc0,       # [B, H] out (accumulation dtype)
+    p_dhs,       # [B, H] accumulation-dtype scratch for dh when the batch needs several tiles
+    p_dcs,       # [B, H] accumulation-dtype scratch for dc
+    p_bar,       # [1] int32, zero
+    # sizes
+    T, B, H,
+    # meta-parameters
+    REVERSE: tl.constexpr,
+    HT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, ONE_TILE: tl.constexpr,
+    USE_DOT: tl.constexpr, PRECISION: tl.constexpr, NUM_PROGRAMS: tl.constexpr, ACC: tl.constexpr,
+):
+    i_p = tl.program_id(0)
+    num_bt = tl.cdiv(B, BLOCK_B)
+
+    # The columns W_hh[:, own units] of all four gates, loaded ONCE: row r = gate·K + k.
+    o_r = tl.arange(0, 4 * BLOCK_K)
+    o_wr = (o_r // BLOCK_K) * H + (o_r % BLOCK_K)
+    m_r = (o_r % BLOCK_K) < H
+    o_j = i_p * HT + tl.arange(0, HT)
+    m_j = o_j < H
+    if USE_DOT:                                                     # [4K, HT]
+        b_w = tl.load(p_w + o_wr[:, None] * H + o_j[None, :], mask=m_r[:, None] & m_j[None, :], other=0.)
+    else:                                                           # [HT, 4K], upcast once
+        b_w = tl.load(p_w + o_wr[None, :] * H + o_j[:, None], mask=m_r[None, :] & m_j[:, None],
+                      other=0.).to(ACC)
+
+    if ONE_TILE:                                                    # dh, dc live in registers
+        o_b = tl.arange(0, BLOCK_B)
+        m_bj = (o_b < B)[:, None] & m_j[None, :]
+        o_bj = o_b[:, None] * H + o_j[None, :]
+        b_dh = tl.load(p_dhn + o_bj, mask=m_bj, other=0.).to(ACC)
+        b_dc = tl.load(p_dcn + o_bj, mask=m_bj, other=0.).to(ACC)
+        for s in tl.range(T, num_stages=1):
+            t = s if REVERSE else T - 1 - s                         # the opposite order to forward
+            b_dc = _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, b_dh, b_dc, t, T, i_p, 0,
+                                B, H, REVERSE, HT, BLOCK_B)
+            if NUM_PROGRAMS > 1:
+                grid_barrier(p_bar, NUM_PROGRAMS)
+            else:
+                tl.debug_barrier()
+            b_dh = _bwd_tile_dh(p_dgates, p_len, b_w, b_dh, t, 0, B, H, BLOCK_K, BLOCK_B, USE_DOT, PRECISION)
+        tl.store(p_dh0 + o_bj, b_dh, mask=m_bj)
+        tl.store(p_dc0 + o_bj, b_dc, mask=m_bj)
+    else:                                                           # dh, dc live in scratch slices
+        for i_bt in range(num_bt):
+            o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+            m_bj = (o_b < B)[:, None] & m_j[None, :]
+            o_bj = o_b[:, None] * H + o_j[None, :]
+            tl.store(p_dhs + o_bj, tl.load(p_dhn + o_bj, mask=m_bj, other=0.).to(ACC), mask=m_bj)
+            tl.store(p_dcs + o_bj, tl.load(p_dcn + o_bj, mask=m_bj, other=0.).to(ACC), mask=m_bj)
+        for s in tl.range(T, num_stages=1):
+            t = s if REVERSE else T - 1 - s
+            for i_bt in range(num_bt):
+                o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+                m_bj = (o_b < B)[:, None] & m_j[None, :]
+                o_bj = o_b[:, None] * H + o_j[None, :]
+                tl.debug_barrier()
+                b_dh = tl.load(p_dhs + o_bj, mask=m_bj, other=0.)
+                b_dc = tl.load(p_dcs + o_bj, mask=m_bj, other=0.)
+                b_dc = _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, b_dh, b_dc, t, T, i_p,
+                                    i_bt, B, H, REVERSE, HT, BLOCK_B)
+                tl.store(p_dcs + o_bj, b_dc, mask=m_bj)
+            if NUM_PROGRAMS > 1:
+                grid_barrier(p_bar, NUM_PROGRAMS)
+            else:
+                tl.debug_barrier()
+            for i_bt in range(num_bt):
+                o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+                m_bj = (o_b < B)[:, None] & m_j[None, :]
+                o_bj = o_b[:, None] * H + o_j[None, :]
+                b_dh = tl.load(p_dhs + o_bj, mask=m_bj, other=0.)
+                b_dh = _bwd_tile_dh(p_dgates, p_len, b_w, b_dh, t, i_bt, B, H, BLOCK_K, BLOCK_B, USE_DOT,
+                                    PRECISION)
+                tl.store(p_dhs + o_bj, b_dh, mask=m_bj)
+        tl.debug_barrier()
+        for i_bt in range(num_bt):
+            o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+            m_bj = (o_b < B)[:, None] & m_j[None, :]
+            o_bj = o_b[:, None] * H + o_j[None, :]
+            tl.store(p_dh0 + o_bj, tl.load(p_dhs + o_bj, mask=m_bj), mask=m_bj)
+            tl.store(p_dc0 + o_bj, tl.load(p_dcs + o_bj, mask=m_bj), mask=m_bj)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. Launchers: check, allocate, launch
+# ----------------------------------------------------------------------------------------------------
+
+_TL_ACC = {torch.float64: tl.float64, torch.float32: tl.float32}
+
+
+def _launch_options(cfg: LSTMConfig, device: torch.device) -> dict:
+    opts = dict(num_warps=cfg.num_warps, num_stages=1)
+    if device.type == "cuda" and cfg.num_programs > 1:
+        opts["launch_cooperative_grid"] = True      # the driver refuses a grid that cannot be co-resident
+    return opts
+
+
+def _barrier_word(device: torch.device) -> torch.Tensor:
+    # A fresh zeroed word per launch (one tiny memset) rather than a cached one per device and stream:
+    # concurrent launches on different streams, CUDA-graph captures and a launch aborted half-way can
+    # then never share or inherit a dirty counter. The barrier also resets itself after every step.
+    return torch.zeros(1, dtype=torch.int32, device=device)
+
+
+def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, config: LSTMConfig | None = None):
+    """Launch the forward kernel. Returns y, h_n, c_n, gates | None, cells | None."""
+    T, B, G = gates_x.shape
+    H = G // 4
+    dtype, device = gates_x.dtype, gates_x.device
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    cfg = config or choose_config(B=B, H=H, dtype=dtype, device=device)
+    lens = host.lengths_or_full(lengths, T, B, device)
+
+    y = torch.empty(T, B, H, dtype=dtype, device=device)
+    h_n = torch.empty(B, H, dtype=dtype, device=device)
+    c_n = torch.empty(B, H, dtype=dtype, device=device)
+    if save:
+        gates = torch.empty(T, B, G, dtype=acc, device=device)
+        cells = torch.empty(T, B, H, dtype=acc, device=device)
+    else:
+        gates = cells = torch.empty(1, dtype=acc, device=device)   # never written (SAVE is off)
+    one_tile = B <= cfg.block_b
+    c_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
+    if T == 0:
+        h_n.copy_(h0), c_n.copy_(c0)
+        return y, h_n, c_n, (gates if save else None), (cells if save else None)
+
+    _lstm_fwd_kernel[(cfg.num_programs,)](
+        gates_x, h0, c0, w_hh, lens, y, h_n, c_n, gates, cells, c_scratch, _barrier_word(device),
+        T, B, H,
+        REVERSE=bool(reverse), SAVE=bool(save), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b,
+        ONE_TILE=one_tile, USE_DOT=cfg.use_dot, PRECISION=cfg.precision, NUM_PROGRAMS=cfg.num_programs,
+        ACC=_TL_ACC[acc], **_launch_options(cfg, device))
+    return y, h_n, c_n, (gates if save else None), (cells if save else None)
+
+
+def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False, config: LSTMConfig | None = None):
+    """Launch the backward kernel. Returns dgates, dh0, dc0 (accumulation dtype)."""
+    T, B, G = gates.shape
+    H = G // 4
+    dtype, device, acc = dy.dtype, dy.device, gates.dtype
+    cfg = config or choose_config(B=B, H=H, dtype=dtype, device=device)
+    lens = host.lengths_or_full(lengths, T, B, device)
+
+    dgates = torch.empty(T, B, G, dtype=acc, device=device)
+    dh0 = torch.empty(B, H, dtype=acc, device=device)
+    dc0 = torch.empty(B, H, dtype=acc, device=device)
+    one_tile = B <= cfg.block_b
+    dh_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
+    dc_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
+    if T == 0:
+        dh0.copy_(dh_n), dc0.copy_(dc_n)
+        return dgates, dh0, dc0
+
+    _lstm_bwd_kernel[(cfg.num_programs,)](
+        dy, dh_n, dc_n, gates, cells, c0, w_hh, lens, dgates, dh0, dc0, dh_scratch, dc_scratch,
+        _barrier_word(device), T, B, H,
+        REVERSE=bool(reverse), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b, ONE_TILE=one_tile,
+        USE_DOT=cfg.use_dot, PRECISION=cfg.precision, NUM_PROGRAMS=cfg.num_programs, ACC=_TL_ACC[acc],
+        **_launch_options(cfg, device))
+    return dgates, dh0, dc0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Backend entry points (lstm_gpu/backends.py): the contract of lstm_gpu/reference.py
+# ----------------------------------------------------------------------------------------------------
+
+def unsupported(*, device: torch.device, dtype: torch.dtype, hidden_size: int, proj_size: int,
+                batch: int) -> str | None:
+    """Why this backend cannot run a call of this shape, or None if it can."""
+    return unsupported_reason(device=torch.device(device), dtype=dtype, hidden_size=hidden_size,
+                              proj_size=proj_size, batch=batch)
+
+
+def _check(dtype, device, H, P, B):
+    reason = unsupported(device=device, dtype=dtype, hidden_size=H, proj_size=0 if P == H else P, batch=B)
+    if reason is not None:
+        raise ValueError(f"backend='triton' cannot run this call: {reason}")
+
+
+def forward(gates_x, h0, c0, w_hh, w_hr, lengths, reverse, save):
+    """y [T,B,H], h_n [B,H], c_n [B,H], gates [T,B,4H] | None, cells [T,B,H] | None (see reference.py)."""
+    if w_hr is not None:
+        raise ValueError("backend='triton' cannot run this call: proj_size > 0 is not implemented")
+    T, B, G = gates_x.shape
+    _check(gates_x.dtype, gates_x.device, G // 4, h0.shape[-1], B)
+    return lstm_fwd(gates_x, h0, c0, w_hh, lengths, reverse, save)
+
+
+def backward(dy, dh_n, dc_n, gates, cells, h0, c0, y, w_hh, w_hr, lengths, reverse):
+    """dgates [T,B,4H], dh0 [B,H], dc0 [B,H] (accumulation dtype), dw_hr = None (no projection)."""
+    if w_hr is not None:
+        raise ValueError("backend='triton' cannot run this call: proj_size > 0 is not implemented")
+    T, B, G = gates.shape
+    _check(dy.dtype, dy.device, G // 4, h0.shape[-1], B)
+    dgates, dh0, dc0 = lstm_bwd(dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), gates.contiguous(),
+                                cells.contiguous(), c0.contiguous(), w_hh.contiguous(), lengths, reverse)
+    return dgates, dh0, dc0, None

@@ -1,0 +1,189 @@
+"""The Triton LSTM backend on CPU (TRITON_INTERPRET=1, set by conftest.py): one program, no barrier.
+
+Every output of forward (y, h_n, c_n, gates, cells) and of backward (dgates, dh0, dc0) against the float64
+reference, for both matmul paths (tl.dot and broadcast-multiply-sum), with lengths (none, sorted,
+unsorted), reverse, given h0/c0, several batch tiles; then end to end through lstm_gpu.LSTM vs
+torch.nn.LSTM. Sizes stay tiny (T ≤ 6, H ≤ 24, B ≤ 3): the interpreter runs one numpy op at a time.
+bfloat16 is not tested here (the interpreter stores bf16 as raw uint16): tests/test_triton_gpu.py does.
+"""
+import dataclasses
+
+import pytest
+import torch
+import triton
+
+import lstm_gpu
+from lstm_gpu import reference
+from lstm_gpu.backends import select_backend, unsupported_reason
+from lstm_gpu.kernels import host, triton_config, triton_lstm
+from lstm_gpu.kernels.triton_barrier import SENSE_BIT, grid_barrier
+from lstm_gpu.kernels.triton_config import interpreter_config
+
+pytestmark = pytest.mark.skipif(not host.cpu_emulation("triton"), reason="needs TRITON_INTERPRET=1 (no GPU)")
+
+# (dtype, tolerance on outputs, tolerance on gradients) vs the float64 reference
+TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (2e-6, 5e-6), torch.float16: (4e-3, 1e-2)}
+PATHS = [(torch.float64, False), (torch.float32, False), (torch.float32, True), (torch.float16, True),
+         (torch.float16, False)]
+LENGTHS = {"none": None, "sorted": [6, 4, 1], "unsorted": [2, 6, 5]}
+
+
+def make_inputs(T, B, H, dtype, seed=0, given_state=True):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)  # noqa: E731
+    gx = r(T, B, 4 * H)
+    h0 = r(B, H) if given_state else torch.zeros(B, H, dtype=dtype)
+    c0 = r(B, H) if given_state else torch.zeros(B, H, dtype=dtype)
+    w = r(4 * H, H, scale=H ** -0.5)
+    grads = r(T, B, H), r(B, H), r(B, H)
+    return gx, h0, c0, w, grads
+
+
+def assert_close(got, want, tol, what):
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    err = (got.double() - want.double()).abs().max().item() if got.numel() else 0.0
+    assert err <= tol, f"{what}: max abs error {err:.3g} > {tol:.3g}"
+
+
+def run_both(T, B, H, dtype, use_dot, lengths, reverse, given_state=True, block_b=None):
+    gx, h0, c0, w, (dy, dhn, dcn) = make_inputs(T, B, H, dtype, given_state=given_state)
+    lens = None if lengths is None else torch.tensor(lengths)
+    cfg = interpreter_config(B=B, H=H, dtype=dtype, use_dot=use_dot)
+    if block_b is not None:
+        cfg = dataclasses.replace(cfg, block_b=block_b)
+    out = triton_lstm.lstm_fwd(gx, h0, c0, w, lens, reverse, True, config=cfg)
+    d64 = lambda t: t.double()  # noqa: E731
+    ref = reference.forward(d64(gx), d64(h0), d64(c0), d64(w), None, lens, reverse, True)
+    grads = triton_lstm.lstm_bwd(dy, dhn, dcn, out[3], out[4], c0, w, lens, reverse, config=cfg)
+    ref_grads = reference.backward(d64(dy), d64(dhn), d64(dcn), ref[3], ref[4], d64(h0), d64(c0), ref[0],
+                                   d64(w), None, lens, reverse)[:3]
+    return out, ref, grads, ref_grads
+
+
+@pytest.mark.parametrize("dtype,use_dot", PATHS, ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("lengths", list(LENGTHS), ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_forward_backward_vs_reference(dtype, use_dot, lengths, reverse):
+    T, B, H = 6, 3, 20
+    out, ref, grads, ref_grads = run_both(T, B, H, dtype, use_dot, LENGTHS[lengths], reverse)
+    tol, gtol = TOL[dtype]
+    acc = reference.accumulation_dtype(dtype)
+    for name, got, want in zip(["y", "h_n", "c_n", "gates", "cells"], out, ref):
+        assert_close(got, want, tol, name)
+    assert out[0].dtype == out[1].dtype == out[2].dtype == dtype
+    assert out[3].dtype == out[4].dtype == acc
+    for name, got, want in zip(["dgates", "dh0", "dc0"], grads, ref_grads):
+        assert_close(got, want, gtol, name)
+        assert got.dtype == acc, name
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_several_batch_tiles(reverse):
+    """B > BLOCK_B: the state goes through the scratch slices instead of registers."""
+    out, ref, grads, ref_grads = run_both(5, 3, 12, torch.float64, False, [3, 5, 2], reverse, block_b=2)
+    for name, got, want in zip(["y", "h_n", "c_n", "gates", "cells", "dgates", "dh0", "dc0"],
+                               out + grads, ref + ref_grads):
+        assert_close(got, want, 1e-12, name)
+
+
+@pytest.mark.parametrize("H,B,T", [(1, 1, 1), (5, 2, 3), (24, 1, 4), (17, 3, 2)])
+def test_awkward_shapes(H, B, T):
+    """H far from a power of two (masked K and units), B = 1, T = 1, zero initial state."""
+    out, ref, grads, ref_grads = run_both(T, B, H, torch.float64, False, None, False, given_state=False)
+    for name, got, want in zip(["y", "h_n", "c_n", "gates", "cells", "dgates", "dh0", "dc0"],
+                               out + grads, ref + ref_grads):
+        assert_close(got, want, 1e-12, name)
+
+
+def test_backend_contract_and_inference():
+    """The backend entry points of backends.py: forward(save=False) returns no saved tensors; backward
+    returns dw_hr = None; the results equal the launcher's."""
+    T, B, H = 4, 2, 8
+    gx, h0, c0, w, (dy, dhn, dcn) = make_inputs(T, B, H, torch.float64)
+    y, hn, cn, gates, cells = triton_lstm.forward(gx, h0, c0, w, None, None, False, False)
+    assert gates is None and cells is None
+    ref = reference.forward(gx, h0, c0, w)
+    for name, got, want in zip(["y", "h_n", "c_n"], (y, hn, cn), ref):
+        assert_close(got, want, 1e-12, name)
+    dgates, dh0, dc0, dw_hr = triton_lstm.backward(dy, dhn, dcn, ref[3], ref[4], h0, c0, ref[0], w, None, None,
+                                                  False)
+    assert dw_hr is None
+    ref_grads = reference.backward(dy, dhn, dcn, ref[3], ref[4], h0, c0, ref[0], w)
+    for name, got, want in zip(["dgates", "dh0", "dc0"], (dgates, dh0, dc0), ref_grads):
+        assert_close(got, want, 1e-12, name)
+
+
+@triton.jit
+def _barrier_n_times(p_bar, N):
+    for _ in range(N):
+        grid_barrier(p_bar, 1)
+
+
+def test_grid_barrier_one_program_resets_itself():
+    """The barrier with a grid of one: the count returns to 0 and the sense flips once per barrier."""
+    for n in (1, 2, 5):
+        word = torch.zeros(1, dtype=torch.int32)
+        _barrier_n_times[(1,)](word, n)
+        assert word.item() == (n % 2) * SENSE_BIT
+
+
+def test_unsupported_reasons(monkeypatch):
+    cpu = torch.device("cpu")
+    assert triton_lstm.unsupported(device=cpu, dtype=torch.float32, hidden_size=8, proj_size=0, batch=2) is None
+    assert "proj_size" in triton_lstm.unsupported(device=cpu, dtype=torch.float32, hidden_size=8, proj_size=4,
+                                                  batch=2)
+    assert "bfloat16" in triton_lstm.unsupported(device=cpu, dtype=torch.bfloat16, hidden_size=8, proj_size=0,
+                                                 batch=2)
+    assert "int" in triton_lstm.unsupported(device=cpu, dtype=torch.int32, hidden_size=8, proj_size=0, batch=2)
+    cuda = torch.device("cuda")
+    why = triton_config.unsupported_reason(device=cuda, dtype=torch.float32, hidden_size=4096, proj_size=0,
+                                           batch=8, n_sm=132)
+    assert why is not None and "4096" in why and "budget" in why
+    assert triton_config.unsupported_reason(device=cuda, dtype=torch.float32, hidden_size=512, proj_size=0,
+                                            batch=8, n_sm=132) is None
+    # auto picks triton on CUDA when it can run the call, cuDNN otherwise
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(triton_config, "sm_count", lambda device: 132)
+    assert select_backend("auto", device="cuda", dtype=torch.float32, hidden_size=512, batch=8) == "triton"
+    assert select_backend("auto", device="cuda", dtype=torch.float32, hidden_size=4096, batch=8) == "cudnn"
+    assert select_backend("auto", device="cuda", dtype=torch.float32, hidden_size=512, proj_size=8) == "cudnn"
+    with pytest.raises(ValueError, match="budget"):
+        select_backend("triton", device="cuda", dtype=torch.float32, hidden_size=4096, batch=8)
+    assert unsupported_reason("triton", device=cuda, dtype=torch.float16, hidden_size=256, proj_size=0,
+                              batch=64) is None
+
+
+def test_fp32_precision_setting(monkeypatch):
+    monkeypatch.setattr(triton_config, "FP32_PRECISION", None)
+    monkeypatch.delenv("TRITON_F32_DEFAULT", raising=False)
+    assert triton_config.fp32_precision() == "ieee"
+    monkeypatch.setenv("TRITON_F32_DEFAULT", "tf32")
+    assert triton_config.fp32_precision() == "tf32"
+    monkeypatch.setattr(triton_config, "FP32_PRECISION", "ieee")
+    assert triton_config.fp32_precision() == "ieee"
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_module_vs_torch_lstm_bidirectional_packed(dtype):
+    """lstm_gpu.LSTM(backend="triton") vs torch.nn.LSTM: 2 layers, bidirectional, unsorted packed input."""
+    torch.manual_seed(0)
+    T, B, I, H = 5, 3, 4, 6
+    ref = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True, dtype=dtype)
+    ours = lstm_gpu.LSTM(I, H, num_layers=2, bidirectional=True, dtype=dtype, backend="triton")
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, dtype=dtype)
+    lengths = torch.tensor([3, 5, 2])
+    h0 = torch.randn(4, B, H, dtype=dtype)
+    c0 = torch.randn(4, B, H, dtype=dtype)
+    results = []
+    for model in (ref, ours):
+        xi, h0i, c0i = (t.clone().requires_grad_() for t in (x, h0, c0))
+        packed = torch.nn.utils.rnn.pack_padded_sequence(xi, lengths, enforce_sorted=False)
+        out, (hn, cn) = model(packed, (h0i, c0i))
+        y, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)
+        (y.square().sum() + hn.sum() + 0.5 * cn.square().sum()).backward()
+        results.append([y, hn, cn, xi.grad, h0i.grad, c0i.grad] + [p.grad for p in model.parameters()])
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    names = ["y", "h_n", "c_n", "dx", "dh0", "dc0"] + [n for n, _ in ref.named_parameters()]
+    for name, want, got in zip(names, *results):
+        assert_close(got, want, tol, name)
