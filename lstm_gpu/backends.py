@@ -57,7 +57,10 @@ def select_backend(backend: str, *, device: torch.device | str, dtype: torch.dty
     check_backend_name(backend)
     device = torch.device(device)
     if backend == "auto":
-        return "cudnn" if device.type == "cuda" else "reference"
+        if device.type != "cuda":
+            return "reference"
+        return "triton" if unsupported_reason("triton", device=device, dtype=dtype, hidden_size=hidden_size,
+                                              proj_size=proj_size, batch=batch) is None else "cudnn"
     reason = unsupported_reason(backend, device=device, dtype=dtype, hidden_size=hidden_size,
                                 proj_size=proj_size, batch=batch)
     if reason is not None:
