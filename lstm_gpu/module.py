@@ -75,7 +75,7 @@ class LSTM(nn.RNNBase):
             y, h_n, c_n = self._torch_lstm(x, batch_sizes if packed else None, h0, c0)
         elif packed:
             padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
-            y, h_n, c_n = self._run_layers(padded, h0, c0, lengths.to(data.device), chosen)
+            y, h_n, c_n = self._run_layers(padded, h0, c0, lengths, chosen)   # lengths on CPU: checked without a sync
             y = pack_padded_sequence(y, lengths, enforce_sorted=True).data
         else:
             y, h_n, c_n = self._run_layers(x, h0, c0, None, chosen)
