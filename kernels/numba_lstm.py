@@ -1,0 +1,257 @@
+"""Backend "numba": the launcher for the persistent fused Numba-CUDA LSTM (kernels in numba_kernels.py).
+
+STATUS, honestly: NEVER run on a real GPU yet. Only the simulator configuration (one block) has been
+tested, on CPU (tests/test_numba_cpu.py). The GPU path below (zero-copy interop, grid sizing,
+the >48 KB shared-memory opt-in) is written to the numba-cuda 0.30 API but unverified:
+tests/test_numba_gpu.py is what a session with a GPU must run.
+
+The backend contract is lstm_gpu/reference.py's, tensor for tensor:
+
+    unsupported(*, device, dtype, hidden_size, proj_size, batch) -> str | None
+    forward(gates_x, h0, c0, w_hh, w_hr, lengths, reverse, save) -> y, h_n, c_n, gates, cells
+    backward(dy, dh_n, dc_n, gates, cells, h0, c0, y, w_hh, w_hr, lengths, reverse)
+        -> dgates, dh0, dc0, None        (dW_hh is one GEMM done by the caller; no projection)
+
+Configuration rules (``plan``):
+- Simulator (NUMBA_ENABLE_CUDASIM=1, CPU tensors): ONE block of SIM_THREADS threads owning all H units.
+  The simulator runs blocks one after another and its grid.sync only syncs a block, so two blocks
+  would be silently wrong.
+- GPU: NT = 256 threads per block. A block owns HT units (4·HT rows of W_hh forward, HT columns
+  backward, staged in shared memory once). HT is the smallest value, starting at ceil(H / #SMs), for
+  which the ceil(H / HT) blocks fit in ``max_cooperative_grid_blocks(NT, shared bytes)``; the grid is never
+  larger than that (and never larger than the SM count). If the slice outgrows the per-block
+  shared-memory opt-in limit first, the call is unsupported and the reason names the limit.
+- LANES (threads per dot product) = min(32, next power of two ≥ the dot length): H forward, 4H backward
+  (simulator: SIM_LANES, 1 by default).
+- Simulator launches lower Python's thread switch interval for their duration (restored afterwards).
+"""
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import torch
+from numba import cuda
+
+from . import numba_kernels
+from .host import common_unsupported, cpu_emulation, lengths_or_full
+from .numba_kernels import bwd_shared_bytes, fwd_shared_bytes
+
+SUPPORTED_DTYPES = (torch.float16, torch.float32, torch.float64)
+BF16_REASON = ("dtype torch.bfloat16 is not supported by the numba backend: Numba-CUDA arrays have no "
+               "bfloat16 type through __cuda_array_interface__, and the int16-view workaround is not "
+               "implemented; use float16, float32 or float64, or backend='triton'/'cudnn'")
+THREADS = 256                 # GPU block size (a multiple of 32)
+SIM_THREADS = 32              # simulator block size: one warp (each simulated thread is a Python thread)
+SIM_LANES = 1                 # simulator: one thread per dot product, so no emulated shuffles (each one
+                              # costs two block barriers there); tests set 8 or 32 to cover the shuffle tree
+SIM_SWITCH_INTERVAL = 1e-4    # seconds; the simulator's barriers are ~10x faster than at Python's 5 ms
+DEFAULT_SMEM = 48 * 1024      # dynamic shared memory allowed without the opt-in
+
+_NP_DTYPE = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+_KERNELS: dict = {}
+
+
+def kernels_for(dtype: torch.dtype):
+    """(forward, backward) kernels for ``dtype``, built on first use."""
+    if dtype not in _KERNELS:
+        _KERNELS[dtype] = numba_kernels.make_kernels(_NP_DTYPE[dtype])
+    return _KERNELS[dtype]
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def lanes_for(length: int) -> int:
+    """Threads per dot product: the next power of two ≥ ``length``, at most a warp."""
+    return min(32, 1 << max(0, math.ceil(math.log2(max(1, length)))))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Grid planning
+# ---------------------------------------------------------------------------------------------------
+class Plan:
+    """One launch configuration: ``blocks`` blocks of ``threads`` threads, each owning ``ht`` units."""
+
+    def __init__(self, blocks: int, threads: int, ht: int, lanes: int, shared: int):
+        self.blocks, self.threads, self.ht, self.lanes, self.shared = blocks, threads, ht, lanes, shared
+
+    def __repr__(self):
+        return (f"Plan(blocks={self.blocks}, threads={self.threads}, ht={self.ht}, lanes={self.lanes}, "
+                f"shared={self.shared})")
+
+
+def _array_type(np_dtype, ndim: int):
+    import numba
+    return numba.types.Array(numba.from_dtype(np.dtype(np_dtype)), ndim, "C")
+
+
+def signature(kind: str, dtype: torch.dtype):
+    """The argument types the kernels are compiled for (contiguous arrays, int64 scalars)."""
+    from numba import types
+    s, a = _NP_DTYPE[dtype], (np.float64 if dtype == torch.float64 else np.float32)
+    i32 = _array_type(np.int32, 1)
+    if kind == "fwd":
+        arrays = [(s, 3), (s, 2), (s, 2), (s, 2)]
+        return tuple([_array_type(d, n) for d, n in arrays] + [i32]
+                     + [_array_type(d, n) for d, n in [(s, 3), (s, 2), (s, 2), (a, 3), (a, 3)]]
+                     + [types.int64] * 4)
+    arrays = [(s, 3), (s, 2), (s, 2), (a, 3), (a, 3), (s, 2), (s, 2)]
+    return tuple([_array_type(d, n) for d, n in arrays] + [i32]
+                 + [_array_type(d, n) for d, n in [(a, 3), (a, 2), (a, 2)]] + [types.int64] * 3)
+
+
+def compiled(kind: str, dtype: torch.dtype):
+    """The compiled kernel object (GPU only): registers, local/shared memory, co-residency."""
+    fwd, bwd = kernels_for(dtype)
+    kernel = fwd if kind == "fwd" else bwd
+    return kernel.compile(signature(kind, dtype))
+
+
+def allow_shared(kernel, nbytes: int) -> None:
+    """Opt the compiled kernel in to ``nbytes`` of dynamic shared memory (needed above 48 KB).
+
+    numba-cuda 0.30 has no API for CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, so this calls the
+    driver the way numba's own ``set_shared_memory_carveout`` does. Unverified on a GPU.
+    """
+    if nbytes <= DEFAULT_SMEM:
+        return
+    from numba.cuda.cudadrv import driver as drv
+    cufunc = kernel._codelibrary.get_cufunc()
+    attr = drv.binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    drv.driver.cuKernelSetAttribute(attr, int(nbytes), cufunc.handle, cufunc.device.id)
+
+
+def _shared_bytes(kind, dtype, H, B, ht):
+    fn = fwd_shared_bytes if kind == "fwd" else bwd_shared_bytes
+    return fn(_NP_DTYPE[dtype], H, B, ht)
+
+
+_PLANS: dict = {}
+
+
+def plan(kind: str, dtype: torch.dtype, H: int, B: int, device_index: int | None = None):
+    """The launch configuration for one direction of the recurrence, or a string saying why none fits."""
+    if numba_kernels.SIMULATOR:
+        return Plan(1, SIM_THREADS, H, SIM_LANES, _shared_bytes(kind, dtype, H, B, H))
+    lanes = lanes_for(H if kind == "fwd" else 4 * H)
+    key = (kind, dtype, H, B, device_index)
+    if key in _PLANS:
+        return _PLANS[key]
+    with cuda.gpus[device_index or 0]:
+        dev = cuda.get_current_device()
+        sms = dev.MULTIPROCESSOR_COUNT
+        limit = dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+        kernel = compiled(kind, dtype)
+        static = kernel.shared_mem_per_block
+        result = None
+        for ht in range(max(1, -(-H // sms)), H + 1):
+            blocks = -(-H // ht)
+            if blocks == -(-H // (ht + 1)) and ht < H:
+                continue                       # same grid with a smaller slice: take that one
+            shared = _shared_bytes(kind, dtype, H, B, ht)
+            if shared + static > limit:
+                result = (f"H={H}, batch={B}, {dtype}: the {kind} kernel needs at least {ht} hidden units "
+                          f"per block ({shared + static} bytes of shared memory per block) to fit "
+                          f"{blocks} co-resident blocks, over this GPU's per-block limit of {limit} bytes "
+                          f"({sms} SMs); the W_hh slices do not fit on chip")
+                break
+            allow_shared(kernel, shared)
+            co_resident = kernel.max_cooperative_grid_blocks(THREADS, shared)
+            if blocks <= min(co_resident, sms):
+                result = Plan(blocks, THREADS, ht, lanes, shared)
+                break
+        if result is None:
+            result = f"H={H}, batch={B}, {dtype}: no grid of co-resident blocks found for the {kind} kernel"
+    _PLANS[key] = result
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# The backend contract
+# ---------------------------------------------------------------------------------------------------
+def unsupported(*, device: torch.device, dtype: torch.dtype, hidden_size: int, proj_size: int,
+                batch: int) -> str | None:
+    if dtype == torch.bfloat16 and not proj_size:
+        reason = common_unsupported("numba", device=device, dtype=torch.float32, proj_size=proj_size,
+                                    dtypes=SUPPORTED_DTYPES)
+        return reason or BF16_REASON
+    reason = common_unsupported("numba", device=device, dtype=dtype, proj_size=proj_size,
+                                dtypes=SUPPORTED_DTYPES)
+    if reason is not None:
+        return reason
+    if device.type == "cuda":
+        if numba_kernels.SIMULATOR:
+            return ("NUMBA_ENABLE_CUDASIM=1 is set, so numba runs its CPU simulator: CUDA tensors "
+                    "cannot be used; unset it, or use CPU tensors")
+        if not cuda.is_available():
+            return "numba-cuda finds no usable CUDA driver/GPU"
+        for kind in ("fwd", "bwd"):
+            p = plan(kind, dtype, hidden_size, max(1, batch), device.index)
+            if isinstance(p, str):
+                return p
+    return None
+
+
+def _launch(kind, dtype, tensors, scalars, H, B, device):
+    """Run one kernel over torch tensors: zero-copy on GPU, host numpy views in the simulator."""
+    p = plan(kind, dtype, H, B, device.index)
+    if isinstance(p, str):
+        raise ValueError(f"backend='numba' cannot run this call: {p}")
+    fwd, bwd = kernels_for(dtype)
+    kernel = fwd if kind == "fwd" else bwd
+    scalars = [p.ht, p.lanes] + [int(v) for v in scalars]
+    if numba_kernels.SIMULATOR:
+        arrays = [t.detach().numpy() for t in tensors]   # shares memory: the simulator writes back
+        old = sys.getswitchinterval()                     # a simulated thread per CUDA thread: switch
+        sys.setswitchinterval(min(old, SIM_SWITCH_INTERVAL))   # often, so barriers do not wait 5 ms
+        try:
+            kernel[p.blocks, p.threads, 0, p.shared](*arrays, *scalars)
+        finally:
+            sys.setswitchinterval(old)
+        return
+    with cuda.gpus[device.index or 0]:
+        arrays = [cuda.as_cuda_array(t.detach()) for t in tensors]
+        stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
+        allow_shared(compiled(kind, dtype), p.shared)
+        kernel[p.blocks, p.threads, stream, p.shared](*arrays, *scalars)
+
+
+def forward(gates_x, h0, c0, w_hh, w_hr=None, lengths=None, reverse=False, save=True):
+    if w_hr is not None:
+        raise ValueError("backend='numba' has no projection (proj_size > 0) support")
+    T, B, G = gates_x.shape
+    H = G // 4
+    dt, acc = gates_x.dtype, acc_dtype(gates_x.dtype)
+    lens = lengths_or_full(lengths, T, B, gates_x.device)
+    y = torch.empty(T, B, H, dtype=dt, device=gates_x.device)
+    h_n = torch.empty(B, H, dtype=dt, device=gates_x.device)
+    c_n = torch.empty(B, H, dtype=dt, device=gates_x.device)
+    shape_g, shape_c = ((T, B, G), (T, B, H)) if save else ((1, 1, 1), (1, 1, 1))
+    gates = torch.empty(shape_g, dtype=acc, device=gates_x.device)
+    cells = torch.empty(shape_c, dtype=acc, device=gates_x.device)
+    _launch("fwd", dt, [gates_x, h0, c0, w_hh, lens, y, h_n, c_n, gates, cells],
+            [reverse, save], H, B, gates_x.device)
+    if not save:
+        gates = cells = None
+    return y, h_n, c_n, gates, cells
+
+
+def backward(dy, dh_n, dc_n, gates, cells, h0, c0, y, w_hh, w_hr=None, lengths=None, reverse=False):
+    if w_hr is not None:
+        raise ValueError("backend='numba' has no projection (proj_size > 0) support")
+    T, B, G = gates.shape
+    H = G // 4
+    dt, acc = y.dtype, gates.dtype
+    dev = gates.device
+    lens = lengths_or_full(lengths, T, B, dev)
+    dgates = torch.empty(T, B, G, dtype=acc, device=dev)
+    dh0 = torch.empty(B, H, dtype=acc, device=dev)
+    dc0 = torch.empty(B, H, dtype=acc, device=dev)
+    tensors = [dy.contiguous().to(dt), dh_n.contiguous().to(dt), dc_n.contiguous().to(dt),
+               gates.contiguous(), cells.contiguous(), c0.contiguous().to(dt), w_hh.contiguous().to(dt),
+               lens, dgates, dh0, dc0]
+    _launch("bwd", dt, tensors, [reverse], H, B, dev)
+    return dgates, dh0, dc0, None
