@@ -129,44 +129,52 @@ def _shared_bytes(kind, dtype, H, B, ht):
     return fn(_NP_DTYPE[dtype], H, B, ht)
 
 
+def choose_grid(kind: str, dtype: torch.dtype, H: int, B: int, *, sms: int, smem_limit: int,
+                static_smem: int, co_resident) -> Plan | str:
+    """The grid rule, free of any device: ``co_resident(shared_bytes)`` says how many blocks of THREADS
+    threads with that much dynamic shared memory can be co-resident (max_cooperative_grid_blocks).
+
+    HT goes up from ceil(H / sms) (so never more blocks than SMs); the first HT whose ceil(H / HT)
+    blocks are all co-resident wins. Returns a Plan, or the reason no grid fits.
+    """
+    lanes = lanes_for(H if kind == "fwd" else 4 * H)
+    start = max(1, -(-H // sms))
+    for ht in range(start, H + 1):
+        blocks = -(-H // ht)
+        if ht > start and -(-H // (ht - 1)) == blocks:
+            continue                 # the same grid was tried with a smaller slice (less shared memory)
+        shared = _shared_bytes(kind, dtype, H, B, ht)
+        if shared + static_smem > smem_limit:
+            return (f"H={H}, batch={B}, {dtype}: the numba {kind} kernel would need {ht} hidden units per "
+                    f"block ({shared + static_smem} bytes of shared memory: W_hh slice + state) to fit "
+                    f"{blocks} co-resident blocks, over this GPU's per-block limit of {smem_limit} bytes "
+                    f"({sms} SMs): W_hh does not fit on chip")
+        if blocks <= min(co_resident(shared), sms):
+            return Plan(blocks, THREADS, ht, lanes, shared)
+    return f"H={H}, batch={B}, {dtype}: no grid of co-resident blocks found for the numba {kind} kernel"
+
+
 _PLANS: dict = {}
 
 
-def plan(kind: str, dtype: torch.dtype, H: int, B: int, device_index: int | None = None):
+def plan(kind: str, dtype: torch.dtype, H: int, B: int, device_index: int | None = None) -> Plan | str:
     """The launch configuration for one direction of the recurrence, or a string saying why none fits."""
     if numba_kernels.SIMULATOR:
         return Plan(1, SIM_THREADS, H, SIM_LANES, _shared_bytes(kind, dtype, H, B, H))
-    lanes = lanes_for(H if kind == "fwd" else 4 * H)
     key = (kind, dtype, H, B, device_index)
-    if key in _PLANS:
-        return _PLANS[key]
-    with cuda.gpus[device_index or 0]:
-        dev = cuda.get_current_device()
-        sms = dev.MULTIPROCESSOR_COUNT
-        limit = dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
-        kernel = compiled(kind, dtype)
-        static = kernel.shared_mem_per_block
-        result = None
-        for ht in range(max(1, -(-H // sms)), H + 1):
-            blocks = -(-H // ht)
-            if blocks == -(-H // (ht + 1)) and ht < H:
-                continue                       # same grid with a smaller slice: take that one
-            shared = _shared_bytes(kind, dtype, H, B, ht)
-            if shared + static > limit:
-                result = (f"H={H}, batch={B}, {dtype}: the {kind} kernel needs at least {ht} hidden units "
-                          f"per block ({shared + static} bytes of shared memory per block) to fit "
-                          f"{blocks} co-resident blocks, over this GPU's per-block limit of {limit} bytes "
-                          f"({sms} SMs); the W_hh slices do not fit on chip")
-                break
-            allow_shared(kernel, shared)
-            co_resident = kernel.max_cooperative_grid_blocks(THREADS, shared)
-            if blocks <= min(co_resident, sms):
-                result = Plan(blocks, THREADS, ht, lanes, shared)
-                break
-        if result is None:
-            result = f"H={H}, batch={B}, {dtype}: no grid of co-resident blocks found for the {kind} kernel"
-    _PLANS[key] = result
-    return result
+    if key not in _PLANS:
+        with cuda.gpus[device_index or 0]:
+            dev = cuda.get_current_device()
+            kernel = compiled(kind, dtype)
+
+            def co_resident(shared):
+                allow_shared(kernel, shared)          # the occupancy query needs the opt-in first
+                return kernel.max_cooperative_grid_blocks(THREADS, shared)
+
+            _PLANS[key] = choose_grid(kind, dtype, H, B, sms=dev.MULTIPROCESSOR_COUNT,
+                                      smem_limit=dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+                                      static_smem=kernel.shared_mem_per_block, co_resident=co_resident)
+    return _PLANS[key]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -139,3 +139,96 @@ def test_module_matches_torch_lstm_with_gradients():
         assert_close(a, b, 1e-12, what=f"output {i}")
     for i, (a, b) in enumerate(zip(grad_o, grad_r)):
         assert_close(a, b, 1e-12, what=f"gradient {i}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The GPU configuration, checked without a GPU
+# ---------------------------------------------------------------------------------------------------
+H100_SMS, H100_SMEM_OPTIN, H100_SMEM_PER_SM = 132, 227 * 1024, 228 * 1024
+
+
+def _h100_co_resident(regs_per_thread=112):
+    """A model of max_cooperative_grid_blocks on an H100 SXM (not the driver's answer): blocks per SM
+    limited by shared memory (1 KB reserved per block), registers (64 K) and threads (2048)."""
+    def co_resident(shared):
+        per_sm = min(H100_SMEM_PER_SM // (shared + 1024), 65536 // (regs_per_thread * numba_lstm.THREADS),
+                     2048 // numba_lstm.THREADS)
+        return per_sm * H100_SMS
+    return co_resident
+
+
+@pytest.mark.parametrize("dtype,H,fits", [
+    (torch.float32, 256, True), (torch.float32, 1024, True), (torch.float32, 1280, True),
+    (torch.float32, 2048, False), (torch.float16, 1024, True), (torch.float16, 2048, False),
+    (torch.float64, 512, True), (torch.float64, 1024, False)], ids=str)
+def test_grid_rule_on_an_h100_model(dtype, H, fits):
+    for kind in ("fwd", "bwd"):
+        for batch in (1, 8, 64):
+            p = numba_lstm.choose_grid(kind, dtype, H, batch, sms=H100_SMS, smem_limit=H100_SMEM_OPTIN,
+                                       static_smem=0, co_resident=_h100_co_resident())
+            if not fits:
+                assert isinstance(p, str) and f"limit of {H100_SMEM_OPTIN} bytes" in p, p
+                continue
+            assert isinstance(p, numba_lstm.Plan), p
+            assert 1 < p.blocks <= H100_SMS and p.blocks * p.ht >= H > (p.blocks - 1) * p.ht
+            assert p.shared <= H100_SMEM_OPTIN and p.lanes == 32
+            assert p.blocks <= _h100_co_resident()(p.shared)
+
+
+_COMPILE_FOR_SM90 = r"""
+import json, os, subprocess, sys
+os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
+import torch
+import numba.cuda.dispatcher as dispatcher
+class _SM90:                       # cooperative groups' device functions ask for the current device
+    compute_capability = (9, 0)
+dispatcher.get_current_device = lambda: _SM90()
+from numba import cuda
+from lstm_gpu.kernels import numba_lstm
+out = {}
+for dtype in (torch.float16, torch.float32, torch.float64):
+    fwd, bwd = numba_lstm.kernels_for(dtype)
+    for kind, kernel in (("fwd", fwd), ("bwd", bwd)):
+        ptx, _ = cuda.compile_ptx(kernel.py_func, numba_lstm.signature(kind, dtype), cc=(9, 0))
+        path = os.path.join(sys.argv[2], f"{kind}_{dtype}.ptx".replace("torch.", ""))
+        open(path, "w").write(ptx)
+        r = subprocess.run([sys.argv[1], "-arch=sm_90", "-c", "-v", path, "-o", path + ".o"],
+                           capture_output=True, text=True)
+        out[f"{kind} {dtype}"] = [r.returncode, r.stderr, "shfl.sync.down" in ptx]
+print(json.dumps(out))
+"""
+
+
+def test_kernels_compile_for_sm90_without_spills(tmp_path):
+    """Real Numba-CUDA typing and NVVM, then ptxas for sm_90: registers and spills of every kernel.
+
+    Needs libnvrtc (pip package nvidia-cuda-nvrtc; its lib folder in LSTM_GPU_NVRTC_LIB or on the
+    loader path) and ptxas (a CUDA toolkit); skipped otherwise. The counts are before linking
+    cudadevrt (grid.sync), so the GPU test reads the linked kernel's own numbers too.
+    """
+    import glob
+    import json
+    import os
+    import re
+    import shutil
+    import subprocess
+    import sys
+    ptxas = shutil.which("ptxas") or next(iter(sorted(glob.glob("/usr/local/cuda*/bin/ptxas"))), None)
+    if ptxas is None:
+        pytest.skip("no ptxas (CUDA toolkit) on this machine")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    if os.environ.get("LSTM_GPU_NVRTC_LIB"):
+        env["LD_LIBRARY_PATH"] = os.environ["LSTM_GPU_NVRTC_LIB"] + ":" + env.get("LD_LIBRARY_PATH", "")
+    r = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90, ptxas, str(tmp_path)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode and ("nvrtc" in r.stderr or "cannot be found" in r.stderr):
+        pytest.skip("libnvrtc not found: pip install nvidia-cuda-nvrtc and set LSTM_GPU_NVRTC_LIB")
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    for name, (code, log, has_shuffle) in results.items():
+        assert code == 0, f"{name}: ptxas failed\n{log}"
+        regs = int(re.search(r"Used (\d+) registers", log).group(1))
+        assert "0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads" in log, f"{name}: {log}"
+        assert regs * numba_lstm.THREADS <= 65536, f"{name}: {regs} registers x {numba_lstm.THREADS} threads"
+        assert has_shuffle, f"{name}: no warp shuffle in the PTX"
+        print(name, f"{regs} registers, no spills")
