@@ -1,0 +1,167 @@
+"""The floor: what one time step of a persistent multi-program LSTM costs when it does no math at all.
+
+A persistent LSTM kernel pays, every step, one grid barrier (every program must see all of h_{t-1}
+before computing h_t) plus the h exchange (each program writes its own slice of h_t and then reads
+all of h_{t-1} back through L2). This file times a Triton kernel that does exactly that and nothing
+else, so every measured LSTM can be reported as a multiple of it (``floor_multiple`` in the CSV).
+
+The barrier: the Triton LSTM's own, ``lstm_gpu.kernels.triton_barrier.grid_barrier``, whenever it can
+be imported, so the floor measures exactly the barrier the kernel pays. Only if it cannot (a checkout
+without it) does the floor fall back to ``_grid_barrier`` below, this file's own self-resetting counter
+(program 0 adds 0x80000000-(n-1), the others add 1, everyone spins until the top bit flips, as described
+in /work/shared/DESIGN.md), which also gives up after MAX_SPINS polls instead of hanging. ``BARRIER``
+names the one in use; the CSV notes record it.
+
+    _floor_kernel   per step t: read all of h_t (B x H, bypassing L1), reduce it per batch row, write
+                    this program's slice of h_{t+1}, grid barrier.
+    floor_per_step  launcher + timing: microseconds per step.
+
+Sizing: ``programs_for`` is the grid the Triton LSTM launches for that (batch, hidden, dtype)
+(``lstm_gpu.kernels.triton_config.gpu_config``), or without it an estimate (W_hh split so each slice
+fits ~200 KB on chip, at most one program per SM); pass ``programs`` to override. The grid is launched with
+``launch_cooperative_grid=True`` on a GPU, so an oversized grid is refused by the driver, not hung.
+
+CPU (TRITON_INTERPRET=1): programs run one after another, so a barrier across several would never
+complete; the floor then runs with ONE program. Its timings are interpreter timings, meaningless as
+GPU numbers, and are labelled so in the CSV.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+try:
+    from lstm_gpu.kernels.triton_barrier import grid_barrier as _shared_barrier
+    BARRIER = "lstm_gpu.kernels.triton_barrier.grid_barrier"
+except Exception:   # noqa: BLE001 - any checkout without it: use our own
+    _shared_barrier = None
+    BARRIER = "bench.floor._grid_barrier"
+SHARED_BARRIER = _shared_barrier is not None
+
+# on-chip budget for one program's W_hh slice (bytes): ~200 KB of shared memory (DESIGN.md)
+ONCHIP_BYTES_PER_PROGRAM = 200 * 1024
+# polls of the barrier counter before giving up (~1 s at ~0.25 us per L2 atomic): a safety net, never reached
+MAX_SPINS = 1 << 22
+
+
+@triton.jit
+def _grid_barrier(p_count, failed, MAX_SPINS: tl.constexpr):
+    """All programs of the grid meet here. ``p_count``: one zero-initialised int32, reset by itself.
+
+    Spins at most MAX_SPINS polls; returns ``failed`` (int32, 1 once a barrier timed out). After a
+    time-out every later barrier is skipped, so a broken barrier costs seconds, not a hung GPU.
+    """
+    p_sem = p_count.to(tl.pointer_type(tl.uint32))
+    n = tl.num_programs(0).to(tl.uint32)
+    top = tl.full([], 0x80000000, tl.uint32)
+    if tl.program_id(0) == 0:
+        arrive = top - (n - 1)      # the n-1 others add 1 each: the counter then gains exactly 0x80000000
+    else:
+        arrive = tl.full([], 1, tl.uint32)
+    tl.debug_barrier()              # every thread's stores of this step precede the release
+    old = tl.atomic_add(p_sem, arrive, sem="release", scope="gpu")
+    now = tl.atomic_add(p_sem, 0, sem="acquire", scope="gpu")
+    spins = 0
+    while (((old ^ now) & top) == 0) & (spins < MAX_SPINS) & (failed == 0):
+        now = tl.atomic_add(p_sem, 0, sem="acquire", scope="gpu")
+        spins += 1
+    tl.debug_barrier()
+    return tl.where(spins >= MAX_SPINS, 1, failed)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _floor_kernel(
+    p_h,            # [T+1, B, H] h slots: slot 0 is h0, slot t+1 is written at step t
+    p_count,        # [1] int32 barrier counter, zero before the first launch, left zero after
+    p_err,          # [1] int32, set to 1 if a barrier timed out
+    T, B, H,        # steps, batch, hidden
+    HT,             # hidden units owned by one program
+    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_HT: tl.constexpr, MAX_SPINS: tl.constexpr,
+    NUM_PROGRAMS: tl.constexpr, SHARED: tl.constexpr,
+):
+    i_p = tl.program_id(0)
+    o_b = tl.arange(0, BLOCK_B)
+    o_k = tl.arange(0, BLOCK_K)
+    o_own = i_p * HT + tl.arange(0, BLOCK_HT)
+    m_b = o_b < B
+    m_own = (tl.arange(0, BLOCK_HT) < HT) & (o_own < H)
+    failed = 0
+    for t in tl.range(0, T, num_stages=1):      # num_stages=1: no load of step t+1 hoisted above the barrier
+        p_prev = p_h + t * B * H
+        # the exchange: all of h_t, written by every program, read back through L2 (.cg skips L1)
+        b_acc = tl.zeros([BLOCK_B], dtype=tl.float32)
+        for k in range(0, H, BLOCK_K):
+            m = m_b[:, None] & ((k + o_k) < H)[None, :]
+            b_h = tl.load(p_prev + o_b[:, None] * H + (k + o_k)[None, :], mask=m, other=0.0,
+                          cache_modifier=".cg").to(tl.float32)
+            b_acc += tl.sum(b_h, 1)
+        m2 = m_b[:, None] & m_own[None, :]
+        b_own = tl.load(p_prev + o_b[:, None] * H + o_own[None, :], mask=m2, other=0.0,
+                        cache_modifier=".cg").to(tl.float32)
+        b_new = 0.5 * b_own + (0.5 / H) * b_acc[:, None]        # depends on every element of h_t
+        tl.store(p_prev + B * H + o_b[:, None] * H + o_own[None, :], b_new.to(p_h.dtype.element_ty), mask=m2)
+        if SHARED:
+            _shared_barrier(p_count, NUM_PROGRAMS)
+        else:
+            failed = _grid_barrier(p_count, failed, MAX_SPINS)
+    if failed != 0:
+        tl.store(p_err, 1)
+
+
+def interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def programs_for(batch: int, hidden: int, dtype: torch.dtype, sm_count: int) -> int:
+    """The grid of the persistent Triton LSTM for this call (or an estimate: W_hh split to fit on chip)."""
+    if interpreted():
+        return 1
+    try:
+        from lstm_gpu.kernels.triton_config import gpu_config
+        return min(sm_count, gpu_config(B=batch, H=hidden, dtype=dtype, n_sm=sm_count).num_programs)
+    except Exception:   # noqa: BLE001 - no config module: estimate
+        pass
+    w_bytes = 4 * hidden * hidden * torch.empty(0, dtype=dtype).element_size()
+    return max(1, min(sm_count, math.ceil(w_bytes / ONCHIP_BYTES_PER_PROGRAM), hidden))
+
+
+def floor_launch(h: torch.Tensor, count: torch.Tensor, programs: int, err: torch.Tensor | None = None) -> None:
+    """One launch over all T steps of ``h`` ([T+1, B, H]); ``err`` (int32 [1]) becomes 1 on a barrier time-out."""
+    T1, B, H = h.shape
+    HT = triton.cdiv(H, programs)
+    BLOCK_B = triton.next_power_of_2(B)
+    BLOCK_K = max(16, min(triton.next_power_of_2(H), 4096 // BLOCK_B))
+    extra = {} if interpreted() else {"launch_cooperative_grid": True, "num_warps": 4, "num_stages": 1}
+    err = count.new_zeros(1) if err is None else err
+    _floor_kernel[(programs,)](h, count, err, T1 - 1, B, H, HT, BLOCK_B=BLOCK_B, BLOCK_K=BLOCK_K,
+                               BLOCK_HT=triton.next_power_of_2(HT), MAX_SPINS=MAX_SPINS,
+                               NUM_PROGRAMS=programs, SHARED=SHARED_BARRIER, **extra)
+
+
+def floor_reference(h0: torch.Tensor, T: int) -> torch.Tensor:
+    """What the floor kernel computes, in PyTorch (to check it really exchanged h)."""
+    h = h0.float()
+    out = [h]
+    for _ in range(T):
+        h = 0.5 * h + 0.5 * h.mean(1, keepdim=True)
+        out.append(h)
+    return torch.stack(out).to(h0.dtype)
+
+
+def make_buffers(batch: int, hidden: int, steps: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    h = torch.zeros(steps + 1, batch, hidden, dtype=dtype, device=device)
+    h[0] = torch.randn(batch, hidden, device=device).to(dtype)
+    count = torch.zeros(1, dtype=torch.int32, device=device)
+    return h, count
+
+
+def check_floor(batch: int, hidden: int, dtype: torch.dtype, device, programs: int, steps: int = 4):
+    """Run the floor kernel once on fresh buffers: (its h slots, ``floor_reference``'s, barrier timed out?)."""
+    h, count = make_buffers(batch, hidden, steps, dtype, device)
+    err = count.new_zeros(1)
+    floor_launch(h, count, programs, err)
+    return h, floor_reference(h[0], steps), bool(err.item())
