@@ -1,0 +1,174 @@
+"""The benchmark suite's plumbing, on CPU: a tiny sweep through every CPU provider plus a deliberately
+wrong one (the gate must refuse to time it) and a missing one (recorded "unsupported"), the CSV and env
+JSON, the plots, the cuDNN regime rule, and the floor kernel in the Triton interpreter. No timing is
+asserted: CPU numbers mean nothing.
+"""
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from bench import providers
+from bench.gate import compare
+from bench.regime import SMALL_H, STANDARD, STATIC, algo, regime
+from bench.sweep import COLUMNS, STATUSES
+
+CPU_PROVIDERS = ["reference", "cudnn", "eager", "triton", "numba"]
+
+
+def _setup_wrong(shape, dtype, weights, device):
+    """The reference LSTM with its output nudged: plausible-looking, wrong."""
+    prep = providers.PROVIDERS["reference"](shape, dtype, weights, device)
+    inner = prep.forward
+
+    def forward(x):
+        y, (h, c) = inner(x)
+        return y + 0.05, (h, c)
+    return providers.Prepared(forward, prep.params, "deliberately wrong (test)")
+
+
+def _setup_missing(shape, dtype, weights, device):
+    raise NotImplementedError("backend='missing' is not implemented yet")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    from bench.__main__ import main
+    out = tmp_path_factory.mktemp("bench")
+    providers.register("wrong", _setup_wrong)
+    providers.register("missing", _setup_missing)
+    try:
+        rc = main(["--batch", "1,2", "--hidden", "8,16", "--seq-len", "4", "--dtype", "fp32-ieee",
+                   "--mode", "fwd,fwd+bwd", "--providers", ",".join(CPU_PROVIDERS + ["wrong", "missing"]),
+                   "--out", str(out), "--plots-dir", str(out / "plots"), "--no-progress", "--min-reps", "2"])
+    finally:
+        del providers.PROVIDERS["wrong"], providers.PROVIDERS["missing"]
+    assert rc == 0
+    csvs, jsons = list(out.glob("*.csv")), list(out.glob("*.json"))
+    assert len(csvs) == 1 and len(jsons) == 1
+    with open(csvs[0], newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames
+        rows = list(reader)
+    return dict(out=out, csv=csvs[0], header=header, rows=rows, env=json.loads(jsons[0].read_text()))
+
+
+def _rows(sweep, **match):
+    return [r for r in sweep["rows"] if all(r[k] == v for k, v in match.items())]
+
+
+def test_csv_is_long_format_with_the_agreed_columns(sweep):
+    assert sweep["header"] == COLUMNS
+    assert sweep["csv"].name.startswith("cpu-")          # gitignored: reports/data/cpu-*
+    for r in sweep["rows"]:
+        assert r["status"] in STATUSES
+        assert r["device_kind"] == "cpu"
+        assert "not GPU timings" in r["gpu"] and "not GPU timings" in r["note"]
+    # every case of the sweep is there: 4 shapes x 2 modes x 7 providers
+    cases = {(r["provider"], r["mode"], r["batch"], r["hidden"]) for r in _rows(sweep, kernel="lstm", metric="time")}
+    assert len(cases) == 4 * 2 * 7
+
+
+def test_correct_providers_are_timed(sweep):
+    for prov in ("reference", "cudnn", "eager"):
+        for mode in ("fwd", "fwd+bwd"):
+            times = _rows(sweep, provider=prov, mode=mode, metric="time")
+            assert len(times) == 4 and all(r["status"] == "ok" for r in times), times
+            for r in times:
+                p20, p50, p80 = float(r["p20"]), float(r["p50"]), float(r["p80"])
+                assert 0 < p20 <= p50 <= p80
+            for metric in ("time_per_step", "floor_multiple", "gate_error"):
+                assert len(_rows(sweep, provider=prov, mode=mode, metric=metric, status="ok")) == 4
+            assert all(float(r["p50"]) <= 1 for r in _rows(sweep, provider=prov, mode=mode, metric="gate_error"))
+    # the kernel backends either ran (emulated) and passed, or say why not
+    for prov in ("triton", "numba"):
+        for r in _rows(sweep, provider=prov, metric="time"):
+            assert r["status"] in ("ok", "unsupported"), r
+            if r["status"] == "unsupported":
+                assert r["note"] and r["p50"] == ""
+
+
+def test_wrong_provider_is_gated_out_and_gets_no_time(sweep):
+    rows = _rows(sweep, provider="wrong")
+    assert rows
+    assert all(r["status"] == "incorrect" for r in rows)
+    for r in rows:
+        if r["metric"] == "gate_error":
+            assert float(r["p50"]) > 1
+        else:
+            assert r["metric"] == "time" and r["p50"] == r["p20"] == r["p80"] == ""
+            assert "FAILED" in r["note"] and "y" in r["note"]
+    assert not [r for r in rows if r["metric"] in ("time_per_step", "floor_multiple", "memory")]
+
+
+def test_missing_provider_is_unsupported_with_reason(sweep):
+    rows = _rows(sweep, provider="missing")
+    assert len(rows) == 8
+    assert all(r["status"] == "unsupported" and r["p50"] == "" for r in rows)
+    assert all("not implemented yet" in r["note"] for r in rows)
+
+
+def test_floor_rows_and_regime_column(sweep):
+    floors = _rows(sweep, kernel="floor", metric="time_per_step")
+    assert {(r["batch"], r["hidden"]) for r in floors} == {("1", "8"), ("2", "8"), ("1", "16"), ("2", "16")}
+    assert all(r["status"] == "ok" and float(r["p50"]) > 0 for r in floors)
+    for r in _rows(sweep, kernel="lstm"):
+        assert r["cudnn_regime"] == SMALL_H                  # H <= 128: small-H persistent, forward and backward
+        assert r["fp32_precision"] == "ieee"
+
+
+def test_env_json(sweep):
+    env = sweep["env"]
+    for key in ("gpu", "sm_count", "driver", "torch", "torch_cuda", "cudnn", "triton", "numba", "numba_cuda",
+                "fp32_precision", "fp32_precision_by_dtype", "git_sha", "git_dirty", "command", "timestamp"):
+        assert key in env
+    assert env["not_gpu_timings"] is True and "not GPU timings" in env["gpu"]
+    assert env["torch"] == torch.__version__
+    assert env["fp32_precision_by_dtype"]["fp32-ieee"]["TRITON_F32_DEFAULT"] == "ieee"
+    assert env["csv"] == sweep["csv"].name and "finished" in env
+    assert sum(env["status_counts"].values()) == 4 * 2 * 7
+
+
+def test_plots_are_written(sweep):
+    from bench.plot import plot_files
+    pngs = list((sweep["out"] / "plots").glob("*.png"))
+    assert pngs and all(p.name.startswith("cpu-") for p in pngs)
+    assert any(p.name.startswith("cpu-speedup-") for p in pngs)
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    again = plot_files([sweep["csv"]], sweep["out"] / "again")      # the standalone entry point too
+    assert sorted(p.name for p in again) == sorted(p.name for p in pngs)
+
+
+def test_cudnn_regime_rule():
+    base = dict(dtype="fp16", batch=16, hidden=768, seq_len=1024, input_size=768)
+    assert algo(forward=True, **base) == STATIC                        # the published B=16 H=768 fp16 point
+    assert algo(forward=True, **dict(base, dtype="bf16")) == STANDARD  # persistent-static is fp16 only
+    assert algo(forward=True, **dict(base, batch=1)) == STANDARD       # batch not a multiple of 8
+    assert algo(forward=True, **dict(base, batch=136)) == STANDARD     # batch > 128
+    assert algo(forward=True, **dict(base, hidden=1536, input_size=1536)) == STANDARD
+    assert algo(forward=True, **dict(base, input_size=100)) == STANDARD
+    assert algo(forward=True, layers=2, **base) == STANDARD
+    assert algo(forward=True, bidirectional=True, **base) == STANDARD
+    assert algo(forward=True, **dict(base, dtype="fp32-tf32", hidden=192, input_size=192)) == SMALL_H
+    assert regime("fwd+bwd", **dict(base, dtype="fp32-ieee", hidden=160, input_size=160)) == f"{SMALL_H}/{STANDARD}"
+    assert regime("fwd+bwd", **dict(base, hidden=128, input_size=128)) == SMALL_H
+
+
+def test_gate_measure():
+    ref = {"y": torch.ones(3, 2), "grad_w": torch.full((4,), 1000.0)}
+    ok = compare({"y": ref["y"] + 1e-6, "grad_w": ref["grad_w"] + 0.1}, ref, "fp32-ieee")
+    assert ok.ok and ok.ratio < 1                   # 0.1 on a tensor of 1000s is within rtol x max|ref|
+    bad = compare({"y": ref["y"] + 1e-2, "grad_w": ref["grad_w"]}, ref, "fp32-ieee")
+    assert not bad.ok and bad.worst == "y"
+    assert not compare({"y": ref["y"]}, ref, "bf16").ok                      # a missing gradient fails
+    assert math.isinf(compare({"y": ref["y"] * math.nan, "grad_w": ref["grad_w"]}, ref, "bf16").ratio)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_floor_kernel_exchanges_h(dtype):
+    from bench.floor import check_floor
+    h, ref, timed_out = check_floor(3, 20, dtype, "cpu", programs=1, steps=3)
+    assert not timed_out
+    assert compare({"h": h}, {"h": ref}, "fp32-ieee" if dtype == torch.float32 else "fp16").ok
