@@ -38,6 +38,7 @@ SHARED_PER_SM = 227 * 1024                  # bytes of shared memory one block m
 # Registers one program may spend on its W_hh slice: about half the register file, measured on sm_90
 # compiles (the rest holds h, the products, addresses and the cell state). 32-bit words.
 W_REG_BUDGET = 32 * 1024
+DOT_MAX_K = 256                             # largest K (next pow2 ≥ H) the tl.dot path compiles without spills
 
 
 @dataclass(frozen=True)
@@ -82,21 +83,27 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS) -> L
     """The configuration for a CUDA device with ``n_sm`` SMs (a pure function: tested without a GPU)."""
     precision = fp32_precision()
     tensor_cores = dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and precision != "ieee")
-    use_dot = tensor_cores and B >= 8
     block_k = max(16, _pow2(H))
-    ht_min = 16 if use_dot else 4
-    ht = max(ht_min, _pow2(-(-H // n_sm)))
-    ht = min(ht, block_k)
+    # tl.dot only up to K = 256: beyond, the sm_90 compile spills (the operands' layout conversions go
+    # through shared memory and the mma operand of W_hh sits in registers), see tests/test_triton_sm90.py
+    use_dot = tensor_cores and B >= 8 and block_k <= DOT_MAX_K
+    ht = max(16 if use_dot else 4, _pow2(-(-H // n_sm)))
+    ht = min(ht, _pow2(H))
     num_programs = -(-H // ht)
+    words = LSTMConfig(ht, block_k, 1, use_dot, precision, 4, num_programs).w_words(dtype)
+    # 4 warps while the weights take ≤ 128 registers per thread, else 8 (16 warps would cap every thread
+    # at 128 registers in all and spill)
+    num_warps = 4 if words <= 128 * 32 * 4 else 8
     if use_dot:
-        block_b = 16
+        block_b = 16                                    # M ≥ 16 for tl.dot on triton 3.6
+        if block_k >= 128:
+            num_warps = 8                               # tf32 K = 128 spilled 16 bytes with 4 warps
     else:
-        block_b = 1 if dtype == torch.float64 else min(4, _pow2(B))
-    words_per_program = LSTMConfig(ht, block_k, block_b, use_dot, precision, 4, num_programs).w_words(dtype)
-    # threads so that the weights take at most ~96 registers per thread
-    num_warps = 4
-    while num_warps < 16 and words_per_program > 96 * 32 * num_warps:
-        num_warps *= 2
+        per_thread = words // (32 * num_warps)          # weight registers per thread
+        block_b = 4 if per_thread <= 32 else 2 if per_thread <= 64 else 1
+        if dtype == torch.float64:
+            block_b = min(block_b, 2)                   # fp64 products take two registers each
+        block_b = min(block_b, _pow2(B))
     return LSTMConfig(ht=ht, block_k=block_k, block_b=block_b, use_dot=use_dot, precision=precision,
                       num_warps=num_warps, num_programs=num_programs)
 

@@ -80,8 +80,9 @@ def _tanh(x):
 def _matmul(b_a, b_w, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     """[BB, K] · W → [BB, N]. USE_DOT: W is [K, N], tensor cores (or FMA for ieee fp32).
     Otherwise W is [N, K] and the product is a register broadcast-multiply-sum (small batch, fp64)."""
+    b_a = b_a.to(b_w.dtype)         # dot: the weights' dtype (fp16/bf16 tensor cores); else the acc dtype
     if USE_DOT:
-        return tl.dot(b_a.to(b_w.dtype), b_w, input_precision=PRECISION)
+        return tl.dot(b_a, b_w, input_precision=PRECISION)
     else:
         return tl.sum(b_a[:, None, :] * b_w[None, :, :], 2)
 
@@ -133,7 +134,7 @@ def _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_w, b_c, t, i_p, i_bt, 
     b_alive = (t < b_len)[:, None]                                  # [BB, 1]
 
     # z_t = gates_x[t] + h_{t-1} · W_sliceᵀ, all four gates of this program's units at once
-    b_h = _h_prev(p_y, p_h0, t, o_b, m_b, b_len, o_k, m_k, B, H, REVERSE).to(ACC)
+    b_h = _h_prev(p_y, p_h0, t, o_b, m_b, b_len, o_k, m_k, B, H, REVERSE)
     o_n = tl.arange(0, 4 * HT)                                      # column n = gate·HT + j
     o_g = (o_n // HT) * H + i_p * HT + (o_n % HT)                   # → gate·H + unit
     m_n = (i_p * HT + (o_n % HT)) < H
@@ -306,7 +307,7 @@ def _bwd_tile_dh(p_dgates, p_len, b_w, b_dh, t, i_bt, B, H, BLOCK_K: tl.constexp
     m_r = (o_r % BLOCK_K) < H
     o_bg = (t.to(tl.int64) * B + o_b) * (4 * H)
     b_dz = tl.load(p_dgates + o_bg[:, None] + o_g[None, :], mask=m_b[:, None] & m_r[None, :], other=0.,
-                   cache_modifier=".cg")                            # written by every program
+                   cache_modifier=".cg").to(b_w.dtype)             # written by every program
     b_new = _matmul(b_dz, b_w, USE_DOT, PRECISION).to(b_dh.dtype)
     return tl.where((t < b_len)[:, None], b_new, b_dh)              # frozen rows pass dh through
 

@@ -1,0 +1,117 @@
+"""Every configuration the Triton dispatcher can choose compiles for sm_90 with the weights on chip.
+
+For H in {64 … 2048}, B in {1 … 256}, each dtype (and fp32 under both ieee and tf32): the configs that
+``triton_config.unsupported_reason`` accepts for a 132-SM H100 are compiled for sm_90 on this CPU machine
+(``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``), and ``cuobjdump
+--dump-resource-usage`` (shipped in the triton wheel) must report no spills (STACK 0, LOCAL 0),
+≤ 255 registers, ≤ 227 KB of shared memory, and a grid that fits co-resident on 132 SMs.
+The compiles run in subprocesses with TRITON_INTERPRET unset (conftest.py sets it for this process).
+This says nothing about speed, and the limits are ptxas's, not a run's.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import triton
+
+from lstm_gpu.kernels import triton_config as tc
+from lstm_gpu.kernels.triton_sm90 import co_resident
+
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+pytestmark = pytest.mark.skipif(not (os.path.exists(CUOBJDUMP) or shutil.which("cuobjdump")),
+                                reason="cuobjdump (shipped in the triton wheel) is missing")
+
+HS = [64, 128, 256, 512, 768, 1024, 1536, 2048]
+BS = [1, 2, 4, 8, 16, 64, 256]
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+N_SM = 132
+SHARED_LIMIT = 227 * 1024
+CUDA = torch.device("cuda")
+
+
+def dispatcher_jobs():
+    """Distinct (direction, dtype, config) the dispatcher picks over the grid, and the (H, dtype) it refuses."""
+    jobs, refused, seen = [], set(), set()
+    saved = tc.FP32_PRECISION
+    try:
+        for precision in ("ieee", "tf32"):
+            tc.FP32_PRECISION = precision
+            for dtype in DTYPES:
+                if precision == "tf32" and dtype != torch.float32:
+                    continue
+                for H in HS:
+                    for B in BS:
+                        if tc.unsupported_reason(device=CUDA, dtype=dtype, hidden_size=H, proj_size=0, batch=B,
+                                                 n_sm=N_SM):
+                            refused.add((H, str(dtype)))
+                            continue
+                        cfg = tc.gpu_config(B=B, H=H, dtype=dtype, n_sm=N_SM)
+                        for direction in ("fwd", "bwd"):
+                            key = (direction, dtype, cfg)
+                            if key not in seen:
+                                seen.add(key)
+                                jobs.append(dict(direction=direction, dtype=str(dtype).replace("torch.", ""),
+                                                 config=cfg.__dict__))
+    finally:
+        tc.FP32_PRECISION = saved
+    return jobs, refused
+
+
+def compile_all(jobs, workers=2):
+    """Compile the jobs in ``workers`` subprocesses (the machine has 2 cores); one result per job."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    chunks = [jobs[i::workers] for i in range(workers)]
+    procs = [subprocess.Popen([sys.executable, "-W", "ignore", "-m", "lstm_gpu.kernels.triton_sm90"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env) for _ in chunks]
+    results = []
+    for p, chunk in zip(procs, chunks):
+        p.stdin.write("".join(json.dumps(j) + "\n" for j in chunk))
+        p.stdin.close()
+    for p in procs:
+        out = p.stdout.read()
+        err = p.stderr.read()
+        assert p.wait() == 0, err[-3000:]
+        results += [json.loads(line) for line in out.splitlines() if line.strip()]
+    return results
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    jobs, refused = dispatcher_jobs()
+    return jobs, refused, compile_all(jobs)
+
+
+def test_dispatcher_supports_what_fits(compiled):
+    """The dispatcher refuses only what cannot fit: H ≥ 1536 (any dtype) and fp64 from H = 768."""
+    jobs, refused, _ = compiled
+    expected = {(H, str(d)) for d in DTYPES for H in HS if H >= 1536 or (d == torch.float64 and H >= 768)}
+    assert refused == expected
+
+
+def test_every_config_compiles_for_sm90_without_spills(compiled):
+    jobs, _, results = compiled
+    assert len(results) == len(jobs)
+    problems = []
+    for r in results:
+        cfg = r["config"]
+        name = f"{r['direction']} {r['dtype']} {cfg}"
+        if "error" in r:
+            problems.append(f"{name}: {r['error']}")
+            continue
+        shared = r["shared_meta"] + r.get("SHARED", 0)
+        if r["STACK"] or r["LOCAL"]:
+            problems.append(f"{name}: spills (STACK {r['STACK']}, LOCAL {r['LOCAL']})")
+        if r["REG"] > 255:
+            problems.append(f"{name}: {r['REG']} registers")
+        if shared > SHARED_LIMIT:
+            problems.append(f"{name}: {shared} bytes of shared memory")
+        per_sm = co_resident(r["REG"], shared, cfg["num_warps"])
+        if per_sm * N_SM < cfg["num_programs"]:
+            problems.append(f"{name}: {cfg['num_programs']} programs, only {per_sm} per SM x {N_SM} SMs fit")
+    assert not problems, "\n".join(problems)
