@@ -4,15 +4,21 @@ Supports / tested on: pure host-side Python; the GPU rules were fitted to ptxas 
 compiles (tests/test_triton_sm90.py), NEVER to a run on a GPU. Known risk: a config that compiles cleanly
 can still be slow; the choices below are about fitting on chip, not about speed.
 
-Rules (GPU):
-- path: ``tl.dot`` (tensor cores for fp16/bf16, and for fp32 when the precision is tf32) when the batch is
-  large enough to fill a 16-row tile; otherwise, and always for float64, the register
-  broadcast-multiply-sum. The batch tile is BLOCK_B rows (16 on the dot path: triton 3.6 wants M ≥ 16),
-  looped over inside the program when B is larger.
+Rules (GPU), each checked by compiling every chosen config for sm_90 (tests/test_triton_sm90.py):
+- path: ``tl.dot`` when the matmul can use tensor cores (fp16/bf16, or fp32 with tf32 precision), B ≥ 8 and
+  K ≤ 256 (K = next power of two ≥ H). Beyond K = 256 the tl.dot kernels spill: the operands' layout
+  conversions go through shared memory (bwd: 393 KB at K = 1024) and W_hh's mma operand sits in
+  registers. Everything else, and always float64, uses the register broadcast-multiply-sum, one batch
+  tile of BLOCK_B rows at a time (looped inside the program when B is larger).
 - HT (hidden units per program, all four gates) is the smallest power of two that keeps the grid
-  cdiv(H, HT) within one program per SM; the dot path needs HT ≥ 16 (N of the backward product).
-- The W_hh slice kept on chip is 4·HT·K elements (K = next power of two ≥ H). It must fit the per-program
-  budget below, or the call is unsupported (auto falls back to cuDNN).
+  cdiv(H, HT) ≤ the SM count (one program per SM); ≥ 4, and ≥ 16 on the dot path (N of backward's dot).
+- num_warps: 4 while the W_hh slice (4·HT·K elements, 32-bit registers; fp16/bf16 packed two per register
+  on the dot path, fp64 two registers each) takes ≤ 128 registers per thread, else 8; never 16 (at 512
+  threads every thread is capped at 128 registers and the kernels spilled). Dot path with K ≥ 128: 8.
+- BLOCK_B (broadcast path): 4 rows while the weights take ≤ 32 registers per thread, 2 up to 64, else 1
+  (fp64: at most 2). Dot path: 16 (M ≥ 16 for tl.dot on triton 3.6).
+- Unsupported (auto falls back to cuDNN): a W_hh slice above W_REG_BUDGET = 32K registers per program,
+  i.e. on 132 SMs H > 1024 for fp32/fp16/bf16 (K = 2048 would need 64K) and H > 512 for fp64.
 CPU (TRITON_INTERPRET=1): one program (HT = H), no barrier.
 
 fp32 matmul precision: ``FP32_PRECISION`` below if set, else the environment variable TRITON_F32_DEFAULT,

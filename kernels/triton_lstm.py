@@ -3,7 +3,8 @@
 Supports: one layer, one direction per call (reverse too), no projection (proj_size = 0), packed
 sequences (per-sequence ``lengths``, any order), float32 (tl.dot precision: ieee by default, see
 ``kernels/triton_config.py``), float16, bfloat16 and float64 (the broadcast-multiply-sum path;
-tl.dot has no fp64). H up to what fits on chip (``triton_config.unsupported`` says the limit).
+tl.dot has no fp64). H ≤ 1024 (fp64: ≤ 512) on a 132-SM H100: the whole W_hh must stay on chip, spread
+over the programs (``triton_config`` has the rules and says the limit when a call does not fit).
 Tested on: the Triton CPU interpreter only (TRITON_INTERPRET=1, one program, grid = 1), against
 lstm_gpu/reference.py in float64/float32/float16, and compiled for sm_90 (ptxas resource usage, no run)
 by tests/test_triton_sm90.py. IT HAS NEVER RUN ON A GPU: no timing has been measured, the multi-program
@@ -11,7 +12,12 @@ grid barrier has never executed, and bfloat16 numerics are untested (the interpr
 Known risks: (1) the grid barrier deadlocks if the programs are not all co-resident (the cooperative
 launch should refuse instead); (2) the register / shared-memory model in triton_config.py was fitted to
 sm_90 compiles, not to measured occupancy; (3) the compiler is trusted to keep the W_hh slice loaded
-before the time loop on chip (tests/test_triton_sm90.py checks for spills, not for the exact placement).
+before the time loop on chip (tests/test_triton_sm90.py checks for spills, not for the exact placement);
+(4) speed is unknown: the broadcast path does B/BLOCK_B passes over the on-chip weights per step, so
+large batches at H > 256 (no tl.dot there yet) may well lose to cuDNN; per-gate dots with W_hh staged
+in shared memory are the obvious next step; (5) tl.dot's M, N ≥ 16 is assumed for triton 3.6 (3.9 is
+laxer); (6) fp16/bf16 exchange h between programs in the input dtype (as cuDNN does), while the
+reference carries h in fp32: a small, tolerated difference.
 
 Dimension legend
     T  time steps          B  batch            H  hidden units          G = 4H  gates (i, f, g, o)
