@@ -172,3 +172,14 @@ def test_floor_kernel_exchanges_h(dtype):
     h, ref, timed_out = check_floor(3, 20, dtype, "cpu", programs=1, steps=3)
     assert not timed_out
     assert compare({"h": h}, {"h": ref}, "fp32-ieee" if dtype == torch.float32 else "fp16").ok
+
+
+def test_profile_report_on_cpu(tmp_path):
+    from bench.profile import main
+    out = tmp_path / "cpu-profile.md"
+    assert main(["--shapes", "2x8x3", "--providers", "reference,cudnn,missing", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "NOT GPU timings" in text
+    assert "| reference | 2 | 8 | 3 | fwd |" in text and "| cudnn | 2 | 8 | 3 | bwd |" in text
+    assert "| missing | 2 | 8 | 3 | - |" in text          # an unknown provider is reported, not fatal
+    assert "not measured: no GPU" in text
