@@ -56,8 +56,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="small GPU preset (a few minutes on an H100)")
     p.add_argument("--out", type=Path, default=Path("reports/data"), help="CSV + JSON folder (default reports/data)")
     p.add_argument("--tag", default="", help="appended to the output file names")
-    p.add_argument("--gate-max-steps", type=int, default=1024,
-                   help="the correctness gate runs at min(seq_len, this) steps (default 1024)")
+    p.add_argument("--gate-max-steps", type=int, default=None,
+                   help="the correctness gate runs at min(seq_len, this) steps (default 1024; --quick 256)")
     p.add_argument("--no-floor", action="store_true", help="skip the barrier-floor microbenchmark")
     p.add_argument("--floor-steps", type=int, default=None, help="steps per floor launch (GPU 1024, CPU 4)")
     p.add_argument("--floor-programs", type=int, default=0, help="floor grid size (default: as the LSTM needs)")
@@ -116,15 +116,20 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SweepConfig(batch=_ints(axis["batch"]), hidden=_ints(axis["hidden"]), seq_len=_ints(axis["seq_len"]),
                       dtypes=dtypes, modes=modes, providers=providers, layers=_ints(args.layers),
                       bidirectional=_bools(args.bidirectional), input_size=args.input_size, out=args.out,
-                      tag=args.tag, gate_max_steps=args.gate_max_steps, floor=not args.no_floor,
+                      tag=args.tag, gate_max_steps=args.gate_max_steps or (256 if args.quick else 1024),
+                      floor=not args.no_floor,
                       floor_steps=args.floor_steps or (1024 if gpu else 4), floor_programs=args.floor_programs,
                       timing=timing, seed=args.seed, progress=not args.no_progress)
     print(f"sweep: {cfg.n_cases()} cases; providers {', '.join(providers)}", flush=True)
     csv_path, _ = run(cfg, argv)
     if not args.no_plots:
-        from .plot import plot_files
-        for png in plot_files([csv_path], args.plots_dir):
-            print(f"plot: {png}")
+        try:
+            from .plot import plot_files
+        except ImportError as e:   # e.g. no matplotlib on the GPU machine: plot the CSV elsewhere
+            print(f"plots skipped ({e}); run `python -m bench.plot {csv_path}` where matplotlib is installed")
+        else:
+            for png in plot_files([csv_path], args.plots_dir):
+                print(f"plot: {png}")
     return 0
 
 

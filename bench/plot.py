@@ -8,7 +8,7 @@
     floor-<dtype>-<mode>.png                every provider as a multiple of the floor, vs batch
     memory-<dtype>-<mode>.png               peak memory vs batch (GPU runs only)
 
-Titles name the GPU and dtype; CSVs from CPU runs are titled "CPU - not GPU timings" and their files
+Titles name the GPU and dtype; CSVs from CPU runs are titled "CPU — not GPU timings" and their files
 start with "cpu-" (gitignored under reports/data). With no CSV given, the newest one in reports/data.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ def read_rows(paths: list[Path]) -> list[dict]:
 
 def machine_title(rows: list[dict]) -> str:
     if rows and all(r.get("device_kind") == "cpu" for r in rows):
-        return "CPU - not GPU timings"
+        return "CPU — not GPU timings"
     gpus = sorted({r["gpu"] for r in rows if r.get("device_kind") != "cpu"})
     return ", ".join(gpus) or "unknown device"
 
@@ -84,7 +84,8 @@ def plot_speedup(rows, title, out, prefix, dtype, mode, variant) -> list[Path]:
         if not providers or not any(("cudnn", b, h, T) in times for b in batches for h in hiddens):
             continue
         fig, axes = plt.subplots(1, len(providers), figsize=(1.0 + 0.75 * len(hiddens) * len(providers) + 1.5,
-                                                              1.5 + 0.5 * len(batches)), squeeze=False)
+                                                              1.5 + 0.5 * len(batches)), squeeze=False,
+                                 layout="constrained")
         for ax, prov in zip(axes[0], providers):
             grid = np.full((len(batches), len(hiddens)), np.nan)
             for i, b in enumerate(batches):
@@ -120,7 +121,8 @@ def _line_panels(rows, metric, x_key, panel_key, fixed_key, fixed_value, ylabel,
     if not data:
         return None
     panels = sorted({r[panel_key] for r in data})
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 0.5, 3.2), squeeze=False, sharey=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 0.5, 3.4), squeeze=False,
+                             layout="constrained")
     for ax, pv in zip(axes[0], panels):
         by_prov = defaultdict(list)
         for r in data:
@@ -201,7 +203,7 @@ def plot_files(paths: list[Path], out: Path | None = None) -> list[Path]:
     written = []
     for (dtype, mode, variant), group in sorted(groups.items()):
         fl = [r for r in floors if r["dtype"] == dtype]
-        written += plot_group(group, fl, f"{title} - {dtype}", out, prefix, dtype, mode, variant)
+        written += plot_group(group, fl, f"{title} — {dtype}", out, prefix, dtype, mode, variant)
     return written
 
 

@@ -302,8 +302,11 @@ def run(cfg: SweepConfig, argv: list[str] | None = None) -> tuple[Path, Path]:
     counts = dict.fromkeys(STATUSES, 0)
     bar = None
     if cfg.progress:
-        from tqdm import tqdm
-        bar = tqdm(total=cfg.n_cases(), desc="bench", unit="case", dynamic_ncols=True)
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.n_cases(), desc="bench", unit="case", dynamic_ncols=True)
+        except ImportError:
+            print("(tqdm not installed: no progress bar)")
     try:
         for dtype_name in cfg.dtypes:
             envmod.set_fp32_precision(envmod.FP32_MODES.get(dtype_name, "ieee"))
