@@ -87,11 +87,15 @@ else:
 
         Same result on the group's first thread, same summation order; the exchange goes through a
         scratch buffer between two block barriers, so every thread of the BLOCK must call it
-        (the kernels below do: the call is never inside a branch).
+        (the kernels below do: the call is never inside a branch). The scratch is the last
+        blockDim float64 slots of the dynamic shared memory (the launcher adds SIM_SCRATCH_BYTES):
+        the simulator's static ``cuda.shared.array`` is created on first use without a lock, and
+        threads racing there got different buffers (seen: a flaky wrong sum with 64 threads).
         """
         if lanes == 1:
             return v
-        scratch = cuda.shared.array(1024, numba.float64)
+        dyn = cuda.shared.array(0, numba.float64)
+        scratch = dyn[dyn.shape[0] - cuda.blockDim.x:]
         tid = cuda.threadIdx.x
         scratch[tid] = v
         cuda.syncthreads()
@@ -394,6 +398,11 @@ def make_kernels(store):
                 dc0[b, j0 + jl] = dc_s[q]
 
     return lstm_fwd_kernel, lstm_bwd_kernel
+
+
+def sim_scratch_bytes(threads: int) -> int:
+    """Extra dynamic shared memory a simulator launch needs for ``group_sum``'s scratch (8-byte aligned)."""
+    return 8 + 8 * threads
 
 
 # ---------------------------------------------------------------------------------------------------

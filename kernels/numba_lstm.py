@@ -216,14 +216,20 @@ def _launch(kind, dtype, tensors, scalars, H, B, device):
         old = sys.getswitchinterval()                     # a simulated thread per CUDA thread: switch
         sys.setswitchinterval(min(old, SIM_SWITCH_INTERVAL))   # often, so barriers do not wait 5 ms
         try:
-            kernel[p.blocks, p.threads, 0, p.shared](*arrays, *scalars)
+            shared = -(-p.shared // 8) * 8 + numba_kernels.sim_scratch_bytes(p.threads)
+            kernel[p.blocks, p.threads, 0, shared](*arrays, *scalars)
         finally:
             sys.setswitchinterval(old)
         return
     with cuda.gpus[device.index or 0]:
-        arrays = [cuda.as_cuda_array(t.detach()) for t in tensors]
+        # Zero-copy views; sync=False: we launch on torch's current stream, so the order is already
+        # right, and a stream synchronize here would stall the host (and break CUDA graph capture).
+        arrays = [cuda.as_cuda_array(t.detach(), sync=False) for t in tensors]
         stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
-        allow_shared(compiled(kind, dtype), p.shared)
+        # The overload this launch will use (as the dispatcher types these very arguments) gets the
+        # shared-memory opt-in before the launch.
+        overload = kernel.compile(tuple(kernel.typeof_pyval(a) for a in arrays + scalars))
+        allow_shared(overload, p.shared)
         kernel[p.blocks, p.threads, stream, p.shared](*arrays, *scalars)
 
 
