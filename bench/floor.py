@@ -129,17 +129,26 @@ def programs_for(batch: int, hidden: int, dtype: torch.dtype, sm_count: int) -> 
     return max(1, min(sm_count, math.ceil(w_bytes / ONCHIP_BYTES_PER_PROGRAM), hidden))
 
 
+def launch_params(batch: int, hidden: int, programs: int) -> dict:
+    """Tile sizes and warps of the floor kernel for one launch (also used by the sm_90 compile test)."""
+    HT = triton.cdiv(hidden, programs)
+    BLOCK_B = triton.next_power_of_2(batch)
+    BLOCK_K = max(16, min(triton.next_power_of_2(hidden), 4096 // BLOCK_B))
+    BLOCK_HT = triton.next_power_of_2(HT)
+    # 8 warps once a tile reaches 4096 elements: at 4 warps B=256 needed 253-255 registers on sm_90
+    num_warps = 8 if BLOCK_B * max(BLOCK_K, BLOCK_HT) >= 4096 else 4
+    return dict(HT=HT, BLOCK_B=BLOCK_B, BLOCK_K=BLOCK_K, BLOCK_HT=BLOCK_HT, num_warps=num_warps)
+
+
 def floor_launch(h: torch.Tensor, count: torch.Tensor, programs: int, err: torch.Tensor | None = None) -> None:
     """One launch over all T steps of ``h`` ([T+1, B, H]); ``err`` (int32 [1]) becomes 1 on a barrier time-out."""
     T1, B, H = h.shape
-    HT = triton.cdiv(H, programs)
-    BLOCK_B = triton.next_power_of_2(B)
-    BLOCK_K = max(16, min(triton.next_power_of_2(H), 4096 // BLOCK_B))
-    extra = {} if interpreted() else {"launch_cooperative_grid": True, "num_warps": 4, "num_stages": 1}
+    lp = launch_params(B, H, programs)
+    extra = {} if interpreted() else {"launch_cooperative_grid": True, "num_warps": lp["num_warps"], "num_stages": 1}
     err = count.new_zeros(1) if err is None else err
-    _floor_kernel[(programs,)](h, count, err, T1 - 1, B, H, HT, BLOCK_B=BLOCK_B, BLOCK_K=BLOCK_K,
-                               BLOCK_HT=triton.next_power_of_2(HT), MAX_SPINS=MAX_SPINS,
-                               NUM_PROGRAMS=programs, SHARED=SHARED_BARRIER, **extra)
+    _floor_kernel[(programs,)](h, count, err, T1 - 1, B, H, lp["HT"], BLOCK_B=lp["BLOCK_B"], BLOCK_K=lp["BLOCK_K"],
+                               BLOCK_HT=lp["BLOCK_HT"], MAX_SPINS=MAX_SPINS, NUM_PROGRAMS=programs,
+                               SHARED=SHARED_BARRIER, **extra)
 
 
 def floor_reference(h0: torch.Tensor, T: int) -> torch.Tensor:
@@ -165,3 +174,37 @@ def check_floor(batch: int, hidden: int, dtype: torch.dtype, device, programs: i
     err = count.new_zeros(1)
     floor_launch(h, count, programs, err)
     return h, floor_reference(h[0], steps), bool(err.item())
+
+
+def sm90_resource_usage(batch: int, hidden: int, dtype: torch.dtype, sm_count: int = 132) -> dict:
+    """Compile the floor kernel as an H100 launch would (no GPU needed) and read REG/STACK/SHARED/LOCAL.
+
+    Needs the interpreter OFF (TRITON_INTERPRET unset when triton was imported): run it in a subprocess,
+    ``python -m bench.floor B,H,dtype ...``. Reads the cubin with lstm_gpu.kernels.triton_sm90.resource_usage.
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from lstm_gpu.kernels.triton_sm90 import resource_usage
+    programs = programs_for(batch, hidden, dtype, sm_count)
+    lp = launch_params(batch, hidden, programs)
+    ptr = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}[dtype]
+    sig = {"p_h": ptr, "p_count": "*i32", "p_err": "*i32", "T": "i32", "B": "i32", "H": "i32", "HT": "i32",
+           **{k: "constexpr" for k in ("BLOCK_B", "BLOCK_K", "BLOCK_HT", "MAX_SPINS", "NUM_PROGRAMS", "SHARED")}}
+    consts = dict(BLOCK_B=lp["BLOCK_B"], BLOCK_K=lp["BLOCK_K"], BLOCK_HT=lp["BLOCK_HT"], MAX_SPINS=MAX_SPINS,
+                  NUM_PROGRAMS=programs, SHARED=SHARED_BARRIER)
+    k = triton.compile(ASTSource(_floor_kernel, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": lp["num_warps"], "num_stages": 1})
+    usage = resource_usage(k)
+    usage.update(programs=programs, num_warps=lp["num_warps"], barrier=BARRIER)
+    return usage
+
+
+if __name__ == "__main__":      # python -m bench.floor 1,128,fp32 256,2048,bf16 ...  -> one JSON line each
+    import json
+    import sys
+    for spec in sys.argv[1:]:
+        b, h, d = spec.split(",")
+        dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[d]
+        usage = sm90_resource_usage(int(b), int(h), dt)
+        print(json.dumps({"spec": spec, **{k: v for k, v in usage.items() if k != "text"}}))

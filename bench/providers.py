@@ -66,8 +66,7 @@ Setup = Callable[[Shape, torch.dtype, dict, torch.device], Prepared]
 
 def shared_weights(shape: Shape, seed: int = 0) -> dict[str, Tensor]:
     """nn.LSTM's default init, seeded per shape, on CPU in fp32: every provider starts from these."""
-    g = torch.random.fork_rng()
-    with g:
+    with torch.random.fork_rng(devices=[]):      # CPU generator only: same weights on every machine
         torch.manual_seed(seed)
         m = nn.LSTM(shape.input, shape.hidden, num_layers=shape.layers, bidirectional=shape.bidirectional)
     return {k: v.detach().clone() for k, v in m.state_dict().items()}

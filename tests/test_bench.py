@@ -183,3 +183,23 @@ def test_profile_report_on_cpu(tmp_path):
     assert "| reference | 2 | 8 | 3 | fwd |" in text and "| cudnn | 2 | 8 | 3 | bwd |" in text
     assert "| missing | 2 | 8 | 3 | - |" in text          # an unknown provider is reported, not fatal
     assert "not measured: no GPU" in text
+
+
+def test_floor_kernel_compiles_for_sm90_without_spills():
+    """The floor kernel as H100 launches would run it (the Triton LSTM's grid, our tiles), compiled for sm_90
+    in a subprocess (the interpreter must be off there): no spills, one program per SM at most."""
+    import os
+    import subprocess
+    import sys
+    pytest.importorskip("lstm_gpu.kernels.triton_sm90")
+    specs = ["1,128,fp32", "256,2048,fp32", "64,1024,bf16", "16,768,fp16"]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-m", "bench.floor", *specs], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    usages = [json.loads(line) for line in out.stdout.strip().splitlines()]
+    assert [u["spec"] for u in usages] == specs
+    for usage in usages:
+        assert usage["STACK"] == 0 and usage["LOCAL"] == 0, usage
+        assert usage["REG"] <= 255 and 1 <= usage["programs"] <= 132, usage
+        assert usage["barrier"] == "lstm_gpu.kernels.triton_barrier.grid_barrier"
