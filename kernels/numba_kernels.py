@@ -18,6 +18,8 @@ Known risks (unverified until a GPU run):
   never read before it is written, so no stale L1 line can exist, but this relies on grid.sync's fence.
 - The simulator has no warp shuffle: there ``group_sum`` is an emulation with the same semantics
   (see its docstring), so the real ``cuda.shfl_down_sync`` path is compiled but untested.
+- Registers: ptxas -arch=sm_90 on the NVVM output (before cudadevrt is linked) reports 112 (forward)
+  and 98-101 (backward) registers per thread, no spills, for fp16/fp32/fp64 (tests/test_numba_cpu.py).
 - Speed is unknown. Every (row, batch) dot product re-reads its W_hh row from shared memory; a batch
   tile that reuses it from registers is the obvious next step once a profile exists.
 

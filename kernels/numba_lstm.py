@@ -3,7 +3,9 @@
 STATUS, honestly: NEVER run on a real GPU yet. Only the simulator configuration (one block) has been
 tested, on CPU (tests/test_numba_cpu.py). The GPU path below (zero-copy interop, grid sizing,
 the >48 KB shared-memory opt-in) is written to the numba-cuda 0.30 API but unverified:
-tests/test_numba_gpu.py is what a session with a GPU must run.
+tests/test_numba_gpu.py is what a session with a GPU must run. What a CPU can show has been shown:
+the kernels compile for sm_90 with real Numba-CUDA typing and ptxas, with no spills
+(tests/test_numba_cpu.py::test_kernels_compile_for_sm90_without_spills, needs libnvrtc + ptxas).
 
 The backend contract is lstm_gpu/reference.py's, tensor for tensor:
 
@@ -24,6 +26,10 @@ Configuration rules (``plan``):
 - LANES (threads per dot product) = min(32, next power of two ≥ the dot length): H forward, 4H backward
   (simulator: SIM_LANES, 1 by default).
 - Simulator launches lower Python's thread switch interval for their duration (restored afterwards).
+- grid.sync() runs every step even with one block (the simulator's, or a tiny H): the simulator
+  implements it as a block barrier, and a 1-block cooperative grid is legal on a GPU.
+- Indexing is Numba's intp (64-bit) arithmetic, so T·B·4H past 2^31 elements is fine by construction
+  (tests/test_reliability_gpu.py::test_offsets_past_2_pow_31 checks it on a GPU).
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ import torch
 from numba import cuda
 
 from . import numba_kernels
-from .host import common_unsupported, cpu_emulation, lengths_or_full
+from .host import common_unsupported, lengths_or_full
 from .numba_kernels import bwd_shared_bytes, fwd_shared_bytes
 
 SUPPORTED_DTYPES = (torch.float16, torch.float32, torch.float64)
@@ -148,7 +154,7 @@ def choose_grid(kind: str, dtype: torch.dtype, H: int, B: int, *, sms: int, smem
             return (f"H={H}, batch={B}, {dtype}: the numba {kind} kernel would need {ht} hidden units per "
                     f"block ({shared + static_smem} bytes of shared memory: W_hh slice + state) to fit "
                     f"{blocks} co-resident blocks, over this GPU's per-block limit of {smem_limit} bytes "
-                    f"({sms} SMs): W_hh does not fit on chip")
+                    f"({sms} SMs): the W_hh slices and state do not fit on chip")
         if blocks <= min(co_resident(shared), sms):
             return Plan(blocks, THREADS, ht, lanes, shared)
     return f"H={H}, batch={B}, {dtype}: no grid of co-resident blocks found for the numba {kind} kernel"
