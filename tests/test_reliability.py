@@ -10,7 +10,17 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import lstm_gpu
 from helpers import assert_close, twin_lstms
 
-BACKENDS = ["reference"]
+BACKENDS = ["reference", "triton", "numba"]
+
+
+@pytest.fixture(autouse=True)
+def _skip_unavailable(request):
+    backend = request.node.callspec.params.get("backend") if hasattr(request.node, "callspec") else None
+    if backend:
+        try:
+            lstm_gpu.select_backend(backend, device="cpu", dtype=torch.float32, hidden_size=6)
+        except (ValueError, NotImplementedError) as e:
+            pytest.skip(str(e))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -74,15 +84,19 @@ def test_gradient_with_stride_zero_upstream():
         assert_close(p.grad, q.grad, 1e-12, what=n)
 
 
-@settings(max_examples=int(os.environ.get("LSTM_GPU_HYPOTHESIS_EXAMPLES", 25)), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
+EXAMPLES = int(os.environ.get("LSTM_GPU_HYPOTHESIS_EXAMPLES", 25))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(T=st.integers(1, 6), B=st.integers(1, 4), I=st.integers(1, 5), H=st.integers(1, 6),
        layers=st.integers(1, 2), bidirectional=st.booleans(), batch_first=st.booleans(),
        proj=st.integers(0, 5), packed=st.booleans(), with_hx=st.booleans(), seed=st.integers(0, 2**16))
-def test_property_matches_nn_lstm(T, B, I, H, layers, bidirectional, batch_first, proj, packed, with_hx, seed):
-    proj = proj if proj < H else 0
+def test_property_matches_nn_lstm(backend, T, B, I, H, layers, bidirectional, batch_first, proj, packed,
+                                  with_hx, seed):
+    proj = proj if proj < H and backend == "reference" else 0     # the fused kernels have no projection
     kw = dict(num_layers=layers, bidirectional=bidirectional, batch_first=batch_first, proj_size=proj)
-    ref, ours = twin_lstms(I, H, seed=seed, **kw)
+    ref, ours = twin_lstms(I, H, seed=seed, backend=backend, **kw)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn((B, T, I) if batch_first else (T, B, I), generator=g, dtype=torch.float64)
     D = 2 if bidirectional else 1
