@@ -6,4 +6,4 @@ This folder is installed as ``lstm_gpu.kernels`` (pyproject.toml maps it); a top
 if __name__ != "lstm_gpu.kernels":
     raise ImportError(
         f"the kernels folder must be imported as 'lstm_gpu.kernels', not {__name__!r}: "
-        "install the project (pip install -e .) and import lstm_gpu")
+        "import lstm_gpu (installed, or with the source tree on PYTHONPATH) and then lstm_gpu.kernels")

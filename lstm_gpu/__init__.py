@@ -1,4 +1,11 @@
 """lstm_gpu: a persistent fused LSTM for PyTorch on NVIDIA GPUs, with a drop-in ``LSTM`` module."""
+import os as _os
+
+# Installed, kernels/ is the subpackage lstm_gpu.kernels (pyproject.toml maps it). Run from a source tree
+# without installing (PYTHONPATH=.), the tree's root joins the package path so kernels/ is found the same.
+_root = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_root, "kernels", "host.py")) and _root not in __path__:
+    __path__.append(_root)
 from .backends import BACKENDS, select_backend
 from .checks import LSTMArgumentError
 from .functional import lstm
