@@ -5,12 +5,9 @@ before computing h_t) plus the h exchange (each program writes its own slice of 
 all of h_{t-1} back through L2). This file times a Triton kernel that does exactly that and nothing
 else, so every measured LSTM can be reported as a multiple of it (``floor_multiple`` in the CSV).
 
-The barrier: the Triton LSTM's own, ``lstm_gpu.kernels.triton_barrier.grid_barrier``, whenever it can
-be imported, so the floor measures exactly the barrier the kernel pays. Only if it cannot (a checkout
-without it) does the floor fall back to ``_grid_barrier`` below, this file's own self-resetting counter
-(program 0 adds 0x80000000-(n-1), the others add 1, everyone spins until the top bit flips, as described
-in /work/shared/DESIGN.md), which also gives up after MAX_SPINS polls instead of hanging. ``BARRIER``
-names the one in use; the CSV notes record it.
+The barrier: the Triton LSTM's own, ``lstm_gpu.kernels.triton_barrier.grid_barrier``, so the floor
+measures exactly the barrier the kernel pays. Timed launches wait forever, as the LSTM does; the
+correctness check before timing (``check_floor``) gives up after CHECK_TIMEOUT polls instead of hanging.
 
     _floor_kernel   per step t: read all of h_t (B x H, bypassing L1), reduce it per batch row, write
                     this program's slice of h_{t+1}, grid barrier.
@@ -34,54 +31,23 @@ import torch
 import triton
 import triton.language as tl
 
-try:
-    from lstm_gpu.kernels.triton_barrier import grid_barrier as _shared_barrier
-    BARRIER = "lstm_gpu.kernels.triton_barrier.grid_barrier"
-except Exception:   # noqa: BLE001 - any checkout without it: use our own
-    _shared_barrier = None
-    BARRIER = "bench.floor._grid_barrier"
-SHARED_BARRIER = _shared_barrier is not None
+from lstm_gpu.kernels.triton_barrier import barrier_state, grid_barrier
 
+BARRIER = "lstm_gpu.kernels.triton_barrier.grid_barrier"
 # on-chip budget for one program's W_hh slice (bytes): ~200 KB of shared memory (DESIGN.md)
 ONCHIP_BYTES_PER_PROGRAM = 200 * 1024
-# polls of the barrier counter before giving up (~1 s at ~0.25 us per L2 atomic): a safety net, never reached
-MAX_SPINS = 1 << 22
-
-
-@triton.jit
-def _grid_barrier(p_count, failed, MAX_SPINS: tl.constexpr):
-    """All programs of the grid meet here. ``p_count``: one zero-initialised int32, reset by itself.
-
-    Spins at most MAX_SPINS polls; returns ``failed`` (int32, 1 once a barrier timed out). After a
-    time-out every later barrier is skipped, so a broken barrier costs seconds, not a hung GPU.
-    """
-    p_sem = p_count.to(tl.pointer_type(tl.uint32))
-    n = tl.num_programs(0).to(tl.uint32)
-    top = tl.full([], 0x80000000, tl.uint32)
-    if tl.program_id(0) == 0:
-        arrive = top - (n - 1)      # the n-1 others add 1 each: the counter then gains exactly 0x80000000
-    else:
-        arrive = tl.full([], 1, tl.uint32)
-    tl.debug_barrier()              # every thread's stores of this step precede the release
-    old = tl.atomic_add(p_sem, arrive, sem="release", scope="gpu")
-    now = tl.atomic_add(p_sem, 0, sem="acquire", scope="gpu")
-    spins = 0
-    while (((old ^ now) & top) == 0) & (spins < MAX_SPINS) & (failed == 0):
-        now = tl.atomic_add(p_sem, 0, sem="acquire", scope="gpu")
-        spins += 1
-    tl.debug_barrier()
-    return tl.where(spins >= MAX_SPINS, 1, failed)
+# polls of the barrier before the correctness check gives up (~1 s at ~0.25 us per L2 atomic)
+CHECK_TIMEOUT = 1 << 22
 
 
 @triton.jit(do_not_specialize=["T"])
 def _floor_kernel(
     p_h,            # [T+1, B, H] h slots: slot 0 is h0, slot t+1 is written at step t
-    p_count,        # [1] int32 barrier counter, zero before the first launch, left zero after
-    p_err,          # [1] int32, set to 1 if a barrier timed out
+    p_bar,          # [2] int32, zero: the barrier word and its time-out flag (triton_barrier.barrier_state)
     T, B, H,        # steps, batch, hidden
     HT,             # hidden units owned by one program
-    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_HT: tl.constexpr, MAX_SPINS: tl.constexpr,
-    NUM_PROGRAMS: tl.constexpr, SHARED: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_HT: tl.constexpr,
+    NUM_PROGRAMS: tl.constexpr, TIMEOUT: tl.constexpr,
 ):
     i_p = tl.program_id(0)
     o_b = tl.arange(0, BLOCK_B)
@@ -89,7 +55,6 @@ def _floor_kernel(
     o_own = i_p * HT + tl.arange(0, BLOCK_HT)
     m_b = o_b < B
     m_own = (tl.arange(0, BLOCK_HT) < HT) & (o_own < H)
-    failed = 0
     for t in tl.range(0, T, num_stages=1):      # num_stages=1: no load of step t+1 hoisted above the barrier
         p_prev = p_h + t * B * H
         # the exchange: all of h_t, written by every program, read back through L2 (.cg skips L1)
@@ -104,12 +69,8 @@ def _floor_kernel(
                         cache_modifier=".cg").to(tl.float32)
         b_new = 0.5 * b_own + (0.5 / H) * b_acc[:, None]        # depends on every element of h_t
         tl.store(p_prev + B * H + o_b[:, None] * H + o_own[None, :], b_new.to(p_h.dtype.element_ty), mask=m2)
-        if SHARED:
-            _shared_barrier(p_count, NUM_PROGRAMS)
-        else:
-            failed = _grid_barrier(p_count, failed, MAX_SPINS)
-    if failed != 0:
-        tl.store(p_err, 1)
+        if NUM_PROGRAMS > 1:
+            grid_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
 
 
 def interpreted() -> bool:
@@ -140,15 +101,13 @@ def launch_params(batch: int, hidden: int, programs: int) -> dict:
     return dict(HT=HT, BLOCK_B=BLOCK_B, BLOCK_K=BLOCK_K, BLOCK_HT=BLOCK_HT, num_warps=num_warps)
 
 
-def floor_launch(h: torch.Tensor, count: torch.Tensor, programs: int, err: torch.Tensor | None = None) -> None:
-    """One launch over all T steps of ``h`` ([T+1, B, H]); ``err`` (int32 [1]) becomes 1 on a barrier time-out."""
+def floor_launch(h: torch.Tensor, bar: torch.Tensor, programs: int, timeout: int = 0) -> None:
+    """One launch over all T steps of ``h`` ([T+1, B, H]); ``bar[1]`` becomes 1 if a barrier timed out."""
     T1, B, H = h.shape
     lp = launch_params(B, H, programs)
     extra = {} if interpreted() else {"launch_cooperative_grid": True, "num_warps": lp["num_warps"], "num_stages": 1}
-    err = count.new_zeros(1) if err is None else err
-    _floor_kernel[(programs,)](h, count, err, T1 - 1, B, H, lp["HT"], BLOCK_B=lp["BLOCK_B"], BLOCK_K=lp["BLOCK_K"],
-                               BLOCK_HT=lp["BLOCK_HT"], MAX_SPINS=MAX_SPINS, NUM_PROGRAMS=programs,
-                               SHARED=SHARED_BARRIER, **extra)
+    _floor_kernel[(programs,)](h, bar, T1 - 1, B, H, lp["HT"], BLOCK_B=lp["BLOCK_B"], BLOCK_K=lp["BLOCK_K"],
+                               BLOCK_HT=lp["BLOCK_HT"], NUM_PROGRAMS=programs, TIMEOUT=timeout, **extra)
 
 
 def floor_reference(h0: torch.Tensor, T: int) -> torch.Tensor:
@@ -164,16 +123,14 @@ def floor_reference(h0: torch.Tensor, T: int) -> torch.Tensor:
 def make_buffers(batch: int, hidden: int, steps: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
     h = torch.zeros(steps + 1, batch, hidden, dtype=dtype, device=device)
     h[0] = torch.randn(batch, hidden, device=device).to(dtype)
-    count = torch.zeros(1, dtype=torch.int32, device=device)
-    return h, count
+    return h, barrier_state(device)
 
 
 def check_floor(batch: int, hidden: int, dtype: torch.dtype, device, programs: int, steps: int = 4):
     """Run the floor kernel once on fresh buffers: (its h slots, ``floor_reference``'s, barrier timed out?)."""
-    h, count = make_buffers(batch, hidden, steps, dtype, device)
-    err = count.new_zeros(1)
-    floor_launch(h, count, programs, err)
-    return h, floor_reference(h[0], steps), bool(err.item())
+    h, bar = make_buffers(batch, hidden, steps, dtype, device)
+    floor_launch(h, bar, programs, timeout=CHECK_TIMEOUT)
+    return h, floor_reference(h[0], steps), bool(bar[1].item())
 
 
 def sm90_resource_usage(batch: int, hidden: int, dtype: torch.dtype, sm_count: int = 132) -> dict:
@@ -189,10 +146,10 @@ def sm90_resource_usage(batch: int, hidden: int, dtype: torch.dtype, sm_count: i
     programs = programs_for(batch, hidden, dtype, sm_count)
     lp = launch_params(batch, hidden, programs)
     ptr = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}[dtype]
-    sig = {"p_h": ptr, "p_count": "*i32", "p_err": "*i32", "T": "i32", "B": "i32", "H": "i32", "HT": "i32",
-           **{k: "constexpr" for k in ("BLOCK_B", "BLOCK_K", "BLOCK_HT", "MAX_SPINS", "NUM_PROGRAMS", "SHARED")}}
-    consts = dict(BLOCK_B=lp["BLOCK_B"], BLOCK_K=lp["BLOCK_K"], BLOCK_HT=lp["BLOCK_HT"], MAX_SPINS=MAX_SPINS,
-                  NUM_PROGRAMS=programs, SHARED=SHARED_BARRIER)
+    sig = {"p_h": ptr, "p_bar": "*i32", "T": "i32", "B": "i32", "H": "i32", "HT": "i32",
+           **{k: "constexpr" for k in ("BLOCK_B", "BLOCK_K", "BLOCK_HT", "NUM_PROGRAMS", "TIMEOUT")}}
+    consts = dict(BLOCK_B=lp["BLOCK_B"], BLOCK_K=lp["BLOCK_K"], BLOCK_HT=lp["BLOCK_HT"], NUM_PROGRAMS=programs,
+                  TIMEOUT=0)
     k = triton.compile(ASTSource(_floor_kernel, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": lp["num_warps"], "num_stages": 1})
     usage = resource_usage(k)

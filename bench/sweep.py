@@ -169,12 +169,12 @@ class Runner:
             h, ref, timed_out = fl.check_floor(shape.batch, shape.hidden, dtype, self.device, programs)
             gate = compare({"h": h}, {"h": ref}, dtype_name)
             if timed_out:
-                rows = self.status_rows(base, "error", f"{what}; barrier timed out (MAX_SPINS)")
+                rows = self.status_rows(base, "error", f"{what}; barrier timed out (CHECK_TIMEOUT)")
             elif not gate.ok:
                 rows = self.status_rows(base, "incorrect", what, gate)
             else:
-                h, count = fl.make_buffers(shape.batch, shape.hidden, self.cfg.floor_steps, dtype, self.device)
-                t = measure(lambda: fl.floor_launch(h, count, programs), self.device, cfg=self.cfg.timing)
+                h, bar = fl.make_buffers(shape.batch, shape.hidden, self.cfg.floor_steps, dtype, self.device)
+                t = measure(lambda: fl.floor_launch(h, bar, programs), self.device, cfg=self.cfg.timing)
                 steps = self.cfg.floor_steps
                 us = t.p50 * 1e3 / steps
                 rows = [dict(base, metric="time_per_step", unit="us", p50=us, p20=t.p20 * 1e3 / steps,

@@ -37,8 +37,14 @@ SENSE_BIT = 1 << 30
 
 
 @triton.jit
-def grid_barrier(p_bar, NUM_PROGRAMS: tl.constexpr):
-    """Wait until all NUM_PROGRAMS programs of the grid have arrived. ``p_bar``: one int32, zero at launch."""
+def grid_barrier(p_bar, NUM_PROGRAMS: tl.constexpr, TIMEOUT: tl.constexpr):
+    """Wait until all NUM_PROGRAMS programs of the grid have arrived.
+
+    ``p_bar``: two int32, zero at launch: the barrier word, and a time-out flag. TIMEOUT = 0: spin for as
+    long as it takes. TIMEOUT > 0 (debug mode, LSTM_GPU_BARRIER_TIMEOUT): give up after that many polls and
+    set the flag; once it is set every later barrier is skipped, so the launch ends in seconds instead of
+    hanging, and the launcher raises. The flag costs one extra atomic per barrier, so it is off by default.
+    """
     tl.debug_barrier()                                  # every thread's stores precede the release
     old = tl.atomic_add(p_bar, 1, sem="acq_rel", scope="gpu")
     sense = old & 0x40000000                            # SENSE_BIT
@@ -47,6 +53,46 @@ def grid_barrier(p_bar, NUM_PROGRAMS: tl.constexpr):
         tl.atomic_add(p_bar, flip - NUM_PROGRAMS, sem="release", scope="gpu")
     else:
         now = tl.atomic_add(p_bar, 0, sem="acquire", scope="gpu")
-        while (now & 0x40000000) == sense:
-            now = tl.atomic_add(p_bar, 0, sem="acquire", scope="gpu")
+        if TIMEOUT > 0:
+            failed = tl.atomic_add(p_bar + 1, 0, sem="relaxed", scope="gpu")
+            spins = 0
+            while ((now & 0x40000000) == sense) & (failed == 0):
+                now = tl.atomic_add(p_bar, 0, sem="acquire", scope="gpu")
+                spins += 1
+                failed = tl.where(spins >= TIMEOUT, 1, failed)
+            if spins >= TIMEOUT:
+                tl.atomic_xchg(p_bar + 1, 1, sem="relaxed", scope="gpu")
+        else:
+            while (now & 0x40000000) == sense:
+                now = tl.atomic_add(p_bar, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()                                  # no thread reads before the acquire completed
+
+
+def barrier_timeout() -> int:
+    """Polls before a barrier gives up (LSTM_GPU_BARRIER_TIMEOUT; 0 = wait forever, the default)."""
+    import os
+    value = os.environ.get("LSTM_GPU_BARRIER_TIMEOUT", "0")
+    try:
+        spins = int(value)
+    except ValueError:
+        raise ValueError(f"LSTM_GPU_BARRIER_TIMEOUT must be a number of polls (an integer), got {value!r}") from None
+    return max(spins, 0)
+
+
+def barrier_state(device) -> "torch.Tensor":
+    """A fresh zeroed barrier word + time-out flag for one launch.
+
+    Fresh per launch (one tiny memset) rather than cached per device and stream: concurrent launches on
+    different streams, CUDA-graph captures and a launch aborted half-way then never share or inherit a
+    dirty counter. The barrier also resets itself after every step.
+    """
+    import torch
+    return torch.zeros(2, dtype=torch.int32, device=device)
+
+
+def raise_if_timed_out(state, what: str) -> None:
+    """Debug mode only (it synchronises): raise if any barrier of the launch that used ``state`` timed out."""
+    if int(state[1]) != 0:
+        raise RuntimeError(
+            f"lstm_gpu: the Triton {what} kernel's grid barrier timed out after LSTM_GPU_BARRIER_TIMEOUT="
+            f"{barrier_timeout()} polls: not every program was co-resident, or one died. Its results are invalid.")

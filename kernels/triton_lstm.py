@@ -61,7 +61,7 @@ import triton
 import triton.language as tl
 
 from . import host
-from .triton_barrier import grid_barrier
+from .triton_barrier import barrier_state, barrier_timeout, grid_barrier, raise_if_timed_out
 from .triton_config import LSTMConfig, choose_config, fp32_precision, unsupported_reason
 
 __all__ = ["unsupported", "forward", "backward", "lstm_fwd", "lstm_bwd"]
@@ -184,13 +184,14 @@ def _lstm_fwd_kernel(
     p_gates,     # [T, B, 4H] out (accumulation dtype): activated i, f, g, o   (SAVE only)
     p_cells,     # [T, B, H] out (accumulation dtype): c_t                      (SAVE only)
     p_cs,        # [B, H] accumulation-dtype scratch for c when the batch needs several tiles
-    p_bar,       # [1] int32, zero: the grid barrier's word
+    p_bar,       # [2] int32, zero: the grid barrier's word and its time-out flag
     # sizes
     T, B, H,
     # meta-parameters
     REVERSE: tl.constexpr, SAVE: tl.constexpr,
     HT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, ONE_TILE: tl.constexpr,
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr, NUM_PROGRAMS: tl.constexpr, ACC: tl.constexpr,
+    TIMEOUT: tl.constexpr,       # barrier polls before giving up (debug mode); 0 = wait forever
 ):
     i_p = tl.program_id(0)
     num_bt = tl.cdiv(B, BLOCK_B)
@@ -218,7 +219,7 @@ def _lstm_fwd_kernel(
             b_c = _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_w, b_c, t, i_p, 0, B, H,
                             REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, USE_DOT, PRECISION)
             if NUM_PROGRAMS > 1:
-                grid_barrier(p_bar, NUM_PROGRAMS)
+                grid_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
             else:
                 tl.debug_barrier()
         tl.store(p_cn + o_b[:, None] * H + o_j[None, :], b_c.to(p_cn.dtype.element_ty), mask=m_bj)
@@ -240,7 +241,7 @@ def _lstm_fwd_kernel(
                                 REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, USE_DOT, PRECISION)
                 tl.store(p_cs + o_bj, b_c, mask=m_bj)
             if NUM_PROGRAMS > 1:
-                grid_barrier(p_bar, NUM_PROGRAMS)
+                grid_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
             else:
                 tl.debug_barrier()
         for i_bt in range(num_bt):
@@ -334,13 +335,14 @@ def _lstm_bwd_kernel(
     p_dc0,       # [B, H] out (accumulation dtype)
     p_dhs,       # [B, H] accumulation-dtype scratch for dh when the batch needs several tiles
     p_dcs,       # [B, H] accumulation-dtype scratch for dc
-    p_bar,       # [1] int32, zero
+    p_bar,       # [2] int32, zero: the grid barrier's word and its time-out flag
     # sizes
     T, B, H,
     # meta-parameters
     REVERSE: tl.constexpr,
     HT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, ONE_TILE: tl.constexpr,
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr, NUM_PROGRAMS: tl.constexpr, ACC: tl.constexpr,
+    TIMEOUT: tl.constexpr,       # barrier polls before giving up (debug mode); 0 = wait forever
 ):
     i_p = tl.program_id(0)
     num_bt = tl.cdiv(B, BLOCK_B)
@@ -368,7 +370,7 @@ def _lstm_bwd_kernel(
             b_dc = _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, b_dh, b_dc, t, T, i_p, 0,
                                 B, H, REVERSE, HT, BLOCK_B)
             if NUM_PROGRAMS > 1:
-                grid_barrier(p_bar, NUM_PROGRAMS)
+                grid_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
             else:
                 tl.debug_barrier()
             b_dh = _bwd_tile_dh(p_dgates, p_len, b_w, b_dh, t, 0, B, H, BLOCK_K, BLOCK_B, USE_DOT, PRECISION)
@@ -394,7 +396,7 @@ def _lstm_bwd_kernel(
                                     i_bt, B, H, REVERSE, HT, BLOCK_B)
                 tl.store(p_dcs + o_bj, b_dc, mask=m_bj)
             if NUM_PROGRAMS > 1:
-                grid_barrier(p_bar, NUM_PROGRAMS)
+                grid_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
             else:
                 tl.debug_barrier()
             for i_bt in range(num_bt):
@@ -428,13 +430,6 @@ def _launch_options(cfg: LSTMConfig, device: torch.device) -> dict:
     return opts
 
 
-def _barrier_word(device: torch.device) -> torch.Tensor:
-    # A fresh zeroed word per launch (one tiny memset) rather than a cached one per device and stream:
-    # concurrent launches on different streams, CUDA-graph captures and a launch aborted half-way can
-    # then never share or inherit a dirty counter. The barrier also resets itself after every step.
-    return torch.zeros(1, dtype=torch.int32, device=device)
-
-
 def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, config: LSTMConfig | None = None):
     """Launch the forward kernel. Returns y, h_n, c_n, gates | None, cells | None."""
     T, B, G = gates_x.shape
@@ -458,12 +453,15 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
         h_n.copy_(h0), c_n.copy_(c0)
         return y, h_n, c_n, (gates if save else None), (cells if save else None)
 
+    bar, timeout = barrier_state(device), barrier_timeout()
     _lstm_fwd_kernel[(cfg.num_programs,)](
-        gates_x, h0, c0, w_hh, lens, y, h_n, c_n, gates, cells, c_scratch, _barrier_word(device),
+        gates_x, h0, c0, w_hh, lens, y, h_n, c_n, gates, cells, c_scratch, bar,
         T, B, H,
         REVERSE=bool(reverse), SAVE=bool(save), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b,
         ONE_TILE=one_tile, USE_DOT=cfg.use_dot, PRECISION=cfg.precision, NUM_PROGRAMS=cfg.num_programs,
-        ACC=_TL_ACC[acc], **_launch_options(cfg, device))
+        ACC=_TL_ACC[acc], TIMEOUT=timeout, **_launch_options(cfg, device))
+    if timeout:
+        raise_if_timed_out(bar, "forward")
     return y, h_n, c_n, (gates if save else None), (cells if save else None)
 
 
@@ -485,12 +483,15 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
         dh0.copy_(dh_n), dc0.copy_(dc_n)
         return dgates, dh0, dc0
 
+    bar, timeout = barrier_state(device), barrier_timeout()
     _lstm_bwd_kernel[(cfg.num_programs,)](
         dy, dh_n, dc_n, gates, cells, c0, w_hh, lens, dgates, dh0, dc0, dh_scratch, dc_scratch,
-        _barrier_word(device), T, B, H,
+        bar, T, B, H,
         REVERSE=bool(reverse), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b, ONE_TILE=one_tile,
         USE_DOT=cfg.use_dot, PRECISION=cfg.precision, NUM_PROGRAMS=cfg.num_programs, ACC=_TL_ACC[acc],
-        **_launch_options(cfg, device))
+        TIMEOUT=timeout, **_launch_options(cfg, device))
+    if timeout:
+        raise_if_timed_out(bar, "backward")
     return dgates, dh0, dc0
 
 

@@ -33,7 +33,7 @@ def _signature(direction: str, cfg: LSTMConfig, dtype: torch.dtype, save: bool, 
     tl_acc = tl.float64 if dtype == torch.float64 else tl.float32
     meta = dict(REVERSE=reverse, HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b,
                 ONE_TILE=True, USE_DOT=cfg.use_dot, PRECISION=cfg.precision, NUM_PROGRAMS=cfg.num_programs,
-                ACC=tl_acc)
+                ACC=tl_acc, TIMEOUT=0)
     if direction == "fwd":
         fn = _lstm_fwd_kernel
         ptrs = dict(p_gx=x, p_h0=x, p_c0=x, p_w=x, p_len="*i32", p_y=x, p_hn=x, p_cn=x, p_gates=acc,

@@ -11,6 +11,7 @@ import dataclasses
 import pytest
 import torch
 import triton
+import triton.language as tl
 
 import lstm_gpu
 from lstm_gpu import reference
@@ -114,17 +115,26 @@ def test_backend_contract_and_inference():
 
 
 @triton.jit
-def _barrier_n_times(p_bar, N):
+def _barrier_n_times(p_bar, N, NUM_PROGRAMS: tl.constexpr, TIMEOUT: tl.constexpr):
     for _ in range(N):
-        grid_barrier(p_bar, 1)
+        grid_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
 
 
 def test_grid_barrier_one_program_resets_itself():
     """The barrier with a grid of one: the count returns to 0 and the sense flips once per barrier."""
     for n in (1, 2, 5):
-        word = torch.zeros(1, dtype=torch.int32)
-        _barrier_n_times[(1,)](word, n)
-        assert word.item() == (n % 2) * SENSE_BIT
+        for timeout in (0, 10):
+            word = torch.zeros(2, dtype=torch.int32)
+            _barrier_n_times[(1,)](word, n, NUM_PROGRAMS=1, TIMEOUT=timeout)
+            assert word.tolist() == [(n % 2) * SENSE_BIT, 0]
+
+
+def test_grid_barrier_waiting_for_a_missing_program_times_out():
+    """Debug mode: a barrier for two programs with only one running gives up and raises its flag; every
+    later barrier of the launch is then skipped (no second wait)."""
+    word = torch.zeros(2, dtype=torch.int32)
+    _barrier_n_times[(1,)](word, 3, NUM_PROGRAMS=2, TIMEOUT=50)
+    assert word[1].item() == 1
 
 
 def test_unsupported_reasons(monkeypatch):
