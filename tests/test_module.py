@@ -189,3 +189,19 @@ def test_empty_batch_like_nn_lstm():
     x = torch.randn(5, 0, 3, dtype=torch.float64)
     (y1, (h1, c1)), (y2, (h2, c2)) = ref(x), ours(x)
     assert y1.shape == y2.shape and h1.shape == h2.shape and c1.shape == c2.shape
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_dropout_masks_equal_nn_lstm_on_cpu_with_the_same_seed(bidirectional):
+    """On CPU torch's LSTM draws its dropout masks with F.dropout between layers, as we do: same seed, same
+    masks, same outputs and gradients."""
+    ref, ours = twin_lstms(3, 4, num_layers=3, dropout=0.5, bidirectional=bidirectional)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    results = []
+    for m in (ref, ours):
+        torch.manual_seed(7)
+        y, (h, c) = m(x)
+        (y.sum() + h.sum()).backward()
+        results.append([y, h, c] + [p.grad for p in m.parameters()])
+    for a, b in zip(*results):
+        assert_close(a, b, TOL, what="dropout=0.5")
