@@ -15,6 +15,10 @@ Rules (GPU), each checked by compiling every chosen config for sm_90 (tests/test
 - num_warps: 4 while the W_hh slice (4·HT·K elements, 32-bit registers; fp16/bf16 packed two per register
   on the dot path, fp64 two registers each) takes ≤ 128 registers per thread, else 8; never 16 (at 512
   threads every thread is capped at 128 registers and the kernels spilled). Dot path with K ≥ 128: 8.
+  Broadcast path with a tiny slice (≤ 32 registers per thread at 4 warps, i.e. H ≤ 256): 2 warps and
+  BLOCK_B ≤ 2, the only choice that compiled without a stack frame on both triton 3.6 (the GPU machine's
+  version) and 3.9 for every dtype, direction and H in {64, 128, 256} (a sweep of warps × BLOCK_B;
+  at 4 warps 3.6 spilled 8-16 bytes for B ≤ 2).
 - BLOCK_B (broadcast path): 4 rows while the weights take ≤ 32 registers per thread, 2 up to 64, else 1
   (fp64: at most 2). Dot path: 16 (M ≥ 16 for tl.dot on triton 3.6).
 - Unsupported (auto falls back to cuDNN): a W_hh slice above W_REG_BUDGET = 32K registers per program,
@@ -105,9 +109,12 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS) -> L
         if block_k >= 128:
             num_warps = 8                               # tf32 K = 128 spilled 16 bytes with 4 warps
     else:
+        tiny = words <= 32 * 32 * 4                     # ≤ 32 weight registers per thread at 4 warps
+        if tiny:
+            num_warps = 2
         per_thread = words // (32 * num_warps)          # weight registers per thread
         block_b = 4 if per_thread <= 32 else 2 if per_thread <= 64 else 1
-        if dtype == torch.float64:
+        if dtype == torch.float64 or tiny:
             block_b = min(block_b, 2)                   # fp64 products take two registers each
         block_b = min(block_b, _pow2(B))
     return LSTMConfig(ht=ht, block_k=block_k, block_b=block_b, use_dot=use_dot, precision=precision,
