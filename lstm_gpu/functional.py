@@ -41,7 +41,7 @@ def lstm(input: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | 
         (torch.Size([5, 2, 4]), torch.Size([2, 4]))
     """
     if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
-        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr = autocast_cast(
+        input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr = ops.autocast_cast(
             input.device.type, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr)
     H, P = checks.check_layer_args(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths)
     T, B, _ = input.shape
@@ -64,14 +64,6 @@ def lstm(input: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | 
         t is not None and t.requires_grad for t in (gates_x, h0, c0, weight_hh, weight_hr))
     y, h_n, c_n, _, _ = ops.layer_fwd(gates_x, h0, c0, weight_hh, weight_hr, lengths, reverse, chosen, save)
     return y, (h_n, c_n)
-
-
-def autocast_cast(device_type: str, *tensors):
-    """Under autocast, like torch's LSTM: every floating tensor (but float64) in the autocast dtype.
-    The casts are recorded by autograd, so gradients reach the parameters in their own dtype."""
-    dt = torch.get_autocast_dtype(device_type)
-    return tuple(t.to(dt) if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float64
-                 and t.device.type == device_type else t for t in tensors)
 
 
 def _reverse_index(T: int, lengths: Tensor | None, B: int, device) -> Tensor:

@@ -100,11 +100,18 @@ layer_fwd.register_autograd(_backward, setup_context=_setup_context)
 _lib = torch.library.Library("lstm_gpu", "FRAGMENT")
 
 
+def autocast_cast(device_type: str, *tensors):
+    """Under autocast, like torch's LSTM: every floating tensor (but float64) in the autocast dtype.
+    The casts are recorded by autograd, so gradients reach the parameters in their own dtype."""
+    dt = torch.get_autocast_dtype(device_type)
+    return tuple(t.to(dt) if isinstance(t, Tensor) and t.is_floating_point() and t.dtype != torch.float64
+                 and t.device.type == device_type else t for t in tensors)
+
+
 def _autocast_kernel(device_type: str):
     key = getattr(torch._C.DispatchKey, "Autocast" + torch._C._dispatch_key_for_device(device_type))
 
     def kernel(_keyset, gates_x, h0, c0, w_hh, w_hr, *rest):
-        from .functional import autocast_cast
         with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
             return layer_fwd._opoverload(*autocast_cast(device_type, gates_x, h0, c0, w_hh, w_hr), *rest)
     return kernel

@@ -93,3 +93,13 @@ def test_inference_does_not_save_activations():
     assert gates.numel() == 0 and cells.numel() == 0
     with torch.no_grad():
         lstm_gpu.LSTM(3, 4)(torch.randn(2, 1, 3))
+
+
+def test_op_autocast_runs_in_the_autocast_dtype():
+    gates_x, h0, c0, w_hh, _, _ = layer_args(dtype=torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, h_n, c_n, gates, cells = ops.layer_fwd(gates_x, h0, c0, w_hh, None, None, False, "reference", True)
+    assert y.dtype == h_n.dtype == c_n.dtype == torch.bfloat16
+    assert gates.dtype == cells.dtype == torch.float32       # saved state stays in the accumulation dtype
+    y.float().sum().backward()
+    assert w_hh.grad.dtype == torch.float32 and gates_x.grad.dtype == torch.float32
