@@ -101,3 +101,23 @@ def test_offsets_past_2_pow_31(backend):
     y_ref = reference.forward(gates_x[T - 3:].float(), y[T - 4].float(),
                               _cell_at(backend, gates_x, h0, h0, w_hh, T - 3).float(), w_hh.float())[0]
     assert (y[tail].float() - y_ref[1:]).abs().max() < 2e-2
+
+
+@pytest.mark.parametrize("backend", KERNELS)
+def test_no_gpu_memory_growth_over_10000_calls(backend):
+    _skip_unless(backend, 128)
+    torch.manual_seed(0)
+    rnn = lstm_gpu.LSTM(16, 128, backend=backend).cuda()
+    x = torch.randn(8, 4, 16, device="cuda", requires_grad=True)
+
+    def step():
+        y, (h, c) = rnn(x)
+        (y.sum() + c.sum()).backward()
+    for _ in range(100):
+        step()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    for _ in range(10_000):
+        step()
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() - before <= 1 << 20, "allocated memory grew"
