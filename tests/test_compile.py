@@ -53,3 +53,12 @@ def test_nn_lstm_itself_cannot_compile_fullgraph():
     compiled = torch.compile(torch.nn.LSTM(3, 4), fullgraph=True, backend="eager")
     with pytest.raises(Exception):
         compiled(torch.randn(5, 2, 3))
+
+
+def test_torch_export_and_inference_mode():
+    ref, ours = twin_lstms(3, 4, num_layers=2, bidirectional=True, dtype=torch.float32)
+    x = torch.randn(5, 2, 3)
+    exported = torch.export.export(ours, (x,))
+    assert_close(exported.module()(x)[0], ref(x)[0], 1e-5, what="exported")
+    with torch.inference_mode():
+        assert_close(ours(x)[0], ref(x)[0], 1e-5, what="inference_mode")
