@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lstm_gpu.kernels.triton_barrier import barrier_state, grid_barrier
+from lstm_gpu.kernels.triton_barrier import barrier_state, step_barrier
 
 BARRIER = "lstm_gpu.kernels.triton_barrier.grid_barrier"
 # on-chip budget for one program's W_hh slice (bytes): ~200 KB of shared memory (DESIGN.md)
@@ -69,8 +69,7 @@ def _floor_kernel(
                         cache_modifier=".cg").to(tl.float32)
         b_new = 0.5 * b_own + (0.5 / H) * b_acc[:, None]        # depends on every element of h_t
         tl.store(p_prev + B * H + o_b[:, None] * H + o_own[None, :], b_new.to(p_h.dtype.element_ty), mask=m2)
-        if NUM_PROGRAMS > 1:
-            grid_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
+        step_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
 
 
 def interpreted() -> bool:

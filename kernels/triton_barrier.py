@@ -68,6 +68,16 @@ def grid_barrier(p_bar, NUM_PROGRAMS: tl.constexpr, TIMEOUT: tl.constexpr):
     tl.debug_barrier()                                  # no thread reads before the acquire completed
 
 
+@triton.jit
+def step_barrier(p_bar, NUM_PROGRAMS: tl.constexpr, TIMEOUT: tl.constexpr):
+    """The end of a time step: the grid barrier; with a grid of one program (the CPU interpreter) only
+    the barrier among that program's own threads."""
+    if NUM_PROGRAMS > 1:
+        grid_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
+    else:
+        tl.debug_barrier()
+
+
 def barrier_timeout() -> int:
     """Polls before a barrier gives up (LSTM_GPU_BARRIER_TIMEOUT; 0 = wait forever, the default)."""
     import os

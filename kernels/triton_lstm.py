@@ -61,7 +61,7 @@ import triton
 import triton.language as tl
 
 from . import host
-from .triton_barrier import barrier_state, barrier_timeout, grid_barrier, raise_if_timed_out
+from .triton_barrier import barrier_state, barrier_timeout, raise_if_timed_out, step_barrier
 from .triton_config import LSTMConfig, choose_config, fp32_precision, unsupported_reason
 
 __all__ = ["unsupported", "forward", "backward", "lstm_fwd", "lstm_bwd"]
@@ -218,10 +218,7 @@ def _lstm_fwd_kernel(
             t = T - 1 - s if REVERSE else s
             b_c = _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_w, b_c, t, i_p, 0, B, H,
                             REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, USE_DOT, PRECISION)
-            if NUM_PROGRAMS > 1:
-                grid_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
-            else:
-                tl.debug_barrier()
+            step_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
         tl.store(p_cn + o_b[:, None] * H + o_j[None, :], b_c.to(p_cn.dtype.element_ty), mask=m_bj)
     else:                                                           # c lives in a scratch slice
         for i_bt in range(num_bt):
@@ -240,10 +237,7 @@ def _lstm_fwd_kernel(
                 b_c = _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_w, b_c, t, i_p, i_bt, B, H,
                                 REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, USE_DOT, PRECISION)
                 tl.store(p_cs + o_bj, b_c, mask=m_bj)
-            if NUM_PROGRAMS > 1:
-                grid_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
-            else:
-                tl.debug_barrier()
+            step_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
         for i_bt in range(num_bt):
             o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
             m_bj = (o_b < B)[:, None] & m_j[None, :]
@@ -369,10 +363,7 @@ def _lstm_bwd_kernel(
             t = s if REVERSE else T - 1 - s                         # the opposite order to forward
             b_dc = _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, b_dh, b_dc, t, T, i_p, 0,
                                 B, H, REVERSE, HT, BLOCK_B)
-            if NUM_PROGRAMS > 1:
-                grid_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
-            else:
-                tl.debug_barrier()
+            step_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
             b_dh = _bwd_tile_dh(p_dgates, p_len, b_w, b_dh, t, 0, B, H, BLOCK_K, BLOCK_B, USE_DOT, PRECISION)
         tl.store(p_dh0 + o_bj, b_dh, mask=m_bj)
         tl.store(p_dc0 + o_bj, b_dc, mask=m_bj)
@@ -395,10 +386,7 @@ def _lstm_bwd_kernel(
                 b_dc = _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, b_dh, b_dc, t, T, i_p,
                                     i_bt, B, H, REVERSE, HT, BLOCK_B)
                 tl.store(p_dcs + o_bj, b_dc, mask=m_bj)
-            if NUM_PROGRAMS > 1:
-                grid_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
-            else:
-                tl.debug_barrier()
+            step_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
             for i_bt in range(num_bt):
                 o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
                 m_bj = (o_b < B)[:, None] & m_j[None, :]
