@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu_session.sh [STEP ...]          default steps: versions verify tests
 #
-# Steps: versions | verify (python -m lstm_gpu) | tests (pytest -m gpu) | tests-triton | tests-numba |
+# Steps: versions | verify (python -m lstm_gpu) | tests (pytest -m gpu) | tests-triton | tests-numba | tests-rest |
 #        bench (python -m bench --quick) | profile (python -m bench.profile) | charlm (GPU loss curves + tokens/s)
 # Each step has its own time limit so one call stays under the device tool's 10 minutes; everything it
 # printed goes to $OUT/session.log and what it wrote under reports/ to $OUT/reports.tar.gz (the device
@@ -39,6 +39,8 @@ import importlib.metadata as m; print(\"numba-cuda\", m.version(\"numba-cuda\"))
                       tests/test_triton_gpu.py ;;
       tests-numba) step tests-numba 540 python -m pytest -m gpu -q --durations=10 -p no:cacheprovider \
                      tests/test_numba_gpu.py ;;
+      tests-rest) step tests-rest 540 python -m pytest -m gpu -q --durations=10 -p no:cacheprovider tests \
+                    --ignore=tests/test_triton_gpu.py --ignore=tests/test_numba_gpu.py ;;
       bench) step bench 560 python -m bench --quick ;;
       profile) step profile 400 python -m bench.profile ;;
       charlm) step charlm 300 python -m bench.train_charlm --device cuda --backends nn,cudnn,triton,numba \
