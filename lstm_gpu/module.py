@@ -1,8 +1,9 @@
 """``lstm_gpu.LSTM``: a drop-in replacement for ``torch.nn.LSTM``, and ``convert`` to swap it in.
 
-Built on ``nn.RNNBase`` (mode "LSTM"), so parameters, their names, init, state_dict and repr are
-exactly nn.LSTM's. Not a subclass of nn.LSTM: torch.compile's Dynamo refuses every nn.LSTM/GRU/RNN
-instance, and a model using this module must compile with ``fullgraph=True``.
+Built on ``nn.RNNBase`` (mode "LSTM"), so parameters, their names, init and state_dict are exactly
+nn.LSTM's, and so is the repr but for its name and backend: ``lstm_gpu.LSTM(10, 20, backend='auto')``.
+Not a subclass of nn.LSTM: torch.compile's Dynamo refuses every nn.LSTM/GRU/RNN instance, and a model
+using this module must compile with ``fullgraph=True``.
 """
 from __future__ import annotations
 
@@ -38,8 +39,12 @@ class LSTM(nn.RNNBase):
         self.backend = backend
 
     def extra_repr(self) -> str:
-        s = super().extra_repr()
-        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+        return f"{super().extra_repr()}, backend={self.backend!r}"
+
+    def __repr__(self) -> str:
+        # "lstm_gpu.LSTM(10, 20, backend='auto')": print(model) shows that convert() swapped it in.
+        # Not via _get_name(): torch.fx uses that as an identifier.
+        return "lstm_gpu." + super().__repr__()
 
     def backend_for(self, input: Tensor | PackedSequence) -> str:
         """The concrete backend that ``forward(input)`` runs ("auto" resolved)."""

@@ -49,3 +49,12 @@ def test_convert_an_lstm_itself_and_keep_training_mode():
     new = lstm_gpu.convert(lstm)
     assert isinstance(new, lstm_gpu.LSTM) and not new.training and new.dropout == 0.2
     assert new.weight_hh_l1 is lstm.weight_hh_l1
+
+
+def test_print_shows_the_swap_and_the_backend():
+    model = nn.Sequential(nn.LSTM(10, 20), nn.Linear(20, 2))
+    assert "(0): LSTM(10, 20)" in str(model)
+    lstm_gpu.convert(model)
+    assert "(0): lstm_gpu.LSTM(10, 20, backend='auto')" in str(model)
+    assert repr(lstm_gpu.convert(nn.LSTM(3, 4, num_layers=2), backend="reference")) == \
+        "lstm_gpu.LSTM(3, 4, num_layers=2, backend='reference')"
