@@ -7,6 +7,7 @@ backends use their one-program / one-block configuration of the same kernels.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -35,6 +36,24 @@ def common_unsupported(backend: str, *, device: torch.device, dtype: torch.dtype
     if dtype not in dtypes:
         return f"dtype {dtype} is not supported (supported: {', '.join(str(d) for d in dtypes)})"
     return None
+
+
+def device_index(device: torch.device) -> int:
+    """The CUDA device index a call on ``device`` runs on: its own index, or the current device for a
+    bare "cuda" (which is what torch means by it)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def device_guard(device: torch.device):
+    """Make ``device`` the current CUDA device for a launch, restoring the previous one after.
+
+    Triton launches on the current device and its current stream, whatever device the tensors are on;
+    with tensors on cuda:1 and cuda:0 current, the kernel would be launched on the wrong GPU. A no-op
+    for CPU tensors (the interpreter).
+    """
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
 
 
 def lengths_or_full(lengths: torch.Tensor | None, T: int, B: int, device) -> torch.Tensor:

@@ -442,12 +442,13 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
         return y, h_n, c_n, (gates if save else None), (cells if save else None)
 
     bar, timeout = barrier_state(device), barrier_timeout()
-    _lstm_fwd_kernel[(cfg.num_programs,)](
-        gates_x, h0, c0, w_hh, lens, y, h_n, c_n, gates, cells, c_scratch, bar,
-        T, B, H,
-        REVERSE=bool(reverse), SAVE=bool(save), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b,
-        ONE_TILE=one_tile, USE_DOT=cfg.use_dot, PRECISION=cfg.precision, NUM_PROGRAMS=cfg.num_programs,
-        ACC=_TL_ACC[acc], TIMEOUT=timeout, **_launch_options(cfg, device))
+    with host.device_guard(device):     # Triton launches on the current device: make it the input's
+        _lstm_fwd_kernel[(cfg.num_programs,)](
+            gates_x, h0, c0, w_hh, lens, y, h_n, c_n, gates, cells, c_scratch, bar,
+            T, B, H,
+            REVERSE=bool(reverse), SAVE=bool(save), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b,
+            ONE_TILE=one_tile, USE_DOT=cfg.use_dot, PRECISION=cfg.precision, NUM_PROGRAMS=cfg.num_programs,
+            ACC=_TL_ACC[acc], TIMEOUT=timeout, **_launch_options(cfg, device))
     if timeout:
         raise_if_timed_out(bar, "forward")
     return y, h_n, c_n, (gates if save else None), (cells if save else None)
@@ -472,12 +473,13 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
         return dgates, dh0, dc0
 
     bar, timeout = barrier_state(device), barrier_timeout()
-    _lstm_bwd_kernel[(cfg.num_programs,)](
-        dy, dh_n, dc_n, gates, cells, c0, w_hh, lens, dgates, dh0, dc0, dh_scratch, dc_scratch,
-        bar, T, B, H,
-        REVERSE=bool(reverse), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b, ONE_TILE=one_tile,
-        USE_DOT=cfg.use_dot, PRECISION=cfg.precision, NUM_PROGRAMS=cfg.num_programs, ACC=_TL_ACC[acc],
-        TIMEOUT=timeout, **_launch_options(cfg, device))
+    with host.device_guard(device):     # Triton launches on the current device: make it the input's
+        _lstm_bwd_kernel[(cfg.num_programs,)](
+            dy, dh_n, dc_n, gates, cells, c0, w_hh, lens, dgates, dh0, dc0, dh_scratch, dc_scratch,
+            bar, T, B, H,
+            REVERSE=bool(reverse), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b, ONE_TILE=one_tile,
+            USE_DOT=cfg.use_dot, PRECISION=cfg.precision, NUM_PROGRAMS=cfg.num_programs, ACC=_TL_ACC[acc],
+            TIMEOUT=timeout, **_launch_options(cfg, device))
     if timeout:
         raise_if_timed_out(bar, "backward")
     return dgates, dh0, dc0
