@@ -10,6 +10,9 @@
 
 Titles name the GPU and dtype; CSVs from CPU runs are titled "CPU — not GPU timings" and their files
 start with "cpu-" (gitignored under reports/data). With no CSV given, the newest one in reports/data.
+
+CPU runs: provider "cudnn" is torch's ATen CPU LSTM and is labelled "torch (ATen CPU)"; no speedup heat
+map is drawn (the kernels ran emulated, a few samples each: a ratio of those times means nothing).
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from .providers import label  # noqa: E402
 
 STATUS_MARK = {"unsupported": "U", "incorrect": "X", "error": "E", "oom": "M"}
 COLORS = {"triton": "tab:red", "numba": "tab:purple", "cudnn": "tab:blue", "eager": "tab:gray",
@@ -131,7 +136,8 @@ def _line_panels(rows, metric, x_key, panel_key, fixed_key, fixed_value, ylabel,
         for prov in _provider_order(by_prov):
             pts = sorted(by_prov[prov], key=lambda r: r[x_key])
             xs = [r[x_key] for r in pts]
-            ax.plot(xs, [r["p50"] for r in pts], "o-", ms=3, label=prov, color=COLORS.get(prov))
+            ax.plot(xs, [r["p50"] for r in pts], "o-", ms=3, label=label(prov, pts[0].get("device_kind", "")),
+                    color=COLORS.get(prov))
             ax.fill_between(xs, [r["p20"] for r in pts], [r["p80"] for r in pts], alpha=0.25,
                             color=COLORS.get(prov))
         if floor_rows:
@@ -160,8 +166,8 @@ def _pick(values, preferred):
     return values[len(values) // 2] if values else None
 
 
-def plot_group(rows, floor_rows, title, out, prefix, dtype, mode, variant) -> list[Path]:
-    written = plot_speedup(rows, title, out, prefix, dtype, mode, variant)
+def plot_group(rows, floor_rows, title, out, prefix, dtype, mode, variant, speedup=True) -> list[Path]:
+    written = plot_speedup(rows, title, out, prefix, dtype, mode, variant) if speedup else []
     label = f"{dtype} {mode}{' ' + variant if variant else ''}"
     step_rows = [r for r in rows if r["metric"] == "time_per_step"]
     T = _pick([r["seq_len"] for r in step_rows], (1024, 4096, 256, 64))
@@ -200,10 +206,13 @@ def plot_files(paths: list[Path], out: Path | None = None) -> list[Path]:
     groups = defaultdict(list)
     for r in lstm:
         groups[(r["dtype"], r["mode"], _variant(r))].append(r)
+    if cpu:
+        print("speedup heat maps skipped: CPU run (kernels emulated, a few samples each; 'cudnn' is torch's "
+              "ATen CPU LSTM): a ratio of these times means nothing")
     written = []
     for (dtype, mode, variant), group in sorted(groups.items()):
         fl = [r for r in floors if r["dtype"] == dtype]
-        written += plot_group(group, fl, f"{title} — {dtype}", out, prefix, dtype, mode, variant)
+        written += plot_group(group, fl, f"{title} — {dtype}", out, prefix, dtype, mode, variant, speedup=not cpu)
     return written
 
 

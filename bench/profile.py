@@ -178,7 +178,8 @@ def report(args) -> Path:
     lines = [f"# Where the time goes: {env['gpu']}", ""]
     if not gpu:
         lines += ["**CPU run - NOT GPU timings.** Kernel backends ran emulated; times are CPU self time of aten "
-                  "ops, launches are not counted. This file only shows the report's shape.", ""]
+                  "ops, launches are not counted; provider `cudnn` is torch's ATen CPU LSTM, not cuDNN. This file "
+                  "only shows the report's shape.", ""]
     lines += [f"torch {env['torch']}, CUDA {env['torch_cuda']}, cuDNN {env['cudnn']}, triton {env['triton']}, "
               f"numba-cuda {env['numba_cuda']}, driver {env['driver']}; git {env['git_sha'][:12]}"
               f"{' (dirty)' if env['git_dirty'] else ''}; dtype {args.dtype}; {env['timestamp']}", "",

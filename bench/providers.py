@@ -7,7 +7,7 @@ names, so gradients can be checked. It raises ``Unsupported`` (or the backend's 
 ValueError) when the provider cannot run the case; the sweep records that as "unsupported".
 
     reference  lstm_gpu.LSTM(backend="reference"): the plain PyTorch recurrence (CPU runs; slow on GPU)
-    cudnn      torch.nn.LSTM: cuDNN on a GPU, ATen's native LSTM on CPU
+    cudnn      torch.nn.LSTM: cuDNN on a GPU, ATen's native LSTM on CPU (``label``: "torch (ATen CPU)")
     triton     lstm_gpu.LSTM(backend="triton"); Triton interpreter on CPU
     numba      lstm_gpu.LSTM(backend="numba"); Numba CUDA simulator on CPU
     eager      an nn.LSTMCell per layer and direction, looped over time in Python
@@ -197,6 +197,13 @@ PROVIDERS: dict[str, Setup] = {
     "compiled": _cell_loop_setup(True),
     "flashrnn": setup_flashrnn,
 }
+
+
+def label(provider: str, device_kind: str) -> str:
+    """What plots and reports call a provider: "cudnn" is torch's own LSTM, which is cuDNN only on a GPU."""
+    if provider == "cudnn":
+        return "cuDNN" if device_kind == "cuda" else "torch (ATen CPU)"
+    return provider
 
 
 def register(name: str, setup: Setup) -> None:

@@ -336,5 +336,5 @@ def run(cfg: SweepConfig, argv: list[str] | None = None) -> tuple[Path, Path]:
     print(f"cases by status: {counts}")
     print(f"wrote {csv_path}\n      {json_path}")
     if env["not_gpu_timings"]:
-        print("NOTE: CPU run - these are NOT GPU timings.")
+        print("NOTE: CPU run - these are NOT GPU timings; provider 'cudnn' is torch's ATen CPU LSTM, not cuDNN.")
     return csv_path, json_path

@@ -135,10 +135,48 @@ def test_plots_are_written(sweep):
     from bench.plot import plot_files
     pngs = list((sweep["out"] / "plots").glob("*.png"))
     assert pngs and all(p.name.startswith("cpu-") for p in pngs)
-    assert any(p.name.startswith("cpu-speedup-") for p in pngs)
+    assert not any("speedup" in p.name for p in pngs)                # no ratio of emulated CPU samples
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
     again = plot_files([sweep["csv"]], sweep["out"] / "again")      # the standalone entry point too
     assert sorted(p.name for p in again) == sorted(p.name for p in pngs)
+
+
+def _plot_with_legends(monkeypatch, csv_path, out):
+    """plot_files, and every legend entry of the figures it drew."""
+    from bench import plot
+    labels, close = set(), plot.plt.close
+
+    def spy(fig):
+        labels.update(t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts())
+        close(fig)
+    monkeypatch.setattr(plot.plt, "close", spy)
+    return plot.plot_files([csv_path], out), labels
+
+
+def test_cpu_plots_call_torch_lstm_what_it_is(sweep, tmp_path, monkeypatch, capsys):
+    pngs, labels = _plot_with_legends(monkeypatch, sweep["csv"], tmp_path)
+    assert pngs and "torch (ATen CPU)" in labels and not {"cudnn", "cuDNN"} & labels
+    assert "speedup heat maps skipped: CPU run" in capsys.readouterr().out
+    assert providers.label("cudnn", "cpu") == "torch (ATen CPU)" and providers.label("cudnn", "cuda") == "cuDNN"
+
+
+def test_gpu_csv_gets_speedup_maps_against_cudnn(tmp_path, monkeypatch):
+    rows = []
+    for prov, ms in (("cudnn", 2.0), ("triton", 1.0)):
+        for batch in (1, 16):
+            for metric, value in (("time", ms), ("time_per_step", ms * 1e3 / 1024)):
+                rows.append(dict(dict.fromkeys(COLUMNS, ""), kernel="lstm", provider=prov, mode="fwd", dtype="fp16",
+                                 batch=batch, hidden=768, seq_len=1024, layers=1, bidirectional="False",
+                                 metric=metric, p50=value, p20=value, p80=value, status="ok",
+                                 device_kind="cuda", gpu="NVIDIA H100 (synthetic)"))
+    path = tmp_path / "gpu-synthetic.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    pngs, labels = _plot_with_legends(monkeypatch, path, tmp_path / "plots")
+    assert "speedup-fp16-fwd-T1024.png" in {p.name for p in pngs}
+    assert {"cuDNN", "triton"} <= labels
 
 
 def test_cudnn_regime_rule():
