@@ -47,6 +47,36 @@ def unsupported_reason(backend: str, *, device: torch.device, dtype: torch.dtype
                                               proj_size=proj_size, batch=batch)
 
 
+def hidden_size_limit(backend: str, *, device: torch.device | str, dtype: torch.dtype, proj_size: int = 0,
+                      batch: int = 1) -> int | None:
+    """The largest hidden_size ``backend`` runs on ``device`` for this dtype and batch, or None where the
+    hidden size is not what limits it: no limit up to 65536 (the CPU emulators run one program holding all
+    of W_hh), or a call refused at any size (wrong dtype, no GPU, ...).
+
+    On a GPU the kernels split W_hh over at most one program per SM, so the limit depends on the SM count:
+    for triton, H <= 1024 (float64: 528) on an H100 SXM's 132 SMs.
+    """
+    device = torch.device(device)
+
+    def runs(h: int) -> bool:
+        return unsupported_reason(backend, device=device, dtype=dtype, hidden_size=h, proj_size=proj_size,
+                                  batch=batch) is None
+    lo, hi = 1, 1 << 16
+    if not runs(lo) or runs(hi):
+        return None
+    while hi - lo > 1:                  # runs(lo), not runs(hi): the fit shrinks as H grows
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if runs(mid) else (lo, mid)
+    return lo
+
+
+def _describe_device(device: torch.device) -> str:
+    if device.type == "cuda" and torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(device)
+        return f"{device}: {p.name}, {p.multi_processor_count} SMs"
+    return str(device)
+
+
 def select_backend(backend: str, *, device: torch.device | str, dtype: torch.dtype, hidden_size: int,
                    proj_size: int = 0, batch: int = 1) -> str:
     """Resolve ``backend`` (possibly "auto") to the concrete backend that will run the call.
@@ -64,5 +94,9 @@ def select_backend(backend: str, *, device: torch.device | str, dtype: torch.dty
     reason = unsupported_reason(backend, device=device, dtype=dtype, hidden_size=hidden_size,
                                 proj_size=proj_size, batch=batch)
     if reason is not None:
+        limit = hidden_size_limit(backend, device=device, dtype=dtype, proj_size=proj_size, batch=batch)
+        if limit is not None and hidden_size > limit:
+            reason += (f"; on the device this call targets ({_describe_device(device)}) backend={backend!r} "
+                       f"runs hidden_size <= {limit} for {dtype}")
         raise ValueError(f"backend={backend!r} cannot run this call: {reason}")
     return backend

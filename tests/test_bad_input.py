@@ -1,4 +1,6 @@
 """Every malformed call raises a clear error naming the argument (never a crash or a wrong answer)."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
@@ -110,3 +112,22 @@ def test_kernel_backend_without_emulation_on_cpu_says_why(monkeypatch):
         monkeypatch.setenv(var, "0")
         with pytest.raises((ValueError, NotImplementedError), match=backend):
             lstm_gpu.select_backend(backend, device="cpu", dtype=torch.float32, hidden_size=8)
+
+
+def test_explicit_triton_names_the_hidden_size_limit_of_the_targeted_device(monkeypatch):
+    """On a GPU the limit depends on its SM count (a stand-in device here); the CPU interpreter has none."""
+    gpu = SimpleNamespace(name="NVIDIA H100 80GB HBM3 (stand-in)", multi_processor_count=132)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: gpu)
+    on_gpu = dict(device="cuda", dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"\(cuda: NVIDIA H100 80GB HBM3 \(stand-in\), 132 SMs\) backend='triton' "
+                                         r"runs hidden_size <= 1024 for torch.float32$"):
+        lstm_gpu.select_backend("triton", hidden_size=2000, **on_gpu)
+    assert lstm_gpu.select_backend("triton", hidden_size=1024, **on_gpu) == "triton"
+    assert lstm_gpu.backends.hidden_size_limit("triton", device="cuda", dtype=torch.float64) == 528
+    gpu.multi_processor_count = 46
+    with pytest.raises(ValueError, match=r"46 SMs\) backend='triton' runs hidden_size <= 512 for torch.float32$"):
+        lstm_gpu.select_backend("triton", hidden_size=1024, **on_gpu)
+    # CPU (TRITON_INTERPRET=1): one program holds all of W_hh, so no hidden-size limit
+    assert lstm_gpu.select_backend("triton", device="cpu", dtype=torch.float32, hidden_size=2000) == "triton"
+    assert lstm_gpu.backends.hidden_size_limit("triton", device="cpu", dtype=torch.float32) is None
