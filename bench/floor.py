@@ -34,7 +34,8 @@ import triton.language as tl
 from lstm_gpu.kernels.triton_barrier import barrier_state, step_barrier
 
 BARRIER = "lstm_gpu.kernels.triton_barrier.grid_barrier"
-# on-chip budget for one program's W_hh slice (bytes): ~200 KB of shared memory (DESIGN.md)
+# on-chip budget for one program's W_hh slice (bytes): ~200 KB of shared memory, a margin under the 227 KB one
+# block may use on sm_90 (reports/README.md, "Design facts this report relies on")
 ONCHIP_BYTES_PER_PROGRAM = 200 * 1024
 # polls of the barrier before the correctness check gives up (~1 s at ~0.25 us per L2 atomic)
 CHECK_TIMEOUT = 1 << 22

@@ -5,7 +5,7 @@ Marker ``gpu`` (skipped without CUDA). Run: ``pytest -m gpu tests/test_numba_gpu
 versions and resource table). WRITTEN WITHOUT A GPU AND NEVER RUN YET: a failure here may be the test's
 fault as much as the kernel's; read it before trusting either.
 
-Tolerance rule (STYLE.md): with the fp64 reference as truth, our error ≤ 2× the error of PyTorch's own
+Tolerance rule: with the fp64 reference as truth, our error ≤ 2× the error of PyTorch's own
 LSTM in the same dtype for outputs, 3× for gradients (plus a small floor relative to the values).
 """
 import os

@@ -1,0 +1,24 @@
+"""Every document a file of this repository cites (``README.md``, ``docs/DESIGN.md``: an upper-case name
+ending in .md) is in the repository, so no reference points at notes a reader cannot open."""
+import re
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CITED = re.compile(r"(?<![\w.-])(?:[\w.-]+/)*[A-Z][A-Z0-9_-]*\.md\b")
+
+
+def test_every_cited_markdown_file_resolves_inside_the_repository():
+    files = subprocess.run(["git", "ls-files", "*.md", "*.py", "*.sh", "*.toml", ".ci/*"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    missing = []
+    for name in files:
+        path = ROOT / name
+        if not path.is_file():
+            continue
+        for cited in set(CITED.findall(path.read_text(errors="replace"))):
+            if cited.startswith(("http", "www.")) or "<" in cited:
+                continue
+            if not ((ROOT / cited).exists() or (path.parent / cited).exists()):
+                missing.append(f"{name}: {cited}")
+    assert not missing, "cited but not in the repository: " + ", ".join(sorted(missing))
