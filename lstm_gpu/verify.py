@@ -134,8 +134,10 @@ def main(argv=None) -> int:
     for backend in args.backends:
         try:
             lstm_gpu.select_backend(backend, device=device, dtype=torch.float32, hidden_size=16)
-        except (ValueError, NotImplementedError) as e:
-            print(f"{backend:<10} skipped: {e}")
+        except (ValueError, NotImplementedError, ModuleNotFoundError) as e:
+            why = (f"the Python module {e.name!r} is not installed (pip install --no-deps leaves out the "
+                   "kernels' dependencies: see README.md)" if isinstance(e, ModuleNotFoundError) else e)
+            print(f"{backend:<10} skipped: {why}")
             skipped.append(backend)
             continue
         ran = 0

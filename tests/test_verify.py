@@ -34,6 +34,20 @@ def test_a_run_that_checked_nothing_fails(monkeypatch, capsys):
     assert out.rstrip().endswith("NOTHING CHECKED: 0 backends checked (none), 2 skipped (reference, cudnn)")
 
 
+def test_a_backend_whose_package_is_missing_is_skipped_not_a_crash(monkeypatch, capsys):
+    select = lstm_gpu.select_backend
+
+    def no_triton(backend, **kwargs):
+        if backend == "triton":
+            raise ModuleNotFoundError("No module named 'triton'", name="triton")
+        return select(backend, **kwargs)
+    monkeypatch.setattr(lstm_gpu, "select_backend", no_triton)
+    assert lstm_gpu.verify.main(["--backends", "triton,reference"]) == 0
+    out = capsys.readouterr().out
+    assert "triton     skipped: the Python module 'triton' is not installed" in out
+    assert out.rstrip().endswith("1 backend checked (reference), 1 skipped (triton)")
+
+
 def test_help_names_the_program_options_columns_and_tolerances(capsys):
     with pytest.raises(SystemExit) as e:
         lstm_gpu.verify.main(["--help"])
