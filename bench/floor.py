@@ -44,7 +44,7 @@ CHECK_TIMEOUT = 1 << 22
 @triton.jit(do_not_specialize=["T"])
 def _floor_kernel(
     p_h,            # [T+1, B, H] h slots: slot 0 is h0, slot t+1 is written at step t
-    p_bar,          # [2] int32, zero: the barrier word and its time-out flag (triton_barrier.barrier_state)
+    p_bar,          # [2] int64, zero: the step counter and its time-out flag (triton_barrier.barrier_state)
     T, B, H,        # steps, batch, hidden
     HT,             # hidden units owned by one program
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_HT: tl.constexpr,
@@ -70,7 +70,7 @@ def _floor_kernel(
                         cache_modifier=".cg").to(tl.float32)
         b_new = 0.5 * b_own + (0.5 / H) * b_acc[:, None]        # depends on every element of h_t
         tl.store(p_prev + B * H + o_b[:, None] * H + o_own[None, :], b_new.to(p_h.dtype.element_ty), mask=m2)
-        step_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
+        step_barrier(p_bar, t, NUM_PROGRAMS, TIMEOUT)
 
 
 def interpreted() -> bool:
@@ -146,7 +146,7 @@ def sm90_resource_usage(batch: int, hidden: int, dtype: torch.dtype, sm_count: i
     programs = programs_for(batch, hidden, dtype, sm_count)
     lp = launch_params(batch, hidden, programs)
     ptr = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}[dtype]
-    sig = {"p_h": ptr, "p_bar": "*i32", "T": "i32", "B": "i32", "H": "i32", "HT": "i32",
+    sig = {"p_h": ptr, "p_bar": "*i64", "T": "i32", "B": "i32", "H": "i32", "HT": "i32",
            **{k: "constexpr" for k in ("BLOCK_B", "BLOCK_K", "BLOCK_HT", "NUM_PROGRAMS", "TIMEOUT")}}
     consts = dict(BLOCK_B=lp["BLOCK_B"], BLOCK_K=lp["BLOCK_K"], BLOCK_HT=lp["BLOCK_HT"], NUM_PROGRAMS=programs,
                   TIMEOUT=0)

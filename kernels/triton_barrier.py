@@ -1,79 +1,74 @@
-"""A grid-wide barrier written in Triton (Triton has none built in).
+"""The step synchronisation of the persistent Triton kernels: a grid-wide barrier with ONE serial L2
+round trip per step (Triton has no grid barrier built in).
 
 Supported: triton 3.6 and 3.9 (only ``tl.atomic_add`` with ``sem``/``scope`` and ``tl.debug_barrier`` are
 used: 3.6 has no ``tl.atomic_load`` / ``tl.atomic_poll``).
-Tested on: the Triton CPU interpreter with ONE program only (several programs run one after another
-there, so a real wait would hang), and compiled for sm_90 by tests/test_triton_sm90.py. It has NEVER run
-on a GPU with more than one program: tests/test_triton_gpu.py is the first real check.
+Tested on: the Triton CPU interpreter, with one program and, through ``lstm_gpu.testing``, with every
+program of a grid running at once in threads; compiled for sm_90 by tests/test_triton_sm90.py (whose
+static read of the SASS, ``bench.static``, counts its round trips). It has NEVER run on a GPU:
+tests/test_triton_gpu.py is the first real check.
 Known risks: every program of the grid must be co-resident (launch with ``launch_cooperative_grid=True``
 so the driver refuses an oversized grid instead of hanging); a kernel killed half-way leaves the counter
 dirty, which is why the launcher hands every launch a freshly zeroed counter.
 
-The algorithm is the textbook *sense-reversing centralised barrier* (Mellor-Crummey & Scott, 1991),
-packed into one int32 word so that a single atomic carries both fields:
+The algorithm: an EPOCH COUNTER. One int64 word counts arrivals since the launch began; step s of a
+grid of n programs is complete when the word reaches n·(s+1):
 
-    bits 0..29   arrivals at the current barrier (0 .. n-1)
-    bit  30      the sense: flips once per completed barrier
+    arrive:  atomic_add(word, 1)                 release, gpu scope; the result is not used, so no wait
+    wait:    poll atomic_add(word, 0) (acquire)  until word ≥ n·(s+1)
 
-    arrive:   old = atomic_add(word, 1)                      (acq_rel, gpu scope)
-    last one  (old's count == n-1): atomic_add(word, ±2^30 - n)   count back to 0 and the sense flipped
-    others:   spin on atomic_add(word, 0) (acquire) until the sense differs from old's sense
+The serial path of a step is the arrival travelling to L2 and one poll round trip that sees the last
+arrival: one L2 round trip. The previous design, a sense-reversing barrier (Mellor-Crummey & Scott),
+needed two more: every arrival waited for its atomic's result, and the last one then issued a second
+atomic (the flip) that the others had to see. The counter never needs a reset inside a launch (it only
+grows: 2^63 arrivals do not overflow), and a fresh zeroed word per launch keeps streams, CUDA-graph
+replays (the memset is captured with the launch) and aborted launches apart.
 
-The word returns to "count 0" after every barrier, so one zeroed word serves every step of a launch
-(and, if it were kept, every later launch and CUDA-graph replay too). ±2^30 keeps the arithmetic inside
-int32: +2^30 sets the sense bit, -2^30 clears it.
-
-Why it is correct: all programs' stores before the barrier happen-before the last arrival (each arrival
-is a release on the same atomic word, the last arrival's read-modify-write acquires them all), which
-happens-before the flip (a release), which the spinners acquire. ``tl.debug_barrier()`` (bar.sync) on
-either side orders the other threads of each program against the one thread doing the atomics. Data
-written by other programs must then be loaded bypassing L1 (``cache_modifier=".cg"``), and the time loop
-must be ``tl.range(..., num_stages=1)`` so the software pipeliner cannot hoist next step's loads above it.
+Why it is correct: each program's stores of step s happen-before its release arrival; the poll that sees
+n·(s+1) acquires every one of the n releases (release sequence on one atomic word), so every store of
+step s of every program is visible after the wait. ``tl.debug_barrier()`` (bar.sync) on either side
+orders the other threads of each program against the one thread doing the atomics. Data written by
+other programs must then be loaded bypassing L1 (``cache_modifier=".cg"``), and the time loop must be
+``tl.range(..., num_stages=1)`` so the software pipeliner cannot hoist next step's loads above it.
 """
 import triton
 import triton.language as tl
 
-SENSE_BIT = 1 << 30
-
 
 @triton.jit
-def grid_barrier(p_bar, NUM_PROGRAMS: tl.constexpr, TIMEOUT: tl.constexpr):
-    """Wait until all NUM_PROGRAMS programs of the grid have arrived.
+def grid_barrier(p_bar, s, NUM_PROGRAMS: tl.constexpr, TIMEOUT: tl.constexpr):
+    """Step ``s`` (0-based within the launch) ends when all NUM_PROGRAMS programs have arrived.
 
-    ``p_bar``: two int32, zero at launch: the barrier word, and a time-out flag. TIMEOUT = 0: spin for as
-    long as it takes. TIMEOUT > 0 (debug mode, LSTM_GPU_BARRIER_TIMEOUT): give up after that many polls and
-    set the flag; once it is set every later barrier is skipped, so the launch ends in seconds instead of
-    hanging, and the launcher raises. The flag costs one extra atomic per barrier, so it is off by default.
+    ``p_bar``: two int64, zero at launch: the arrival counter and a time-out flag. TIMEOUT = 0: wait for
+    as long as it takes. TIMEOUT > 0 (debug mode, LSTM_GPU_BARRIER_TIMEOUT): give up after that many polls
+    and set the flag; once it is set every later wait is skipped, so the launch ends in seconds instead
+    of hanging, and the launcher raises. The flag costs one extra atomic per step, so it is off by default.
     """
     tl.debug_barrier()                                  # every thread's stores precede the release
-    old = tl.atomic_add(p_bar, 1, sem="acq_rel", scope="gpu")
-    sense = old & 0x40000000                            # SENSE_BIT
-    if (old & 0x3FFFFFFF) == NUM_PROGRAMS - 1:          # last to arrive: reset the count, flip the sense
-        flip = tl.where(sense == 0, 0x40000000, -0x40000000)
-        tl.atomic_add(p_bar, flip - NUM_PROGRAMS, sem="release", scope="gpu")
+    tl.atomic_add(p_bar, 1, sem="release", scope="gpu")                 # arrive
+    target = tl.cast(s + 1, tl.int64) * NUM_PROGRAMS
+    now = tl.atomic_add(p_bar, 0, sem="acquire", scope="gpu")
+    if TIMEOUT > 0:
+        failed = tl.atomic_add(p_bar + 1, 0, sem="relaxed", scope="gpu")
+        spins = 0
+        while (now < target) & (failed == 0):
+            now = tl.atomic_add(p_bar, 0, sem="acquire", scope="gpu")
+            spins += 1
+            failed = tl.where(spins >= TIMEOUT, 1, failed)
+        if spins >= TIMEOUT:
+            tl.atomic_xchg(p_bar + 1, 1, sem="relaxed", scope="gpu")
     else:
-        now = tl.atomic_add(p_bar, 0, sem="acquire", scope="gpu")
-        if TIMEOUT > 0:
-            failed = tl.atomic_add(p_bar + 1, 0, sem="relaxed", scope="gpu")
-            spins = 0
-            while ((now & 0x40000000) == sense) & (failed == 0):
-                now = tl.atomic_add(p_bar, 0, sem="acquire", scope="gpu")
-                spins += 1
-                failed = tl.where(spins >= TIMEOUT, 1, failed)
-            if spins >= TIMEOUT:
-                tl.atomic_xchg(p_bar + 1, 1, sem="relaxed", scope="gpu")
-        else:
-            while (now & 0x40000000) == sense:
-                now = tl.atomic_add(p_bar, 0, sem="acquire", scope="gpu")
+        while now < target:
+            now = tl.atomic_add(p_bar, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()                                  # no thread reads before the acquire completed
 
 
 @triton.jit
-def step_barrier(p_bar, NUM_PROGRAMS: tl.constexpr, TIMEOUT: tl.constexpr):
-    """The end of a time step: the grid barrier; with a grid of one program (the CPU interpreter) only
-    the barrier among that program's own threads."""
+def step_barrier(p_bar, s, NUM_PROGRAMS: tl.constexpr, TIMEOUT: tl.constexpr):
+    """The end of time step ``s`` (0-based within the launch): the grid barrier; with a grid of one
+    program only the barrier among that program's own threads."""
     if NUM_PROGRAMS > 1:
-        grid_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
+        grid_barrier(p_bar, s, NUM_PROGRAMS, TIMEOUT)
     else:
         tl.debug_barrier()
 
@@ -90,14 +85,14 @@ def barrier_timeout() -> int:
 
 
 def barrier_state(device) -> "torch.Tensor":
-    """A fresh zeroed barrier word + time-out flag for one launch.
+    """A fresh zeroed arrival counter + time-out flag (int64) for one launch.
 
     Fresh per launch (one tiny memset) rather than cached per device and stream: concurrent launches on
     different streams, CUDA-graph captures and a launch aborted half-way then never share or inherit a
-    dirty counter. The barrier also resets itself after every step.
+    dirty counter.
     """
     import torch
-    return torch.zeros(2, dtype=torch.int32, device=device)
+    return torch.zeros(2, dtype=torch.int64, device=device)
 
 
 def raise_if_timed_out(state, what: str) -> None:

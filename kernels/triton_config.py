@@ -48,7 +48,8 @@ SHARED_PER_SM = 227 * 1024                  # bytes of shared memory one block m
 # Registers one program may spend on its W_hh slice: about half the register file, measured on sm_90
 # compiles (the rest holds h, the products, addresses and the cell state). 32-bit words.
 W_REG_BUDGET = 32 * 1024
-DOT_MAX_K = 256                             # largest K (next pow2 ≥ H) the tl.dot path compiles without spills
+DOT_SHARED_BUDGET = 200 * 1024              # bytes: the W_hh slice + one staged operand tile on the tl.dot path
+DOT_KC = 128                                # K per tl.dot chunk: K/128 independent accumulators
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class LSTMConfig:
     precision: str      # tl.dot input_precision for fp32
     num_warps: int
     num_programs: int   # grid size
+    k_split: int = 1    # tl.dot: K chunks (independent accumulators); 1 on the broadcast path
 
     def w_words(self, dtype: torch.dtype) -> int:
         """32-bit registers the W_hh slice needs: 16-bit weights stay packed on the dot path."""
@@ -86,7 +88,14 @@ def interpreter_config(*, B: int, H: int, dtype: torch.dtype, use_dot: bool | No
         use_dot = dtype in (torch.float16, torch.bfloat16)
     bb = 16 if use_dot else min(4, _pow2(B))
     return LSTMConfig(ht=k, block_k=k, block_b=bb, use_dot=use_dot, precision=fp32_precision(),
-                      num_warps=4, num_programs=1)
+                      num_warps=4, num_programs=1, k_split=max(1, k // DOT_KC) if use_dot else 1)
+
+
+def dot_shared_bytes(ht: int, block_k: int, block_b: int, dtype: torch.dtype) -> int:
+    """Shared memory of the tl.dot path: the four gates' W_hh blocks (4·HT·K, staged once) and one
+    operand tile of h (forward) or of one gate's dz (backward), BB·K, in the operand dtype."""
+    elem = 2 if dtype in (torch.float16, torch.bfloat16) else 4
+    return (4 * ht * block_k + block_b * block_k) * elem
 
 
 def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS) -> LSTMConfig:
@@ -94,20 +103,22 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS) -> L
     precision = fp32_precision()
     tensor_cores = dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and precision != "ieee")
     block_k = max(16, _pow2(H))
-    # tl.dot only up to K = 256: beyond, the sm_90 compile spills (the operands' layout conversions go
-    # through shared memory and the mma operand of W_hh sits in registers), see tests/test_triton_sm90.py
-    use_dot = tensor_cores and B >= 8 and block_k <= DOT_MAX_K
-    ht = max(16 if use_dot else 4, _pow2(-(-H // n_sm)))
-    ht = min(ht, _pow2(H))
+    # tl.dot (tensor cores) at every batch size (the batch padded to 16 rows) wherever the W_hh slice
+    # staged in shared memory fits: compiled with the run-time specialisation, K = 1024 at HT = 16 takes
+    # 126 registers, no spills (tests/test_triton_sm90.py); N = HT per gate ≥ 16 for triton 3.6
+    ht_dot = min(max(16, _pow2(-(-H // n_sm))), max(16, _pow2(H)))
+    use_dot = tensor_cores and dot_shared_bytes(ht_dot, block_k, 16, dtype) <= DOT_SHARED_BUDGET
+    ht = ht_dot if use_dot else min(max(4, _pow2(-(-H // n_sm))), _pow2(H))
     num_programs = -(-H // ht)
     words = LSTMConfig(ht, block_k, 1, use_dot, precision, 4, num_programs).w_words(dtype)
     # 4 warps while the weights take ≤ 128 registers per thread, else 8 (16 warps would cap every thread
     # at 128 registers in all and spill)
     num_warps = 4 if words <= 128 * 32 * 4 else 8
+    k_split = 1
     if use_dot:
         block_b = 16                                    # M ≥ 16 for tl.dot on triton 3.6
-        if block_k >= 128:
-            num_warps = 8                               # tf32 K = 128 spilled 16 bytes with 4 warps
+        k_split = max(1, block_k // DOT_KC)
+        num_warps = 8 if block_k >= 128 else 4          # tf32 K = 128 spilled 16 bytes with 4 warps
     else:
         tiny = words <= 32 * 32 * 4                     # ≤ 32 weight registers per thread at 4 warps
         if tiny:
@@ -118,7 +129,7 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS) -> L
             block_b = min(block_b, 2)                   # fp64 products take two registers each
         block_b = min(block_b, _pow2(B))
     return LSTMConfig(ht=ht, block_k=block_k, block_b=block_b, use_dot=use_dot, precision=precision,
-                      num_warps=num_warps, num_programs=num_programs)
+                      num_warps=num_warps, num_programs=num_programs, k_split=k_split)
 
 
 def sm_count(device: torch.device) -> int:
@@ -133,6 +144,12 @@ def choose_config(*, B: int, H: int, dtype: torch.dtype, device: torch.device) -
 
 def fits_on_chip(cfg: LSTMConfig, dtype: torch.dtype) -> str | None:
     """Why the W_hh slice of ``cfg`` cannot stay on chip, or None."""
+    if cfg.use_dot:
+        need = dot_shared_bytes(cfg.ht, cfg.block_k, cfg.block_b, dtype)
+        if need > DOT_SHARED_BUDGET:
+            return (f"the W_hh slice per program ({4 * cfg.ht} rows x {cfg.block_k}) and its operand tile need "
+                    f"{need} bytes of shared memory, over the budget of {DOT_SHARED_BUDGET}")
+        return None
     words = cfg.w_words(dtype)
     if words > W_REG_BUDGET:
         return (f"the W_hh slice per program ({4 * cfg.ht} rows x {cfg.block_k} = {words} 32-bit registers "

@@ -73,6 +73,8 @@ __all__ = ["unsupported", "forward", "backward", "lstm_fwd", "lstm_bwd"]
 
 @triton.jit
 def _sigmoid(x):
+    if x.dtype == tl.float32:   # approximate division (div.full, 2 ulp): IEEE division cost ~10 instructions
+        return tl.fdiv(1.0, 1.0 + tl.exp(-x), ieee_rounding=False)   # and a branch per element (sm_90 SASS)
     return 1.0 / (1.0 + tl.exp(-x))
 
 
@@ -83,72 +85,109 @@ def _tanh(x):
 
 
 @triton.jit
-def _matmul(b_a, b_w, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """[BB, K] · W → [BB, N]. USE_DOT: W is [K, N], tensor cores (or FMA for ieee fp32).
-    Otherwise W is [N, K] and the product is a register broadcast-multiply-sum (small batch, fp64)."""
-    b_a = b_a.to(b_w.dtype)         # dot: the weights' dtype (fp16/bf16 tensor cores); else the acc dtype
-    if USE_DOT:
-        return tl.dot(b_a, b_w, input_precision=PRECISION)
-    else:
-        return tl.sum(b_a[:, None, :] * b_w[None, :, :], 2)
-
-
-@triton.jit
-def _split_gates(b_z, BB: tl.constexpr, HT: tl.constexpr):
-    """[BB, 4·HT] with column n = gate·HT + j → four [BB, HT] blocks (i, f, g, o)."""
-    b_z = tl.permute(tl.reshape(b_z, (BB, 2, 2, HT)), (0, 3, 1, 2))   # [BB, HT, gate // 2, gate % 2]
-    b_ig, b_fo = tl.split(b_z)
-    b_i, b_g = tl.split(b_ig)
-    b_f, b_o = tl.split(b_fo)
-    return b_i, b_f, b_g, b_o
-
-
-@triton.jit
-def _h_prev(p_y, p_h0, t, o_b, m_b, b_len, o_k, m_k, B, H, REVERSE: tl.constexpr):
-    """h as seen by step t for the rows o_b, columns o_k: [BB, K] (input dtype).
-
+def _h_rows(p_y, t, o_b, m_b, b_len, B, H, REVERSE: tl.constexpr):
+    """Where each row o_b finds h as step t sees it: (offset of its row in y, in y?, in h0?).
     Forward: h_{t-1} = y[min(t-1, len-1)] (a frozen row re-reads its last live output), h0 before the
-    first step. Reverse: y[t+1] while the row was already alive at t+1 (t+1 < len), otherwise h0.
-    y was written by every program: loaded with .cg (bypass L1) after the grid barrier."""
+    first step. Reverse: y[t+1] while the row was already alive at t+1 (t+1 < len), else h0."""
     if REVERSE:
         src = tl.zeros_like(b_len) + t + 1
         has = src < b_len
     else:
         src = tl.minimum(tl.zeros_like(b_len) + t - 1, b_len - 1)
         has = src >= 0
-    o_row = (src.to(tl.int64) * B + o_b) * H                       # int64: T·B·H may pass 2^31
-    m_y = (m_b & has)[:, None] & m_k[None, :]
-    m_0 = (m_b & (~has))[:, None] & m_k[None, :]
-    b_hy = tl.load(p_y + o_row[:, None] + o_k[None, :], mask=m_y, other=0., cache_modifier=".cg")
-    b_h0 = tl.load(p_h0 + o_b[:, None] * H + o_k[None, :], mask=m_0, other=0.)
-    return tl.where(m_y, b_hy, b_h0)
+    return (src.to(tl.int64) * B + o_b) * H, m_b & has, m_b & (~has)    # int64: T·B·H may pass 2^31
 
 
 @triton.jit
-def _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_w, b_c, t, i_p, i_bt, B, H,
+def _load_rows(p, o_row, m_row, H, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr):
+    """H consecutive elements of each row (starting at p + o_row), as [BB, K] or, with K_SPLIT > 1, split
+    along K as [K_SPLIT, BB, K/K_SPLIT] (the chunks become independent tensor-core accumulators).
+    Data another program wrote: loaded with .cg (L2, not a stale L1 line) after the step synchronisation."""
+    if K_SPLIT == 1:
+        o_k = tl.arange(0, BLOCK_K)[None, :]
+        o_row, m_row = o_row[:, None], m_row[:, None]
+    else:
+        KC: tl.constexpr = BLOCK_K // K_SPLIT
+        o_k = tl.arange(0, K_SPLIT)[:, None, None] * KC + tl.arange(0, KC)[None, None, :]
+        o_row, m_row = o_row[None, :, None], m_row[None, :, None]
+    return tl.load(p + o_row + o_k, mask=m_row & (o_k < H), other=0., cache_modifier=".cg")
+
+
+@triton.jit
+def _load_h(p_y, p_h0, o_y, m_y, m_0, o_b, H, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr):
+    """h for the rows of one tile: from y (rows m_y, at offsets o_y) or h0 (rows m_0). Two masked loads
+    added, not one load through a select of pointers: the select hid the rows' alignment from the
+    compiler and the load became 64 scalar 16-bit loads per thread (sm_90 SASS, B16 H768 fp16)."""
+    return (_load_rows(p_y, o_y, m_y, H, BLOCK_K, K_SPLIT)
+            + _load_rows(p_h0, o_b * H, m_0, H, BLOCK_K, K_SPLIT))     # one of the two is masked to 0
+
+
+@triton.jit
+def _load_w_gate(p_w, gate, i_p, H, HT: tl.constexpr, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr,
+                 USE_DOT: tl.constexpr, ACC: tl.constexpr, BACKWARD: tl.constexpr):
+    """One gate's block of W_hh for this program's units u, to keep on chip for the whole launch:
+    forward the rows W[gate·H + u, k] (h · W_gateᵀ), backward the columns W[gate·H + k, u] (dz_gate · W_gate).
+    tl.dot: as [K_SPLIT, K/K_SPLIT, HT] (k, u) (or [K, HT] when K_SPLIT = 1) in the weights' dtype (16-bit stays 16-bit for the tensor
+    cores). Broadcast path: as [HT, K] (u, k), upcast once to the accumulation dtype."""
+    o_j = i_p * HT + tl.arange(0, HT)
+    if USE_DOT and K_SPLIT > 1:
+        KC: tl.constexpr = BLOCK_K // K_SPLIT
+        o_k = tl.arange(0, K_SPLIT)[:, None, None] * KC + tl.arange(0, KC)[None, :, None]
+        o_u = o_j[None, None, :]
+    elif USE_DOT:
+        o_k = tl.arange(0, BLOCK_K)[:, None]
+        o_u = o_j[None, :]
+    else:
+        o_k = tl.arange(0, BLOCK_K)[None, :]
+        o_u = o_j[:, None]
+    if BACKWARD:
+        o_w = (gate * H + o_k) * H + o_u
+    else:
+        o_w = (gate * H + o_u) * H + o_k
+    b_w = tl.load(p_w + o_w, mask=(o_u < H) & (o_k < H), other=0.)
+    return b_w if USE_DOT else b_w.to(ACC)
+
+
+@triton.jit
+def _hw(b_h, b_w, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """h · W_gateᵀ for one gate: [BB, HT]. tl.dot: one tensor-core product per K chunk (independent
+    accumulators, so the chain of dependent MMAs is K/K_SPLIT/16 long, not K/16), summed over the chunks.
+    Broadcast path: a register multiply and a sum along K (fp64, fp32-ieee, tiny slices)."""
+    if USE_DOT:
+        b_z = tl.dot(b_h.to(b_w.dtype), b_w, input_precision=PRECISION, out_dtype=tl.float32)
+        return tl.sum(b_z, 0) if len(b_z.shape) == 3 else b_z
+    else:
+        return tl.sum(b_h.to(b_w.dtype)[:, None, :] * b_w[None, :, :], 2)
+
+
+@triton.jit
+def _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_c, t, i_p, i_bt, B, H,
               REVERSE: tl.constexpr, SAVE: tl.constexpr, HT: tl.constexpr, BLOCK_K: tl.constexpr,
-              BLOCK_B: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+              BLOCK_B: tl.constexpr, K_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     """One step t for one batch tile: returns the new c [BB, HT] (accumulation dtype)."""
     ACC = b_c.dtype
     o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)                   # batch rows of this tile
     m_b = o_b < B
     o_j = i_p * HT + tl.arange(0, HT)                               # this program's hidden units
-    m_j = o_j < H
-    o_k = tl.arange(0, BLOCK_K)
-    m_k = o_k < H
+    m_bj = m_b[:, None] & (o_j < H)[None, :]
     b_len = tl.load(p_len + o_b, mask=m_b, other=0)
     b_alive = (t < b_len)[:, None]                                  # [BB, 1]
 
-    # z_t = gates_x[t] + h_{t-1} · W_sliceᵀ, all four gates of this program's units at once
-    b_h = _h_prev(p_y, p_h0, t, o_b, m_b, b_len, o_k, m_k, B, H, REVERSE)
-    o_n = tl.arange(0, 4 * HT)                                      # column n = gate·HT + j
-    o_g = (o_n // HT) * H + i_p * HT + (o_n % HT)                   # → gate·H + unit
-    m_n = (i_p * HT + (o_n % HT)) < H
+    # gates_x[t] for this tile: independent of the other programs (in flight while h arrives)
     o_bt = (t.to(tl.int64) * B + o_b) * (4 * H)                     # row offsets into [T, B, 4H]
-    m_bn = m_b[:, None] & m_n[None, :]
-    b_z = tl.load(p_gx + o_bt[:, None] + o_g[None, :], mask=m_bn, other=0.).to(ACC)
-    b_z += _matmul(b_h, b_w, USE_DOT, PRECISION).to(ACC)
-    b_zi, b_zf, b_zg, b_zo = _split_gates(b_z, BLOCK_B, HT)
+    p_gxt = p_gx + o_bt[:, None] + o_j[None, :]
+    b_xi = tl.load(p_gxt, mask=m_bj, other=0.).to(ACC)
+    b_xf = tl.load(p_gxt + H, mask=m_bj, other=0.).to(ACC)
+    b_xg = tl.load(p_gxt + 2 * H, mask=m_bj, other=0.).to(ACC)
+    b_xo = tl.load(p_gxt + 3 * H, mask=m_bj, other=0.).to(ACC)
+
+    # z_t = gates_x[t] + h_{t-1} · W_hhᵀ, gate by gate, for this program's units
+    o_y, m_y, m_0 = _h_rows(p_y, t, o_b, m_b, b_len, B, H, REVERSE)
+    b_h = _load_h(p_y, p_h0, o_y, m_y, m_0, o_b, H, BLOCK_K, K_SPLIT if USE_DOT else 1)
+    b_zi = b_xi + _hw(b_h, b_wi, USE_DOT, PRECISION).to(ACC)
+    b_zf = b_xf + _hw(b_h, b_wf, USE_DOT, PRECISION).to(ACC)
+    b_zg = b_xg + _hw(b_h, b_wg, USE_DOT, PRECISION).to(ACC)
+    b_zo = b_xo + _hw(b_h, b_wo, USE_DOT, PRECISION).to(ACC)
 
     b_i, b_f, b_g, b_o = _sigmoid(b_zi), _sigmoid(b_zf), _tanh(b_zg), _sigmoid(b_zo)
     b_c_new = b_f * b_c + b_i * b_g                                 # c_t = f ⊙ c_{t-1} + i ⊙ g
@@ -157,7 +196,6 @@ def _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_w, b_c, t, i_p, i_bt, 
     b_h_new = tl.where(b_alive, b_h_new, 0.)                        # zero output past the end
 
     o_bh = (t.to(tl.int64) * B + o_b) * H                           # row offsets into [T, B, H]
-    m_bj = m_b[:, None] & m_j[None, :]
     p_yt = p_y + o_bh[:, None] + o_j[None, :]
     tl.store(p_yt, b_h_new.to(p_yt.dtype.element_ty), mask=m_bj)
     if SAVE:
@@ -184,29 +222,24 @@ def _lstm_fwd_kernel(
     p_gates,     # [T, B, 4H] out (accumulation dtype): activated i, f, g, o   (SAVE only)
     p_cells,     # [T, B, H] out (accumulation dtype): c_t                      (SAVE only)
     p_cs,        # [B, H] accumulation-dtype scratch for c when the batch needs several tiles
-    p_bar,       # [2] int32, zero: the grid barrier's word and its time-out flag
+    p_bar,       # [2] int64, zero: the step counter and its time-out flag
     # sizes
     T, B, H,
     # meta-parameters
     REVERSE: tl.constexpr, SAVE: tl.constexpr,
     HT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, ONE_TILE: tl.constexpr,
+    K_SPLIT: tl.constexpr,       # tl.dot: K chunks, each an independent accumulator
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr, NUM_PROGRAMS: tl.constexpr, ACC: tl.constexpr,
     TIMEOUT: tl.constexpr,       # barrier polls before giving up (debug mode); 0 = wait forever
 ):
     i_p = tl.program_id(0)
     num_bt = tl.cdiv(B, BLOCK_B)
 
-    # This program's rows of W_hh, loaded ONCE and kept on chip for all T steps.
-    o_n = tl.arange(0, 4 * HT)                                      # n = gate·HT + j
-    o_wr = (o_n // HT) * H + i_p * HT + (o_n % HT)                  # W_hh row of (gate, unit)
-    m_n = (i_p * HT + (o_n % HT)) < H
-    o_k = tl.arange(0, BLOCK_K)
-    m_k = o_k < H
-    if USE_DOT:                                                     # [K, 4HT]: W_sliceᵀ
-        b_w = tl.load(p_w + o_wr[None, :] * H + o_k[:, None], mask=m_n[None, :] & m_k[:, None], other=0.)
-    else:                                                           # [4HT, K], upcast once
-        b_w = tl.load(p_w + o_wr[:, None] * H + o_k[None, :], mask=m_n[:, None] & m_k[None, :],
-                      other=0.).to(ACC)
+    # This program's rows of W_hh, gate by gate, loaded ONCE and kept on chip for all T steps.
+    b_wi = _load_w_gate(p_w, 0, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
+    b_wf = _load_w_gate(p_w, 1, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
+    b_wg = _load_w_gate(p_w, 2, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
+    b_wo = _load_w_gate(p_w, 3, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
 
     o_j = i_p * HT + tl.arange(0, HT)
     m_j = o_j < H
@@ -216,9 +249,9 @@ def _lstm_fwd_kernel(
         b_c = tl.load(p_c0 + o_b[:, None] * H + o_j[None, :], mask=m_bj, other=0.).to(ACC)
         for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above the barrier
             t = T - 1 - s if REVERSE else s
-            b_c = _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_w, b_c, t, i_p, 0, B, H,
-                            REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, USE_DOT, PRECISION)
-            step_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
+            b_c = _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_c, t, i_p, 0,
+                            B, H, REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, K_SPLIT, USE_DOT, PRECISION)
+            step_barrier(p_bar, s, NUM_PROGRAMS, TIMEOUT)
         tl.store(p_cn + o_b[:, None] * H + o_j[None, :], b_c.to(p_cn.dtype.element_ty), mask=m_bj)
     else:                                                           # c lives in a scratch slice
         for i_bt in range(num_bt):
@@ -234,10 +267,10 @@ def _lstm_fwd_kernel(
                 o_bj = o_b[:, None] * H + o_j[None, :]
                 tl.debug_barrier()
                 b_c = tl.load(p_cs + o_bj, mask=m_bj, other=0.)
-                b_c = _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_w, b_c, t, i_p, i_bt, B, H,
-                                REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, USE_DOT, PRECISION)
+                b_c = _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_c, t, i_p,
+                                i_bt, B, H, REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, K_SPLIT, USE_DOT, PRECISION)
                 tl.store(p_cs + o_bj, b_c, mask=m_bj)
-            step_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
+            step_barrier(p_bar, s, NUM_PROGRAMS, TIMEOUT)
         for i_bt in range(num_bt):
             o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
             m_bj = (o_b < B)[:, None] & m_j[None, :]
@@ -250,14 +283,18 @@ def _lstm_fwd_kernel(
         o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
         m_b = o_b < B
         b_len = tl.load(p_len + o_b, mask=m_b, other=0)
-        b_hn = _h_prev(p_y, p_h0, t_end, o_b, m_b, b_len, o_j, m_j, B, H, REVERSE)
-        tl.store(p_hn + o_b[:, None] * H + o_j[None, :], b_hn, mask=m_b[:, None] & m_j[None, :])
+        o_y, m_y, m_0 = _h_rows(p_y, t_end, o_b, m_b, b_len, B, H, REVERSE)
+        b_hy = tl.load(p_y + o_y[:, None] + o_j[None, :], mask=m_y[:, None] & m_j[None, :])
+        b_h0 = tl.load(p_h0 + o_b[:, None] * H + o_j[None, :], mask=m_0[:, None] & m_j[None, :])
+        tl.store(p_hn + o_b[:, None] * H + o_j[None, :], tl.where(m_y[:, None], b_hy, b_h0),
+                 mask=m_b[:, None] & m_j[None, :])
 
 
 @triton.jit
-def _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, b_dh, b_dc, t, T, i_p, i_bt, B, H,
-                 REVERSE: tl.constexpr, HT: tl.constexpr, BLOCK_B: tl.constexpr):
-    """Backward step t, part 1 (own units only): dz_t into dgates[t]; returns the carried dc."""
+def _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, p_zx, b_dh, b_dc, t, T, i_p, i_bt, B, H,
+                 REVERSE: tl.constexpr, HT: tl.constexpr, BLOCK_B: tl.constexpr, LOW_EXCHANGE: tl.constexpr):
+    """Backward step t, part 1 (own units only): dz_t into dgates[t] (and, LOW_EXCHANGE, a 16-bit copy
+    into the exchange slot p_zx [B, 4H] that the other programs read); returns the carried dc."""
     ACC = b_dc.dtype
     o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
     m_b = o_b < B
@@ -293,24 +330,31 @@ def _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, b_dh, b_dc, t, T
     tl.store(p_dz + H, tl.where(b_alive, b_dzf, 0.), mask=m_bj)
     tl.store(p_dz + 2 * H, tl.where(b_alive, b_dzg, 0.), mask=m_bj)
     tl.store(p_dz + 3 * H, tl.where(b_alive, b_dzo, 0.), mask=m_bj)
+    if LOW_EXCHANGE:    # the tensor cores read dz in 16 bits anyway: exchange it in 16 bits, half the bytes
+        p_dzx = p_zx + o_b[:, None] * (4 * H) + o_j[None, :]
+        X = p_zx.dtype.element_ty
+        tl.store(p_dzx, tl.where(b_alive, b_dzi, 0.).to(X), mask=m_bj)
+        tl.store(p_dzx + H, tl.where(b_alive, b_dzf, 0.).to(X), mask=m_bj)
+        tl.store(p_dzx + 2 * H, tl.where(b_alive, b_dzg, 0.).to(X), mask=m_bj)
+        tl.store(p_dzx + 3 * H, tl.where(b_alive, b_dzo, 0.).to(X), mask=m_bj)
     return tl.where(b_alive, b_dct * b_f, b_dc)                     # dc ← dc_t ⊙ f
 
 
 @triton.jit
-def _bwd_tile_dh(p_dgates, p_len, b_w, b_dh, t, i_bt, B, H, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr,
-                 USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """Backward step t, part 2 (after the barrier): dh ← dz_t · W_hh[:, own units]; returns dh."""
+def _bwd_tile_dh(p_z, p_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, i_bt, B, H, BLOCK_K: tl.constexpr,
+                 BLOCK_B: tl.constexpr, K_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """Backward step t, part 2 (after the step synchronisation): dh ← Σ_gates dz_gate · W_gate[:, own units],
+    reading all of dz_t (p_z: its [B, 4H] matrix, written by every program); returns dh."""
     o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
     m_b = o_b < B
     b_len = tl.load(p_len + o_b, mask=m_b, other=0)
-    o_r = tl.arange(0, 4 * BLOCK_K)                                 # r = gate·K + k → column gate·H + k
-    o_g = (o_r // BLOCK_K) * H + (o_r % BLOCK_K)
-    m_r = (o_r % BLOCK_K) < H
-    o_bg = (t.to(tl.int64) * B + o_b) * (4 * H)
-    b_dz = tl.load(p_dgates + o_bg[:, None] + o_g[None, :], mask=m_b[:, None] & m_r[None, :], other=0.,
-                   cache_modifier=".cg").to(b_w.dtype)             # written by every program
-    b_new = _matmul(b_dz, b_w, USE_DOT, PRECISION).to(b_dh.dtype)
-    return tl.where((t < b_len)[:, None], b_new, b_dh)              # frozen rows pass dh through
+    o_z = o_b * (4 * H)                                             # row b of dz_t: [i | f | g | o]
+    KS: tl.constexpr = K_SPLIT if USE_DOT else 1
+    b_new = _hw(_load_rows(p_z, o_z, m_b, H, BLOCK_K, KS), b_wi, USE_DOT, PRECISION)
+    b_new += _hw(_load_rows(p_z + H, o_z, m_b, H, BLOCK_K, KS), b_wf, USE_DOT, PRECISION)
+    b_new += _hw(_load_rows(p_z + 2 * H, o_z, m_b, H, BLOCK_K, KS), b_wg, USE_DOT, PRECISION)
+    b_new += _hw(_load_rows(p_z + 3 * H, o_z, m_b, H, BLOCK_K, KS), b_wo, USE_DOT, PRECISION)
+    return tl.where((t < b_len)[:, None], b_new.to(b_dh.dtype), b_dh)   # frozen rows pass dh through
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -329,29 +373,28 @@ def _lstm_bwd_kernel(
     p_dc0,       # [B, H] out (accumulation dtype)
     p_dhs,       # [B, H] accumulation-dtype scratch for dh when the batch needs several tiles
     p_dcs,       # [B, H] accumulation-dtype scratch for dc
-    p_bar,       # [2] int32, zero: the grid barrier's word and its time-out flag
+    p_zx,        # [2, B, 4H] input dtype, LOW_EXCHANGE only: dz in 16 bits, slot s % 2 at step s
+    p_bar,       # [2] int64, zero: the step counter and its time-out flag
     # sizes
     T, B, H,
     # meta-parameters
     REVERSE: tl.constexpr,
     HT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, ONE_TILE: tl.constexpr,
+    K_SPLIT: tl.constexpr,       # tl.dot: K chunks, each an independent accumulator
+    LOW_EXCHANGE: tl.constexpr,  # exchange dz in the 16-bit input dtype (tensor-core path)
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr, NUM_PROGRAMS: tl.constexpr, ACC: tl.constexpr,
     TIMEOUT: tl.constexpr,       # barrier polls before giving up (debug mode); 0 = wait forever
 ):
     i_p = tl.program_id(0)
     num_bt = tl.cdiv(B, BLOCK_B)
 
-    # The columns W_hh[:, own units] of all four gates, loaded ONCE: row r = gate·K + k.
-    o_r = tl.arange(0, 4 * BLOCK_K)
-    o_wr = (o_r // BLOCK_K) * H + (o_r % BLOCK_K)
-    m_r = (o_r % BLOCK_K) < H
+    # The columns W_hh[:, own units], gate by gate, loaded ONCE and kept on chip for all T steps.
+    b_wi = _load_w_gate(p_w, 0, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, True)
+    b_wf = _load_w_gate(p_w, 1, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, True)
+    b_wg = _load_w_gate(p_w, 2, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, True)
+    b_wo = _load_w_gate(p_w, 3, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, True)
     o_j = i_p * HT + tl.arange(0, HT)
     m_j = o_j < H
-    if USE_DOT:                                                     # [4K, HT]
-        b_w = tl.load(p_w + o_wr[:, None] * H + o_j[None, :], mask=m_r[:, None] & m_j[None, :], other=0.)
-    else:                                                           # [HT, 4K], upcast once
-        b_w = tl.load(p_w + o_wr[None, :] * H + o_j[:, None], mask=m_r[None, :] & m_j[:, None],
-                      other=0.).to(ACC)
 
     if ONE_TILE:                                                    # dh, dc live in registers
         o_b = tl.arange(0, BLOCK_B)
@@ -361,10 +404,12 @@ def _lstm_bwd_kernel(
         b_dc = tl.load(p_dcn + o_bj, mask=m_bj, other=0.).to(ACC)
         for s in tl.range(T, num_stages=1):
             t = s if REVERSE else T - 1 - s                         # the opposite order to forward
-            b_dc = _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, b_dh, b_dc, t, T, i_p, 0,
-                                B, H, REVERSE, HT, BLOCK_B)
-            step_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
-            b_dh = _bwd_tile_dh(p_dgates, p_len, b_w, b_dh, t, 0, B, H, BLOCK_K, BLOCK_B, USE_DOT, PRECISION)
+            p_z = p_zx + (s % 2) * B * 4 * H if LOW_EXCHANGE else p_dgates + t.to(tl.int64) * B * 4 * H
+            b_dc = _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, p_z, b_dh, b_dc, t, T, i_p, 0,
+                                B, H, REVERSE, HT, BLOCK_B, LOW_EXCHANGE)
+            step_barrier(p_bar, s, NUM_PROGRAMS, TIMEOUT)
+            b_dh = _bwd_tile_dh(p_z, p_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, 0, B, H, BLOCK_K, BLOCK_B, K_SPLIT,
+                                USE_DOT, PRECISION)
         tl.store(p_dh0 + o_bj, b_dh, mask=m_bj)
         tl.store(p_dc0 + o_bj, b_dc, mask=m_bj)
     else:                                                           # dh, dc live in scratch slices
@@ -376,6 +421,7 @@ def _lstm_bwd_kernel(
             tl.store(p_dcs + o_bj, tl.load(p_dcn + o_bj, mask=m_bj, other=0.).to(ACC), mask=m_bj)
         for s in tl.range(T, num_stages=1):
             t = s if REVERSE else T - 1 - s
+            p_z = p_zx + (s % 2) * B * 4 * H if LOW_EXCHANGE else p_dgates + t.to(tl.int64) * B * 4 * H
             for i_bt in range(num_bt):
                 o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
                 m_bj = (o_b < B)[:, None] & m_j[None, :]
@@ -383,17 +429,17 @@ def _lstm_bwd_kernel(
                 tl.debug_barrier()
                 b_dh = tl.load(p_dhs + o_bj, mask=m_bj, other=0.)
                 b_dc = tl.load(p_dcs + o_bj, mask=m_bj, other=0.)
-                b_dc = _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, b_dh, b_dc, t, T, i_p,
-                                    i_bt, B, H, REVERSE, HT, BLOCK_B)
+                b_dc = _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, p_z, b_dh, b_dc, t, T, i_p,
+                                    i_bt, B, H, REVERSE, HT, BLOCK_B, LOW_EXCHANGE)
                 tl.store(p_dcs + o_bj, b_dc, mask=m_bj)
-            step_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
+            step_barrier(p_bar, s, NUM_PROGRAMS, TIMEOUT)
             for i_bt in range(num_bt):
                 o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
                 m_bj = (o_b < B)[:, None] & m_j[None, :]
                 o_bj = o_b[:, None] * H + o_j[None, :]
                 b_dh = tl.load(p_dhs + o_bj, mask=m_bj, other=0.)
-                b_dh = _bwd_tile_dh(p_dgates, p_len, b_w, b_dh, t, i_bt, B, H, BLOCK_K, BLOCK_B, USE_DOT,
-                                    PRECISION)
+                b_dh = _bwd_tile_dh(p_z, p_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, i_bt, B, H, BLOCK_K, BLOCK_B,
+                                    K_SPLIT, USE_DOT, PRECISION)
                 tl.store(p_dhs + o_bj, b_dh, mask=m_bj)
         tl.debug_barrier()
         for i_bt in range(num_bt):
@@ -447,8 +493,8 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
             gates_x, h0, c0, w_hh, lens, y, h_n, c_n, gates, cells, c_scratch, bar,
             T, B, H,
             REVERSE=bool(reverse), SAVE=bool(save), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b,
-            ONE_TILE=one_tile, USE_DOT=cfg.use_dot, PRECISION=cfg.precision, NUM_PROGRAMS=cfg.num_programs,
-            ACC=_TL_ACC[acc], TIMEOUT=timeout, **_launch_options(cfg, device))
+            ONE_TILE=one_tile, K_SPLIT=cfg.k_split, USE_DOT=cfg.use_dot, PRECISION=cfg.precision,
+            NUM_PROGRAMS=cfg.num_programs, ACC=_TL_ACC[acc], TIMEOUT=timeout, **_launch_options(cfg, device))
     if timeout:
         raise_if_timed_out(bar, "forward")
     return y, h_n, c_n, (gates if save else None), (cells if save else None)
@@ -468,6 +514,8 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
     one_tile = B <= cfg.block_b
     dh_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
     dc_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
+    low_exchange = cfg.use_dot and dtype in (torch.float16, torch.bfloat16)
+    dz_exchange = torch.empty(2 * B * G if low_exchange else 1, dtype=dtype, device=device)
     if T == 0:
         dh0.copy_(dh_n), dc0.copy_(dc_n)
         return dgates, dh0, dc0
@@ -475,10 +523,10 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
     bar, timeout = barrier_state(device), barrier_timeout()
     with host.device_guard(device):     # Triton launches on the current device: make it the input's
         _lstm_bwd_kernel[(cfg.num_programs,)](
-            dy, dh_n, dc_n, gates, cells, c0, w_hh, lens, dgates, dh0, dc0, dh_scratch, dc_scratch,
+            dy, dh_n, dc_n, gates, cells, c0, w_hh, lens, dgates, dh0, dc0, dh_scratch, dc_scratch, dz_exchange,
             bar, T, B, H,
             REVERSE=bool(reverse), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b, ONE_TILE=one_tile,
-            USE_DOT=cfg.use_dot, PRECISION=cfg.precision, NUM_PROGRAMS=cfg.num_programs, ACC=_TL_ACC[acc],
+            K_SPLIT=cfg.k_split, LOW_EXCHANGE=low_exchange, USE_DOT=cfg.use_dot, PRECISION=cfg.precision, NUM_PROGRAMS=cfg.num_programs, ACC=_TL_ACC[acc],
             TIMEOUT=timeout, **_launch_options(cfg, device))
     if timeout:
         raise_if_timed_out(bar, "backward")

@@ -1,12 +1,21 @@
-"""Compile the Triton LSTM kernels for sm_90 on any machine (no GPU needed) and read their resource usage.
+"""Compile exactly what the Triton LSTM launchers launch, for sm_90, on any machine (no GPU needed).
 
-Supports: triton 3.9 (``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``) and the
-``cuobjdump`` shipped in the triton wheel. Tested on: the CPU development machine. Known risk: this is
-what ptxas reports for the cubin, not what the driver grants at launch (see ``co_resident``).
+Supports: triton 3.6 and 3.9 (``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``,
+``native_specialize_impl``) and the ``cuobjdump`` shipped in the triton wheel. Tested on: the CPU
+development machine (tests/test_triton_sm90.py, bench/static.py). Known risk: this is what ptxas reports
+for the cubin, not what the driver grants at launch (see ``co_resident``).
+
+"Exactly what launches": the real launcher (``triton_lstm.lstm_fwd`` / ``lstm_bwd``) is called on meta
+tensors with its kernel replaced by a recorder, so the arguments, constexprs, grid and launch options are
+the launcher's own. They are then specialised the way Triton's JIT specialises them at a launch
+(``native_specialize_impl``: an integer argument equal to 1 becomes a constant, integers divisible by 16
+and 16-byte-aligned pointers get ``tt.divisibility = 16``; torch's allocator aligns every tensor to at
+least 512 bytes, so every pointer is treated as aligned). Compiled without these hints the code differs:
+the tl.dot forward at K = 1024 took 255 registers and a stack frame instead of 126 and none.
 The Triton interpreter must be OFF when this runs (TRITON_INTERPRET unset before triton is imported):
-tests/test_triton_sm90.py runs it in a subprocess for that reason.
+the tests run it in a subprocess for that reason.
 
-    python -m lstm_gpu.kernels.triton_sm90 H B dtype     # prints one JSON line per kernel
+    python -m lstm_gpu.kernels.triton_sm90     # JSON lines on stdin (a case each), one result line each
 """
 from __future__ import annotations
 
@@ -16,61 +25,108 @@ import re
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 
 import torch
 
-from .triton_config import REGS_PER_SM, SHARED_PER_SM, LSTMConfig
+from .triton_config import REGS_PER_SM, SHARED_PER_SM, LSTMConfig, gpu_config
 
-_PTR = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float64: "*fp64"}
 MAX_THREADS_PER_SM = 2048
 MAX_BLOCKS_PER_SM = 32
+META = torch.device("meta")
 
 
-def _signature(direction: str, cfg: LSTMConfig, dtype: torch.dtype, save: bool, reverse: bool):
-    import triton.language as tl
-    from .triton_lstm import _lstm_bwd_kernel, _lstm_fwd_kernel
-    x, acc = _PTR[dtype], ("*fp64" if dtype == torch.float64 else "*fp32")
-    tl_acc = tl.float64 if dtype == torch.float64 else tl.float32
-    meta = dict(REVERSE=reverse, HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b,
-                ONE_TILE=True, USE_DOT=cfg.use_dot, PRECISION=cfg.precision, NUM_PROGRAMS=cfg.num_programs,
-                ACC=tl_acc, TIMEOUT=0)
-    if direction == "fwd":
-        fn = _lstm_fwd_kernel
-        ptrs = dict(p_gx=x, p_h0=x, p_c0=x, p_w=x, p_len="*i32", p_y=x, p_hn=x, p_cn=x, p_gates=acc,
-                    p_cells=acc, p_cs=acc, p_bar="*i32")
-        meta["SAVE"] = save
-    else:
-        fn = _lstm_bwd_kernel
-        ptrs = dict(p_dy=x, p_dhn=x, p_dcn=x, p_gates=acc, p_cells=acc, p_c0=x, p_w=x, p_len="*i32",
-                    p_dgates=acc, p_dh0=acc, p_dc0=acc, p_dhs=acc, p_dcs=acc, p_bar="*i32")
-    return fn, ptrs, meta
+@dataclass
+class Launch:
+    """One recorded kernel launch: the JIT function, its grid, its arguments, its options."""
+    fn: object
+    grid: tuple
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
 
 
-def compile_sm90(direction: str, cfg: LSTMConfig, dtype: torch.dtype, *, save: bool = True,
-                 reverse: bool = False, one_tile: bool = True):
-    """Compile one kernel for sm_90; returns the CompiledKernel."""
+class _Recorder:
+    def __init__(self, fn, sink):
+        self.fn, self.sink = fn, sink
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.sink.append(Launch(self.fn, tuple(grid), args, kwargs))
+        return launch
+
+
+def capture(direction: str, *, B: int, H: int, T: int, dtype: torch.dtype, cfg: LSTMConfig | None = None,
+            reverse: bool = False, save: bool = True, n_sm: int = 132) -> Launch:
+    """Call the real launcher on meta tensors with the kernel replaced by a recorder; return its launch."""
+    from . import triton_lstm as k
+    cfg = cfg or gpu_config(B=B, H=H, dtype=dtype, n_sm=n_sm)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    e = lambda *shape, dt=dtype: torch.empty(*shape, dtype=dt, device=META)   # noqa: E731
+    name = "_lstm_fwd_kernel" if direction == "fwd" else "_lstm_bwd_kernel"
+    real, sink = getattr(k, name), []
+    setattr(k, name, _Recorder(real, sink))
+    try:
+        if direction == "fwd":
+            k.lstm_fwd(e(T, B, 4 * H), e(B, H), e(B, H), e(4 * H, H), None, reverse, save, config=cfg)
+        else:
+            k.lstm_bwd(e(T, B, H), e(B, H), e(B, H), e(T, B, 4 * H, dt=acc), e(T, B, H, dt=acc), e(B, H),
+                       e(4 * H, H), None, reverse, config=cfg)
+    finally:
+        setattr(k, name, real)
+    (launch,) = sink
+    return launch
+
+
+def compile_launch(launch: Launch):
+    """Compile a recorded launch for sm_90 with Triton's run-time specialisation; the CompiledKernel."""
     import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    fn, ptrs, meta = _signature(direction, cfg, dtype, save, reverse)
-    meta["ONE_TILE"] = one_tile
-    sig = {name: ptrs.get(name, "i32") for name in fn.arg_names if name not in meta}
-    sig.update({name: "constexpr" for name in meta})
-    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in ptrs}
-    src = ASTSource(fn, sig, constexprs=meta, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=cfg.num_warps, num_stages=1))
+    from triton.backends.compiler import BaseBackend, GPUTarget
+    from triton.compiler import ASTSource, make_backend
+    from triton.runtime.jit import native_specialize_impl
+    fn = launch.fn
+    target = GPUTarget("cuda", 90, 32)
+    backend = make_backend(target)
+    options = {k: v for k, v in launch.kwargs.items() if k not in fn.arg_names}
+    values = dict(zip(fn.arg_names, launch.args))
+    values.update({k: v for k, v in launch.kwargs.items() if k in fn.arg_names})
+    signature, constexprs, attrs = {}, {}, {}
+    for i, p in enumerate(fn.params):
+        v = values[p.name]
+        if p.is_constexpr:
+            signature[p.name], constexprs[(i,)] = "constexpr", v
+            continue
+        ty, attr = native_specialize_impl(BaseBackend, v, False, not p.do_not_specialize, True)
+        signature[p.name] = ty
+        if ty == "constexpr":                     # an integer equal to 1 becomes a constant
+            constexprs[(i,)] = v
+        elif attr:
+            attrs[(i,)] = backend.parse_attr(attr)
+    src = ASTSource(fn, signature, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=target, options=options)
 
 
-def resource_usage(kernel) -> dict:
-    """REG, STACK, SHARED, LOCAL as ``cuobjdump --dump-resource-usage`` reports them for the cubin."""
+def compile_case(direction: str, **case):
+    """``capture`` + ``compile_launch``: the sm_90 kernel the dispatcher would launch for ``case``."""
+    return compile_launch(capture(direction, **case))
+
+
+def _cuobjdump(kernel, flag: str) -> str:
     import triton
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
-        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True,
-                              check=True).stdout
+        return subprocess.run([tool, flag, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def sass(kernel) -> str:
+    """The kernel's SASS as ``cuobjdump -sass`` prints it."""
+    return _cuobjdump(kernel, "-sass")
+
+
+def resource_usage(kernel) -> dict:
+    """REG, STACK, SHARED, LOCAL as ``cuobjdump --dump-resource-usage`` reports them for the cubin."""
+    text = _cuobjdump(kernel, "--dump-resource-usage")
     usage = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text)}
     usage["text"] = text.strip()
     return usage
@@ -85,31 +141,40 @@ def co_resident(regs: int, shared: int, num_warps: int) -> int:
     return min(by_regs, by_shared, MAX_THREADS_PER_SM // threads, MAX_BLOCKS_PER_SM)
 
 
-def report(direction: str, cfg: LSTMConfig, dtype: torch.dtype, **kw) -> dict:
-    kernel = compile_sm90(direction, cfg, dtype, **kw)
+def report(direction: str, **case) -> dict:
+    """Resources of the kernel the dispatcher launches for ``case`` (B, H, T, dtype, …)."""
+    launch = capture(direction, **case)
+    kernel = compile_launch(launch)
     usage = resource_usage(kernel)
+    cfg = case.get("cfg") or gpu_config(B=case["B"], H=case["H"], dtype=case["dtype"], n_sm=case.get("n_sm", 132))
+    shared = max(usage["SHARED"], kernel.metadata.shared)
     # n_regs / n_spills of a CompiledKernel only exist once it is loaded on a GPU: read the cubin instead
-    usage.update(direction=direction, dtype=str(dtype).replace("torch.", ""), shared_meta=kernel.metadata.shared,
-                 config=cfg.__dict__,
-                 per_sm=co_resident(usage["REG"], max(usage["SHARED"], kernel.metadata.shared), cfg.num_warps))
+    usage.update(direction=direction, dtype=str(case["dtype"]).replace("torch.", ""), shared_meta=kernel.metadata.shared,
+                 config=cfg.__dict__, grid=list(launch.grid),
+                 per_sm=co_resident(usage["REG"], shared, cfg.num_warps))
     return usage
 
 
 def main(argv=None) -> int:
-    """Compile every (config, direction) given as JSON lines on stdin; one JSON result line each."""
+    """Compile every case given as a JSON line on stdin ({direction, B, H, T, dtype, [config], [precision],
+    [reverse], [save]}); one JSON result line each."""
+    from . import triton_config
     for line in sys.stdin:
         if not line.strip():
             continue
         job = json.loads(line)
-        cfg = LSTMConfig(**job["config"])
-        dtype = getattr(torch, job["dtype"])
+        triton_config.FP32_PRECISION = job.get("precision")
+        case = dict(B=job["B"], H=job["H"], T=job.get("T", 64), dtype=getattr(torch, job["dtype"]),
+                    reverse=job.get("reverse", False))
+        if "config" in job:
+            case["cfg"] = LSTMConfig(**job["config"])
+        if job["direction"] == "fwd":
+            case["save"] = job.get("save", True)
         try:
-            out = report(job["direction"], cfg, dtype, save=job.get("save", True),
-                         reverse=job.get("reverse", False), one_tile=job.get("one_tile", True))
+            out = report(job["direction"], **case)
             out.pop("text")
         except Exception as e:  # noqa: BLE001  (reported to the test, which fails on it)
-            out = dict(error=f"{type(e).__name__}: {e}"[:2000], config=job["config"], dtype=job["dtype"],
-                       direction=job["direction"])
+            out = dict(error=f"{type(e).__name__}: {e}"[:2000])
         out["job"] = job
         print(json.dumps(out), flush=True)
     return 0

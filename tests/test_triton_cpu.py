@@ -17,7 +17,7 @@ import lstm_gpu
 from lstm_gpu import reference
 from lstm_gpu.backends import select_backend, unsupported_reason
 from lstm_gpu.kernels import host, triton_config, triton_lstm
-from lstm_gpu.kernels.triton_barrier import SENSE_BIT, grid_barrier
+from lstm_gpu.kernels.triton_barrier import grid_barrier
 from lstm_gpu.kernels.triton_config import interpreter_config
 
 pytestmark = pytest.mark.skipif(not host.cpu_emulation("triton"), reason="needs TRITON_INTERPRET=1 (no GPU)")
@@ -46,12 +46,14 @@ def assert_close(got, want, tol, what):
     assert err <= tol, f"{what}: max abs error {err:.3g} > {tol:.3g}"
 
 
-def run_both(T, B, H, dtype, use_dot, lengths, reverse, given_state=True, block_b=None):
+def run_both(T, B, H, dtype, use_dot, lengths, reverse, given_state=True, block_b=None, k_split=None):
     gx, h0, c0, w, (dy, dhn, dcn) = make_inputs(T, B, H, dtype, given_state=given_state)
     lens = None if lengths is None else torch.tensor(lengths)
     cfg = interpreter_config(B=B, H=H, dtype=dtype, use_dot=use_dot)
     if block_b is not None:
         cfg = dataclasses.replace(cfg, block_b=block_b)
+    if k_split is not None:
+        cfg = dataclasses.replace(cfg, k_split=k_split)
     out = triton_lstm.lstm_fwd(gx, h0, c0, w, lens, reverse, True, config=cfg)
     d64 = lambda t: t.double()  # noqa: E731
     ref = reference.forward(d64(gx), d64(h0), d64(c0), d64(w), None, lens, reverse, True)
@@ -87,6 +89,30 @@ def test_several_batch_tiles(reverse):
         assert_close(got, want, 1e-12, name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("k_split", [2, 4])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_k_split_dot(dtype, k_split, reverse):
+    """tl.dot with K in chunks (independent accumulators summed after the products), as the GPU configs
+    run it: H = 40 pads K to 64, so the last chunk is partly masked; unsorted lengths."""
+    out, ref, grads, ref_grads = run_both(5, 3, 40, dtype, True, [2, 5, 4], reverse, k_split=k_split)
+    tol, gtol = TOL[dtype]
+    for name, got, want in zip(["y", "h_n", "c_n", "gates", "cells"], out, ref):
+        assert_close(got, want, tol, name)
+    for name, got, want in zip(["dgates", "dh0", "dc0"], grads, ref_grads):
+        assert_close(got, want, gtol, name)
+
+
+def test_dot_several_batch_tiles():
+    """tl.dot with B > 16: two 16-row tiles walk the same W slice, the state in scratch slices."""
+    out, ref, grads, ref_grads = run_both(3, 18, 20, torch.float32, True, None, False, k_split=2)
+    tol, gtol = TOL[torch.float32]
+    for name, got, want in zip(["y", "h_n", "c_n", "gates", "cells"], out, ref):
+        assert_close(got, want, tol, name)
+    for name, got, want in zip(["dgates", "dh0", "dc0"], grads, ref_grads):
+        assert_close(got, want, gtol, name)
+
+
 @pytest.mark.parametrize("H,B,T", [(1, 1, 1), (5, 2, 3), (24, 1, 4), (17, 3, 2)])
 def test_awkward_shapes(H, B, T):
     """H far from a power of two (masked K and units), B = 1, T = 1, zero initial state."""
@@ -116,25 +142,25 @@ def test_backend_contract_and_inference():
 
 @triton.jit
 def _barrier_n_times(p_bar, N, NUM_PROGRAMS: tl.constexpr, TIMEOUT: tl.constexpr):
-    for _ in range(N):
-        grid_barrier(p_bar, NUM_PROGRAMS, TIMEOUT)
+    for s in range(N):
+        grid_barrier(p_bar, s, NUM_PROGRAMS, TIMEOUT)
 
 
-def test_grid_barrier_one_program_resets_itself():
-    """The barrier with a grid of one: the count returns to 0 and the sense flips once per barrier."""
+def test_grid_barrier_one_program_counts_every_step():
+    """The barrier with a grid of one: one arrival per step, and it never waits for more."""
     for n in (1, 2, 5):
         for timeout in (0, 10):
-            word = torch.zeros(2, dtype=torch.int32)
+            word = torch.zeros(2, dtype=torch.int64)
             _barrier_n_times[(1,)](word, n, NUM_PROGRAMS=1, TIMEOUT=timeout)
-            assert word.tolist() == [(n % 2) * SENSE_BIT, 0]
+            assert word.tolist() == [n, 0]
 
 
 def test_grid_barrier_waiting_for_a_missing_program_times_out():
     """Debug mode: a barrier for two programs with only one running gives up and raises its flag; every
     later barrier of the launch is then skipped (no second wait)."""
-    word = torch.zeros(2, dtype=torch.int32)
+    word = torch.zeros(2, dtype=torch.int64)
     _barrier_n_times[(1,)](word, 3, NUM_PROGRAMS=2, TIMEOUT=50)
-    assert word[1].item() == 1
+    assert word.tolist() == [3, 1]
 
 
 def test_unsupported_reasons(monkeypatch):

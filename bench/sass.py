@@ -1,0 +1,159 @@
+"""Read a kernel's SASS: the instructions of its time loop, by class, and the chains that bound a step.
+
+Supports: the text of ``cuobjdump -sass`` for sm_90 (as shipped in the triton 3.6 / 3.9 wheels).
+Tested on: the Triton LSTM kernels compiled on CPU (tests/test_static.py). Known risk: the loop finder
+relies on the time loop being the outermost backward branch that contains the step synchronisation's
+global atomic (REDG/ATOMG); a compiler that splits the loop differently makes ``time_loop`` raise.
+
+A step of a persistent kernel is one trip around its time loop. What it costs, read from the code:
+- the instructions one warp issues per trip, by class (``CLASSES``);
+- the longest chain of dependent tensor-core MMAs (each HMMA waits for the accumulator of the last);
+- the global loads, stores and atomics, with their widths (bytes per thread);
+- the step synchronisation: its inner poll loop (executed at least once) and the serial L2 round trips
+  before it (an atomic whose result the program waits for, then the poll that sees the last arrival).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# instruction classes, in the order a report prints them
+CLASSES = {
+    "mma": ("HMMA", "HGMMA", "IMMA", "DMMA", "QGMMA"),
+    "fma": ("FFMA", "FMUL", "FADD", "HFMA2", "HMUL2", "HADD2", "DFMA", "DMUL", "DADD", "FMNMX", "FSEL", "FSETP"),
+    "mufu": ("MUFU",),
+    "shfl": ("SHFL",),
+    "ldg": ("LDG",),
+    "stg": ("STG",),
+    "atom": ("ATOMG", "REDG", "ATOM", "RED"),
+    "lds": ("LDS", "LDSM"),
+    "sts": ("STS",),
+    "bar": ("BAR",),
+    "fence": ("MEMBAR", "FENCE", "ERRBAR", "CGAERRBAR", "CCTL"),
+}
+_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Z0-9_]+)*)\s*([^;]*);")
+
+
+@dataclass
+class Instr:
+    addr: int
+    op: str             # opcode without modifiers, e.g. "LDG"
+    mods: str           # ".E.128.STRONG.GPU"
+    operands: str
+    pred: str
+
+    @property
+    def cls(self) -> str:
+        for name, ops in CLASSES.items():
+            if self.op in ops:
+                return name
+        return "other"
+
+    def width(self) -> int:
+        """Bytes per thread of a memory instruction (32-bit unless the modifiers say otherwise)."""
+        for bits, nbytes in ((".128", 16), (".64", 8), (".U16", 2), (".S16", 2), (".U8", 1), (".S8", 1)):
+            if bits in self.mods:
+                return nbytes
+        return 4
+
+    def branch_target(self) -> int | None:
+        if self.op != "BRA":
+            return None
+        m = re.match(r"\s*(0x[0-9a-f]+)", self.operands)
+        return int(m.group(1), 16) if m else None
+
+
+def parse(sass: str, function: str | None = None) -> list[Instr]:
+    """The instructions of one function of ``cuobjdump -sass`` output (the first, or the one named)."""
+    if function is not None:
+        start = sass.index(f"Function : {function}")
+        sass = sass[start:]
+        nxt = sass.find("Function :", 10)
+        sass = sass if nxt < 0 else sass[:nxt]
+    out = []
+    for m in _LINE.finditer(sass):
+        addr, pred, op, mods, operands = m.groups()
+        out.append(Instr(int(addr, 16), op, mods or "", operands.strip(), (pred or "").strip()))
+    return out
+
+
+def loops(code: list[Instr]) -> list[tuple[int, int]]:
+    """Every backward branch as (target address, branch address): a loop's first and last instruction."""
+    return [(ins.branch_target(), ins.addr) for ins in code
+            if ins.branch_target() is not None and ins.branch_target() <= ins.addr]
+
+
+def _is_sync_atomic(ins: Instr) -> bool:
+    return ins.op in ("REDG", "ATOMG") or (ins.op == "LDG" and ".STRONG.GPU" in ins.mods)
+
+
+@dataclass
+class Step:
+    """One trip around the time loop, as one warp issues it."""
+    counts: dict = field(default_factory=dict)          # class → instructions (poll loop once)
+    mma_chain: int = 0                                  # longest chain of dependent MMAs
+    load_bytes: int = 0                                 # global bytes loaded per thread (poll excluded)
+    store_bytes: int = 0                                # global bytes stored per thread
+    poll: dict = field(default_factory=dict)            # the poll loop's instructions by class, one trip
+    sync_round_trips: int = 0                           # serial L2 round trips of the step synchronisation
+    fences: int = 0                                     # MEMBAR.GPU on the step's path
+    instructions: int = 0
+    inner_loops: int = 0                                # loops inside the step other than the poll (tile loops)
+
+
+def time_loop(code: list[Instr]) -> tuple[int, int]:
+    """The outermost loop that contains the step synchronisation (a REDG/ATOMG, or the block barrier of a
+    one-program grid): (first address, last address)."""
+    syncs = [i.addr for i in code if i.op in ("REDG", "ATOMG")] or [i.addr for i in code if i.op == "BAR"]
+    best = None
+    for lo, hi in loops(code):
+        if any(lo <= a <= hi for a in syncs) and (best is None or hi - lo > best[1] - best[0]):
+            best = (lo, hi)
+    if best is None:
+        raise ValueError("no loop around the step synchronisation found in the SASS")
+    return best
+
+
+def mma_chain(body: list[Instr]) -> int:
+    """Longest chain of MMAs in which each one accumulates onto the result of an earlier one."""
+    depth: dict[str, int] = {}
+    longest = 0
+    for ins in body:
+        if ins.cls != "mma":
+            continue
+        regs = [r.strip() for r in ins.operands.split(",")]
+        dst, acc = regs[0], regs[-1]
+        d = depth.get(acc, 0) + 1 if acc != "RZ" else 1
+        depth[dst] = d
+        longest = max(longest, d)
+    return longest
+
+
+def read_step(code: list[Instr]) -> Step:
+    lo, hi = time_loop(code)
+    body = [i for i in code if lo <= i.addr <= hi]
+    inner = [(a, b) for a, b in loops(body) if (a, b) != (lo, hi)]
+    polls = [(a, b) for a, b in inner if any(_is_sync_atomic(i) for i in body if a <= i.addr <= b)
+             and not any(i.cls == "mma" or i.op == "STG" for i in body if a <= i.addr <= b)]
+    in_poll = lambda ins: any(a <= ins.addr <= b for a, b in polls)   # noqa: E731
+    step = Step(inner_loops=len(inner) - len(polls))
+    for ins in body:
+        target = step.poll if in_poll(ins) else step.counts
+        target[ins.cls] = target.get(ins.cls, 0) + 1
+        if in_poll(ins):
+            continue
+        if ins.op == "LDG" and ".STRONG.GPU" not in ins.mods:
+            step.load_bytes += ins.width()
+        elif ins.op == "STG":
+            step.store_bytes += ins.width()
+        elif ins.op == "MEMBAR" and "GPU" in ins.mods + ins.operands:
+            step.fences += 1
+    for k, v in step.poll.items():                      # the poll loop runs at least once
+        step.counts[k] = step.counts.get(k, 0) + v
+    step.instructions = sum(step.counts.values())
+    step.mma_chain = mma_chain(body)
+    # serial round trips: atomics whose result the program waits for (ATOMG with a destination; a REDG
+    # does not wait), plus the poll that observes the last arrival (a strong load or atomic in the poll)
+    waited = sum(1 for i in body if not in_poll(i) and i.op == "ATOMG" and not i.operands.startswith("RZ"))
+    step.sync_round_trips = waited + (1 if polls else 0)
+    return step
