@@ -1,5 +1,5 @@
-"""Every document a file of this repository cites (``README.md``, ``docs/DESIGN.md``: an upper-case name
-ending in .md) is in the repository, so no reference points at notes a reader cannot open."""
+"""Every document a file of this repository cites (an upper-case name ending in .md, with or without a
+folder) is in the repository, so no reference points at notes a reader cannot open."""
 import re
 import subprocess
 from pathlib import Path
