@@ -35,6 +35,7 @@ def _setup_missing(shape, dtype, weights, device):
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
+    """A CPU sweep through the emulators (10-25 s on 2 cores): every test using it is marked slow."""
     from bench.__main__ import main
     out = tmp_path_factory.mktemp("bench")
     providers.register("wrong", _setup_wrong)
@@ -59,6 +60,7 @@ def _rows(sweep, **match):
     return [r for r in sweep["rows"] if all(r[k] == v for k, v in match.items())]
 
 
+@pytest.mark.slow
 def test_csv_is_long_format_with_the_agreed_columns(sweep):
     assert sweep["header"] == COLUMNS
     assert sweep["csv"].name.startswith("cpu-")          # gitignored: reports/data/cpu-*
@@ -71,6 +73,7 @@ def test_csv_is_long_format_with_the_agreed_columns(sweep):
     assert len(cases) == 4 * 2 * 7
 
 
+@pytest.mark.slow
 def test_correct_providers_are_timed(sweep):
     for prov in ("reference", "cudnn", "eager"):
         for mode in ("fwd", "fwd+bwd"):
@@ -90,6 +93,7 @@ def test_correct_providers_are_timed(sweep):
                 assert r["note"] and r["p50"] == ""
 
 
+@pytest.mark.slow
 def test_wrong_provider_is_gated_out_and_gets_no_time(sweep):
     rows = _rows(sweep, provider="wrong")
     assert rows
@@ -103,6 +107,7 @@ def test_wrong_provider_is_gated_out_and_gets_no_time(sweep):
     assert not [r for r in rows if r["metric"] in ("time_per_step", "floor_multiple", "memory")]
 
 
+@pytest.mark.slow
 def test_missing_provider_is_unsupported_with_reason(sweep):
     rows = _rows(sweep, provider="missing")
     assert len(rows) == 8
@@ -110,6 +115,7 @@ def test_missing_provider_is_unsupported_with_reason(sweep):
     assert all("not implemented yet" in r["note"] for r in rows)
 
 
+@pytest.mark.slow
 def test_floor_rows_and_regime_column(sweep):
     floors = _rows(sweep, kernel="floor", metric="time_per_step")
     assert {(r["batch"], r["hidden"]) for r in floors} == {("1", "8"), ("2", "8"), ("1", "16"), ("2", "16")}
@@ -119,6 +125,7 @@ def test_floor_rows_and_regime_column(sweep):
         assert r["fp32_precision"] == "ieee"
 
 
+@pytest.mark.slow
 def test_env_json(sweep):
     env = sweep["env"]
     for key in ("gpu", "sm_count", "driver", "torch", "torch_cuda", "cudnn", "triton", "numba", "numba_cuda",
@@ -131,6 +138,7 @@ def test_env_json(sweep):
     assert sum(env["status_counts"].values()) == 4 * 2 * 7
 
 
+@pytest.mark.slow
 def test_plots_are_written(sweep):
     from bench.plot import plot_files
     pngs = list((sweep["out"] / "plots").glob("*.png"))
@@ -153,6 +161,7 @@ def _plot_with_legends(monkeypatch, csv_path, out):
     return plot.plot_files([csv_path], out), labels
 
 
+@pytest.mark.slow
 def test_cpu_plots_call_torch_lstm_what_it_is(sweep, tmp_path, monkeypatch, capsys):
     pngs, labels = _plot_with_legends(monkeypatch, sweep["csv"], tmp_path)
     assert pngs and "torch (ATen CPU)" in labels and not {"cudnn", "cuDNN"} & labels
@@ -223,6 +232,7 @@ def test_profile_report_on_cpu(tmp_path):
     assert "not measured: no GPU" in text
 
 
+@pytest.mark.slow
 def test_floor_kernel_compiles_for_sm90_without_spills():
     """The floor kernel as H100 launches would run it (the Triton LSTM's grid, our tiles), compiled for sm_90
     in a subprocess (the interpreter must be off there): no spills, one program per SM at most."""

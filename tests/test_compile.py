@@ -16,6 +16,7 @@ def fresh_dynamo():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow     # Dynamo + AOTAutograd, 5-6 s on 2 cores
 def test_compiled_forward_and_backward_match_nn_lstm_with_dynamic_length():
     ref, ours = twin_lstms(3, 4, num_layers=2, bidirectional=True, batch_first=True, dtype=torch.float32)
     compiled = torch.compile(ours, fullgraph=True, backend="aot_eager")
@@ -34,6 +35,7 @@ def test_compiled_forward_and_backward_match_nn_lstm_with_dynamic_length():
             assert_close(p.grad, q.grad, 1e-5, what=f"grad {n} T={T}")
 
 
+@pytest.mark.slow     # Inductor codegen, 5-6 s on 2 cores
 def test_inductor_compiles_a_model_with_the_lstm():
     torch.manual_seed(0)
     model = torch.nn.Sequential(lstm_gpu.LSTM(3, 8, batch_first=True))

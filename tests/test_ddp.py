@@ -3,6 +3,7 @@ those of one process on the whole batch."""
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -44,6 +45,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow     # spawns two processes: 8 s on 2 cores
 def test_ddp_gradients_equal_single_process(tmp_path):
     out = tmp_path / "grads.pt"
     mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)

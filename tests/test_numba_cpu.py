@@ -199,6 +199,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow     # NVRTC + ptxas for sm_90: ~10 s on 2 cores
 def test_kernels_compile_for_sm90_without_spills(tmp_path):
     """Real Numba-CUDA typing and NVVM, then ptxas for sm_90: registers and spills of every kernel.
 

@@ -119,6 +119,7 @@ def _rss_mb():
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
+@pytest.mark.slow     # 10 000 calls: ~8 s on 2 cores
 def test_no_memory_growth_over_10000_calls():
     _, ours = twin_lstms(2, 3, dtype=torch.float32)
     x = torch.randn(2, 1, 2, requires_grad=True)

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.slow      # compiles four Triton kernels for sm_90 in a subprocess
 
 _SCRIPT = r"""
 import json, re, torch
