@@ -22,3 +22,17 @@ def test_every_cited_markdown_file_resolves_inside_the_repository():
             if not ((ROOT / cited).exists() or (path.parent / cited).exists()):
                 missing.append(f"{name}: {cited}")
     assert not missing, "cited but not in the repository: " + ", ".join(sorted(missing))
+
+
+def test_the_readme_constraint_keeps_the_installed_torch(tmp_path):
+    """The first line of the README's recipe for a machine with a CUDA torch pins the torch that is there."""
+    import importlib.metadata
+    import os
+    import sys
+    line = next(ln.strip() for ln in (ROOT / "README.md").read_text().splitlines()
+                if ln.strip().startswith("pip list --format=freeze"))
+    assert line.endswith("> keep-torch.txt")
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    subprocess.run(["bash", "-c", line], cwd=tmp_path, env=env, check=True)
+    pins = (tmp_path / "keep-torch.txt").read_text().split()
+    assert f"torch=={importlib.metadata.version('torch')}" in pins
