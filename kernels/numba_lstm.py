@@ -28,6 +28,12 @@ Configuration rules (``plan``):
 - Simulator launches lower Python's thread switch interval for their duration (restored afterwards).
 - grid.sync() runs every step even with one block (the simulator's, or a tiny H): the simulator
   implements it as a block barrier, and a 1-block cooperative grid is legal on a GPU.
+- Host work: everything about a (kind, dtype, H, B, device) launch that does not change is worked out once
+  (``gpu_launch``: the compile lookup, the grid's occupancy queries, the >48 KB shared-memory opt-in on
+  either handle kind numba hands out, a launch configuration per stream); a call then makes the zero-copy
+  views and launches the compiled overload directly, without the dispatcher typing its arguments again
+  (tests/test_launch_host.py counts this with a fake numba.cuda). It launches in the context of the
+  INPUT's device (a bare "cuda" means torch's current device), on torch's current stream of that device.
 - Indexing is Numba's intp (64-bit) arithmetic, so T·B·4H past 2^31 elements is fine by construction
   (tests/test_reliability_gpu.py::test_offsets_past_2_pow_31 checks it on a GPU).
 """
@@ -41,7 +47,7 @@ import torch
 from numba import cuda
 
 from . import numba_kernels
-from .host import common_unsupported, lengths_or_full
+from .host import common_unsupported, device_index, lengths_or_full
 from .numba_kernels import bwd_shared_bytes, fwd_shared_bytes
 
 SUPPORTED_DTYPES = (torch.float16, torch.float32, torch.float64)
@@ -116,18 +122,33 @@ def compiled(kind: str, dtype: torch.dtype):
     return kernel.compile(signature(kind, dtype))
 
 
-def allow_shared(kernel, nbytes: int) -> None:
+MAX_DYNAMIC_SHARED_ATTR = 8   # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES in the CUDA driver API
+
+
+def allow_shared(kernel, nbytes: int, drv=None) -> None:
     """Opt the compiled kernel in to ``nbytes`` of dynamic shared memory (needed above 48 KB).
 
-    numba-cuda 0.30 has no API for CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, so this calls the
-    driver the way numba's own ``set_shared_memory_carveout`` does. Unverified on a GPU.
+    numba-cuda has no API for CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, so this calls the driver as
+    numba's own ``set_shared_memory_carveout`` does, on whichever handle this numba-cuda hands out: a
+    CUkernel (numba-cuda >= 0.24 loads modules as libraries: ``cuKernelSetAttribute`` per device) or a
+    CUfunction (older versions, and the ctypes binding: ``cuFuncSetAttribute``). Calling the wrong one
+    fails every plan above 48 KB. ``drv``: numba's driver module (tests pass a fake). Unverified on a GPU.
     """
     if nbytes <= DEFAULT_SMEM:
         return
-    from numba.cuda.cudadrv import driver as drv
+    if drv is None:
+        from numba.cuda.cudadrv import driver as drv
     cufunc = kernel._codelibrary.get_cufunc()
-    attr = drv.binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-    drv.driver.cuKernelSetAttribute(attr, int(nbytes), cufunc.handle, cufunc.device.id)
+    handle = cufunc.handle
+    binding = getattr(drv, "binding", None)
+    attr = MAX_DYNAMIC_SHARED_ATTR
+    if binding is not None and hasattr(binding, "CUfunction_attribute"):
+        attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    kernel_type = getattr(binding, "CUkernel", None)
+    if kernel_type is not None and isinstance(handle, kernel_type):
+        drv.driver.cuKernelSetAttribute(attr, int(nbytes), handle, cufunc.device.id)
+    else:
+        drv.driver.cuFuncSetAttribute(handle, attr, int(nbytes))
 
 
 def _shared_bytes(kind, dtype, H, B, ht):
@@ -160,27 +181,79 @@ def choose_grid(kind: str, dtype: torch.dtype, H: int, B: int, *, sms: int, smem
     return f"H={H}, batch={B}, {dtype}: no grid of co-resident blocks found for the numba {kind} kernel"
 
 
-_PLANS: dict = {}
+class GpuLaunch:
+    """Everything about one (kind, dtype, H, B, device) launch that does not change from call to call,
+    worked out once: the compiled overload (no typing or compile lookup per call), the grid (the occupancy
+    queries), the shared-memory opt-in (one driver call), and a launch configuration per stream.
+
+    Calling it launches the overload directly on torch's current stream of the input's device.
+    """
+
+    MAX_STREAMS = 64                  # launch configurations kept (one per stream seen)
+
+    def __init__(self, kernel, overload, plan: Plan, index: int):
+        self.kernel, self.overload, self.plan, self.index = kernel, overload, plan, index
+        self.configs: dict = {}
+
+    def config(self, stream_handle: int):
+        """The kernel's launch configuration on this stream (as ``kernel[grid, block, stream, shm]``)."""
+        lc = self.configs.get(stream_handle)
+        if lc is None:
+            if len(self.configs) >= self.MAX_STREAMS:
+                self.configs.clear()
+            p = self.plan
+            lc = self.kernel[p.blocks, p.threads, cuda.external_stream(stream_handle), p.shared]
+            self.configs[stream_handle] = lc
+        return lc
+
+    def __call__(self, tensors, scalars) -> None:
+        with cuda.gpus[self.index]:
+            lc = self.config(torch.cuda.current_stream(self.index).cuda_stream)
+            # Zero-copy views; sync=False: we launch on torch's current stream, so the order is already
+            # right, and a stream synchronize here would stall the host (and break CUDA graph capture).
+            arrays = [cuda.as_cuda_array(t.detach(), sync=False) for t in tensors]
+            # What the dispatcher's call would do after typing the arguments, minus the typing: the
+            # overload was compiled for exactly these types (contiguous arrays, int64 scalars).
+            self.overload.launch(arrays + scalars, lc.griddim, lc.blockdim, lc.stream, lc.sharedmem)
+
+
+_LAUNCHES: dict = {}
+
+
+def gpu_launch(kind: str, dtype: torch.dtype, H: int, B: int, index: int) -> GpuLaunch | str:
+    """The cached launch for one direction of the recurrence on GPU ``index``, or why none fits."""
+    key = (kind, dtype, H, B, index)
+    launch = _LAUNCHES.get(key)
+    if launch is None:
+        with cuda.gpus[index]:
+            dev = cuda.get_current_device()
+            fwd, bwd = kernels_for(dtype)
+            kernel = fwd if kind == "fwd" else bwd
+            overload = kernel.compile(signature(kind, dtype))
+
+            def co_resident(shared):
+                allow_shared(overload, shared)          # the occupancy query needs the opt-in first
+                return overload.max_cooperative_grid_blocks(THREADS, shared)
+
+            p = choose_grid(kind, dtype, H, B, sms=dev.MULTIPROCESSOR_COUNT,
+                            smem_limit=dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+                            static_smem=overload.shared_mem_per_block, co_resident=co_resident)
+            if isinstance(p, Plan):
+                allow_shared(overload, p.shared)        # the chosen grid's own opt-in, once
+                launch = GpuLaunch(kernel, overload, p, index)
+            else:
+                launch = p
+        _LAUNCHES[key] = launch
+    return launch
 
 
 def plan(kind: str, dtype: torch.dtype, H: int, B: int, device_index: int | None = None) -> Plan | str:
     """The launch configuration for one direction of the recurrence, or a string saying why none fits."""
     if numba_kernels.SIMULATOR:
         return Plan(1, SIM_THREADS, H, SIM_LANES, _shared_bytes(kind, dtype, H, B, H))
-    key = (kind, dtype, H, B, device_index)
-    if key not in _PLANS:
-        with cuda.gpus[device_index or 0]:
-            dev = cuda.get_current_device()
-            kernel = compiled(kind, dtype)
-
-            def co_resident(shared):
-                allow_shared(kernel, shared)          # the occupancy query needs the opt-in first
-                return kernel.max_cooperative_grid_blocks(THREADS, shared)
-
-            _PLANS[key] = choose_grid(kind, dtype, H, B, sms=dev.MULTIPROCESSOR_COUNT,
-                                      smem_limit=dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-                                      static_smem=kernel.shared_mem_per_block, co_resident=co_resident)
-    return _PLANS[key]
+    index = device_index if device_index is not None else torch.cuda.current_device()
+    launch = gpu_launch(kind, dtype, H, B, index)
+    return launch if isinstance(launch, str) else launch.plan
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -203,7 +276,7 @@ def unsupported(*, device: torch.device, dtype: torch.dtype, hidden_size: int, p
         if not cuda.is_available():
             return "numba-cuda finds no usable CUDA driver/GPU"
         for kind in ("fwd", "bwd"):
-            p = plan(kind, dtype, hidden_size, max(1, batch), device.index)
+            p = plan(kind, dtype, hidden_size, max(1, batch), device_index(device))
             if isinstance(p, str):
                 return p
     return None
@@ -211,32 +284,24 @@ def unsupported(*, device: torch.device, dtype: torch.dtype, hidden_size: int, p
 
 def _launch(kind, dtype, tensors, scalars, H, B, device):
     """Run one kernel over torch tensors: zero-copy on GPU, host numpy views in the simulator."""
-    p = plan(kind, dtype, H, B, device.index)
-    if isinstance(p, str):
-        raise ValueError(f"backend='numba' cannot run this call: {p}")
+    scalars = [int(v) for v in scalars]
+    if not numba_kernels.SIMULATOR:
+        launch = gpu_launch(kind, dtype, H, B, device_index(device))   # the input's GPU, not the current one
+        if isinstance(launch, str):
+            raise ValueError(f"backend='numba' cannot run this call: {launch}")
+        launch(tensors, [launch.plan.ht, launch.plan.lanes] + scalars)
+        return
+    p = plan(kind, dtype, H, B)
     fwd, bwd = kernels_for(dtype)
     kernel = fwd if kind == "fwd" else bwd
-    scalars = [p.ht, p.lanes] + [int(v) for v in scalars]
-    if numba_kernels.SIMULATOR:
-        arrays = [t.detach().numpy() for t in tensors]   # shares memory: the simulator writes back
-        old = sys.getswitchinterval()                     # a simulated thread per CUDA thread: switch
-        sys.setswitchinterval(min(old, SIM_SWITCH_INTERVAL))   # often, so barriers do not wait 5 ms
-        try:
-            shared = -(-p.shared // 8) * 8 + numba_kernels.sim_scratch_bytes(p.threads)
-            kernel[p.blocks, p.threads, 0, shared](*arrays, *scalars)
-        finally:
-            sys.setswitchinterval(old)
-        return
-    with cuda.gpus[device.index or 0]:
-        # Zero-copy views; sync=False: we launch on torch's current stream, so the order is already
-        # right, and a stream synchronize here would stall the host (and break CUDA graph capture).
-        arrays = [cuda.as_cuda_array(t.detach(), sync=False) for t in tensors]
-        stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
-        # The overload this launch will use (as the dispatcher types these very arguments) gets the
-        # shared-memory opt-in before the launch.
-        overload = kernel.compile(tuple(kernel.typeof_pyval(a) for a in arrays + scalars))
-        allow_shared(overload, p.shared)
-        kernel[p.blocks, p.threads, stream, p.shared](*arrays, *scalars)
+    arrays = [t.detach().numpy() for t in tensors]   # shares memory: the simulator writes back
+    old = sys.getswitchinterval()                     # a simulated thread per CUDA thread: switch
+    sys.setswitchinterval(min(old, SIM_SWITCH_INTERVAL))   # often, so barriers do not wait 5 ms
+    try:
+        shared = -(-p.shared // 8) * 8 + numba_kernels.sim_scratch_bytes(p.threads)
+        kernel[p.blocks, p.threads, 0, shared](*arrays, p.ht, p.lanes, *scalars)
+    finally:
+        sys.setswitchinterval(old)
 
 
 def forward(gates_x, h0, c0, w_hh, w_hr=None, lengths=None, reverse=False, save=True):
