@@ -4,7 +4,8 @@
     cudnn      torch's own LSTM (torch._VF.lstm: cuDNN on CUDA, ATen's native kernels on CPU)
     triton     persistent fused Triton kernel (kernels/triton_lstm.py)
     numba      persistent fused Numba-CUDA kernel (kernels/numba_lstm.py)
-    auto       the fastest backend that can run the call; ``select_backend`` says which
+    auto       on CUDA a kernel only where a committed GPU measurement shows it faster than cuDNN
+               (lstm_gpu/dispatch.py), else cudnn; reference on CPU. ``select_backend`` says which, and why
 
 A kernel backend is a module exposing ``unsupported(...) -> str | None`` (why it cannot run a call, or
 None) and ``forward`` / ``backward`` with the contract of lstm_gpu/reference.py. A backend named
@@ -16,6 +17,9 @@ import importlib
 from types import ModuleType
 
 import torch
+
+from . import dispatch
+from .dispatch import Choice
 
 BACKENDS = ("auto", "reference", "cudnn", "triton", "numba")
 KERNEL_BACKENDS = {"triton": "lstm_gpu.kernels.triton_lstm", "numba": "lstm_gpu.kernels.numba_lstm"}
@@ -81,19 +85,25 @@ def _describe_device(device: torch.device) -> str:
 
 
 def select_backend(backend: str, *, device: torch.device | str, dtype: torch.dtype, hidden_size: int,
-                   proj_size: int = 0, batch: int = 1) -> str:
+                   proj_size: int = 0, batch: int = 1, seq_len: int | None = None, explain: bool = False
+                   ) -> str | Choice:
     """Resolve ``backend`` (possibly "auto") to the concrete backend that will run the call.
+
+    "auto": on CUDA, a kernel only where the dispatch table (lstm_gpu/dispatch.py) holds a GPU measurement
+    showing it faster than cuDNN for this GPU, dtype and (batch, hidden, seq_len) bucket, else cudnn; on
+    any other device the reference recurrence. ``explain=True`` returns a ``Choice`` (backend, reason,
+    and the table row that decided, or None where no measurement did) instead of the name.
 
     >>> select_backend("auto", device="cpu", dtype=torch.float32, hidden_size=64)
     'reference'
+    >>> select_backend("auto", device="cpu", dtype=torch.float32, hidden_size=64, explain=True).reason
+    'auto on cpu: the reference recurrence (the kernels run on CUDA)'
     """
     check_backend_name(backend)
     device = torch.device(device)
     if backend == "auto":
-        if device.type != "cuda":
-            return "reference"
-        return "triton" if unsupported_reason("triton", device=device, dtype=dtype, hidden_size=hidden_size,
-                                              proj_size=proj_size, batch=batch) is None else "cudnn"
+        choice = _auto(device, dtype, hidden_size, proj_size, batch, seq_len)
+        return choice if explain else choice.backend
     reason = unsupported_reason(backend, device=device, dtype=dtype, hidden_size=hidden_size,
                                 proj_size=proj_size, batch=batch)
     if reason is not None:
@@ -102,4 +112,21 @@ def select_backend(backend: str, *, device: torch.device | str, dtype: torch.dty
             reason += (f"; on the device this call targets ({_describe_device(device)}) backend={backend!r} "
                        f"runs hidden_size <= {limit} for {dtype}")
         raise ValueError(f"backend={backend!r} cannot run this call: {reason}")
-    return backend
+    return Choice(backend, "named explicitly") if explain else backend
+
+
+def _auto(device: torch.device, dtype: torch.dtype, hidden_size: int, proj_size: int, batch: int,
+          seq_len: int | None) -> Choice:
+    if device.type != "cuda":
+        return Choice("reference", f"auto on {device.type}: the reference recurrence (the kernels run on CUDA)")
+    if proj_size:
+        return Choice("cudnn", "proj_size > 0: the kernels have no projection, cuDNN")
+    choice = dispatch.measured_choice(device, dtype, batch=batch, hidden_size=hidden_size, seq_len=seq_len)
+    if choice.backend == "cudnn":
+        return choice
+    reason = unsupported_reason(choice.backend, device=device, dtype=dtype, hidden_size=hidden_size,
+                                proj_size=proj_size, batch=batch)
+    if reason is not None:
+        return Choice("cudnn", f"{choice.reason}, but {choice.backend} cannot run this call ({reason}): cuDNN",
+                      choice.row)
+    return choice

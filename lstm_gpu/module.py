@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from . import checks
+from . import checks, ops
 from .backends import check_backend_name, select_backend
+from .dispatch import Choice
 from .functional import lstm
 
 
@@ -46,13 +47,20 @@ class LSTM(nn.RNNBase):
         # Not via _get_name(): torch.fx uses that as an identifier.
         return "lstm_gpu." + super().__repr__()
 
-    def backend_for(self, input: Tensor | PackedSequence) -> str:
-        """The concrete backend that ``forward(input)`` runs ("auto" resolved)."""
+    def backend_for(self, input: Tensor | PackedSequence, *, explain: bool = False) -> str | Choice:
+        """The concrete backend that ``forward(input)`` runs ("auto" resolved). ``explain=True``: a
+        ``Choice`` (backend, reason, and the dispatch-table row that decided, or None: no measurement)."""
         data = input.data if isinstance(input, PackedSequence) else input
-        batch = int(input.batch_sizes[0]) if isinstance(input, PackedSequence) else (
-            1 if data.dim() == 2 else data.shape[0 if self.batch_first else 1])
-        return select_backend(self.backend, device=data.device, dtype=data.dtype, hidden_size=self.hidden_size,
-                              proj_size=self.proj_size, batch=batch)
+        if isinstance(input, PackedSequence):
+            batch, seq_len = int(input.batch_sizes[0]), len(input.batch_sizes)
+        else:
+            batch = 1 if data.dim() == 2 else data.shape[0 if self.batch_first else 1]
+            seq_len = data.shape[1 if self.batch_first and data.dim() == 3 else 0]
+        dtype = data.dtype
+        if ops.autocast_enabled(data.device.type) and dtype != torch.float64:
+            dtype = torch.get_autocast_dtype(data.device.type)      # the layers run in the autocast dtype
+        return select_backend(self.backend, device=data.device, dtype=dtype, hidden_size=self.hidden_size,
+                              proj_size=self.proj_size, batch=batch, seq_len=seq_len, explain=explain)
 
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, input, hx=None):

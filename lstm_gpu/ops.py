@@ -100,6 +100,11 @@ layer_fwd.register_autograd(_backward, setup_context=_setup_context)
 _lib = torch.library.Library("lstm_gpu", "FRAGMENT")
 
 
+def autocast_enabled(device_type: str) -> bool:
+    """torch.is_autocast_enabled, False for device types autocast does not know (meta: it would raise)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
 def autocast_cast(device_type: str, *tensors):
     """Under autocast, like torch's LSTM: every floating tensor (but float64) in the autocast dtype.
     The casts are recorded by autograd, so gradients reach the parameters in their own dtype."""
