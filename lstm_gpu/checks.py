@@ -46,23 +46,47 @@ def check_input(input, name: str = "input", ndim: int = 3) -> None:
         fail(f"{name} has 0 time steps: the sequence length must be at least 1")
 
 
-def check_lengths(lengths, T: int, B: int) -> None:
+def check_lengths(lengths, T: int, B: int) -> Tensor | None:
+    """Checks ``lengths``; returns them as int64 on the host (None while torch.compile traces).
+
+    The values are checked on the host copy, never on a GPU tensor (``int(t.min())`` there is a device
+    sync). Lengths already on the CPU, as torch's packing functions want them, cost no sync at all; GPU
+    lengths cost one copy to the host (one sync), taken once per call.
+    """
     if not isinstance(lengths, Tensor):
         fail(f"lengths must be a torch.Tensor, got {type(lengths).__name__}")
     if lengths.dtype.is_floating_point or lengths.dtype.is_complex or lengths.dtype == torch.bool:
         fail(f"lengths must be an integer tensor, got {lengths.dtype}")
     if _shape(lengths) != (B,):
         fail(f"lengths must have shape ({B},) (one length per sequence), got {_shape(lengths)}")
-    if B and not torch.compiler.is_compiling():
-        lo, hi = int(lengths.min()), int(lengths.max())
+    if torch.compiler.is_compiling():
+        return None
+    host = lengths.to(device="cpu", dtype=torch.int64)
+    if B:
+        lo, hi = int(host.min()), int(host.max())
         if lo < 1:
             fail(f"lengths must all be >= 1, got a length of {lo}")
         if hi > T:
             fail(f"lengths must all be <= the sequence length {T}, got a length of {hi}")
+    return host
 
 
-def check_layer_args(input, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths) -> tuple[int, int]:
-    """Checks the arguments of one layer; returns (hidden size H, output size P)."""
+def lengths_to_device(lengths: Tensor | None, device: torch.device) -> Tensor | None:
+    """``lengths`` as int64 on ``device``, without a device sync.
+
+    A copy from pageable host memory to a GPU makes the host wait; from pinned memory with
+    ``non_blocking=True`` it does not (the caching host allocator keeps the pinned block until the copy is
+    done). GPU lengths move or cast on the GPU, also without a sync.
+    """
+    if lengths is None:
+        return None
+    if lengths.device.type == "cpu" and device.type == "cuda" and not torch.compiler.is_compiling():
+        return lengths.to(torch.int64).pin_memory().to(device, non_blocking=True)
+    return lengths.to(device=device, dtype=torch.int64)
+
+
+def check_layer_args(input, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths) -> tuple[int, int, Tensor | None]:
+    """Checks the arguments of one layer; returns (hidden size H, output size P, host lengths or None)."""
     check_input(input)
     T, B, I = input.shape
     if not isinstance(w_hh, Tensor) or w_hh.dim() != 2 or w_hh.shape[0] % 4 or w_hh.shape[0] == 0:
@@ -86,6 +110,5 @@ def check_layer_args(input, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths) -> tu
         check_tensor("h0", h0, (B, P), input)
     if c0 is not None:
         check_tensor("c0", c0, (B, H), input)
-    if lengths is not None:
-        check_lengths(lengths, T, B)
-    return H, P
+    host_lengths = None if lengths is None else check_lengths(lengths, T, B)
+    return H, P, host_lengths

@@ -40,21 +40,38 @@ def lstm(input: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | 
         >>> y.shape, h.shape
         (torch.Size([5, 2, 4]), torch.Size([2, 4]))
     """
-    if isinstance(input, Tensor) and torch.is_autocast_enabled(input.device.type):
+    if isinstance(input, Tensor) and ops.autocast_enabled(input.device.type):
         input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr = ops.autocast_cast(
             input.device.type, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr)
-    H, P = checks.check_layer_args(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths)
+    H, P, host_lengths = checks.check_layer_args(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr,
+                                                 lengths)
     T, B, _ = input.shape
-    h0 = input.new_zeros(B, P) if h0 is None else h0
-    c0 = input.new_zeros(B, H) if c0 is None else c0
-    if lengths is not None:
-        lengths = lengths.to(device=input.device, dtype=torch.int64)
     chosen = select_backend(backend, device=input.device, dtype=input.dtype, hidden_size=H,
-                            proj_size=P if weight_hr is not None else 0, batch=B)
-    if B == 0 and chosen != "cudnn":   # nothing to compute: no kernel launch for an empty batch
-        chosen = "reference"
-    if chosen == "cudnn":
-        return _torch_lstm(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, reverse)
+                            proj_size=P if weight_hr is not None else 0, batch=B, seq_len=T)
+    if lengths is not None:
+        lengths = checks.lengths_to_device(lengths, input.device)      # no sync (pinned, non-blocking)
+    return layer(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, host_lengths,
+                 reverse, chosen)
+
+
+def layer(input: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | None, bias_hh: Tensor | None,
+          h0: Tensor | None, c0: Tensor | None, weight_hr: Tensor | None, lengths: Tensor | None,
+          host_lengths: Tensor | None, reverse: bool, backend: str) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """One layer on arguments already checked: the path ``lstm()`` and ``LSTM.forward`` share.
+
+    Trusts its caller: shapes, dtypes and devices agree (autocast casts done), ``lengths`` is int64 on the
+    input's device (``host_lengths`` the same on the CPU, or None), ``backend`` is concrete (not "auto").
+    """
+    T, B, _ = input.shape
+    if h0 is None:
+        h0 = input.new_zeros(B, weight_hh.shape[1])
+    if c0 is None:
+        c0 = input.new_zeros(B, weight_hh.shape[0] // 4)
+    if B == 0 and backend != "cudnn":   # nothing to compute: no kernel launch for an empty batch
+        backend = "reference"
+    if backend == "cudnn":
+        return _torch_lstm(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, reverse,
+                           host_lengths)
 
     bias = None
     if bias_ih is not None:
@@ -62,7 +79,7 @@ def lstm(input: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | 
     gates_x = F.linear(input, weight_ih, bias)
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (gates_x, h0, c0, weight_hh, weight_hr))
-    y, h_n, c_n, _, _ = ops.layer_fwd(gates_x, h0, c0, weight_hh, weight_hr, lengths, reverse, chosen, save)
+    y, h_n, c_n, _, _ = ops.layer_fwd(gates_x, h0, c0, weight_hh, weight_hr, lengths, reverse, backend, save)
     return y, (h_n, c_n)
 
 
@@ -75,8 +92,9 @@ def _reverse_index(T: int, lengths: Tensor | None, B: int, device) -> Tensor:
     return torch.where(t < L, L - 1 - t, t)
 
 
-def _torch_lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths, reverse):
-    """The "cudnn" backend for one layer: torch's own LSTM (reverse = run on time-reversed sequences)."""
+def _torch_lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths, reverse, host_lengths=None):
+    """The "cudnn" backend for one layer: torch's own LSTM (reverse = run on time-reversed sequences).
+    Packing wants the lengths on the host: ``host_lengths`` when the caller has them (no copy back)."""
     T, B, _ = x.shape
     if reverse:
         idx = _reverse_index(T, lengths, B, x.device)
@@ -87,7 +105,8 @@ def _torch_lstm(x, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths, reverse):
                                      False, False)
     else:   # torch's packed LSTM wants the batch sorted by decreasing length
         rnn = torch.nn.utils.rnn
-        packed = rnn.pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+        packed = rnn.pack_padded_sequence(x, lengths.cpu() if host_lengths is None else host_lengths,
+                                          enforce_sorted=False)
         order, unorder = packed.sorted_indices, packed.unsorted_indices
         hx = (h0[None].index_select(1, order), c0[None].index_select(1, order))
         y, h_n, c_n = torch._VF.lstm(packed.data, packed.batch_sizes, hx, weights, b_ih is not None,

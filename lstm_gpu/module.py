@@ -15,7 +15,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import checks, ops
 from .backends import check_backend_name, select_backend
 from .dispatch import Choice
-from .functional import lstm
+from .functional import layer
 
 
 class LSTM(nn.RNNBase):
@@ -88,7 +88,7 @@ class LSTM(nn.RNNBase):
             y, h_n, c_n = self._torch_lstm(x, batch_sizes if packed else None, h0, c0)
         elif packed:
             padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
-            y, h_n, c_n = self._run_layers(padded, h0, c0, lengths, chosen)   # lengths on CPU: checked without a sync
+            y, h_n, c_n = self._run_layers(padded, h0, c0, lengths, chosen)   # valid by construction, on the CPU
             y = pack_padded_sequence(y, lengths, enforce_sorted=True).data
         else:
             y, h_n, c_n = self._run_layers(x, h0, c0, None, chosen)
@@ -111,24 +111,32 @@ class LSTM(nn.RNNBase):
         return torch._VF.lstm(x, batch_sizes, (h0, c0), *args)
 
     def _run_layers(self, x, h0, c0, lengths, backend):
-        """Layer by layer, direction by direction, through the single-layer op."""
+        """Layer by layer, direction by direction, on the unchecked single-layer path: ``forward`` has
+        checked the input, the state and the weights once, and ``lengths`` (host, int64) move to the device
+        once here, without a sync."""
         D = 2 if self.bidirectional else 1
+        dev_lengths = checks.lengths_to_device(lengths, x.device)
+        weights = dict(zip(self._flat_weights_names, self._flat_weights))
+        autocast = ops.autocast_enabled(x.device.type)
         h_n, c_n = [], []
-        for layer in range(self.num_layers):
+        for layer_index in range(self.num_layers):
             outputs = []
             for direction in range(D):
-                k = layer * D + direction
-                suffix = f"_l{layer}" + ("_reverse" if direction else "")
-                w = {name: getattr(self, f"{name}{suffix}", None)
-                     for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
-                y, (h, c) = lstm(x, w["weight_ih"], w["weight_hh"], w["bias_ih"], w["bias_hh"], h0[k], c0[k],
-                                 weight_hr=w["weight_hr"], lengths=lengths, reverse=bool(direction),
-                                 backend=backend)
+                k = layer_index * D + direction
+                suffix = f"_l{layer_index}" + ("_reverse" if direction else "")
+                w = [weights.get(f"{name}{suffix}") for name in
+                     ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")]
+                args = (x, *w, h0[k], c0[k])
+                if autocast:
+                    args = ops.autocast_cast(x.device.type, *args)
+                x_, w_ih, w_hh, b_ih, b_hh, w_hr, h0_k, c0_k = args
+                y, (h, c) = layer(x_, w_ih, w_hh, b_ih, b_hh, h0_k, c0_k, w_hr, dev_lengths, lengths,
+                                  bool(direction), backend)
                 outputs.append(y)
                 h_n.append(h)
                 c_n.append(c)
             x = outputs[0] if D == 1 else torch.cat(outputs, -1)
-            if self.dropout and self.training and layer < self.num_layers - 1:
+            if self.dropout and self.training and layer_index < self.num_layers - 1:
                 x = F.dropout(x, self.dropout, training=True)
         return x, torch.stack(h_n), torch.stack(c_n)
 
@@ -138,11 +146,15 @@ class LSTM(nn.RNNBase):
             checks.fail(f"input.size(-1) must be equal to input_size: expected {self.input_size}, "
                         f"got {x.shape[-1]}")
         w = self._flat_weights[0]
-        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):
+        if x.dtype != w.dtype and not ops.autocast_enabled(x.device.type):
             checks.fail(f"input dtype ({x.dtype}) does not match weight dtype ({w.dtype}): convert the "
                         f"input with input.to({w.dtype}) or the model with model.to({x.dtype})")
         if x.device != w.device:
             checks.fail(f"input is on {x.device} but the weights are on {w.device}")
+        for name, p in zip(self._flat_weights_names, self._flat_weights):   # the layers trust them
+            if p.dtype != w.dtype or p.device != w.device:
+                checks.fail(f"parameter {name} is {p.dtype} on {p.device} but {self._flat_weights_names[0]} "
+                            f"is {w.dtype} on {w.device}: all parameters must share one dtype and device")
 
     def _initial_state(self, hx, x, B, unbatched, sorted_indices):
         D = 2 if self.bidirectional else 1
@@ -160,7 +172,7 @@ class LSTM(nn.RNNBase):
                 checks.fail(f"for {kind} input, {name} must be {ndim}-D, got {_describe(t)}")
         if unbatched:
             h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-        exact = not torch.is_autocast_enabled(x.device.type)   # under autocast the op casts h0, c0
+        exact = not ops.autocast_enabled(x.device.type)   # under autocast the op casts h0, c0
         checks.check_tensor("h_0 (hx[0])", h0, h_shape, x, check_dtype=exact)
         checks.check_tensor("c_0 (hx[1])", c0, c_shape, x, check_dtype=exact)
         if sorted_indices is not None:

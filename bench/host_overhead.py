@@ -1,0 +1,157 @@
+"""``python -m bench.host_overhead``: host (CPU) time of one ``lstm_gpu.LSTM`` call, per backend.
+
+The case is the one where host time shows most: a module call with 2 layers, bidirectional, T = 1, a tiny
+batch and hidden size, so the kernels themselves cost next to nothing and what is left is Python: argument
+checks, backend selection, lengths conversion, custom-op dispatch, allocations, the launch's own host work.
+
+Without a GPU (``--stub``, the default there) the kernel launches are stubbed out (the Triton kernels'
+``[grid](...)`` and the Numba kernels' launch do nothing), so the emulators' time is not counted; reference
+and cudnn run for real (at this size their CPU compute is a few µs). These are CPU timings of host code:
+they compare versions of the host path with each other, not with a GPU. With a GPU the launches are
+real, the clock stops before any synchronize, and the numbers are the host time a GPU call pays.
+
+    python -m bench.host_overhead                       # every backend this machine can run
+    python -m bench.host_overhead --backends triton,numba --calls 200 --repeats 7
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+VARIANTS = ("no_grad", "train", "packed")
+
+
+class _StubLaunch:
+    """Stands in for a jitted kernel: ``kernel[grid](*args)`` and ``kernel[grid, block, stream, shm](*args)``
+    do nothing."""
+
+    def __getitem__(self, _config):
+        return lambda *args, **kwargs: None
+
+
+def stub_launches() -> list[str]:
+    """Replace the kernel launches of the Triton and Numba backends by no-ops; returns what was stubbed."""
+    import torch
+    stubbed = []
+    try:
+        from lstm_gpu.kernels import triton_lstm
+        for name in ("_lstm_fwd_kernel", "_lstm_bwd_kernel"):
+            if hasattr(triton_lstm, name):
+                setattr(triton_lstm, name, _StubLaunch())
+                stubbed.append(f"triton_lstm.{name}")
+    except Exception as e:  # noqa: BLE001 - backend not importable here: nothing to stub
+        print(f"triton not stubbed: {e}", file=sys.stderr)
+    try:
+        from lstm_gpu.kernels import numba_lstm
+        for dt in (torch.float16, torch.float32, torch.float64):
+            numba_lstm._KERNELS[dt] = (_StubLaunch(), _StubLaunch())
+        stubbed.append("numba_lstm kernels")
+    except Exception as e:  # noqa: BLE001
+        print(f"numba not stubbed: {e}", file=sys.stderr)
+    return stubbed
+
+
+def make_case(backend: str, device, *, hidden: int = 16, batch: int = 2, seq_len: int = 1, layers: int = 2):
+    """(module, call) for one backend: ``call(variant)`` runs one module call of that variant."""
+    import torch
+    import lstm_gpu
+    from torch.nn.utils.rnn import pack_padded_sequence
+    torch.manual_seed(0)
+    m = lstm_gpu.LSTM(hidden, hidden, num_layers=layers, bidirectional=True, backend=backend).to(device)
+    x = torch.randn(seq_len, batch, hidden, device=device)
+    xg = x.clone().requires_grad_()
+    lengths = torch.full((batch,), seq_len, dtype=torch.int64)       # on the host, as torch asks
+    packed = pack_padded_sequence(x, lengths)
+
+    def call(variant: str):
+        if variant == "no_grad":
+            with torch.no_grad():
+                return m(x)
+        if variant == "train":
+            return m(xg)
+        with torch.no_grad():
+            return m(packed)
+    return m, call
+
+
+def time_calls(call, variant: str, calls: int, repeats: int, sync=None) -> dict:
+    """Per-call host time in µs: p50 and min over ``repeats`` batches of ``calls`` calls each."""
+    for _ in range(max(5, calls // 10)):        # warm-up: compilation, caches, the first allocations
+        call(variant)
+    if sync:
+        sync()
+    per_call = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        for _ in range(calls):
+            call(variant)
+        per_call.append((time.perf_counter_ns() - t0) / calls / 1e3)
+        if sync:                                # outside the clock: the host time is what is measured
+            sync()
+    return {"p50_us": statistics.median(per_call), "min_us": min(per_call)}
+
+
+def run(backends: list[str], device: str | None = None, stub: bool | None = None, calls: int = 100,
+        repeats: int = 5, variants=VARIANTS, out=print) -> list[dict]:
+    """Measure every backend x variant; returns rows (backend, variant, p50_us, min_us, note)."""
+    from .env import prepare_cpu_emulation
+    prepare_cpu_emulation()
+    import torch
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    stub = dev.type == "cpu" if stub is None else stub
+    note = "launches stubbed" if stub else "launches real"
+    threads = torch.get_num_threads()
+    if dev.type == "cpu":
+        torch.set_num_threads(1)        # host code is single-threaded; ATen's CPU LSTM would add thread noise
+        note += ", 1 CPU thread"
+    try:
+        return _run(backends, dev, stub, note, calls, repeats, variants, out)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(backends, dev, stub, note, calls, repeats, variants, out) -> list[dict]:
+    import torch
+    if stub:
+        out(f"stubbed: {', '.join(stub_launches())}")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    rows = []
+    for backend in backends:
+        try:
+            _, call = make_case(backend, dev)
+            call("no_grad")
+        except Exception as e:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
+            out(f"{backend:10s} cannot run on {dev}: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
+            continue
+        for variant in variants:
+            r = time_calls(call, variant, calls, repeats, sync)
+            rows.append(dict(backend=backend, variant=variant, device=str(dev), note=note, **r))
+            out(f"{backend:10s} {variant:8s} {r['p50_us']:9.1f} µs/call (min {r['min_us']:.1f})  [{dev}, {note}]")
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.host_overhead", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backends", default="reference,cudnn,triton,numba")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--calls", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-stub", action="store_true", help="on CPU: run the emulated kernels for real")
+    p.add_argument("--csv", default=None, help="also write the rows to this CSV")
+    args = p.parse_args(argv)
+    rows = run([b for b in args.backends.split(",") if b], args.device, False if args.no_stub else None,
+               args.calls, args.repeats)
+    if args.csv:
+        import csv
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["backend", "variant", "device", "note", "p50_us", "min_us"])
+            w.writeheader()
+            w.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
