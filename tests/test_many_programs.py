@@ -1,0 +1,494 @@
+"""The kernels' many-program path on CPU: every program of the grid at once (lstm_gpu.testing.concurrent_programs).
+
+Under ``concurrent_programs(n)`` the Triton interpreter and the Numba simulator run the grid a GPU with n
+SMs would get, one thread per program, so the exchange of h (forward) and dz (backward) between programs
+through global memory, the grid barrier, the masked tile at the edge of H and several batch tiles per
+program all run. Checked: forward (y, h_n, c_n, gates, cells) and every gradient (dgates, dh0, dc0)
+against lstm_gpu.reference, and end to end lstm_gpu.LSTM against torch.nn.LSTM, for n in {2, 3, 4, 8},
+both matmul paths, unsorted lengths, reverse, bidirectional with two layers; outputs start NaN-filled
+(conftest.py). Mutations of the barrier (no wait, count off by one) must be caught within seconds:
+wrong values, or a deadlock reported at the deadline.
+
+Not tested here (the harness's stated limit): cache modifiers, memory orderings and fences; the threads see
+memory sequentially consistent. The sm_90 code checks and the GPU tests cover those.
+"""
+import contextlib
+import inspect
+import threading
+import time
+from unittest import mock
+
+import pytest
+import torch
+
+import lstm_gpu
+from lstm_gpu import reference, testing
+from lstm_gpu.kernels import host
+from lstm_gpu.testing import ProgramsHung, concurrent_programs
+from helpers import assert_close
+
+TRITON_SKIP = testing.unavailable_reason("triton")
+NUMBA_SKIP = testing.unavailable_reason("numba")
+needs_triton = pytest.mark.skipif(TRITON_SKIP is not None, reason=str(TRITON_SKIP))
+needs_numba = pytest.mark.skipif(NUMBA_SKIP is not None, reason=str(NUMBA_SKIP))
+
+if TRITON_SKIP is None:
+    from triton.runtime import interpreter
+    from lstm_gpu.kernels import triton_config, triton_lstm
+if NUMBA_SKIP is None:
+    from numba.cuda.simulator import kernel as sim_kernel
+    from numba.cuda.simulator import kernelapi
+    from lstm_gpu.kernels import numba_lstm
+
+# (outputs, gradients) tolerance vs the float64 reference, by dtype
+TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (2e-6, 5e-6), torch.float16: (4e-3, 1e-2)}
+MUTATION_DEADLINE = 4.0         # seconds: a mutated barrier must be caught well within this
+
+
+# ----------------------------------------------------------------------------------------------------
+# Shapes: H with exactly n programs and a masked edge tile
+# ----------------------------------------------------------------------------------------------------
+
+def triton_h(n, B, dtype, start=2):
+    """The smallest H ≥ start for which the triton grid under concurrent_programs(n) is n programs with
+    the last tile partly masked (H not a multiple of HT). Today (HT ≥ 4 broadcast, ≥ 16 tl.dot):
+    broadcast n = 2, 3, 4, 8 → H = 5, 9, 13, 29; tl.dot → 17, 33, 49, 113."""
+    for H in range(start, 1025):
+        cfg = triton_config.gpu_config(B=B, H=H, dtype=dtype, n_sm=n)
+        if cfg.num_programs == n and H % cfg.ht:
+            return H
+    raise AssertionError(f"no H ≤ 1024 gives {n} triton programs with a masked edge tile for B={B}, {dtype}")
+
+
+def numba_h(n, start=2):
+    """The smallest H ≥ start with n numba blocks and a last block owning fewer units (HT = cdiv(H, n); today
+    n = 2, 3, 4, 8 → H = 3, 5, 7, 15)."""
+    for H in range(max(start, n), 1025):
+        ht = -(-H // n)
+        if testing.numba_blocks(n, H=H) == n and H % ht:
+            return H
+    raise AssertionError(f"no H gives {n} numba blocks with a partial last block")
+
+
+def make_inputs(T, B, H, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype)  # noqa: E731
+    return dict(gx=r(T, B, 4 * H), h0=r(B, H), c0=r(B, H), w=r(4 * H, H, scale=H ** -0.5),
+                dy=r(T, B, H), dhn=r(B, H), dcn=r(B, H))
+
+
+def lengths_for(T, B):
+    """Unsorted lengths from T down to 1, the longest not first (e.g. T=5, B=3: [3, 5, 1])."""
+    lens = [max(1, T - (2 * i + 2) % (T + 1)) for i in range(B)]
+    lens[min(1, B - 1)] = T
+    return torch.tensor(lens)
+
+
+def run_layer(backend, inp, lengths, reverse, phase="both", mutation=None):
+    """Forward and backward of one layer through the backend's entry points (reference.py's contract).
+    ``mutation``: a context manager applied to the forward ("fwd"), the backward ("bwd") or both."""
+    mod = triton_lstm if backend == "triton" else numba_lstm
+    mutate = mutation if mutation is not None else contextlib.nullcontext()
+    d = inp
+    with (mutate if phase in ("both", "fwd") else contextlib.nullcontext()):
+        out = mod.forward(d["gx"], d["h0"], d["c0"], d["w"], None, lengths, reverse, True)
+    y, hn, cn, gates, cells = out
+    with (mutate if phase in ("both", "bwd") else contextlib.nullcontext()):
+        grads = mod.backward(d["dy"], d["dhn"], d["dcn"], gates, cells, d["h0"], d["c0"], y, d["w"], None,
+                             lengths, reverse)[:3]
+    return out, grads
+
+
+def reference_layer(inp, lengths, reverse):
+    d = {k: v.double() for k, v in inp.items()}
+    ref = reference.forward(d["gx"], d["h0"], d["c0"], d["w"], None, lengths, reverse, True)
+    grads = reference.backward(d["dy"], d["dhn"], d["dcn"], ref[3], ref[4], d["h0"], d["c0"], ref[0], d["w"], None,
+                               lengths, reverse)[:3]
+    return ref, grads
+
+
+NAMES = ["y", "h_n", "c_n", "gates", "cells", "dgates", "dh0", "dc0"]
+
+
+def check_layer(backend, n, T, B, H, dtype, lengths, reverse):
+    inp = make_inputs(T, B, H, dtype)
+    with concurrent_programs(n):
+        out, grads = run_layer(backend, inp, lengths, reverse)
+    ref, ref_grads = reference_layer(inp, lengths, reverse)
+    tol, gtol = TOL[dtype]
+    for name, got, want, t in zip(NAMES, out + tuple(grads), ref + tuple(ref_grads), [tol] * 5 + [gtol] * 3):
+        assert not torch.isnan(got).any(), f"{name}: NaN (an element no program wrote, or read before written)"
+        assert_close(got, want, t, what=f"{backend} n={n} {name}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton: one layer, every output and gradient vs the reference
+# ----------------------------------------------------------------------------------------------------
+
+# (n, dtype, tl.dot?, B, reverse). Broadcast path: BLOCK_B = 2 at these sizes, so B = 2 is one batch tile (c
+# kept in registers, the usual GPU case) and B = 3, 5 are several (c in a scratch slice); tl.dot: BLOCK_B = 16.
+TRITON_CASES = [
+    (2, torch.float64, False, 2, False),
+    (3, torch.float32, False, 3, True),
+    (4, torch.float16, True, 17, False),
+    (8, torch.float64, False, 3, True),
+]
+TRITON_SLOW = [
+    (2, torch.float16, True, 17, True),
+    (2, torch.float64, False, 3, False),
+    (3, torch.float64, False, 5, False),
+    (3, torch.float32, True, 17, True),
+    (4, torch.float32, False, 2, True),
+    (8, torch.float16, True, 9, False),
+    (8, torch.float32, False, 3, False),
+]
+
+
+def _triton_case(n, dtype, dot, B, reverse, monkeypatch, T=4):
+    if dtype == torch.float32:          # fp32 takes tl.dot only with tensor-core precision (the interpreter
+        monkeypatch.setattr(triton_config, "FP32_PRECISION", "tf32" if dot else "ieee")   # computes it exactly)
+    H = triton_h(n, B, dtype)
+    cfg = triton_config.gpu_config(B=B, H=H, dtype=dtype, n_sm=n)
+    assert (cfg.num_programs, cfg.use_dot) == (n, dot) and H % cfg.ht, cfg
+    check_layer("triton", n, T, B, H, dtype, lengths_for(T, B), reverse)
+
+
+@needs_triton
+@pytest.mark.parametrize("n,dtype,dot,B,reverse", TRITON_CASES, ids=str)
+def test_triton_layer(n, dtype, dot, B, reverse, monkeypatch):
+    _triton_case(n, dtype, dot, B, reverse, monkeypatch)
+
+
+@needs_triton
+@pytest.mark.slow
+@pytest.mark.parametrize("n,dtype,dot,B,reverse", TRITON_SLOW, ids=str)
+def test_triton_layer_more(n, dtype, dot, B, reverse, monkeypatch):
+    _triton_case(n, dtype, dot, B, reverse, monkeypatch, T=5)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Numba: one layer, every output and gradient vs the reference
+# ----------------------------------------------------------------------------------------------------
+
+NUMBA_CASES = [(2, torch.float64, False), (3, torch.float32, True), (4, torch.float64, True)]
+NUMBA_SLOW = [(8, torch.float64, False), (3, torch.float16, False), (2, torch.float32, True)]
+
+
+def _numba_case(n, dtype, reverse, T=4, B=2):
+    H = numba_h(n)
+    assert testing.numba_blocks(n, H=H, B=B, dtype=dtype) == n
+    check_layer("numba", n, T, B, H, dtype, lengths_for(T, B), reverse)
+
+
+@needs_numba
+@pytest.mark.parametrize("n,dtype,reverse", NUMBA_CASES, ids=str)
+def test_numba_layer(n, dtype, reverse):
+    _numba_case(n, dtype, reverse)
+
+
+@needs_numba
+@pytest.mark.slow
+@pytest.mark.parametrize("n,dtype,reverse", NUMBA_SLOW, ids=str)
+def test_numba_layer_more(n, dtype, reverse):
+    _numba_case(n, dtype, reverse, B=3)
+
+
+@needs_numba
+@pytest.mark.slow
+def test_numba_shuffle_tree_with_many_blocks(monkeypatch):
+    """Several threads per dot product (the emulated shuffle tree) in every block at once."""
+    monkeypatch.setattr(numba_lstm, "SIM_LANES", 8)
+    _numba_case(3, torch.float32, True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# End to end: lstm_gpu.LSTM vs torch.nn.LSTM, 2 layers, bidirectional, packed unsorted lengths
+# ----------------------------------------------------------------------------------------------------
+
+def _module_vs_torch(backend, n, H, dtype):
+    torch.manual_seed(0)
+    T, B, I = 4, 3, 3
+    ref = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True, dtype=dtype)
+    ours = lstm_gpu.LSTM(I, H, num_layers=2, bidirectional=True, dtype=dtype, backend=backend)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, I, dtype=dtype)
+    lengths = torch.tensor([3, 4, 1])
+    h0, c0 = torch.randn(4, B, H, dtype=dtype), torch.randn(4, B, H, dtype=dtype)
+    results = []
+    for model in (ref, ours):
+        xi, h0i, c0i = (t.clone().requires_grad_() for t in (x, h0, c0))
+        packed = torch.nn.utils.rnn.pack_padded_sequence(xi, lengths, enforce_sorted=False)
+        with concurrent_programs(n) if model is ours else contextlib.nullcontext():
+            out, (hn, cn) = model(packed, (h0i, c0i))
+            y, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)
+            (y.square().sum() + hn.sum() + 0.5 * cn.square().sum()).backward()
+        results.append([y, hn, cn, xi.grad, h0i.grad, c0i.grad] + [p.grad for p in model.parameters()])
+    tol = 1e-10 if dtype == torch.float64 else 2e-5
+    names = ["y", "h_n", "c_n", "dx", "dh0", "dc0"] + [name for name, _ in ref.named_parameters()]
+    for name, want, got in zip(names, *results):
+        assert_close(got, want, tol, what=f"{backend} n={n} {name}")
+
+
+@needs_triton
+@pytest.mark.parametrize("n,dtype", [(3, torch.float64), pytest.param(2, torch.float32, marks=pytest.mark.slow),
+                                     pytest.param(8, torch.float64, marks=pytest.mark.slow)], ids=str)
+def test_triton_module_vs_torch_lstm(n, dtype):
+    _module_vs_torch("triton", n, triton_h(n, 3, dtype), dtype)
+
+
+@needs_numba
+@pytest.mark.parametrize("n,dtype", [(2, torch.float64), pytest.param(4, torch.float32, marks=pytest.mark.slow)],
+                         ids=str)
+def test_numba_module_vs_torch_lstm(n, dtype):
+    _module_vs_torch("numba", n, numba_h(n), dtype)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Mutations: a broken barrier must be caught (wrong values or a reported deadlock), within seconds
+# ----------------------------------------------------------------------------------------------------
+
+def _outcome(backend, n, H, dtype, mutation, phase, B=3, T=4):
+    """What a run with the mutated barrier gives: "hung", "error: ...", "wrong: ..." or "right"."""
+    inp = make_inputs(T, B, H, dtype)
+    lengths = lengths_for(T, B)
+    ref, ref_grads = reference_layer(inp, lengths, False)
+    start = time.monotonic()
+    try:
+        with concurrent_programs(n, deadline=MUTATION_DEADLINE):
+            out, grads = run_layer(backend, inp, lengths, False, phase=phase, mutation=mutation)
+    except ProgramsHung as e:
+        verdict = "hung"
+        assert e.waiting, "a deadline error names the programs still waiting"
+    except Exception as e:          # noqa: BLE001
+        verdict = f"error: {e!r}"
+    else:
+        tol = 1e-9
+        wrong = [name for name, got, want in zip(NAMES, out + tuple(grads), ref + tuple(ref_grads))
+                 if not (got.double() - want).abs().max().item() <= tol]   # NaN counts as wrong
+        verdict = f"wrong: {', '.join(wrong)}" if wrong else "right"
+    elapsed = time.monotonic() - start
+    assert elapsed < 2 * MUTATION_DEADLINE + 10, f"the mutation took {elapsed:.0f} s to show"
+    return verdict
+
+
+def _triton_barrier_mutation(kind):
+    """A replacement for triton_lstm.step_barrier, whatever its signature: skipped entirely (no wait), or
+    the real barrier told one program more / fewer (NUM_PROGRAMS ± 1). The interpreter looks the name up
+    in the kernel module's globals at every call, so patching the module attribute reaches the kernels."""
+    real = triton_lstm.step_barrier
+    if kind == "no_wait":
+        def step_barrier(*args, **kwargs):
+            return None
+    else:
+        delta = {"count+1": 1, "count-1": -1}[kind]
+        sig = inspect.signature(real.fn)
+        assert "NUM_PROGRAMS" in sig.parameters, f"step_barrier{sig} has no NUM_PROGRAMS"
+
+        def step_barrier(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            bound.arguments["NUM_PROGRAMS"] += delta
+            return real(*bound.args, **bound.kwargs)
+    return mock.patch.object(triton_lstm, "step_barrier", step_barrier)
+
+
+@needs_triton
+@pytest.mark.parametrize("phase", ["fwd", "bwd"])
+@pytest.mark.parametrize("kind", ["no_wait", "count+1", "count-1"])
+def test_triton_broken_barrier_is_caught(kind, phase):
+    n = 3
+    verdict = _outcome("triton", n, triton_h(n, 3, torch.float64), torch.float64, _triton_barrier_mutation(kind), phase)
+    assert verdict != "right", f"a barrier mutated ({kind}, {phase}) went unnoticed"
+    if kind == "count+1":
+        assert verdict == "hung", verdict
+
+
+def _numba_sync_mutation(kind, n):
+    """grid.sync() in the simulator: not waiting at all, or the last block never arriving (the others wait
+    for it: a barrier whose count is one block too many for the blocks that come)."""
+    if kind == "no_wait":
+        def sync(self):
+            return None
+    else:
+        harness_sync = kernelapi.GridGroup.sync      # read inside concurrent_programs: the grid barrier
+
+        def sync(self):
+            if threading.current_thread().blockIdx.x == n - 1:
+                return None
+            return harness_sync(self)
+    return mock.patch.object(kernelapi.GridGroup, "sync", sync)
+
+
+class _Late:
+    """A mutation built once the harness is active (it wraps the harness's grid.sync)."""
+
+    def __init__(self, build):
+        self.build, self.patch = build, None
+
+    def __enter__(self):
+        self.patch = self.build()
+        return self.patch.__enter__()
+
+    def __exit__(self, *exc):
+        return self.patch.__exit__(*exc)
+
+
+@needs_numba
+@pytest.mark.parametrize("phase", ["fwd", "bwd"])
+@pytest.mark.parametrize("kind", ["no_wait", "last_block_missing"])
+def test_numba_broken_grid_sync_is_caught(kind, phase):
+    n = 3
+    verdict = _outcome("numba", n, numba_h(n), torch.float64, _Late(lambda: _numba_sync_mutation(kind, n)), phase,
+                       B=2)
+    assert verdict != "right", f"a grid.sync mutated ({kind}, {phase}) went unnoticed"
+    if kind == "last_block_missing":
+        assert verdict == "hung", verdict
+
+
+# ----------------------------------------------------------------------------------------------------
+# The harness itself
+# ----------------------------------------------------------------------------------------------------
+
+@needs_triton
+def test_deadlock_names_the_waiting_programs():
+    n = 3
+    H = triton_h(n, 3, torch.float64)
+    inp = make_inputs(3, 3, H, torch.float64)
+    with pytest.raises(ProgramsHung) as info:
+        with concurrent_programs(n, deadline=2.0), _triton_barrier_mutation("count+1"):
+            triton_lstm.forward(inp["gx"], inp["h0"], inp["c0"], inp["w"], None, None, False, True)
+    assert info.value.waiting == [0, 1, 2]
+    assert all("barrier" in where for where in info.value.where.values()), info.value.where
+    assert "3 of 3 programs still running" in str(info.value)
+
+
+@needs_triton
+def test_a_failing_program_stops_the_others():
+    """Program 1 raises at its first barrier while 0 and 2 wait there for it: the launch raises that error
+    at once (not at the deadline), and no program thread is left running."""
+    n = 3
+    H = triton_h(n, 3, torch.float64)
+    inp = make_inputs(3, 3, H, torch.float64)
+    real = triton_lstm.step_barrier
+
+    def step_barrier(*args, **kwargs):
+        if interpreter.interpreter_builder.grid_idx[0] == 1:
+            raise ZeroDivisionError("program 1 fails")
+        return real(*args, **kwargs)
+
+    start = time.monotonic()
+    with pytest.raises(interpreter.InterpreterError, match=r"program \(1, 0, 0\).*program 1 fails"):
+        with concurrent_programs(n, deadline=60), mock.patch.object(triton_lstm, "step_barrier", step_barrier):
+            triton_lstm.forward(inp["gx"], inp["h0"], inp["c0"], inp["w"], None, None, False, True)
+    assert time.monotonic() - start < 30
+    assert not [t for t in threading.enumerate() if t.name.startswith("triton program")]
+
+
+@needs_numba
+def test_a_failing_block_stops_the_others():
+    n = 3
+    H = numba_h(n)
+    inp = make_inputs(3, 2, H, torch.float64)
+    start = time.monotonic()
+    with pytest.raises(ZeroDivisionError, match=r"block \(1, 0, 0\).*block 1 fails"):
+        with concurrent_programs(n, deadline=60):
+            harness_sync = kernelapi.GridGroup.sync
+
+            def sync(self):
+                if threading.current_thread().blockIdx.x == 1:
+                    raise ZeroDivisionError("block 1 fails")
+                return harness_sync(self)
+            with mock.patch.object(kernelapi.GridGroup, "sync", sync):
+                numba_lstm.forward(inp["gx"], inp["h0"], inp["c0"], inp["w"], None, None, False, True)
+    assert time.monotonic() - start < 30
+    time.sleep(0.5)
+    assert not [t for t in threading.enumerate() if isinstance(t, sim_kernel.BlockThread)]
+
+
+@needs_triton
+@needs_numba
+def test_everything_is_restored_and_one_program_mode_works_again():
+    patched = [(interpreter.GridExecutor, "__call__"), (interpreter.InterpreterBuilder, "grid_idx"),
+               (interpreter.InterpreterBuilder, "create_masked_load"), (triton_lstm, "choose_config"),
+               (numba_lstm, "plan"), (sim_kernel, "BlockManager"), (kernelapi.GridGroup, "sync"),
+               (kernelapi.FakeCUDAShared, "array")]
+    before = [vars(obj).get(name, "absent") for obj, name in patched]
+    with concurrent_programs(2):
+        assert [vars(obj).get(name, "absent") for obj, name in patched] != before
+    assert [vars(obj).get(name, "absent") for obj, name in patched] == before
+    inp = make_inputs(3, 2, 6, torch.float64)
+    ref = reference_layer(inp, None, False)
+    for backend in ("triton", "numba"):
+        out, grads = run_layer(backend, inp, None, False)
+        for name, got, want in zip(NAMES, out + tuple(grads), ref[0] + tuple(ref[1])):
+            assert_close(got, want, 1e-12, what=f"{backend} after the harness: {name}")
+
+
+@needs_triton
+@needs_numba
+def test_without_the_stagger_all_programs_start_at_once():
+    """stagger=False: every program starts at once (the results are the same: the barrier absorbs it)."""
+    for backend, H in (("triton", triton_h(3, 2, torch.float64)), ("numba", numba_h(3))):
+        inp = make_inputs(3, 2, H, torch.float64)
+        with concurrent_programs(3, stagger=False):
+            out, grads = run_layer(backend, inp, None, False)
+        ref = reference_layer(inp, None, False)
+        for name, got, want in zip(NAMES, out + tuple(grads), ref[0] + tuple(ref[1])):
+            assert_close(got, want, 1e-12, what=f"{backend}: {name}")
+
+
+@needs_triton
+@needs_numba
+def test_a_grid_that_is_not_n_programs_is_refused():
+    inp = make_inputs(2, 2, 8, torch.float64)       # H = 8, n = 3: triton HT = 4 → 2 programs; numba HT 3 → 3
+    with concurrent_programs(3), pytest.raises(ValueError, match="2 programs.*not 3"):
+        triton_lstm.forward(inp["gx"], inp["h0"], inp["c0"], inp["w"], None, None, False, True)
+    assert testing.numba_blocks(4, H=9) == 3
+    inp = make_inputs(2, 2, 9, torch.float64)
+    with concurrent_programs(4), pytest.raises(ValueError, match="3 blocks.*not 4"):
+        numba_lstm.forward(inp["gx"], inp["h0"], inp["c0"], inp["w"], None, None, False, True)
+
+
+def test_versions_it_was_written_for(monkeypatch):
+    """Another triton / numba-cuda than SUPPORTED names: a clear error (tests skip with the same text)."""
+    monkeypatch.setitem(testing.SUPPORTED, "triton", "2.0")
+    monkeypatch.setitem(testing.SUPPORTED, "numba-cuda", "0.1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("NUMBA_ENABLE_CUDASIM", "1")
+    for backend in ("triton", "numba"):
+        why = testing.unavailable_reason(backend)
+        assert why is not None and "patches the internals" in why, why
+        with pytest.raises(testing.UnsupportedVersion, match=why.split(":")[0]):
+            with concurrent_programs(2, backends=(backend,)):
+                pass
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "TRITON_INTERPRET=1" in testing.unavailable_reason("triton")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        with concurrent_programs(2, backends=("triton",)):
+            pass
+
+
+@needs_triton
+def test_barrier_timeout_mode_with_concurrent_programs(monkeypatch):
+    """The barrier's debug mode (LSTM_GPU_BARRIER_TIMEOUT) with every program running: a generous poll
+    count leaves the results right; a barrier counting one program too many then times out and the
+    launcher raises, before the harness's deadline."""
+    n = 2
+    H = triton_h(n, 3, torch.float64)
+    inp = make_inputs(3, 3, H, torch.float64)
+    lengths = lengths_for(3, 3)
+    monkeypatch.setenv("LSTM_GPU_BARRIER_TIMEOUT", str(10 ** 8))
+    with concurrent_programs(n):
+        out, grads = run_layer("triton", inp, lengths, False)
+    ref, ref_grads = reference_layer(inp, lengths, False)
+    for name, got, want in zip(NAMES, out + tuple(grads), ref + tuple(ref_grads)):
+        assert_close(got, want, 1e-12, what=name)
+    monkeypatch.setenv("LSTM_GPU_BARRIER_TIMEOUT", "2000")
+    with pytest.raises(RuntimeError, match="timed out"):
+        with concurrent_programs(n, deadline=60), _triton_barrier_mutation("count+1"):
+            triton_lstm.forward(inp["gx"], inp["h0"], inp["c0"], inp["w"], None, None, False, True)
+
+
+def test_cpu_modes_are_on():
+    """The suite runs with both CPU modes (conftest.py) where there is no GPU, so the tests above ran."""
+    if not torch.cuda.is_available():
+        assert host.cpu_emulation("triton") and host.cpu_emulation("numba")
