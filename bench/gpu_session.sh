@@ -1,38 +1,98 @@
 #!/usr/bin/env bash
-# One device call's worth of GPU validation, for a session that has a GPU (device tool, no network).
+# A GPU session in ONE device call (device tool: fresh machine, no network, at most 10 minutes a command).
 #
-#   bash bench/gpu_session.sh [STEP ...]          default steps: versions verify tests
+#   bash bench/gpu_session.sh                 the whole session, within $LSTM_GPU_SESSION_BUDGET s (default 540):
+#       versions   GPU, SMs, driver, CUDA, cuDNN, torch, triton, numba, numba-cuda, git sha
+#       warmup     compile every Triton config the later steps launch, in parallel processes
+#       smoke      triton, then numba (separate processes): correctness grid vs the reference and cuDNN,
+#                  fwd + bwd, fp16 / bf16 / fp32, H 256/768/1024, B 1/16/64, lengths, reverse, barrier time-out on
+#       headline   reports/README.md's headline rows: cudnn, triton, numba, floor; fwd and fwd+bwd; p50 (p20-p80)
+#       host       host time per module call (2 layers, bidirectional, T = 1), real launches
+#       quick      as much of `python -m bench --quick` (cudnn, triton, numba) as the time left allows
+#       profile    python -m bench.profile on the headline shape
+#   bash bench/gpu_session.sh STEP ...        only those steps; also the older ones: verify (python -m lstm_gpu),
+#       tests (pytest -m gpu), tests-triton, tests-numba, tests-rest, bench (the whole --quick), charlm
 #
-# Steps: versions | verify (python -m lstm_gpu) | tests (pytest -m gpu) | tests-triton | tests-numba | tests-rest |
-#        bench (python -m bench --quick) | profile (python -m bench.profile) | charlm (GPU loss curves + tokens/s)
-# Each step has its own time limit so one call stays under the device tool's 10 minutes; everything it
-# printed goes to $OUT/session.log and what it wrote under reports/ to $OUT/reports.tar.gz (the device
-# tool brings back at most 8 files from $OUT). Unpack on the CPU machine with:
-#   tar -xzf <files_at>/reports.tar.gz        (then commit reports/data/gpu-* and the plots)
+# Every step has its own time limit (and never more than the session has left); what a step wrote stays
+# when a later one is killed. As it goes, $OUT gets: session.log (everything printed), versions.json,
+# smoke.csv, headline.csv, headline.md (the README table filled in), host.csv, and reports.tar.gz (all of
+# reports/, re-packed after every step). Unpack on the CPU machine with
+#   tar -xzf <files_at>/reports.tar.gz        (then commit reports/data/gpu-* and reports/profile-*)
+# and rebuild auto's dispatch table from the new measurements: python -m bench.dispatch_table
+#
+# LSTM_GPU_SESSION_DRY=1: the same session on CPU in seconds (emulators, tiny shapes, outputs in $OUT/data,
+# nothing written under reports/): tests/test_gpu_session.py runs it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu-session}
-mkdir -p "$OUT" reports/data
-export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+DRY=${LSTM_GPU_SESSION_DRY:-0}
+BUDGET=${LSTM_GPU_SESSION_BUDGET:-540}
+mkdir -p "$OUT"
+export OUT PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 LOG="$OUT/session.log"
-pack() { tar -czf "$OUT/reports.tar.gz" reports 2>/dev/null; }
+if [ "$DRY" = 1 ]; then
+    DATA="$OUT/data"
+else
+    DATA=reports/data
+fi
+mkdir -p "$DATA"
+START=$SECONDS
+
+pack() {     # everything so far into $OUT: the step files by fixed names, reports/ as one tarball
+    local f
+    for what in versions.json smoke.csv headline.csv headline.md host.csv; do
+        f=$(ls -t "$DATA"/*-"$what" 2>/dev/null | head -1)
+        [ -n "$f" ] && cp "$f" "$OUT/$what"
+    done
+    if [ "$DRY" != 1 ]; then tar -czf "$OUT/reports.tar.gz" reports 2>/dev/null; fi
+    return 0
+}
 trap pack EXIT
 
-step() {    # step NAME SECONDS COMMAND...
+left() { echo $(( BUDGET - (SECONDS - START) )); }
+
+step() {    # step NAME SECONDS COMMAND...: at most SECONDS, and never past the session's budget
     local name=$1 limit=$2; shift 2
-    echo "=== $name (limit ${limit}s): $*" | tee -a "$LOG"
+    local remain; remain=$(left)
+    if [ "$remain" -lt 10 ]; then
+        echo "=== $name: skipped, ${remain}s of the session budget left" | tee -a "$LOG"
+        return 0
+    fi
+    [ "$limit" -gt "$remain" ] && limit=$remain
+    echo "=== $name (limit ${limit}s, $(( SECONDS - START ))s into the session): $*" | tee -a "$LOG"
     local t0=$SECONDS
-    timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG" | tail -40
-    echo "=== $name: exit ${PIPESTATUS[0]} after $((SECONDS - t0))s" | tee -a "$LOG"
+    timeout --kill-after=5 "$limit" "$@" 2>&1 | tee -a "$LOG" | tail -40
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" = 124 ] && echo "=== $name: TIME LIMIT (${limit}s) reached, killed" | tee -a "$LOG"
+    echo "=== $name: exit $rc after $((SECONDS - t0))s" | tee -a "$LOG"
+    pack
 }
 
-for s in "${@:-versions verify tests}"; do
-  for s1 in $s; do
+session() {   # session STEP LIMIT [ARGS...]: one step of bench/session.py, soft deadline 5 s before the hard one
+    local name=$1 limit=$2; shift 2
+    local remain; remain=$(left)
+    [ "$limit" -gt "$remain" ] && limit=$remain
+    local dry=(); [ "$DRY" = 1 ] && dry=(--dry --data "$DATA")
+    step "$name" "$limit" python -m bench.session "$name" "${dry[@]}" --limit $(( limit > 10 ? limit - 5 : limit )) "$@"
+}
+
+versions() {
+    step versions-nvidia-smi 20 bash -c 'nvidia-smi || echo "nvidia-smi: not available"; git rev-parse HEAD; git status --short | head -20'
+    session versions 60
+}
+
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(versions warmup smoke headline host quick profile)
+for s1 in "${steps[@]}"; do
     case $s1 in
-      versions) step versions 60 bash -c 'nvidia-smi; python -c "import sys, torch, triton, numba; \
-print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"cudnn\", torch.backends.cudnn.version()); \
-print(\"triton\", triton.__version__, \"numba\", numba.__version__); \
-import importlib.metadata as m; print(\"numba-cuda\", m.version(\"numba-cuda\"))"; git rev-parse HEAD' ;;
+      versions) versions ;;
+      warmup)   session warmup 150 ;;
+      smoke)    session smoke 90 --backends triton; session smoke 60 --backends numba --append ;;
+      headline) session headline 100 ;;
+      host)     session host 30 ;;
+      quick)    q=$(( $(left) - 50 )); [ "$q" -gt 10 ] && session quick "$q" || echo "=== quick: skipped (no time left)" | tee -a "$LOG" ;;
+      profile)  session profile 60 ;;
+      # the older steps, each a call of its own
       verify) step verify 300 python -m lstm_gpu ;;
       tests) step tests 540 python -m pytest -m gpu -q -x --durations=15 -p no:cacheprovider ;;
       tests-triton) step tests-triton 540 python -m pytest -m gpu -q --durations=10 -p no:cacheprovider \
@@ -42,10 +102,9 @@ import importlib.metadata as m; print(\"numba-cuda\", m.version(\"numba-cuda\"))
       tests-rest) step tests-rest 540 python -m pytest -m gpu -q --durations=10 -p no:cacheprovider tests \
                     --ignore=tests/test_triton_gpu.py --ignore=tests/test_numba_gpu.py ;;
       bench) step bench 560 python -m bench --quick ;;
-      profile) step profile 400 python -m bench.profile ;;
       charlm) step charlm 300 python -m bench.train_charlm --device cuda --backends nn,cudnn,triton,numba \
                 --steps 200 --json reports/data/gpu-charlm.json --plot reports/charlm-gpu.png ;;
       *) echo "unknown step $s1" | tee -a "$LOG" ;;
     esac
-  done
 done
+echo "=== session done after $(( SECONDS - START ))s" | tee -a "$LOG"

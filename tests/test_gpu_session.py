@@ -1,0 +1,84 @@
+"""bench/gpu_session.sh and its Python driver bench/session.py, dry-run on CPU (LSTM_GPU_SESSION_DRY=1):
+the same steps a GPU session runs, with tiny shapes through the emulators, so the plumbing is proven
+before a session spends its device minutes. Nothing here says anything about a GPU."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import session
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_step_in_one_process(tmp_path, monkeypatch):
+    """python -m bench.session all --dry: versions, warm-up (a process pool), smoke, headline, host time,
+    quick, profile; every output file where the shell script expects it."""
+    monkeypatch.setenv("OUT", str(tmp_path))
+    data = tmp_path / "data"
+    assert session.main(["all", "--dry", "--data", str(data)]) == 0
+    versions = json.loads((data / "cpu-dry-versions.json").read_text())
+    for key in ("gpu", "sm_count", "driver", "torch_cuda", "cudnn", "torch", "triton", "numba", "numba_cuda",
+                "git_sha", "machine"):
+        assert key in versions
+    smoke = _csv(data / "cpu-dry-smoke.csv")
+    assert {(r["backend"], r["variant"]) for r in smoke} == {(b, v) for b in ("triton", "numba")
+                                                             for v in session.SMOKE_VARIANTS}
+    assert all(r["status"] == "ok" and float(r["ratio"]) <= 1 for r in smoke), smoke
+    headline = _csv(data / "cpu-dry-headline.csv")
+    times = {(r["provider"], r["mode"]): r["status"] for r in headline if r["metric"] == "time"}
+    assert times == {(p, m): "ok" for p in session.HEADLINE_PROVIDERS for m in ("fwd", "fwd+bwd")}
+    assert any(r["kernel"] == "floor" and r["status"] == "ok" for r in headline)
+    md = (data / "cpu-dry-headline.md").read_text()
+    assert md.startswith("Machine: `CPU") and md.count("| 2 | 8 | 4 | fp32-ieee |") == 2
+    assert json.loads((data / "cpu-dry-headline.json").read_text())["machine"].startswith("CPU")
+    assert {r["backend"] for r in _csv(data / "cpu-dry-host.csv")} == {"reference", "triton"}
+    quick = list(data.glob("cpu-*-session.csv"))
+    assert len(quick) == 1 and _csv(quick[0])
+    assert (data / "cpu-dry-profile.md").read_text().startswith("# Where the time goes")
+    assert not list((REPO / "reports").rglob("cpu-dry-*")), "a dry run must not write under reports/"
+
+
+def test_smoke_stops_starting_cases_when_out_of_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("OUT", str(tmp_path))
+    ctx = session.Ctx(True, tmp_path / "data", limit=0)
+    rows = session.step_smoke(ctx)
+    assert rows and all(r["status"] == "not run" for r in rows)
+
+
+def test_warmup_covers_the_shapes_the_later_steps_launch():
+    tasks = session.warmup_tasks(dry=False)
+    smoke = {(t["dtype"], t["B"], t["H"]) for t in tasks if t["kind"] == "smoke"}
+    assert len(smoke) == 27 and ("bf16", 64, 1024) in smoke
+    bench = {(t["dtype"], t["B"], t["H"], t["T"]) for t in tasks if t["kind"] == "bench"}
+    assert {(d, b, h, t) for b, h, t, d, _ in session.HEADLINE_GPU} <= bench
+    assert ("fp32-tf32", 1, 256, 1024) in bench                          # a --quick shape
+    assert [t["kind"] for t in tasks][:27] == ["smoke"] * 27            # in the order they are needed
+
+
+@pytest.mark.slow
+def test_the_shell_script_dry(tmp_path):
+    """bash bench/gpu_session.sh with no step: the whole session, each step in its own process under its
+    own time limit, the files the device tool brings back in $OUT."""
+    env = dict(os.environ, OUT=str(tmp_path), LSTM_GPU_SESSION_DRY="1", LSTM_GPU_SESSION_BUDGET="400",
+               PYTHON=sys.executable, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    r = subprocess.run(["bash", str(REPO / "bench" / "gpu_session.sh")], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+    log = (tmp_path / "session.log").read_text()
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for name in ("versions", "warmup", "smoke", "headline", "host", "quick", "profile"):
+        assert f"=== {name} (limit" in log, name
+    assert "TIME LIMIT" not in log and "=== session done" in log
+    for name in ("session.log", "versions.json", "smoke.csv", "headline.csv", "headline.md", "host.csv"):
+        assert (tmp_path / name).is_file(), name
+    assert len(_csv(tmp_path / "smoke.csv")) == 4
+    assert len([p for p in tmp_path.iterdir() if p.is_file()]) <= 8       # the device tool brings back 8 files
