@@ -21,6 +21,7 @@ import sys
 import time
 
 VARIANTS = ("no_grad", "train", "packed")
+CSV_COLUMNS = ["backend", "variant", "device", "note", "p50_us", "min_us", "syncs"]
 
 
 class _StubLaunch:
@@ -127,9 +128,27 @@ def _run(backends, dev, stub, note, calls, repeats, variants, out) -> list[dict]
             continue
         for variant in variants:
             r = time_calls(call, variant, calls, repeats, sync)
+            r["syncs"] = sync_check(call, variant) if dev.type == "cuda" else ""
             rows.append(dict(backend=backend, variant=variant, device=str(dev), note=note, **r))
-            out(f"{backend:10s} {variant:8s} {r['p50_us']:9.1f} µs/call (min {r['min_us']:.1f})  [{dev}, {note}]")
+            out(f"{backend:10s} {variant:8s} {r['p50_us']:9.1f} µs/call (min {r['min_us']:.1f})  [{dev}, {note}]"
+                + (f"  device syncs: {r['syncs']}" if r["syncs"] else ""))
     return rows
+
+
+def sync_check(call, variant: str) -> str:
+    """"none" if one call makes no synchronising torch call (torch.cuda.set_sync_debug_mode("error")), else
+    the error torch raised (the cudnn backend is torch's own call and may sync inside cuDNN)."""
+    import torch
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        call(variant)
+        return "none"
+    except RuntimeError as e:
+        return " ".join(str(e).split())[:200]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        torch.cuda.synchronize()
 
 
 def main(argv=None) -> int:
@@ -147,7 +166,7 @@ def main(argv=None) -> int:
     if args.csv:
         import csv
         with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=["backend", "variant", "device", "note", "p50_us", "min_us"])
+            w = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
             w.writeheader()
             w.writerows(rows)
     return 0

@@ -503,7 +503,7 @@ def step_host(ctx: Ctx) -> list[dict]:
                              repeats=1 if ctx.dry else 3, variants=("no_grad", "packed") if ctx.dry
                              else host_overhead.VARIANTS, out=log)
     with open(ctx.path("host.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["backend", "variant", "device", "note", "p50_us", "min_us"])
+        w = csv.DictWriter(f, fieldnames=host_overhead.CSV_COLUMNS)
         w.writeheader()
         w.writerows(rows)
     return rows
