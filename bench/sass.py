@@ -98,7 +98,9 @@ class Step:
     sync_round_trips: int = 0                           # serial L2 round trips of the step synchronisation
     fences: int = 0                                     # MEMBAR.GPU on the step's path
     instructions: int = 0
+    load_phases: list = field(default_factory=list)     # serial rounds of loads the step waits for: "l2" | "dram"
     inner_loops: int = 0                                # loops inside the step other than the poll (tile loops)
+    tile_trips: int = 1                                 # how often those ran (batch tiles), 1 without any
 
 
 def time_loop(code: list[Instr]) -> tuple[int, int]:
@@ -129,23 +131,66 @@ def mma_chain(body: list[Instr]) -> int:
     return longest
 
 
-def read_step(code: list[Instr]) -> Step:
+_REG = re.compile(r"\bR(\d+)\b")
+
+
+def _dest_regs(ins: Instr) -> set[int]:
+    """The registers a load writes: its first operand, widened by the access width (R8 of a .128 is R8-R11)."""
+    m = _REG.match(ins.operands.split(",")[0].strip())
+    if not m:
+        return set()
+    first = int(m.group(1))
+    return set(range(first, first + max(1, ins.width() // 4)))
+
+
+def _source_regs(ins: Instr) -> set[int]:
+    parts = ins.operands.split(",")
+    srcs = parts if ins.op in ("STG", "STS", "REDG", "RED", "BAR") else parts[1:]
+    return {int(r) for p in srcs for r in _REG.findall(p)}
+
+
+def load_phases(body: list[Instr], sync_at: int, poll_end: int) -> list[str]:
+    """The serial rounds of global loads a step waits for: loads issued and consumed between the loop's
+    start and the synchronisation (one round), and between the synchronisation and the loop's end
+    (another). A load issued before the synchronisation and consumed only after it (a prefetch for the
+    next step) waits for nothing. A round is "l2" when all its loads are .cg (STRONG.GPU: data another
+    program just wrote, an L2 hit), else "dram" (streamed data: gates_x, saved activations, dy)."""
+    phases = []
+    for lo, hi in ((body[0].addr, sync_at), (poll_end, body[-1].addr)):
+        kinds = set()
+        for i, ld in enumerate(body):
+            if ld.op != "LDG" or not lo <= ld.addr < hi:
+                continue
+            regs = _dest_regs(ld)
+            if any(regs & _source_regs(use) for use in body[i + 1:] if use.addr < hi):
+                kinds.add("l2" if ".STRONG.GPU" in ld.mods else "dram")
+        if kinds:
+            phases.append("dram" if "dram" in kinds else "l2")
+    return phases
+
+
+def read_step(code: list[Instr], inner_trips: int = 1) -> Step:
+    """One step of the time loop. ``inner_trips``: how often the loops nested inside it (other than the
+    poll) run per step, e.g. the number of batch tiles; their instructions and bytes count that often."""
     lo, hi = time_loop(code)
     body = [i for i in code if lo <= i.addr <= hi]
     inner = [(a, b) for a, b in loops(body) if (a, b) != (lo, hi)]
     polls = [(a, b) for a, b in inner if any(_is_sync_atomic(i) for i in body if a <= i.addr <= b)
              and not any(i.cls == "mma" or i.op == "STG" for i in body if a <= i.addr <= b)]
     in_poll = lambda ins: any(a <= ins.addr <= b for a, b in polls)   # noqa: E731
-    step = Step(inner_loops=len(inner) - len(polls))
+    tiles = [(a, b) for a, b in inner if (a, b) not in polls]
+    trips = lambda ins: inner_trips if any(a <= ins.addr <= b for a, b in tiles) else 1   # noqa: E731
+    step = Step(inner_loops=len(tiles))
     for ins in body:
-        target = step.poll if in_poll(ins) else step.counts
-        target[ins.cls] = target.get(ins.cls, 0) + 1
         if in_poll(ins):
+            step.poll[ins.cls] = step.poll.get(ins.cls, 0) + 1
             continue
-        if ins.op == "LDG" and ".STRONG.GPU" not in ins.mods:
-            step.load_bytes += ins.width()
+        n = trips(ins)
+        step.counts[ins.cls] = step.counts.get(ins.cls, 0) + n
+        if ins.op == "LDG":                             # .cg (STRONG.GPU) loads of h/dz included
+            step.load_bytes += n * ins.width()
         elif ins.op == "STG":
-            step.store_bytes += ins.width()
+            step.store_bytes += n * ins.width()
         elif ins.op == "MEMBAR" and "GPU" in ins.mods + ins.operands:
             step.fences += 1
     for k, v in step.poll.items():                      # the poll loop runs at least once
@@ -156,4 +201,8 @@ def read_step(code: list[Instr]) -> Step:
     # does not wait), plus the poll that observes the last arrival (a strong load or atomic in the poll)
     waited = sum(1 for i in body if not in_poll(i) and i.op == "ATOMG" and not i.operands.startswith("RZ"))
     step.sync_round_trips = waited + (1 if polls else 0)
+    step.tile_trips = inner_trips if tiles else 1
+    sync_at = next((i.addr for i in body if i.op in ("REDG", "ATOMG") and not in_poll(i)), hi)
+    poll_end = max((b for _, b in polls), default=sync_at)
+    step.load_phases = load_phases(body, sync_at, poll_end)
     return step

@@ -107,7 +107,9 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS) -> L
     # staged in shared memory fits: compiled with the run-time specialisation, K = 1024 at HT = 16 takes
     # 126 registers, no spills (tests/test_triton_sm90.py); N = HT per gate ≥ 16 for triton 3.6
     ht_dot = min(max(16, _pow2(-(-H // n_sm))), max(16, _pow2(H)))
-    use_dot = tensor_cores and dot_shared_bytes(ht_dot, block_k, 16, dtype) <= DOT_SHARED_BUDGET
+    half = dtype in (torch.float16, torch.bfloat16)     # 16-bit operands (else tf32: 32-bit operands)
+    dot_rows = 32 if (half and B > 16 and block_k >= 512) else 16   # batch rows per tl.dot tile (see below)
+    use_dot = tensor_cores and dot_shared_bytes(ht_dot, block_k, dot_rows, dtype) <= DOT_SHARED_BUDGET
     ht = ht_dot if use_dot else min(max(4, _pow2(-(-H // n_sm))), _pow2(H))
     num_programs = -(-H // ht)
     words = LSTMConfig(ht, block_k, 1, use_dot, precision, 4, num_programs).w_words(dtype)
@@ -116,9 +118,21 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS) -> L
     num_warps = 4 if words <= 128 * 32 * 4 else 8
     k_split = 1
     if use_dot:
-        block_b = 16                                    # M ≥ 16 for tl.dot on triton 3.6
-        k_split = max(1, block_k // DOT_KC)
-        num_warps = 8 if block_k >= 128 else 4          # tf32 K = 128 spilled 16 bytes with 4 warps
+        # Chosen with the static profiler (python -m bench.static; modeled, not measured) and the sm_90
+        # compile of every config (tests/test_triton_sm90.py: no spills):
+        # - 16-bit, 16-row tiles: 4 warps, K/128 chunks (B16 H768 fp16 forward 1.87 µs/step vs 2.50 at
+        #   8 warps: the activations run on every warp's copy of the reduced tile, so fewer warps issue
+        #   fewer instructions);
+        # - 16-bit, B > 16 and K ≥ 512: 32-row tiles, 8 warps, K/256 chunks (B64 H1024 bf16 6.58 vs 9.46
+        #   at 16-row tiles; 4 warps spilled there);
+        # - tf32 (32-bit operands): 16-row tiles, 8 warps, K/64 chunks (unsplit K = 128 spilled 16-32 bytes).
+        block_b = dot_rows                              # M ≥ 16 for tl.dot on triton 3.6
+        if not half:
+            num_warps, k_split = 8, min(8, max(1, block_k // (DOT_KC // 2)))
+        elif block_b == 16:
+            num_warps, k_split = 4, max(1, block_k // DOT_KC)
+        else:
+            num_warps, k_split = 8, max(1, block_k // (2 * DOT_KC))
     else:
         tiny = words <= 32 * 32 * 4                     # ≤ 32 weight registers per thread at 4 warps
         if tiny:

@@ -161,25 +161,33 @@ def _hw(b_h, b_w, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_c, t, i_p, i_bt, B, H,
-              REVERSE: tl.constexpr, SAVE: tl.constexpr, HT: tl.constexpr, BLOCK_K: tl.constexpr,
+def _load_gx(p_gx, t, T, i_p, i_bt, B, H, HT: tl.constexpr, BLOCK_B: tl.constexpr, ACC: tl.constexpr):
+    """gates_x[t] for one tile, the four gates of this program's units ([BB, HT] each, accumulation
+    dtype); zeros for a t outside 0..T-1 (the prefetch after the last step). It depends on no other
+    program, so the single-tile loop issues it for step t+1 before the step synchronisation of step t:
+    its DRAM latency hides behind the wait instead of adding to the step."""
+    o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+    o_j = i_p * HT + tl.arange(0, HT)
+    o_t = tl.zeros([BLOCK_B], dtype=tl.int32) + t
+    m = ((o_b < B) & (o_t >= 0) & (o_t < T))[:, None] & (o_j < H)[None, :]
+    p = p_gx + ((tl.cast(t, tl.int64) * B + o_b) * (4 * H))[:, None] + o_j[None, :]   # rows of [T, B, 4H]
+    return (tl.load(p, mask=m, other=0.).to(ACC), tl.load(p + H, mask=m, other=0.).to(ACC),
+            tl.load(p + 2 * H, mask=m, other=0.).to(ACC), tl.load(p + 3 * H, mask=m, other=0.).to(ACC))
+
+
+@triton.jit
+def _fwd_tile(p_h0, p_y, b_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_xi, b_xf, b_xg, b_xo, b_c, t, i_p,
+              i_bt, B, H, REVERSE: tl.constexpr, SAVE: tl.constexpr, HT: tl.constexpr, BLOCK_K: tl.constexpr,
               BLOCK_B: tl.constexpr, K_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """One step t for one batch tile: returns the new c [BB, HT] (accumulation dtype)."""
+    """One step t for one batch tile, given its rows' lengths and gates_x[t] (b_x*): returns the new c
+    [BB, HT] (accumulation dtype)."""
     ACC = b_c.dtype
     o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)                   # batch rows of this tile
     m_b = o_b < B
     o_j = i_p * HT + tl.arange(0, HT)                               # this program's hidden units
     m_bj = m_b[:, None] & (o_j < H)[None, :]
-    b_len = tl.load(p_len + o_b, mask=m_b, other=0)
     b_alive = (t < b_len)[:, None]                                  # [BB, 1]
-
-    # gates_x[t] for this tile: independent of the other programs (in flight while h arrives)
     o_bt = (t.to(tl.int64) * B + o_b) * (4 * H)                     # row offsets into [T, B, 4H]
-    p_gxt = p_gx + o_bt[:, None] + o_j[None, :]
-    b_xi = tl.load(p_gxt, mask=m_bj, other=0.).to(ACC)
-    b_xf = tl.load(p_gxt + H, mask=m_bj, other=0.).to(ACC)
-    b_xg = tl.load(p_gxt + 2 * H, mask=m_bj, other=0.).to(ACC)
-    b_xo = tl.load(p_gxt + 3 * H, mask=m_bj, other=0.).to(ACC)
 
     # z_t = gates_x[t] + h_{t-1} · W_hhᵀ, gate by gate, for this program's units
     o_y, m_y, m_0 = _h_rows(p_y, t, o_b, m_b, b_len, B, H, REVERSE)
@@ -247,10 +255,14 @@ def _lstm_fwd_kernel(
         o_b = tl.arange(0, BLOCK_B)
         m_bj = (o_b < B)[:, None] & m_j[None, :]
         b_c = tl.load(p_c0 + o_b[:, None] * H + o_j[None, :], mask=m_bj, other=0.).to(ACC)
+        b_len = tl.load(p_len + o_b, mask=o_b < B, other=0)        # lengths: loaded once
+        b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, T - 1 if REVERSE else 0, T, i_p, 0, B, H, HT, BLOCK_B, ACC)
         for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above the barrier
             t = T - 1 - s if REVERSE else s
-            b_c = _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_c, t, i_p, 0,
-                            B, H, REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, K_SPLIT, USE_DOT, PRECISION)
+            b_c = _fwd_tile(p_h0, p_y, b_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_xi, b_xf, b_xg, b_xo,
+                            b_c, t, i_p, 0, B, H, REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, K_SPLIT, USE_DOT, PRECISION)
+            b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t - 1 if REVERSE else t + 1, T, i_p, 0, B, H, HT, BLOCK_B,
+                                              ACC)                  # the next step's, before the wait
             step_barrier(p_bar, s, NUM_PROGRAMS, TIMEOUT)
         tl.store(p_cn + o_b[:, None] * H + o_j[None, :], b_c.to(p_cn.dtype.element_ty), mask=m_bj)
     else:                                                           # c lives in a scratch slice
@@ -267,8 +279,11 @@ def _lstm_fwd_kernel(
                 o_bj = o_b[:, None] * H + o_j[None, :]
                 tl.debug_barrier()
                 b_c = tl.load(p_cs + o_bj, mask=m_bj, other=0.)
-                b_c = _fwd_tile(p_gx, p_h0, p_y, p_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_c, t, i_p,
-                                i_bt, B, H, REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, K_SPLIT, USE_DOT, PRECISION)
+                b_len = tl.load(p_len + o_b, mask=o_b < B, other=0)
+                b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t, T, i_p, i_bt, B, H, HT, BLOCK_B, ACC)
+                b_c = _fwd_tile(p_h0, p_y, b_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_xi, b_xf, b_xg, b_xo,
+                                b_c, t, i_p, i_bt, B, H, REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, K_SPLIT, USE_DOT,
+                                PRECISION)
                 tl.store(p_cs + o_bj, b_c, mask=m_bj)
             step_barrier(p_bar, s, NUM_PROGRAMS, TIMEOUT)
         for i_bt in range(num_bt):
@@ -291,34 +306,46 @@ def _lstm_fwd_kernel(
 
 
 @triton.jit
-def _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, p_zx, b_dh, b_dc, t, T, i_p, i_bt, B, H,
-                 REVERSE: tl.constexpr, HT: tl.constexpr, BLOCK_B: tl.constexpr, LOW_EXCHANGE: tl.constexpr):
-    """Backward step t, part 1 (own units only): dz_t into dgates[t] (and, LOW_EXCHANGE, a 16-bit copy
-    into the exchange slot p_zx [B, 4H] that the other programs read); returns the carried dc."""
-    ACC = b_dc.dtype
+def _bwd_saved(p_dy, p_gates, p_cells, p_c0, t, T, i_p, i_bt, B, H, REVERSE: tl.constexpr, HT: tl.constexpr,
+               BLOCK_B: tl.constexpr, ACC: tl.constexpr):
+    """What backward step t reads of its own units ([BB, HT] each): the saved gates i, f, g, o, c_t, c_{t-1}
+    (c0 before the first step) and dy_t; zeros for a t outside 0..T-1 (the prefetch after the last step).
+    None of it depends on another program, so the single-tile loop issues it for the next step before the
+    step synchronisation: its DRAM latency hides behind the wait."""
     o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-    m_b = o_b < B
     o_j = i_p * HT + tl.arange(0, HT)
-    m_bj = m_b[:, None] & (o_j < H)[None, :]
-    b_len = tl.load(p_len + o_b, mask=m_b, other=0)
-    b_alive = (t < b_len)[:, None]
-
-    o_bh = (t.to(tl.int64) * B + o_b) * H
-    o_bg = (t.to(tl.int64) * B + o_b) * (4 * H)
-    p_g = p_gates + o_bg[:, None] + o_j[None, :]
+    o_t = tl.zeros([BLOCK_B], dtype=tl.int32) + t
+    m_bj = ((o_b < B) & (o_t >= 0) & (o_t < T))[:, None] & (o_j < H)[None, :]
+    o_bh = (tl.cast(t, tl.int64) * B + o_b) * H
+    p_g = p_gates + ((tl.cast(t, tl.int64) * B + o_b) * (4 * H))[:, None] + o_j[None, :]
     b_i = tl.load(p_g, mask=m_bj, other=0.)
     b_f = tl.load(p_g + H, mask=m_bj, other=0.)
     b_g = tl.load(p_g + 2 * H, mask=m_bj, other=0.)
     b_o = tl.load(p_g + 3 * H, mask=m_bj, other=0.)
-    b_tc = _tanh(tl.load(p_cells + o_bh[:, None] + o_j[None, :], mask=m_bj, other=0.))
+    b_ct = tl.load(p_cells + o_bh[:, None] + o_j[None, :], mask=m_bj, other=0.)
     prev = t + 1 if REVERSE else t - 1                              # c_{t-1}: cells[prev], or c0
     if (prev >= 0) & (prev < T):
-        o_bp = (prev.to(tl.int64) * B + o_b) * H
+        o_bp = (tl.cast(prev, tl.int64) * B + o_b) * H
         b_cp = tl.load(p_cells + o_bp[:, None] + o_j[None, :], mask=m_bj, other=0.)
     else:
-        b_cp = tl.load(p_c0 + o_b[:, None] * H + o_j[None, :], mask=m_bj, other=0.).to(ACC)
-
+        b_cp = tl.load(p_c0 + o_b[:, None] * H + o_j[None, :], mask=m_bj, other=0.)
     b_dy = tl.load(p_dy + o_bh[:, None] + o_j[None, :], mask=m_bj, other=0.).to(ACC)
+    return b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy
+
+
+@triton.jit
+def _bwd_tile_dz(b_len, p_dgates, p_zx, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_dh, b_dc, t, i_p, i_bt, B, H,
+                 HT: tl.constexpr, BLOCK_B: tl.constexpr, LOW_EXCHANGE: tl.constexpr):
+    """Backward step t, part 1 (own units only), given what ``_bwd_saved`` read for t: dz_t into dgates[t]
+    (and, LOW_EXCHANGE, a 16-bit copy into the exchange slot p_zx [B, 4H] that the other programs read);
+    returns the carried dc."""
+    o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+    m_b = o_b < B
+    o_j = i_p * HT + tl.arange(0, HT)
+    m_bj = m_b[:, None] & (o_j < H)[None, :]
+    b_alive = (t < b_len)[:, None]
+    o_bg = (t.to(tl.int64) * B + o_b) * (4 * H)
+    b_tc = _tanh(b_ct)
     b_dht = b_dh + tl.where(b_alive, b_dy, 0.)                      # dh_t = dh + dy_t
     b_dct = b_dc + b_dht * b_o * (1. - b_tc * b_tc)                 # dc_t = dc + dh_t ⊙ o ⊙ (1 - tanh²c)
     b_dzi = b_dct * b_g * b_i * (1. - b_i)
@@ -341,13 +368,12 @@ def _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, p_zx, b_dh, b_dc
 
 
 @triton.jit
-def _bwd_tile_dh(p_z, p_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, i_bt, B, H, BLOCK_K: tl.constexpr,
+def _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, i_bt, B, H, BLOCK_K: tl.constexpr,
                  BLOCK_B: tl.constexpr, K_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     """Backward step t, part 2 (after the step synchronisation): dh ← Σ_gates dz_gate · W_gate[:, own units],
     reading all of dz_t (p_z: its [B, 4H] matrix, written by every program); returns dh."""
     o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
     m_b = o_b < B
-    b_len = tl.load(p_len + o_b, mask=m_b, other=0)
     o_z = o_b * (4 * H)                                             # row b of dz_t: [i | f | g | o]
     KS: tl.constexpr = K_SPLIT if USE_DOT else 1
     b_new = _hw(_load_rows(p_z, o_z, m_b, H, BLOCK_K, KS), b_wi, USE_DOT, PRECISION)
@@ -365,7 +391,7 @@ def _lstm_bwd_kernel(
     p_dcn,       # [B, H]
     p_gates,     # [T, B, 4H] (accumulation dtype), saved by forward
     p_cells,     # [T, B, H]  (accumulation dtype), saved by forward
-    p_c0,        # [B, H]
+    p_c0,        # [B, H] (accumulation dtype)
     p_w,         # [4H, H] W_hh
     p_len,       # [B] int32
     p_dgates,    # [T, B, 4H] out (accumulation dtype): dz, the gradient w.r.t. gates_x
@@ -402,13 +428,18 @@ def _lstm_bwd_kernel(
         o_bj = o_b[:, None] * H + o_j[None, :]
         b_dh = tl.load(p_dhn + o_bj, mask=m_bj, other=0.).to(ACC)
         b_dc = tl.load(p_dcn + o_bj, mask=m_bj, other=0.).to(ACC)
+        b_len = tl.load(p_len + o_b, mask=o_b < B, other=0)        # lengths: loaded once
+        b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy = _bwd_saved(p_dy, p_gates, p_cells, p_c0, 0 if REVERSE else T - 1, T,
+                                                          i_p, 0, B, H, REVERSE, HT, BLOCK_B, ACC)
         for s in tl.range(T, num_stages=1):
             t = s if REVERSE else T - 1 - s                         # the opposite order to forward
             p_z = p_zx + (s % 2) * B * 4 * H if LOW_EXCHANGE else p_dgates + t.to(tl.int64) * B * 4 * H
-            b_dc = _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, p_z, b_dh, b_dc, t, T, i_p, 0,
-                                B, H, REVERSE, HT, BLOCK_B, LOW_EXCHANGE)
+            b_dc = _bwd_tile_dz(b_len, p_dgates, p_z, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_dh, b_dc, t, i_p, 0,
+                                B, H, HT, BLOCK_B, LOW_EXCHANGE)
+            b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy = _bwd_saved(    # the next step's, before the wait
+                p_dy, p_gates, p_cells, p_c0, t + 1 if REVERSE else t - 1, T, i_p, 0, B, H, REVERSE, HT, BLOCK_B, ACC)
             step_barrier(p_bar, s, NUM_PROGRAMS, TIMEOUT)
-            b_dh = _bwd_tile_dh(p_z, p_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, 0, B, H, BLOCK_K, BLOCK_B, K_SPLIT,
+            b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, 0, B, H, BLOCK_K, BLOCK_B, K_SPLIT,
                                 USE_DOT, PRECISION)
         tl.store(p_dh0 + o_bj, b_dh, mask=m_bj)
         tl.store(p_dc0 + o_bj, b_dc, mask=m_bj)
@@ -429,8 +460,11 @@ def _lstm_bwd_kernel(
                 tl.debug_barrier()
                 b_dh = tl.load(p_dhs + o_bj, mask=m_bj, other=0.)
                 b_dc = tl.load(p_dcs + o_bj, mask=m_bj, other=0.)
-                b_dc = _bwd_tile_dz(p_dy, p_gates, p_cells, p_c0, p_len, p_dgates, p_z, b_dh, b_dc, t, T, i_p,
-                                    i_bt, B, H, REVERSE, HT, BLOCK_B, LOW_EXCHANGE)
+                b_len = tl.load(p_len + o_b, mask=o_b < B, other=0)
+                b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy = _bwd_saved(p_dy, p_gates, p_cells, p_c0, t, T, i_p, i_bt, B,
+                                                                  H, REVERSE, HT, BLOCK_B, ACC)
+                b_dc = _bwd_tile_dz(b_len, p_dgates, p_z, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_dh, b_dc, t, i_p,
+                                    i_bt, B, H, HT, BLOCK_B, LOW_EXCHANGE)
                 tl.store(p_dcs + o_bj, b_dc, mask=m_bj)
             step_barrier(p_bar, s, NUM_PROGRAMS, TIMEOUT)
             for i_bt in range(num_bt):
@@ -438,7 +472,8 @@ def _lstm_bwd_kernel(
                 m_bj = (o_b < B)[:, None] & m_j[None, :]
                 o_bj = o_b[:, None] * H + o_j[None, :]
                 b_dh = tl.load(p_dhs + o_bj, mask=m_bj, other=0.)
-                b_dh = _bwd_tile_dh(p_z, p_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, i_bt, B, H, BLOCK_K, BLOCK_B,
+                b_len = tl.load(p_len + o_b, mask=o_b < B, other=0)
+                b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, i_bt, B, H, BLOCK_K, BLOCK_B,
                                     K_SPLIT, USE_DOT, PRECISION)
                 tl.store(p_dhs + o_bj, b_dh, mask=m_bj)
         tl.debug_barrier()
@@ -507,6 +542,7 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
     dtype, device, acc = dy.dtype, dy.device, gates.dtype
     cfg = config or choose_config(B=B, H=H, dtype=dtype, device=device)
     lens = host.lengths_or_full(lengths, T, B, device)
+    c0 = c0.to(acc)     # c_{t-1} of the first step, in the dtype of the saved cells: no convert in the loop
 
     dgates = torch.empty(T, B, G, dtype=acc, device=device)
     dh0 = torch.empty(B, H, dtype=acc, device=device)

@@ -2,7 +2,9 @@
 
 For H in {64 … 2048}, B in {1 … 256}, each dtype (and fp32 under both ieee and tf32): the configs that
 ``triton_config.unsupported_reason`` accepts for a 132-SM H100 are compiled for sm_90 on this CPU machine
-(``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``), and ``cuobjdump
+(``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))``) exactly as they launch: the real
+launcher's arguments, specialised as Triton's JIT specialises them at run time (kernels/triton_sm90.py;
+without the divisibility hints the code read here would never run). ``cuobjdump
 --dump-resource-usage`` (shipped in the triton wheel) must report no spills (STACK 0, LOCAL 0),
 ≤ 255 registers, ≤ 227 KB of shared memory, and a grid that fits co-resident on 132 SMs.
 The compiles run in subprocesses with TRITON_INTERPRET unset (conftest.py sets it for this process).
@@ -35,7 +37,9 @@ CUDA = torch.device("cuda")
 
 
 def dispatcher_jobs():
-    """Distinct (direction, dtype, config) the dispatcher picks over the grid, and the (H, dtype) it refuses."""
+    """One case per distinct kernel the dispatcher launches over the grid (direction, dtype, precision,
+    config, one batch tile or several, and the specialisation the sizes get: B = 1 a constant, B and H
+    divisible by 16 or not), and the (H, dtype) it refuses."""
     jobs, refused, seen = [], set(), set()
     saved = tc.FP32_PRECISION
     try:
@@ -51,12 +55,13 @@ def dispatcher_jobs():
                             refused.add((H, str(dtype)))
                             continue
                         cfg = tc.gpu_config(B=B, H=H, dtype=dtype, n_sm=N_SM)
+                        spec = (B == 1, B <= cfg.block_b)       # B % 16 changes vector widths, not resources
                         for direction in ("fwd", "bwd"):
-                            key = (direction, dtype, cfg)
+                            key = (direction, dtype, precision, cfg, spec)
                             if key not in seen:
                                 seen.add(key)
-                                jobs.append(dict(direction=direction, dtype=str(dtype).replace("torch.", ""),
-                                                 config=cfg.__dict__))
+                                jobs.append(dict(direction=direction, B=B, H=H, dtype=str(dtype).replace("torch.", ""),
+                                                 precision=precision))
     finally:
         tc.FP32_PRECISION = saved
     return jobs, refused
@@ -100,11 +105,11 @@ def test_every_config_compiles_for_sm90_without_spills(compiled):
     assert len(results) == len(jobs)
     problems = []
     for r in results:
-        cfg = r["config"]
-        name = f"{r['direction']} {r['dtype']} {cfg}"
         if "error" in r:
-            problems.append(f"{name}: {r['error']}")
+            problems.append(f"{r['job']}: {r['error']}")
             continue
+        cfg = r["config"]
+        name = f"{r['direction']} {r['dtype']} B={r['job']['B']} H={r['job']['H']} {cfg}"
         shared = r["shared_meta"] + r.get("SHARED", 0)
         if r["STACK"] or r["LOCAL"]:
             problems.append(f"{name}: spills (STACK {r['STACK']}, LOCAL {r['LOCAL']})")

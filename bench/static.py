@@ -1,0 +1,215 @@
+"""Static profiler: what one time step of the Triton LSTM costs, read from the sm_90 code that launches.
+
+    python -m bench.static                          # the headline cases, a table on stdout
+    python -m bench.static --case 16,768,1024,float16,fwd+bwd --csv reports/data/static-h100.csv
+
+MODELED FROM sm_90 CODE, NOT MEASURED. Supports: triton 3.6 / 3.9 on a CPU machine (no GPU needed).
+Tested on: tests/test_static.py (parsing, the model's arithmetic, and that a broken synchronisation or a
+long MMA chain shows). Known risks: every latency below is an assumption until a GPU measures it; the
+model is a sum of serial latencies and issue slots, it ignores overlap between warps beyond that and
+contention in L2; it must be corrected to the first measurement, never the measurement to it.
+
+For a case (B, H, T, dtype, fwd | fwd+bwd) it compiles exactly the kernels and configs the dispatcher
+launches on a 132-SM H100 (``kernels/triton_sm90.py``: the real launcher, Triton's run-time
+specialisation), finds the time loop in the SASS (``bench/sass.py``) and reports per step: instructions
+by class, the longest chain of dependent MMAs, bytes per program and for the grid, the serial L2 round
+trips of the step synchronisation, registers / spills / shared memory, programs. Then the model:
+
+    sync     = fences · FENCE + round_trips · L2        (read from the synchronisation's own code)
+    exchange = tiles · Σ rounds (L2 or DRAM) + grid bytes / L2_BW
+                 (the serial rounds of loads the step waits for, ``sass.load_phases``: the exchange of h or
+                  dz is an L2 round; unprefetched streamed data a DRAM one; bytes from ``step_bytes``)
+    compute  = max(instructions · ceil(warps / 4) / ISSUE, mma_chain · MMA)
+    step     = sync + exchange + compute                (cycles; µs = cycles / CLOCK)
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+
+# The model's parameters: assumptions (DESIGN facts in reports/README.md), printed with every report.
+PARAMS = dict(
+    CLOCK_GHZ=1.8,        # H100 SXM sustained SM clock
+    ISSUE=1.0,            # warp instructions issued per cycle per SM sub-partition (4 per SM)
+    L2=450,               # cycles: an L2 hit on a line another SM just wrote (300-500 assumed)
+    DRAM=700,             # cycles: a load of streamed data (gates_x, saved activations, dy) from DRAM
+    MMA=33,               # cycles: a dependent HMMA.16816 waiting on the previous accumulator
+    FENCE=450,            # cycles: MEMBAR.GPU waits for the program's outstanding stores to reach L2
+    L2_BW=5.5e12,         # bytes/s: L2 bandwidth of the whole chip
+)
+N_SM = 132
+HEADLINE = [
+    (16, 768, 1024, "float16", "fwd+bwd"),
+    (64, 1024, 1024, "bfloat16", "fwd"),
+    (1, 256, 1024, "float16", "fwd"),
+    (16, 1024, 1024, "bfloat16", "fwd"),
+]
+
+
+@dataclass
+class Row:
+    B: int
+    H: int
+    T: int
+    dtype: str
+    direction: str
+    programs: int
+    warps: int
+    regs: int
+    spill_bytes: int
+    shared_bytes: int
+    instructions: int
+    mma: int
+    fma: int
+    mufu: int
+    shfl: int
+    ldg: int
+    stg: int
+    atom: int
+    bar: int
+    fence: int
+    mma_chain: int
+    bytes_per_program: int
+    grid_bytes: int
+    sync_round_trips: int
+    sync_fences: int
+    tiles: int
+    sync_us: float
+    exchange_us: float
+    compute_us: float
+    step_us: float
+
+
+def step_bytes(direction: str, *, B: int, H: int, dtype: torch.dtype, programs: int, save: bool = True,
+               low_exchange: bool = False) -> int:
+    """Bytes one step moves through L2, the whole grid (what the algorithm needs, masked lanes excluded):
+    forward, every program reads all of h_{t-1} and its gates_x, writes its h_t (and, to save for backward,
+    the activated gates and c in fp32); backward, every program reads all of dz_t (16-bit when exchanged
+    so), its saved gates, c_t, c_{t-1} and dy, and writes its dz."""
+    x = torch.finfo(dtype).bits // 8
+    acc = 8 if dtype == torch.float64 else 4
+    if direction == "fwd":
+        return programs * B * H * x + B * 4 * H * x + B * H * x + (B * 5 * H * acc if save else 0)
+    z = 2 if low_exchange else acc
+    return (programs * B * 4 * H * z + B * 4 * H * acc + 2 * B * H * acc + B * H * x
+            + B * 4 * H * acc + (B * 4 * H * z if low_exchange else 0))
+
+
+def model(step, *, warps: int, programs: int, grid_bytes: int, params: dict = PARAMS) -> dict:
+    """The latency model (see the module docstring): µs per step and its parts."""
+    p = params
+    grid = grid_bytes
+    per_program = grid // programs
+    sync = step.fences * p["FENCE"] + step.sync_round_trips * p["L2"]
+    rounds = sum(p["DRAM"] if kind == "dram" else p["L2"] for kind in step.load_phases)
+    exchange = step.tile_trips * rounds + grid / p["L2_BW"] * p["CLOCK_GHZ"] * 1e9
+    issue = step.instructions * math.ceil(warps / 4) / p["ISSUE"]
+    compute = max(issue, step.mma_chain * step.tile_trips * p["MMA"])
+    us = lambda cycles: cycles / (p["CLOCK_GHZ"] * 1e3)   # noqa: E731
+    return dict(bytes_per_program=per_program, grid_bytes=grid, sync_us=us(sync), exchange_us=us(exchange),
+                compute_us=us(compute), step_us=us(sync + exchange + compute))
+
+
+def profile(B: int, H: int, T: int, dtype: str, direction: str, n_sm: int = N_SM) -> Row:
+    """Compile what the dispatcher launches for one direction of a case and model its step."""
+    from lstm_gpu.kernels import triton_sm90
+    from lstm_gpu.kernels.triton_config import gpu_config
+
+    from . import sass
+    dt = getattr(torch, dtype)
+    cfg = gpu_config(B=B, H=H, dtype=dt, n_sm=n_sm)
+    launch = triton_sm90.capture(direction, B=B, H=H, T=T, dtype=dt, cfg=cfg)
+    kernel = triton_sm90.compile_launch(launch)
+    usage = triton_sm90.resource_usage(kernel)
+    tiles = -(-B // cfg.block_b)
+    step = sass.read_step(sass.parse(triton_sm90.sass(kernel)), inner_trips=tiles)
+    c = step.counts
+    grid = step_bytes(direction, B=B, H=H, dtype=dt, programs=cfg.num_programs,
+                      low_exchange=cfg.use_dot and dt in (torch.float16, torch.bfloat16))
+    m = model(step, warps=cfg.num_warps, programs=cfg.num_programs, grid_bytes=grid)
+    return Row(B=B, H=H, T=T, dtype=dtype, direction=direction, programs=cfg.num_programs, warps=cfg.num_warps,
+               regs=usage["REG"], spill_bytes=usage["STACK"] + usage["LOCAL"],
+               shared_bytes=max(usage["SHARED"], kernel.metadata.shared), instructions=step.instructions,
+               mma=c.get("mma", 0), fma=c.get("fma", 0), mufu=c.get("mufu", 0), shfl=c.get("shfl", 0),
+               ldg=c.get("ldg", 0), stg=c.get("stg", 0), atom=c.get("atom", 0), bar=c.get("bar", 0),
+               fence=c.get("fence", 0), mma_chain=step.mma_chain * step.tile_trips, sync_round_trips=step.sync_round_trips,
+               sync_fences=step.fences, tiles=step.tile_trips, **m)
+
+
+_CACHE: dict = {}
+
+
+def case_rows(B, H, T, dtype, mode) -> list[Row]:
+    """The rows of one case: its forward kernel, and for fwd+bwd its backward kernel too."""
+    directions = ("fwd",) if mode == "fwd" else ("fwd", "bwd")
+    for d in directions:
+        if (B, H, T, dtype, d) not in _CACHE:
+            _CACHE[B, H, T, dtype, d] = profile(B, H, T, dtype, d)
+    return [_CACHE[B, H, T, dtype, d] for d in directions]
+
+
+def markdown(cases: list[tuple], rows_of: dict) -> str:
+    """One line per kernel of each case; a fwd+bwd case adds the line of their sum."""
+    head = ("| case (B, H, T, dtype) | kernel | programs × warps | regs / spill B / smem KB | instr / step / warp | "
+            "HMMA / chain | shfl | L2 bytes / step | sync trips + fences | modeled µs/step: sync + exchange + compute |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for case in cases:
+        B, H, T, dtype, mode = case
+        rows = rows_of[case]
+        for r in rows:
+            lines.append(
+                f"| {B}, {H}, {T}, {dtype} | {r.direction} | {r.programs} × {r.warps} | "
+                f"{r.regs} / {r.spill_bytes} / {r.shared_bytes // 1024} | {r.instructions} | {r.mma} / {r.mma_chain} | "
+                f"{r.shfl} | {r.grid_bytes / 1e6:.2f} MB | {r.sync_round_trips} + {r.sync_fences} | "
+                f"**{r.step_us:.2f}** = {r.sync_us:.2f} + {r.exchange_us:.2f} + {r.compute_us:.2f} |")
+        if mode == "fwd+bwd":
+            lines.append(f"| {B}, {H}, {T}, {dtype} | fwd+bwd | | | | | | | | **{sum(r.step_us for r in rows):.2f}** |")
+    return "\n".join(lines)
+
+
+def params_line(params: dict = PARAMS) -> str:
+    return "model parameters (assumed, not measured): " + ", ".join(f"{k}={v:g}" for k, v in params.items())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.static", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--case", action="append", metavar="B,H,T,DTYPE,MODE",
+                    help="a case, e.g. 16,768,1024,float16,fwd+bwd (repeatable; default: the headline cases)")
+    ap.add_argument("--csv", help="write the rows to this CSV (e.g. reports/data/static-h100.csv)")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        ap.error("unset TRITON_INTERPRET: the sm_90 compile needs the real Triton compiler")
+    cases = []
+    for text in args.case or []:
+        try:
+            b, h, t, dtype, mode = text.split(",")
+            cases.append((int(b), int(h), int(t), dtype, mode))
+        except ValueError:
+            ap.error(f"--case wants B,H,T,DTYPE,MODE (e.g. 16,768,1024,float16,fwd), got {text!r}")
+        if mode not in ("fwd", "fwd+bwd") or not isinstance(getattr(torch, dtype, None), torch.dtype):
+            ap.error(f"--case {text!r}: MODE is fwd or fwd+bwd, DTYPE a torch dtype name (float16, bfloat16, ...)")
+    cases = cases or HEADLINE
+    rows_of = {case: case_rows(*case) for case in cases}
+    rows = list({id(r): r for case in cases for r in rows_of[case]}.values())
+    print("MODELED FROM sm_90 CODE, NOT MEASURED (132-SM H100 configs)")
+    print(params_line())
+    print(markdown(cases, rows_of))
+    if args.csv:
+        os.makedirs(os.path.dirname(args.csv) or ".", exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])) + ["source"])
+            w.writeheader()
+            for r in rows:
+                w.writerow(dict(asdict(r), source="modeled from sm_90 code, not measured"))
+        print(f"wrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
