@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import inspect
 import os
 import sys
 import threading
@@ -305,8 +306,11 @@ def _patch_triton(patches: _Patches, n: int, deadline: float, stagger: bool) -> 
     from .kernels import triton_config, triton_lstm
 
     # 1. Config: what a GPU with n SMs gets; refuse a grid that is not n programs.
-    def choose_config(*, B, H, dtype, device):
-        cfg = triton_config.gpu_config(B=B, H=H, dtype=dtype, n_sm=n)
+    accepts = inspect.signature(triton_config.gpu_config).parameters
+
+    def choose_config(*, B, H, dtype, device=None, **extra):
+        extra = {k: v for k, v in extra.items() if k in accepts}      # any later keyword it grows
+        cfg = triton_config.gpu_config(B=B, H=H, dtype=dtype, n_sm=n, **extra)
         if cfg.num_programs != n:
             raise ValueError(f"concurrent_programs({n}): the triton config for B={B}, H={H}, {dtype} has "
                              f"{cfg.num_programs} programs (HT={cfg.ht}), not {n}: choose H so that it is "
@@ -350,8 +354,6 @@ def _patch_triton(patches: _Patches, n: int, deadline: float, stagger: bool) -> 
 
 
 def _threaded_grid_call(interp, deadline: float, stagger: bool):
-    import inspect
-
     import numpy as np
     import triton
 

@@ -349,6 +349,26 @@ def test_numba_broken_grid_sync_is_caught(kind, phase):
 # ----------------------------------------------------------------------------------------------------
 
 @needs_triton
+def test_interpreter_atomics_and_program_ids_under_threads():
+    """The premises: the interpreter's atomic_add stays exact with 8 programs adding at once, and each
+    thread sees its own program id."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def count(p_total, p_mine, N):
+        i_p = tl.program_id(0)
+        for _ in range(N):
+            tl.atomic_add(p_total, 1, sem="relaxed")
+            tl.atomic_add(p_mine + i_p, 1, sem="relaxed")
+
+    total, mine = torch.zeros(1, dtype=torch.int32), torch.zeros(8, dtype=torch.int32)
+    with concurrent_programs(8, backends=("triton",)):
+        count[(8,)](total, mine, 1000)
+    assert total.item() == 8 * 1000 and mine.tolist() == [1000] * 8
+
+
+@needs_triton
 def test_deadlock_names_the_waiting_programs():
     n = 3
     H = triton_h(n, 3, torch.float64)
