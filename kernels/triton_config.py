@@ -1,28 +1,31 @@
 """Launch configuration of the Triton LSTM kernels: tile sizes, path, grid, and what does not fit.
 
-Supports / tested on: pure host-side Python; the GPU rules were fitted to ptxas resource reports of sm_90
-compiles (tests/test_triton_sm90.py), NEVER to a run on a GPU. Known risk: a config that compiles cleanly
-can still be slow; the choices below are about fitting on chip, not about speed.
+Supports / tested on: pure host-side Python; the GPU rules were chosen from sm_90 compiles of exactly
+what launches (tests/test_triton_sm90.py: no spills, ≤ 227 KB shared memory, co-resident) and the static
+profiler's model (``python -m bench.static``), NEVER from a run on a GPU. Known risk: the model's
+latencies are assumptions; the first GPU measurement decides.
 
 Rules (GPU), each checked by compiling every chosen config for sm_90 (tests/test_triton_sm90.py):
-- path: ``tl.dot`` when the matmul can use tensor cores (fp16/bf16, or fp32 with tf32 precision), B ≥ 8 and
-  K ≤ 256 (K = next power of two ≥ H). Beyond K = 256 the tl.dot kernels spill: the operands' layout
-  conversions go through shared memory (bwd: 393 KB at K = 1024) and W_hh's mma operand sits in
-  registers. Everything else, and always float64, uses the register broadcast-multiply-sum, one batch
+- path: ``tl.dot`` (tensor cores) for fp16/bf16, and fp32 with tf32 precision, at every batch size, while
+  the four gates' W_hh blocks plus one operand tile fit the shared-memory budget (DOT_SHARED_BUDGET,
+  ``dot_shared_bytes``): H ≤ 1024 in 16 bits. Compiled with the run-time specialisation, K = 1024 takes
+  254 registers at 4 warps and no spills (without the divisibility hints it spilled, which is why the
+  old rule stopped at K = 256). fp32-ieee and fp64 use the register broadcast-multiply-sum, one batch
   tile of BLOCK_B rows at a time (looped inside the program when B is larger).
 - HT (hidden units per program, all four gates) is the smallest power of two that keeps the grid
-  cdiv(H, HT) ≤ the SM count (one program per SM); ≥ 4, and ≥ 16 on the dot path (N of backward's dot).
-- num_warps: 4 while the W_hh slice (4·HT·K elements, 32-bit registers; fp16/bf16 packed two per register
-  on the dot path, fp64 two registers each) takes ≤ 128 registers per thread, else 8; never 16 (at 512
-  threads every thread is capped at 128 registers and the kernels spilled). Dot path with K ≥ 128: 8.
-  Broadcast path with a tiny slice (≤ 32 registers per thread at 4 warps, i.e. H ≤ 256): 2 warps and
-  BLOCK_B ≤ 2, the only choice that compiled without a stack frame on both triton 3.6 (the GPU machine's
-  version) and 3.9 for every dtype, direction and H in {64, 128, 256} (a sweep of warps × BLOCK_B;
-  at 4 warps 3.6 spilled 8-16 bytes for B ≤ 2).
+  cdiv(H, HT) ≤ the SM count (one program per SM); ≥ 4, and ≥ 16 on the dot path (N of each gate's dot).
+- Dot path (see ``gpu_config``): 16-bit, one 16-row tile: 4 warps and K/128 chunks; 16-bit, B > 16 and
+  K ≥ 512: 32-row tiles, 8 warps, K/256 chunks; tf32: 16-row tiles, 8 warps, K/64 chunks.
+- Broadcast path num_warps: 4 while the W_hh slice (4·HT·K elements, 32-bit registers; fp64 two registers
+  each) takes ≤ 128 registers per thread, else 8; never 16 (at 512 threads every thread is capped at 128
+  registers and the kernels spilled). A tiny slice (≤ 32 registers per thread at 4 warps, i.e.
+  H ≤ 256): 2 warps and BLOCK_B ≤ 2, the only choice that compiled without a stack frame on both
+  triton 3.6 (the GPU machine's version) and 3.9 for every dtype, direction and H in {64, 128, 256}.
 - BLOCK_B (broadcast path): 4 rows while the weights take ≤ 32 registers per thread, 2 up to 64, else 1
-  (fp64: at most 2). Dot path: 16 (M ≥ 16 for tl.dot on triton 3.6).
-- Unsupported (auto falls back to cuDNN): a W_hh slice above W_REG_BUDGET = 32K registers per program,
-  i.e. on 132 SMs H > 1024 for fp32/fp16/bf16 (K = 2048 would need 64K) and H > 512 for fp64.
+  (fp64: at most 2).
+- Unsupported (auto falls back to cuDNN): a dot-path slice over the shared-memory budget that the
+  broadcast path cannot hold either (W_REG_BUDGET = 32K registers per program), i.e. on 132 SMs H > 1024
+  for fp32/fp16/bf16 and H > 528 for fp64.
 CPU (TRITON_INTERPRET=1): one program (HT = H), no barrier.
 
 fp32 matmul precision: ``FP32_PRECISION`` below if set, else the environment variable TRITON_F32_DEFAULT,

@@ -1,28 +1,33 @@
 """Persistent fused LSTM recurrence in Triton: forward and backward, one launch for all T steps each.
 
 Supports: one layer, one direction per call (reverse too), no projection (proj_size = 0), packed
-sequences (per-sequence ``lengths``, any order), float32 (tl.dot precision: ieee by default, see
-``kernels/triton_config.py``), float16, bfloat16 and float64 (the broadcast-multiply-sum path;
-tl.dot has no fp64). H ≤ 1024 (fp64: ≤ 512) on a 132-SM H100: the whole W_hh must stay on chip, spread
-over the programs (``triton_config`` has the rules and says the limit when a call does not fit).
-Tested on: the Triton CPU interpreter only (TRITON_INTERPRET=1, one program, grid = 1), against
-lstm_gpu/reference.py in float64/float32/float16, and compiled for sm_90 (ptxas resource usage, no run)
-by tests/test_triton_sm90.py. IT HAS NEVER RUN ON A GPU: no timing has been measured, the multi-program
-grid barrier has never executed, and bfloat16 numerics are untested (the interpreter mangles bf16).
-Known risks: (1) the grid barrier deadlocks if the programs are not all co-resident (the cooperative
-launch should refuse instead); (2) the register / shared-memory model in triton_config.py was fitted to
-sm_90 compiles, not to measured occupancy; (3) the compiler is trusted to keep the W_hh slice loaded
-before the time loop on chip (tests/test_triton_sm90.py checks for spills, not for the exact placement);
-(4) speed is unknown: the broadcast path does B/BLOCK_B passes over the on-chip weights per step, so
-large batches at H > 256 (no tl.dot there yet) may well lose to cuDNN; per-gate dots with W_hh staged
-in shared memory are the obvious next step; (5) tl.dot's M, N ≥ 16 is assumed for triton 3.6 (3.9 is
-laxer); (6) fp16/bf16 exchange h between programs in the input dtype (as cuDNN does), while the
-reference carries h in fp32: a small, tolerated difference.
+sequences (per-sequence ``lengths``, any order), float16, bfloat16 and float32 with tf32 on tensor cores
+(tl.dot), float32-ieee and float64 on CUDA cores (a register broadcast-multiply-sum). H ≤ 1024 (fp64:
+≤ 528) on a 132-SM H100: the whole W_hh must stay on chip, spread over the programs (``triton_config``
+has the rules and says the limit when a call does not fit).
+Tested on: the Triton CPU interpreter (TRITON_INTERPRET=1: one program, and every program of a grid at
+once through ``lstm_gpu.testing.concurrent_programs``) against lstm_gpu/reference.py in
+float64/float32/float16; compiled for sm_90 exactly as launched (tests/test_triton_sm90.py: registers,
+spills, shared memory of every config) and read by the static profiler (``python -m bench.static``).
+IT HAS NEVER RUN ON A GPU: every speed figure is modeled, the step synchronisation has never executed
+on hardware, bfloat16 numerics are untested (the interpreter mangles bf16).
+Known risks: (1) the step synchronisation deadlocks if the programs are not all co-resident (the
+cooperative launch should refuse instead); (2) the configs were chosen from sm_90 compiles and a static
+model, not from measurements; (3) the compiler is trusted to stage the W_hh blocks in shared memory once
+before the time loop (the smem figure of the sm_90 compile says it does, a GPU run must confirm);
+(4) after the K-chunk sum the reduced tile is copied on every warp, so the activations run once per warp
+(the static profiler counts them; 4 warps were chosen over 8 for that reason); (5) fp16/bf16 exchange h
+(and dz, backward) between programs in 16 bits, as cuDNN's fp16 GEMMs consume them, while the reference
+carries them in fp32: a small, tolerated difference (the tensor cores would round dz to 16 bits anyway,
+so exchanging it in 16 bits changes no result and halves the bytes); (6) fp32-ieee and fp64 keep the
+broadcast path (B/BLOCK_B passes over registers per step, shuffle reductions): tl.dot in IEEE fp32 (FMA)
+and fp64 (DMMA) compiled with 248-4416 bytes of spills on sm_90 (triton 3.6) and was not adopted.
 
 Dimension legend
     T  time steps          B  batch            H  hidden units          G = 4H  gates (i, f, g, o)
     HT hidden units per program (all four gates of them)       K  = BLOCK_K ≥ H, the reduction dim
     BB batch rows per tile (BLOCK_B)                            NP  programs in the grid = cdiv(H, HT)
+    K_SPLIT chunks of K on the tl.dot path (independent accumulators, summed after the products)
 
 The equations (PyTorch's gate order i, f, g, o; σ = sigmoid, ⊙ = elementwise):
 
@@ -38,11 +43,18 @@ The equations (PyTorch's gate order i, f, g, o; σ = sigmoid, ⊙ = elementwise)
     dh ← dz_t · W_hh   (needs ALL of dz_t: a grid barrier per step)     dc ← dc_t ⊙ f
 
 Work split (the "persistent" part): program p owns hidden units [p·HT, (p+1)·HT) in all four gates,
-so its cell update needs nothing from the other programs. Forward keeps the rows of W_hh for its units
-(4·HT rows × H) on chip for the whole launch; every step it reads the full h_{t-1} that all programs
-wrote into y[t-1], writes its slice of h_t into y[t] (a fresh slot per step, so one grid barrier per
-step suffices) and meets the others at the barrier. Backward keeps the columns W_hh[:, p's units]
-(4H × HT), writes its slice of dz_t into dgates[t], waits at the barrier, then reads all of dz_t.
+so its cell update needs nothing from the other programs. Forward keeps the rows of W_hh for its units,
+one [K, HT] block per gate (b_wi, b_wf, b_wg, b_wo), on chip for the whole launch; every step it reads
+the full h_{t-1} that all programs wrote into y[t-1], writes its slice of h_t into y[t] (a fresh slot
+per step, so one synchronisation per step suffices) and meets the others at the step counter
+(kernels/triton_barrier.py: one L2 round trip). Backward keeps the columns W_hh[:, p's units] per gate,
+writes its slice of dz_t, waits, then reads all of dz_t.
+
+Tensor cores (tl.dot path): the batch tile is padded to 16 (or 32) rows; the K = H reduction is split into
+K_SPLIT chunks held as a third tensor dimension, so each chunk is its own accumulator and the longest
+chain of dependent MMAs per step is K/K_SPLIT/16 (8 at H = 768 instead of 64), then the chunks are summed.
+The next step's gates_x (forward) and saved gates, cells and dy (backward) are loaded before the step
+synchronisation, so their DRAM latency hides behind the wait (single-tile launches).
 
 Variable lengths: sequence b lives at t < lengths[b]; past its end its state is frozen, y is zero,
 ``cells`` repeats the carried c, and backward passes dh/dc through untouched. The carried h of a frozen

@@ -180,7 +180,7 @@ def test_unsupported_reasons(monkeypatch):
     # auto picks triton on CUDA when it can run the call, cuDNN otherwise
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(triton_config, "sm_count", lambda device: 132)
-    assert select_backend("auto", device="cuda", dtype=torch.float32, hidden_size=512, batch=8) == "triton"
+    assert select_backend("auto", device="cuda", dtype=torch.float32, hidden_size=512, batch=8) == "cudnn"
     assert select_backend("auto", device="cuda", dtype=torch.float32, hidden_size=4096, batch=8) == "cudnn"
     assert select_backend("auto", device="cuda", dtype=torch.float32, hidden_size=512, proj_size=8) == "cudnn"
     with pytest.raises(ValueError, match="budget"):

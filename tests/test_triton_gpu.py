@@ -86,11 +86,18 @@ def test_vs_reference_and_torch(H, B, T, dtype):
     print(f"\nH={H} B={B} T={T} {dtype} {cfg}: " + "; ".join(report))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+# (dtype, fp32 precision, tolerance): the broadcast path (fp32 ieee, fp64) and the tensor-core paths (fp16 with
+# its 16-bit dz exchange, tf32), each with K split in chunks and, at B = 20, several batch tiles
+CONTRACT = [(torch.float32, "ieee", 1e-4), (torch.float64, "ieee", 1e-10), (torch.float16, "ieee", 5e-2),
+            (torch.float32, "tf32", 5e-2)]
+
+
+@pytest.mark.parametrize("dtype,precision,tol", CONTRACT, ids=["float32", "float64", "float16", "tf32"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("H,B", [(256, 5), (512, 3), (1000, 20)])
-def test_contract_tensors_with_lengths(H, B, dtype, reverse):
+def test_contract_tensors_with_lengths(H, B, dtype, precision, tol, reverse, monkeypatch):
     """gates, cells, dgates, dh0, dc0 vs the reference, unsorted lengths, many programs, several batch tiles."""
+    monkeypatch.setattr(triton_config, "FP32_PRECISION", precision)
     T = 37
     g = torch.Generator(device=DEV).manual_seed(H + B)
     r = lambda *s, scale=1.0: (torch.randn(*s, generator=g, device=DEV, dtype=torch.float64) * scale)  # noqa: E731
@@ -104,7 +111,6 @@ def test_contract_tensors_with_lengths(H, B, dtype, reverse):
     out = triton_lstm.forward(*cast(gx, h0, c0, w), None, lengths.to(DEV), reverse, True)
     grads = triton_lstm.backward(*cast(dy, dhn, dcn), out[3], out[4], *cast(h0, c0), out[0], w.to(dtype), None,
                                  lengths.to(DEV), reverse)
-    tol = 1e-10 if dtype == torch.float64 else 1e-4
     for name, a, b in zip(["y", "h_n", "c_n", "gates", "cells", "dgates", "dh0", "dc0"], list(out) + list(grads[:3]),
                           list(ref) + list(ref_g[:3])):
         assert max_err(a, b) <= tol, f"{name}: {max_err(a, b):.3g}"
