@@ -49,15 +49,17 @@ MUTATION_DEADLINE = 4.0         # seconds: a mutated barrier must be caught well
 # Shapes: H with exactly n programs and a masked edge tile
 # ----------------------------------------------------------------------------------------------------
 
-def triton_h(n, B, dtype, start=2):
+def triton_h(n, B, dtype, start=2, k_split=1):
     """The smallest H ≥ start for which the triton grid under concurrent_programs(n) is n programs with
-    the last tile partly masked (H not a multiple of HT). Today (HT ≥ 4 broadcast, ≥ 16 tl.dot):
-    broadcast n = 2, 3, 4, 8 → H = 5, 9, 13, 29; tl.dot → 17, 33, 49, 113."""
+    the last tile partly masked (H not a multiple of HT) and the reduction in at least ``k_split`` chunks.
+    Today (HT ≥ 4 broadcast, ≥ 16 tl.dot): broadcast n = 2, 3, 4, 8 → H = 5, 9, 13, 29; tl.dot → 17, 33,
+    49, 113; fp16 in two K chunks (K = 256), n = 3 → H = 129."""
     for H in range(start, 1025):
         cfg = triton_config.gpu_config(B=B, H=H, dtype=dtype, n_sm=n)
-        if cfg.num_programs == n and H % cfg.ht:
+        if cfg.num_programs == n and H % cfg.ht and getattr(cfg, "k_split", 1) >= k_split:
             return H
-    raise AssertionError(f"no H ≤ 1024 gives {n} triton programs with a masked edge tile for B={B}, {dtype}")
+    raise AssertionError(f"no H ≤ 1024 gives {n} triton programs with a masked edge tile for B={B}, {dtype}"
+                         f"{f', K in {k_split} chunks' if k_split > 1 else ''}")
 
 
 def numba_h(n, start=2):
@@ -125,45 +127,48 @@ def check_layer(backend, n, T, B, H, dtype, lengths, reverse):
 # Triton: one layer, every output and gradient vs the reference
 # ----------------------------------------------------------------------------------------------------
 
-# (n, dtype, tl.dot?, B, reverse). Broadcast path: BLOCK_B = 2 at these sizes, so B = 2 is one batch tile (c
-# kept in registers, the usual GPU case) and B = 3, 5 are several (c in a scratch slice); tl.dot: BLOCK_B = 16.
+# (n, dtype, tl.dot?, B, reverse, K chunks ≥). Broadcast path: BLOCK_B = 2 at these sizes, so B = 2 is one
+# batch tile (c kept in registers, the usual GPU case) and B = 3, 5 are several (c in a scratch slice);
+# tl.dot: BLOCK_B = 16 (B ≤ 16 one tile, 17 two).
 TRITON_CASES = [
-    (2, torch.float64, False, 2, False),
-    (3, torch.float32, False, 3, True),
-    (4, torch.float16, True, 17, False),
-    (8, torch.float64, False, 3, True),
+    (2, torch.float64, False, 2, False, 1),
+    (3, torch.float32, False, 3, True, 1),
+    (4, torch.float16, True, 17, False, 1),
+    (8, torch.float64, False, 3, True, 1),
+    (3, torch.float16, True, 3, True, 2),
 ]
 TRITON_SLOW = [
-    (2, torch.float16, True, 17, True),
-    (2, torch.float64, False, 3, False),
-    (3, torch.float64, False, 5, False),
-    (3, torch.float32, True, 17, True),
-    (4, torch.float32, False, 2, True),
-    (8, torch.float16, True, 9, False),
-    (8, torch.float32, False, 3, False),
+    (2, torch.float16, True, 17, True, 1),
+    (2, torch.float64, False, 3, False, 1),
+    (3, torch.float64, False, 5, False, 1),
+    (3, torch.float32, True, 17, True, 1),
+    (4, torch.float32, True, 2, False, 2),
+    (4, torch.float32, False, 2, True, 1),
+    (8, torch.float16, True, 9, False, 1),
+    (8, torch.float32, False, 3, False, 1),
 ]
 
 
-def _triton_case(n, dtype, dot, B, reverse, monkeypatch, T=4):
+def _triton_case(n, dtype, dot, B, reverse, k_split, monkeypatch, T=4):
     if dtype == torch.float32:          # fp32 takes tl.dot only with tensor-core precision (the interpreter
         monkeypatch.setattr(triton_config, "FP32_PRECISION", "tf32" if dot else "ieee")   # computes it exactly)
-    H = triton_h(n, B, dtype)
+    H = triton_h(n, B, dtype, k_split=k_split)
     cfg = triton_config.gpu_config(B=B, H=H, dtype=dtype, n_sm=n)
     assert (cfg.num_programs, cfg.use_dot) == (n, dot) and H % cfg.ht, cfg
     check_layer("triton", n, T, B, H, dtype, lengths_for(T, B), reverse)
 
 
 @needs_triton
-@pytest.mark.parametrize("n,dtype,dot,B,reverse", TRITON_CASES, ids=str)
-def test_triton_layer(n, dtype, dot, B, reverse, monkeypatch):
-    _triton_case(n, dtype, dot, B, reverse, monkeypatch)
+@pytest.mark.parametrize("n,dtype,dot,B,reverse,k_split", TRITON_CASES, ids=str)
+def test_triton_layer(n, dtype, dot, B, reverse, k_split, monkeypatch):
+    _triton_case(n, dtype, dot, B, reverse, k_split, monkeypatch)
 
 
 @needs_triton
 @pytest.mark.slow
-@pytest.mark.parametrize("n,dtype,dot,B,reverse", TRITON_SLOW, ids=str)
-def test_triton_layer_more(n, dtype, dot, B, reverse, monkeypatch):
-    _triton_case(n, dtype, dot, B, reverse, monkeypatch, T=5)
+@pytest.mark.parametrize("n,dtype,dot,B,reverse,k_split", TRITON_SLOW, ids=str)
+def test_triton_layer_more(n, dtype, dot, B, reverse, k_split, monkeypatch):
+    _triton_case(n, dtype, dot, B, reverse, k_split, monkeypatch, T=5)
 
 
 # ----------------------------------------------------------------------------------------------------
