@@ -86,19 +86,24 @@ def lengths_for(T, B):
     return torch.tensor(lens)
 
 
-def run_layer(backend, inp, lengths, reverse, phase="both", mutation=None):
-    """Forward and backward of one layer through the backend's entry points (reference.py's contract).
-    ``mutation``: a context manager applied to the forward ("fwd"), the backward ("bwd") or both."""
-    mod = triton_lstm if backend == "triton" else numba_lstm
-    mutate = mutation if mutation is not None else contextlib.nullcontext()
-    d = inp
-    with (mutate if phase in ("both", "fwd") else contextlib.nullcontext()):
-        out = mod.forward(d["gx"], d["h0"], d["c0"], d["w"], None, lengths, reverse, True)
+def _backend(backend):
+    return triton_lstm if backend == "triton" else numba_lstm
+
+
+def run_forward(backend, d, lengths, reverse):
+    return _backend(backend).forward(d["gx"], d["h0"], d["c0"], d["w"], None, lengths, reverse, True)
+
+
+def run_backward(backend, d, out, lengths, reverse):
     y, hn, cn, gates, cells = out
-    with (mutate if phase in ("both", "bwd") else contextlib.nullcontext()):
-        grads = mod.backward(d["dy"], d["dhn"], d["dcn"], gates, cells, d["h0"], d["c0"], y, d["w"], None,
-                             lengths, reverse)[:3]
-    return out, grads
+    return _backend(backend).backward(d["dy"], d["dhn"], d["dcn"], gates, cells, d["h0"], d["c0"], y, d["w"],
+                                      None, lengths, reverse)[:3]
+
+
+def run_layer(backend, inp, lengths, reverse):
+    """Forward and backward of one layer through the backend's entry points (reference.py's contract)."""
+    out = run_forward(backend, inp, lengths, reverse)
+    return out, run_backward(backend, inp, out, lengths, reverse)
 
 
 def reference_layer(inp, lengths, reverse):
@@ -253,23 +258,32 @@ def test_numba_module_vs_torch_lstm(n, dtype):
 # ----------------------------------------------------------------------------------------------------
 
 def _outcome(backend, n, H, dtype, mutation, phase, B=3, T=4):
-    """What a run with the mutated barrier gives: "hung", "error: ...", "wrong: ..." or "right"."""
+    """What the forward ("fwd") or the backward ("bwd", after a correct forward) gives with the mutated
+    barrier: "hung", "error: ...", "wrong: ..." or "right"."""
     inp = make_inputs(T, B, H, dtype)
     lengths = lengths_for(T, B)
     ref, ref_grads = reference_layer(inp, lengths, False)
+    if phase == "bwd":
+        with concurrent_programs(n):
+            out = run_forward(backend, inp, lengths, False)
+        names, wants = NAMES[5:], ref_grads
+    else:
+        names, wants = NAMES[:5], ref
     start = time.monotonic()
     try:
-        with concurrent_programs(n, deadline=MUTATION_DEADLINE):
-            out, grads = run_layer(backend, inp, lengths, False, phase=phase, mutation=mutation)
+        with concurrent_programs(n, deadline=MUTATION_DEADLINE), mutation:
+            if phase == "bwd":
+                got = run_backward(backend, inp, out, lengths, False)
+            else:
+                got = run_forward(backend, inp, lengths, False)
     except ProgramsHung as e:
         verdict = "hung"
         assert e.waiting, "a deadline error names the programs still waiting"
     except Exception as e:          # noqa: BLE001
         verdict = f"error: {e!r}"
     else:
-        tol = 1e-9
-        wrong = [name for name, got, want in zip(NAMES, out + tuple(grads), ref + tuple(ref_grads))
-                 if not (got.double() - want).abs().max().item() <= tol]   # NaN counts as wrong
+        wrong = [name for name, g, want in zip(names, got, wants)
+                 if not (g.double() - want).abs().max().item() <= 1e-9]   # NaN counts as wrong
         verdict = f"wrong: {', '.join(wrong)}" if wrong else "right"
     elapsed = time.monotonic() - start
     assert elapsed < 2 * MUTATION_DEADLINE + 10, f"the mutation took {elapsed:.0f} s to show"
