@@ -249,8 +249,9 @@ def example_markdown() -> str:
     out.append(_row("dh out = dz_t·W_hh", rflat(e["dh_out"])))
     out.append(_row("dc out = dc_t⊙f", rflat(e["dc_out"])))
     out.append("")
-    out.append(f"dz_f at step 1 is {_f(float(e['dz'][0, H]))}: c_0 = 0, there was nothing to forget, so the "
-               "forget gate's setting did not matter.")
+    out.append(f"dz_f at step 1 is {float(e['dz'][0, H]):g} for both units: c_0 = 0, there was nothing to "
+               "forget, so the forget gate's setting did not matter.")
+    out.append("")
     dw = "; ".join(", ".join(_f(float(v)) for v in row) for row in e["dw_hh"])
     out.append(f"The carries out of step 1 are the gradients of the initial state: dh_0 = "
                f"({_f(float(e['dh0'][0]))}, {_f(float(e['dh0'][1]))}), dc_0 = ({_f(float(e['dc0'][0]))}, "
