@@ -29,6 +29,7 @@ CLASSES = {
     "lds": ("LDS", "LDSM"),
     "sts": ("STS",),
     "bar": ("BAR",),
+    "local": ("LDL", "STL"),                            # spill traffic
     "fence": ("MEMBAR", "FENCE", "ERRBAR", "CGAERRBAR", "CCTL"),
 }
 _LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Z0-9_]+)*)\s*([^;]*);")

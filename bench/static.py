@@ -45,6 +45,7 @@ PARAMS = dict(
 )
 N_SM = 132
 HEADLINE = [
+    (16, 768, 1024, "float16", "fwd"),
     (16, 768, 1024, "float16", "fwd+bwd"),
     (64, 1024, 1024, "bfloat16", "fwd"),
     (1, 256, 1024, "float16", "fwd"),
@@ -63,6 +64,7 @@ class Row:
     warps: int
     regs: int
     spill_bytes: int
+    loop_spills: int
     shared_bytes: int
     instructions: int
     mma: int
@@ -84,6 +86,7 @@ class Row:
     exchange_us: float
     compute_us: float
     step_us: float
+    triton: str = ""
 
 
 def step_bytes(direction: str, *, B: int, H: int, dtype: torch.dtype, programs: int, save: bool = True,
@@ -101,6 +104,11 @@ def step_bytes(direction: str, *, B: int, H: int, dtype: torch.dtype, programs: 
             + B * 4 * H * acc + (B * 4 * H * z if low_exchange else 0))
 
 
+def _triton_version() -> str:
+    import triton
+    return triton.__version__
+
+
 def model(step, *, warps: int, programs: int, grid_bytes: int, params: dict = PARAMS) -> dict:
     """The latency model (see the module docstring): µs per step and its parts."""
     p = params
@@ -116,29 +124,32 @@ def model(step, *, warps: int, programs: int, grid_bytes: int, params: dict = PA
                 compute_us=us(compute), step_us=us(sync + exchange + compute))
 
 
-def profile(B: int, H: int, T: int, dtype: str, direction: str, n_sm: int = N_SM) -> Row:
-    """Compile what the dispatcher launches for one direction of a case and model its step."""
+def profile(B: int, H: int, T: int, dtype: str, direction: str, n_sm: int = N_SM, save: bool = True) -> Row:
+    """Compile what the dispatcher launches for one direction of a case and model its step. ``save``:
+    whether the forward saves gates and cells for backward (training); an inference forward does not."""
     from lstm_gpu.kernels import triton_sm90
     from lstm_gpu.kernels.triton_config import gpu_config
 
     from . import sass
     dt = getattr(torch, dtype)
     cfg = gpu_config(B=B, H=H, dtype=dt, n_sm=n_sm)
-    launch = triton_sm90.capture(direction, B=B, H=H, T=T, dtype=dt, cfg=cfg)
+    extra = dict(save=save) if direction == "fwd" else {}
+    launch = triton_sm90.capture(direction, B=B, H=H, T=T, dtype=dt, cfg=cfg, **extra)
     kernel = triton_sm90.compile_launch(launch)
     usage = triton_sm90.resource_usage(kernel)
     tiles = -(-B // cfg.block_b)
     step = sass.read_step(sass.parse(triton_sm90.sass(kernel)), inner_trips=tiles)
     c = step.counts
-    grid = step_bytes(direction, B=B, H=H, dtype=dt, programs=cfg.num_programs,
+    grid = step_bytes(direction, B=B, H=H, dtype=dt, programs=cfg.num_programs, save=save,
                       low_exchange=cfg.use_dot and dt in (torch.float16, torch.bfloat16))
     m = model(step, warps=cfg.num_warps, programs=cfg.num_programs, grid_bytes=grid)
-    return Row(B=B, H=H, T=T, dtype=dtype, direction=direction, programs=cfg.num_programs, warps=cfg.num_warps,
-               regs=usage["REG"], spill_bytes=usage["STACK"] + usage["LOCAL"],
+    return Row(B=B, H=H, T=T, dtype=dtype, direction=direction if save or direction != "fwd" else "fwd (inference)",
+               programs=cfg.num_programs, warps=cfg.num_warps,
+               regs=usage["REG"], spill_bytes=usage["STACK"] + usage["LOCAL"], loop_spills=c.get("local", 0),
                shared_bytes=max(usage["SHARED"], kernel.metadata.shared), instructions=step.instructions,
                mma=c.get("mma", 0), fma=c.get("fma", 0), mufu=c.get("mufu", 0), shfl=c.get("shfl", 0),
                ldg=c.get("ldg", 0), stg=c.get("stg", 0), atom=c.get("atom", 0), bar=c.get("bar", 0),
-               fence=c.get("fence", 0), mma_chain=step.mma_chain * step.tile_trips, sync_round_trips=step.sync_round_trips,
+               fence=c.get("fence", 0), triton=_triton_version(), mma_chain=step.mma_chain * step.tile_trips, sync_round_trips=step.sync_round_trips,
                sync_fences=step.fences, tiles=step.tile_trips, **m)
 
 
@@ -146,17 +157,18 @@ _CACHE: dict = {}
 
 
 def case_rows(B, H, T, dtype, mode) -> list[Row]:
-    """The rows of one case: its forward kernel, and for fwd+bwd its backward kernel too."""
-    directions = ("fwd",) if mode == "fwd" else ("fwd", "bwd")
-    for d in directions:
-        if (B, H, T, dtype, d) not in _CACHE:
-            _CACHE[B, H, T, dtype, d] = profile(B, H, T, dtype, d)
-    return [_CACHE[B, H, T, dtype, d] for d in directions]
+    """The rows of one case, as the benchmark runs it: "fwd" is an inference forward (nothing saved);
+    "fwd+bwd" a training forward (gates and cells saved) and the backward."""
+    kernels = [("fwd", False)] if mode == "fwd" else [("fwd", True), ("bwd", True)]
+    for d, save in kernels:
+        if (B, H, T, dtype, d, save) not in _CACHE:
+            _CACHE[B, H, T, dtype, d, save] = profile(B, H, T, dtype, d, save=save)
+    return [_CACHE[B, H, T, dtype, d, save] for d, save in kernels]
 
 
 def markdown(cases: list[tuple], rows_of: dict) -> str:
     """One line per kernel of each case; a fwd+bwd case adds the line of their sum."""
-    head = ("| case (B, H, T, dtype) | kernel | programs × warps | regs / spill B / smem KB | instr / step / warp | "
+    head = ("| case (B, H, T, dtype) | kernel | programs × warps | regs / stack B / spills in loop / smem KB | instr / step / warp | "
             "HMMA / chain | shfl | L2 bytes / step | sync trips + fences | modeled µs/step: sync + exchange + compute |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for case in cases:
@@ -165,7 +177,8 @@ def markdown(cases: list[tuple], rows_of: dict) -> str:
         for r in rows:
             lines.append(
                 f"| {B}, {H}, {T}, {dtype} | {r.direction} | {r.programs} × {r.warps} | "
-                f"{r.regs} / {r.spill_bytes} / {r.shared_bytes // 1024} | {r.instructions} | {r.mma} / {r.mma_chain} | "
+                f"{r.regs} / {r.spill_bytes} / {r.loop_spills} / {r.shared_bytes // 1024} | {r.instructions} | "
+                f"{r.mma} / {r.mma_chain} | "
                 f"{r.shfl} | {r.grid_bytes / 1e6:.2f} MB | {r.sync_round_trips} + {r.sync_fences} | "
                 f"**{r.step_us:.2f}** = {r.sync_us:.2f} + {r.exchange_us:.2f} + {r.compute_us:.2f} |")
         if mode == "fwd+bwd":
@@ -197,7 +210,8 @@ def main(argv=None) -> int:
     cases = cases or HEADLINE
     rows_of = {case: case_rows(*case) for case in cases}
     rows = list({id(r): r for case in cases for r in rows_of[case]}.values())
-    print("MODELED FROM sm_90 CODE, NOT MEASURED (132-SM H100 configs)")
+    print(f"MODELED FROM sm_90 CODE, NOT MEASURED (132-SM H100 configs, triton {_triton_version()}; the GPU "
+          "machine runs 3.6: PYTHONPATH=.triton36 reads what it launches)")
     print(params_line())
     print(markdown(cases, rows_of))
     if args.csv:

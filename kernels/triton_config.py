@@ -14,8 +14,8 @@ Rules (GPU), each checked by compiling every chosen config for sm_90 (tests/test
   tile of BLOCK_B rows at a time (looped inside the program when B is larger).
 - HT (hidden units per program, all four gates) is the smallest power of two that keeps the grid
   cdiv(H, HT) ≤ the SM count (one program per SM); ≥ 4, and ≥ 16 on the dot path (N of each gate's dot).
-- Dot path (see ``gpu_config``): 16-bit, one 16-row tile: 4 warps and K/128 chunks; 16-bit, B > 16 and
-  K ≥ 512: 32-row tiles, 8 warps, K/256 chunks; tf32: 16-row tiles, 8 warps, K/64 chunks.
+- Dot path (see ``gpu_config``): 16-row batch tiles; 16-bit: 4 warps and K/128 chunks; tf32: 8 warps,
+  K/64 chunks.
 - Broadcast path num_warps: 4 while the W_hh slice (4·HT·K elements, 32-bit registers; fp64 two registers
   each) takes ≤ 128 registers per thread, else 8; never 16 (at 512 threads every thread is capped at 128
   registers and the kernels spilled). A tiny slice (≤ 32 registers per thread at 4 warps, i.e.
@@ -111,8 +111,7 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS) -> L
     # 126 registers, no spills (tests/test_triton_sm90.py); N = HT per gate ≥ 16 for triton 3.6
     ht_dot = min(max(16, _pow2(-(-H // n_sm))), max(16, _pow2(H)))
     half = dtype in (torch.float16, torch.bfloat16)     # 16-bit operands (else tf32: 32-bit operands)
-    dot_rows = 32 if (half and B > 16 and block_k >= 512) else 16   # batch rows per tl.dot tile (see below)
-    use_dot = tensor_cores and dot_shared_bytes(ht_dot, block_k, dot_rows, dtype) <= DOT_SHARED_BUDGET
+    use_dot = tensor_cores and dot_shared_bytes(ht_dot, block_k, 16, dtype) <= DOT_SHARED_BUDGET
     ht = ht_dot if use_dot else min(max(4, _pow2(-(-H // n_sm))), _pow2(H))
     num_programs = -(-H // ht)
     words = LSTMConfig(ht, block_k, 1, use_dot, precision, 4, num_programs).w_words(dtype)
@@ -122,20 +121,17 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS) -> L
     k_split = 1
     if use_dot:
         # Chosen with the static profiler (python -m bench.static; modeled, not measured) and the sm_90
-        # compile of every config (tests/test_triton_sm90.py: no spills):
-        # - 16-bit, 16-row tiles: 4 warps, K/128 chunks (B16 H768 fp16 forward 1.87 µs/step vs 2.50 at
-        #   8 warps: the activations run on every warp's copy of the reduced tile, so fewer warps issue
-        #   fewer instructions);
-        # - 16-bit, B > 16 and K ≥ 512: 32-row tiles, 8 warps, K/256 chunks (B64 H1024 bf16 6.58 vs 9.46
-        #   at 16-row tiles; 4 warps spilled there);
+        # compile of every config with triton 3.6, the GPU machine's version (tests/test_triton_sm90.py):
+        # - 16-bit: 16-row tiles, 4 warps, K/128 chunks. B16 H768 fp16 forward 1.87 µs/step vs 2.50 at
+        #   8 warps (the activations run on every warp's copy of the reduced tile, so fewer warps issue
+        #   fewer instructions). 32-row tiles modeled faster at B64 but spilled 18-562 local accesses per
+        #   step inside the time loop with triton 3.6 (not with 3.9).
         # - tf32 (32-bit operands): 16-row tiles, 8 warps, K/64 chunks (unsplit K = 128 spilled 16-32 bytes).
-        block_b = dot_rows                              # M ≥ 16 for tl.dot on triton 3.6
-        if not half:
-            num_warps, k_split = 8, min(8, max(1, block_k // (DOT_KC // 2)))
-        elif block_b == 16:
+        block_b = 16                                    # M ≥ 16 for tl.dot on triton 3.6
+        if half:
             num_warps, k_split = 4, max(1, block_k // DOT_KC)
         else:
-            num_warps, k_split = 8, max(1, block_k // (2 * DOT_KC))
+            num_warps, k_split = 8, min(8, max(1, block_k // (DOT_KC // 2)))
     else:
         tiny = words <= 32 * 32 * 4                     # ≤ 32 weight registers per thread at 4 warps
         if tiny:

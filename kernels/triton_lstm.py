@@ -505,9 +505,16 @@ _TL_ACC = {torch.float64: tl.float64, torch.float32: tl.float32}
 
 
 def _launch_options(cfg: LSTMConfig, device: torch.device) -> dict:
+    """Compile and launch options. On a GPU (and on the meta device, on which kernels/triton_sm90.py
+    records a launch to compile it for sm_90) the grid is cooperative and ptxas may use every register:
+    one program per SM shares its register file with nobody, and without a .maxnreg ptxas capped some
+    kernels at 128 registers and spilled inside the time loop (fp16 B=64 H=128: 128 registers and a
+    local-memory access every step; with maxnreg=255: 158 and none)."""
     opts = dict(num_warps=cfg.num_warps, num_stages=1)
-    if device.type == "cuda" and cfg.num_programs > 1:
-        opts["launch_cooperative_grid"] = True      # the driver refuses a grid that cannot be co-resident
+    if device.type in ("cuda", "meta"):
+        opts["maxnreg"] = 255
+        if cfg.num_programs > 1:
+            opts["launch_cooperative_grid"] = True  # the driver refuses a grid that cannot be co-resident
     return opts
 
 

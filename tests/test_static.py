@@ -133,7 +133,7 @@ def test_static_profiler_end_to_end(tmp_path):
     for row in rows:
         assert row["source"] == "modeled from sm_90 code, not measured"
         assert int(row["mma"]) > 0 and 0 < int(row["mma_chain"]) <= 8
-        assert int(row["spill_bytes"]) == 0
+        assert int(row["loop_spills"]) == 0
         assert int(row["sync_round_trips"]) == 1
         assert float(row["step_us"]) > 0
 
