@@ -91,8 +91,9 @@ class Row:
 
 def step_bytes(direction: str, *, B: int, H: int, dtype: torch.dtype, programs: int, save: bool = True,
                low_exchange: bool = False) -> int:
-    """Bytes one step moves through L2, the whole grid (what the algorithm needs, masked lanes excluded):
-    forward, every program reads all of h_{t-1} and its gates_x, writes its h_t (and, to save for backward,
+    """Bytes one step moves through L2, the whole grid (what the algorithm needs, masked lanes excluded).
+    ``programs``: programs per batch group (each reads h of its group's rows). Forward, every program
+    reads all of h_{t-1} for its rows and its gates_x, writes its h_t (and, to save for backward,
     the activated gates and c in fp32); backward, every program reads all of dz_t (16-bit when exchanged
     so), its saved gates, c_t, c_{t-1} and dy, and writes its dz."""
     x = torch.finfo(dtype).bits // 8
@@ -137,10 +138,10 @@ def profile(B: int, H: int, T: int, dtype: str, direction: str, n_sm: int = N_SM
     launch = triton_sm90.capture(direction, B=B, H=H, T=T, dtype=dt, cfg=cfg, **extra)
     kernel = triton_sm90.compile_launch(launch)
     usage = triton_sm90.resource_usage(kernel)
-    tiles = -(-B // cfg.block_b)
+    tiles = -(-cfg.rows_per_group(B) // cfg.block_b)        # batch tiles each program walks per step
     step = sass.read_step(sass.parse(triton_sm90.sass(kernel)), inner_trips=tiles)
     c = step.counts
-    grid = step_bytes(direction, B=B, H=H, dtype=dt, programs=cfg.num_programs, save=save,
+    grid = step_bytes(direction, B=B, H=H, dtype=dt, programs=cfg.num_programs // cfg.batch_groups, save=save,
                       low_exchange=cfg.use_dot and dt in (torch.float16, torch.bfloat16))
     m = model(step, warps=cfg.num_warps, programs=cfg.num_programs, grid_bytes=grid)
     return Row(B=B, H=H, T=T, dtype=dtype, direction=direction if save or direction != "fwd" else "fwd (inference)",

@@ -84,20 +84,21 @@ def barrier_timeout() -> int:
     return max(spins, 0)
 
 
-def barrier_state(device) -> "torch.Tensor":
-    """A fresh zeroed arrival counter + time-out flag (int64) for one launch.
+def barrier_state(device, groups: int = 1) -> "torch.Tensor":
+    """A fresh zeroed arrival counter + time-out flag (int64) for one launch, one pair per group of
+    programs that synchronise among themselves (the batch groups of the LSTM kernels).
 
     Fresh per launch (one tiny memset) rather than cached per device and stream: concurrent launches on
     different streams, CUDA-graph captures and a launch aborted half-way then never share or inherit a
     dirty counter.
     """
     import torch
-    return torch.zeros(2, dtype=torch.int64, device=device)
+    return torch.zeros(2 * groups, dtype=torch.int64, device=device)
 
 
 def raise_if_timed_out(state, what: str) -> None:
     """Debug mode only (it synchronises): raise if any barrier of the launch that used ``state`` timed out."""
-    if int(state[1]) != 0:
+    if bool(state[1::2].any()):
         raise RuntimeError(
             f"lstm_gpu: the Triton {what} kernel's grid barrier timed out after LSTM_GPU_BARRIER_TIMEOUT="
             f"{barrier_timeout()} polls: not every program was co-resident, or one died. Its results are invalid.")

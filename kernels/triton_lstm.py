@@ -139,8 +139,9 @@ def _load_w_gate(p_w, gate, i_p, H, HT: tl.constexpr, BLOCK_K: tl.constexpr, K_S
                  USE_DOT: tl.constexpr, ACC: tl.constexpr, BACKWARD: tl.constexpr):
     """One gate's block of W_hh for this program's units u, to keep on chip for the whole launch:
     forward the rows W[gate·H + u, k] (h · W_gateᵀ), backward the columns W[gate·H + k, u] (dz_gate · W_gate).
-    tl.dot: as [K_SPLIT, K/K_SPLIT, HT] (k, u) (or [K, HT] when K_SPLIT = 1) in the weights' dtype (16-bit stays 16-bit for the tensor
-    cores). Broadcast path: as [HT, K] (u, k), upcast once to the accumulation dtype."""
+    tl.dot: as [K_SPLIT, K/K_SPLIT, HT] (k, u) (or [K, HT] when K_SPLIT = 1) in the weights' dtype
+    (16-bit stays 16-bit for the tensor cores). Broadcast path: as [HT, K] (u, k), upcast once to the
+    accumulation dtype."""
     o_j = i_p * HT + tl.arange(0, HT)
     if USE_DOT and K_SPLIT > 1:
         KC: tl.constexpr = BLOCK_K // K_SPLIT
@@ -173,15 +174,15 @@ def _hw(b_h, b_w, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _load_gx(p_gx, t, T, i_p, i_bt, B, H, HT: tl.constexpr, BLOCK_B: tl.constexpr, ACC: tl.constexpr):
+def _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT: tl.constexpr, BLOCK_B: tl.constexpr, ACC: tl.constexpr):
     """gates_x[t] for one tile, the four gates of this program's units ([BB, HT] each, accumulation
     dtype); zeros for a t outside 0..T-1 (the prefetch after the last step). It depends on no other
     program, so the single-tile loop issues it for step t+1 before the step synchronisation of step t:
     its DRAM latency hides behind the wait instead of adding to the step."""
-    o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+    o_b = r0 + tl.arange(0, BLOCK_B)
     o_j = i_p * HT + tl.arange(0, HT)
     o_t = tl.zeros([BLOCK_B], dtype=tl.int32) + t
-    m = ((o_b < B) & (o_t >= 0) & (o_t < T))[:, None] & (o_j < H)[None, :]
+    m = ((o_b < b_end) & (o_t >= 0) & (o_t < T))[:, None] & (o_j < H)[None, :]
     p = p_gx + ((tl.cast(t, tl.int64) * B + o_b) * (4 * H))[:, None] + o_j[None, :]   # rows of [T, B, 4H]
     return (tl.load(p, mask=m, other=0.).to(ACC), tl.load(p + H, mask=m, other=0.).to(ACC),
             tl.load(p + 2 * H, mask=m, other=0.).to(ACC), tl.load(p + 3 * H, mask=m, other=0.).to(ACC))
@@ -189,13 +190,13 @@ def _load_gx(p_gx, t, T, i_p, i_bt, B, H, HT: tl.constexpr, BLOCK_B: tl.constexp
 
 @triton.jit
 def _fwd_tile(p_h0, p_y, b_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_xi, b_xf, b_xg, b_xo, b_c, t, i_p,
-              i_bt, B, H, REVERSE: tl.constexpr, SAVE: tl.constexpr, HT: tl.constexpr, BLOCK_K: tl.constexpr,
+              r0, b_end, B, H, REVERSE: tl.constexpr, SAVE: tl.constexpr, HT: tl.constexpr, BLOCK_K: tl.constexpr,
               BLOCK_B: tl.constexpr, K_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     """One step t for one batch tile, given its rows' lengths and gates_x[t] (b_x*): returns the new c
     [BB, HT] (accumulation dtype)."""
     ACC = b_c.dtype
-    o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)                   # batch rows of this tile
-    m_b = o_b < B
+    o_b = r0 + tl.arange(0, BLOCK_B)                   # batch rows of this tile
+    m_b = o_b < b_end
     o_j = i_p * HT + tl.arange(0, HT)                               # this program's hidden units
     m_bj = m_b[:, None] & (o_j < H)[None, :]
     b_alive = (t < b_len)[:, None]                                  # [BB, 1]
@@ -242,18 +243,29 @@ def _lstm_fwd_kernel(
     p_gates,     # [T, B, 4H] out (accumulation dtype): activated i, f, g, o   (SAVE only)
     p_cells,     # [T, B, H] out (accumulation dtype): c_t                      (SAVE only)
     p_cs,        # [B, H] accumulation-dtype scratch for c when the batch needs several tiles
-    p_bar,       # [2] int64, zero: the step counter and its time-out flag
+    p_bar,       # [2·groups] int64, zero: each batch group's step counter and time-out flag
     # sizes
     T, B, H,
+    BG,          # batch rows per batch group (program_id(1) picks the group); B when there is one
     # meta-parameters
     REVERSE: tl.constexpr, SAVE: tl.constexpr,
     HT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, ONE_TILE: tl.constexpr,
     K_SPLIT: tl.constexpr,       # tl.dot: K chunks, each an independent accumulator
-    USE_DOT: tl.constexpr, PRECISION: tl.constexpr, NUM_PROGRAMS: tl.constexpr, ACC: tl.constexpr,
+    GROUPED: tl.constexpr,       # more than one batch group (program_id(1) > 0 exists)
+    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    NUM_PROGRAMS: tl.constexpr,  # programs of one batch group: they meet at the group's step counter
+    ACC: tl.constexpr,
     TIMEOUT: tl.constexpr,       # barrier polls before giving up (debug mode); 0 = wait forever
 ):
     i_p = tl.program_id(0)
-    num_bt = tl.cdiv(B, BLOCK_B)
+    i_q = tl.program_id(1)                                          # batch group: rows [row0, b_end)
+    if GROUPED:
+        row0 = i_q * BG
+        b_end = tl.minimum(B, row0 + BG)
+    else:                                                           # one group: the index math folds away
+        row0 = 0
+        b_end = B
+    num_bt = tl.cdiv(b_end - row0, BLOCK_B)
 
     # This program's rows of W_hh, gate by gate, loaded ONCE and kept on chip for all T steps.
     b_wi = _load_w_gate(p_w, 0, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
@@ -264,51 +276,54 @@ def _lstm_fwd_kernel(
     o_j = i_p * HT + tl.arange(0, HT)
     m_j = o_j < H
     if ONE_TILE:                                                    # c lives in registers
-        o_b = tl.arange(0, BLOCK_B)
-        m_bj = (o_b < B)[:, None] & m_j[None, :]
+        o_b = row0 + tl.arange(0, BLOCK_B)
+        m_bj = (o_b < b_end)[:, None] & m_j[None, :]
         b_c = tl.load(p_c0 + o_b[:, None] * H + o_j[None, :], mask=m_bj, other=0.).to(ACC)
-        b_len = tl.load(p_len + o_b, mask=o_b < B, other=0)        # lengths: loaded once
-        b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, T - 1 if REVERSE else 0, T, i_p, 0, B, H, HT, BLOCK_B, ACC)
+        b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)    # lengths: loaded once
+        b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, T - 1 if REVERSE else 0, T, i_p, row0, b_end, B, H, HT, BLOCK_B,
+                                          ACC)
         for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above the barrier
             t = T - 1 - s if REVERSE else s
             b_c = _fwd_tile(p_h0, p_y, b_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_xi, b_xf, b_xg, b_xo,
-                            b_c, t, i_p, 0, B, H, REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, K_SPLIT, USE_DOT, PRECISION)
-            b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t - 1 if REVERSE else t + 1, T, i_p, 0, B, H, HT, BLOCK_B,
-                                              ACC)                  # the next step's, before the wait
-            step_barrier(p_bar, s, NUM_PROGRAMS, TIMEOUT)
+                            b_c, t, i_p, row0, b_end, B, H, REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, K_SPLIT, USE_DOT,
+                            PRECISION)
+            b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t - 1 if REVERSE else t + 1, T, i_p, row0, b_end, B, H, HT,
+                                              BLOCK_B, ACC)         # the next step's, before the wait
+            step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
         tl.store(p_cn + o_b[:, None] * H + o_j[None, :], b_c.to(p_cn.dtype.element_ty), mask=m_bj)
     else:                                                           # c lives in a scratch slice
         for i_bt in range(num_bt):
-            o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-            m_bj = (o_b < B)[:, None] & m_j[None, :]
+            o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+            m_bj = (o_b < b_end)[:, None] & m_j[None, :]
             o_bj = o_b[:, None] * H + o_j[None, :]
             tl.store(p_cs + o_bj, tl.load(p_c0 + o_bj, mask=m_bj, other=0.).to(ACC), mask=m_bj)
         for s in tl.range(T, num_stages=1):
             t = T - 1 - s if REVERSE else s
             for i_bt in range(num_bt):
-                o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-                m_bj = (o_b < B)[:, None] & m_j[None, :]
+                o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+                m_bj = (o_b < b_end)[:, None] & m_j[None, :]
                 o_bj = o_b[:, None] * H + o_j[None, :]
                 tl.debug_barrier()
                 b_c = tl.load(p_cs + o_bj, mask=m_bj, other=0.)
-                b_len = tl.load(p_len + o_b, mask=o_b < B, other=0)
-                b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t, T, i_p, i_bt, B, H, HT, BLOCK_B, ACC)
+                b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)
+                r0 = row0 + i_bt * BLOCK_B
+                b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT, BLOCK_B, ACC)
                 b_c = _fwd_tile(p_h0, p_y, b_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_xi, b_xf, b_xg, b_xo,
-                                b_c, t, i_p, i_bt, B, H, REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, K_SPLIT, USE_DOT,
+                                b_c, t, i_p, r0, b_end, B, H, REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, K_SPLIT, USE_DOT,
                                 PRECISION)
                 tl.store(p_cs + o_bj, b_c, mask=m_bj)
-            step_barrier(p_bar, s, NUM_PROGRAMS, TIMEOUT)
+            step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
         for i_bt in range(num_bt):
-            o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-            m_bj = (o_b < B)[:, None] & m_j[None, :]
+            o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+            m_bj = (o_b < b_end)[:, None] & m_j[None, :]
             o_bj = o_b[:, None] * H + o_j[None, :]
             tl.store(p_cn + o_bj, tl.load(p_cs + o_bj, mask=m_bj).to(p_cn.dtype.element_ty), mask=m_bj)
 
     # h_n: the carried h of each row, i.e. h as the step after the last one would see it
     t_end = -1 if REVERSE else T
     for i_bt in range(num_bt):
-        o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-        m_b = o_b < B
+        o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+        m_b = o_b < b_end
         b_len = tl.load(p_len + o_b, mask=m_b, other=0)
         o_y, m_y, m_0 = _h_rows(p_y, t_end, o_b, m_b, b_len, B, H, REVERSE)
         b_hy = tl.load(p_y + o_y[:, None] + o_j[None, :], mask=m_y[:, None] & m_j[None, :])
@@ -318,16 +333,16 @@ def _lstm_fwd_kernel(
 
 
 @triton.jit
-def _bwd_saved(p_dy, p_gates, p_cells, p_c0, t, T, i_p, i_bt, B, H, REVERSE: tl.constexpr, HT: tl.constexpr,
+def _bwd_saved(p_dy, p_gates, p_cells, p_c0, t, T, i_p, r0, b_end, B, H, REVERSE: tl.constexpr, HT: tl.constexpr,
                BLOCK_B: tl.constexpr, ACC: tl.constexpr):
     """What backward step t reads of its own units ([BB, HT] each): the saved gates i, f, g, o, c_t, c_{t-1}
     (c0 before the first step) and dy_t; zeros for a t outside 0..T-1 (the prefetch after the last step).
     None of it depends on another program, so the single-tile loop issues it for the next step before the
     step synchronisation: its DRAM latency hides behind the wait."""
-    o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+    o_b = r0 + tl.arange(0, BLOCK_B)
     o_j = i_p * HT + tl.arange(0, HT)
     o_t = tl.zeros([BLOCK_B], dtype=tl.int32) + t
-    m_bj = ((o_b < B) & (o_t >= 0) & (o_t < T))[:, None] & (o_j < H)[None, :]
+    m_bj = ((o_b < b_end) & (o_t >= 0) & (o_t < T))[:, None] & (o_j < H)[None, :]
     o_bh = (tl.cast(t, tl.int64) * B + o_b) * H
     p_g = p_gates + ((tl.cast(t, tl.int64) * B + o_b) * (4 * H))[:, None] + o_j[None, :]
     b_i = tl.load(p_g, mask=m_bj, other=0.)
@@ -346,13 +361,13 @@ def _bwd_saved(p_dy, p_gates, p_cells, p_c0, t, T, i_p, i_bt, B, H, REVERSE: tl.
 
 
 @triton.jit
-def _bwd_tile_dz(b_len, p_dgates, p_zx, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_dh, b_dc, t, i_p, i_bt, B, H,
+def _bwd_tile_dz(b_len, p_dgates, p_zx, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_dh, b_dc, t, i_p, r0, b_end, B, H,
                  HT: tl.constexpr, BLOCK_B: tl.constexpr, LOW_EXCHANGE: tl.constexpr):
     """Backward step t, part 1 (own units only), given what ``_bwd_saved`` read for t: dz_t into dgates[t]
     (and, LOW_EXCHANGE, a 16-bit copy into the exchange slot p_zx [B, 4H] that the other programs read);
     returns the carried dc."""
-    o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-    m_b = o_b < B
+    o_b = r0 + tl.arange(0, BLOCK_B)
+    m_b = o_b < b_end
     o_j = i_p * HT + tl.arange(0, HT)
     m_bj = m_b[:, None] & (o_j < H)[None, :]
     b_alive = (t < b_len)[:, None]
@@ -380,12 +395,12 @@ def _bwd_tile_dz(b_len, p_dgates, p_zx, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_
 
 
 @triton.jit
-def _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, i_bt, B, H, BLOCK_K: tl.constexpr,
+def _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, r0, b_end, B, H, BLOCK_K: tl.constexpr,
                  BLOCK_B: tl.constexpr, K_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     """Backward step t, part 2 (after the step synchronisation): dh ← Σ_gates dz_gate · W_gate[:, own units],
     reading all of dz_t (p_z: its [B, 4H] matrix, written by every program); returns dh."""
-    o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-    m_b = o_b < B
+    o_b = r0 + tl.arange(0, BLOCK_B)
+    m_b = o_b < b_end
     o_z = o_b * (4 * H)                                             # row b of dz_t: [i | f | g | o]
     KS: tl.constexpr = K_SPLIT if USE_DOT else 1
     b_new = _hw(_load_rows(p_z, o_z, m_b, H, BLOCK_K, KS), b_wi, USE_DOT, PRECISION)
@@ -412,19 +427,30 @@ def _lstm_bwd_kernel(
     p_dhs,       # [B, H] accumulation-dtype scratch for dh when the batch needs several tiles
     p_dcs,       # [B, H] accumulation-dtype scratch for dc
     p_zx,        # [2, B, 4H] input dtype, LOW_EXCHANGE only: dz in 16 bits, slot s % 2 at step s
-    p_bar,       # [2] int64, zero: the step counter and its time-out flag
+    p_bar,       # [2·groups] int64, zero: each batch group's step counter and time-out flag
     # sizes
     T, B, H,
+    BG,          # batch rows per batch group (program_id(1) picks the group); B when there is one
     # meta-parameters
     REVERSE: tl.constexpr,
     HT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, ONE_TILE: tl.constexpr,
     K_SPLIT: tl.constexpr,       # tl.dot: K chunks, each an independent accumulator
+    GROUPED: tl.constexpr,       # more than one batch group (program_id(1) > 0 exists)
     LOW_EXCHANGE: tl.constexpr,  # exchange dz in the 16-bit input dtype (tensor-core path)
-    USE_DOT: tl.constexpr, PRECISION: tl.constexpr, NUM_PROGRAMS: tl.constexpr, ACC: tl.constexpr,
+    USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    NUM_PROGRAMS: tl.constexpr,  # programs of one batch group: they meet at the group's step counter
+    ACC: tl.constexpr,
     TIMEOUT: tl.constexpr,       # barrier polls before giving up (debug mode); 0 = wait forever
 ):
     i_p = tl.program_id(0)
-    num_bt = tl.cdiv(B, BLOCK_B)
+    i_q = tl.program_id(1)                                          # batch group: rows [row0, b_end)
+    if GROUPED:
+        row0 = i_q * BG
+        b_end = tl.minimum(B, row0 + BG)
+    else:                                                           # one group: the index math folds away
+        row0 = 0
+        b_end = B
+    num_bt = tl.cdiv(b_end - row0, BLOCK_B)
 
     # The columns W_hh[:, own units], gate by gate, loaded ONCE and kept on chip for all T steps.
     b_wi = _load_w_gate(p_w, 0, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, True)
@@ -435,30 +461,31 @@ def _lstm_bwd_kernel(
     m_j = o_j < H
 
     if ONE_TILE:                                                    # dh, dc live in registers
-        o_b = tl.arange(0, BLOCK_B)
-        m_bj = (o_b < B)[:, None] & m_j[None, :]
+        o_b = row0 + tl.arange(0, BLOCK_B)
+        m_bj = (o_b < b_end)[:, None] & m_j[None, :]
         o_bj = o_b[:, None] * H + o_j[None, :]
         b_dh = tl.load(p_dhn + o_bj, mask=m_bj, other=0.).to(ACC)
         b_dc = tl.load(p_dcn + o_bj, mask=m_bj, other=0.).to(ACC)
-        b_len = tl.load(p_len + o_b, mask=o_b < B, other=0)        # lengths: loaded once
+        b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)    # lengths: loaded once
         b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy = _bwd_saved(p_dy, p_gates, p_cells, p_c0, 0 if REVERSE else T - 1, T,
-                                                          i_p, 0, B, H, REVERSE, HT, BLOCK_B, ACC)
+                                                          i_p, row0, b_end, B, H, REVERSE, HT, BLOCK_B, ACC)
         for s in tl.range(T, num_stages=1):
             t = s if REVERSE else T - 1 - s                         # the opposite order to forward
             p_z = p_zx + (s % 2) * B * 4 * H if LOW_EXCHANGE else p_dgates + t.to(tl.int64) * B * 4 * H
-            b_dc = _bwd_tile_dz(b_len, p_dgates, p_z, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_dh, b_dc, t, i_p, 0,
-                                B, H, HT, BLOCK_B, LOW_EXCHANGE)
+            b_dc = _bwd_tile_dz(b_len, p_dgates, p_z, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_dh, b_dc, t, i_p, row0,
+                                b_end, B, H, HT, BLOCK_B, LOW_EXCHANGE)
             b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy = _bwd_saved(    # the next step's, before the wait
-                p_dy, p_gates, p_cells, p_c0, t + 1 if REVERSE else t - 1, T, i_p, 0, B, H, REVERSE, HT, BLOCK_B, ACC)
-            step_barrier(p_bar, s, NUM_PROGRAMS, TIMEOUT)
-            b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, 0, B, H, BLOCK_K, BLOCK_B, K_SPLIT,
-                                USE_DOT, PRECISION)
+                p_dy, p_gates, p_cells, p_c0, t + 1 if REVERSE else t - 1, T, i_p, row0, b_end, B, H, REVERSE, HT,
+                BLOCK_B, ACC)
+            step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
+            b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, row0, b_end, B, H, BLOCK_K, BLOCK_B,
+                                K_SPLIT, USE_DOT, PRECISION)
         tl.store(p_dh0 + o_bj, b_dh, mask=m_bj)
         tl.store(p_dc0 + o_bj, b_dc, mask=m_bj)
     else:                                                           # dh, dc live in scratch slices
         for i_bt in range(num_bt):
-            o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-            m_bj = (o_b < B)[:, None] & m_j[None, :]
+            o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+            m_bj = (o_b < b_end)[:, None] & m_j[None, :]
             o_bj = o_b[:, None] * H + o_j[None, :]
             tl.store(p_dhs + o_bj, tl.load(p_dhn + o_bj, mask=m_bj, other=0.).to(ACC), mask=m_bj)
             tl.store(p_dcs + o_bj, tl.load(p_dcn + o_bj, mask=m_bj, other=0.).to(ACC), mask=m_bj)
@@ -466,32 +493,33 @@ def _lstm_bwd_kernel(
             t = s if REVERSE else T - 1 - s
             p_z = p_zx + (s % 2) * B * 4 * H if LOW_EXCHANGE else p_dgates + t.to(tl.int64) * B * 4 * H
             for i_bt in range(num_bt):
-                o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-                m_bj = (o_b < B)[:, None] & m_j[None, :]
+                o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+                m_bj = (o_b < b_end)[:, None] & m_j[None, :]
                 o_bj = o_b[:, None] * H + o_j[None, :]
                 tl.debug_barrier()
                 b_dh = tl.load(p_dhs + o_bj, mask=m_bj, other=0.)
                 b_dc = tl.load(p_dcs + o_bj, mask=m_bj, other=0.)
-                b_len = tl.load(p_len + o_b, mask=o_b < B, other=0)
-                b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy = _bwd_saved(p_dy, p_gates, p_cells, p_c0, t, T, i_p, i_bt, B,
+                b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)
+                r0 = row0 + i_bt * BLOCK_B
+                b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy = _bwd_saved(p_dy, p_gates, p_cells, p_c0, t, T, i_p, r0, b_end, B,
                                                                   H, REVERSE, HT, BLOCK_B, ACC)
                 b_dc = _bwd_tile_dz(b_len, p_dgates, p_z, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_dh, b_dc, t, i_p,
-                                    i_bt, B, H, HT, BLOCK_B, LOW_EXCHANGE)
+                                    r0, b_end, B, H, HT, BLOCK_B, LOW_EXCHANGE)
                 tl.store(p_dcs + o_bj, b_dc, mask=m_bj)
-            step_barrier(p_bar, s, NUM_PROGRAMS, TIMEOUT)
+            step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
             for i_bt in range(num_bt):
-                o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-                m_bj = (o_b < B)[:, None] & m_j[None, :]
+                o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+                m_bj = (o_b < b_end)[:, None] & m_j[None, :]
                 o_bj = o_b[:, None] * H + o_j[None, :]
                 b_dh = tl.load(p_dhs + o_bj, mask=m_bj, other=0.)
-                b_len = tl.load(p_len + o_b, mask=o_b < B, other=0)
-                b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, i_bt, B, H, BLOCK_K, BLOCK_B,
-                                    K_SPLIT, USE_DOT, PRECISION)
+                b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)
+                b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, row0 + i_bt * BLOCK_B, b_end, B, H,
+                                    BLOCK_K, BLOCK_B, K_SPLIT, USE_DOT, PRECISION)
                 tl.store(p_dhs + o_bj, b_dh, mask=m_bj)
         tl.debug_barrier()
         for i_bt in range(num_bt):
-            o_b = i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-            m_bj = (o_b < B)[:, None] & m_j[None, :]
+            o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
+            m_bj = (o_b < b_end)[:, None] & m_j[None, :]
             o_bj = o_b[:, None] * H + o_j[None, :]
             tl.store(p_dh0 + o_bj, tl.load(p_dhs + o_bj, mask=m_bj), mask=m_bj)
             tl.store(p_dc0 + o_bj, tl.load(p_dcs + o_bj, mask=m_bj), mask=m_bj)
@@ -502,6 +530,17 @@ def _lstm_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------
 
 _TL_ACC = {torch.float64: tl.float64, torch.float32: tl.float32}
+
+
+def _grid(cfg: LSTMConfig, B: int) -> tuple[tuple[int, int], int, bool]:
+    """(grid, rows per batch group, one tile per group?): program (p, q) runs units p·HT… of the rows of
+    group q. The groups are independent recurrences, each with its own step counter among its grid[0]
+    programs; the grid must be exactly cfg.num_programs, or a step synchronisation never completes."""
+    rows = cfg.rows_per_group(B)
+    groups = -(-B // rows) if B else 1
+    if groups != cfg.batch_groups or cfg.num_programs % groups:
+        raise ValueError(f"config {cfg} does not split a batch of {B} into {cfg.batch_groups} groups")
+    return (cfg.num_programs // groups, groups), rows, rows <= cfg.block_b
 
 
 def _launch_options(cfg: LSTMConfig, device: torch.device) -> dict:
@@ -535,20 +574,21 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
         cells = torch.empty(T, B, H, dtype=acc, device=device)
     else:
         gates = cells = torch.empty(1, dtype=acc, device=device)   # never written (SAVE is off)
-    one_tile = B <= cfg.block_b
+    grid, rows, one_tile = _grid(cfg, B)
     c_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
     if T == 0:
         h_n.copy_(h0), c_n.copy_(c0)
         return y, h_n, c_n, (gates if save else None), (cells if save else None)
 
-    bar, timeout = barrier_state(device), barrier_timeout()
+    bar, timeout = barrier_state(device, grid[1]), barrier_timeout()
     with host.device_guard(device):     # Triton launches on the current device: make it the input's
-        _lstm_fwd_kernel[(cfg.num_programs,)](
+        _lstm_fwd_kernel[grid](
             gates_x, h0, c0, w_hh, lens, y, h_n, c_n, gates, cells, c_scratch, bar,
-            T, B, H,
+            T, B, H, rows,
             REVERSE=bool(reverse), SAVE=bool(save), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b,
-            ONE_TILE=one_tile, K_SPLIT=cfg.k_split, USE_DOT=cfg.use_dot, PRECISION=cfg.precision,
-            NUM_PROGRAMS=cfg.num_programs, ACC=_TL_ACC[acc], TIMEOUT=timeout, **_launch_options(cfg, device))
+            ONE_TILE=one_tile, K_SPLIT=cfg.k_split, GROUPED=grid[1] > 1, USE_DOT=cfg.use_dot,
+            PRECISION=cfg.precision, NUM_PROGRAMS=grid[0], ACC=_TL_ACC[acc], TIMEOUT=timeout,
+            **_launch_options(cfg, device))
     if timeout:
         raise_if_timed_out(bar, "forward")
     return y, h_n, c_n, (gates if save else None), (cells if save else None)
@@ -566,7 +606,7 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
     dgates = torch.empty(T, B, G, dtype=acc, device=device)
     dh0 = torch.empty(B, H, dtype=acc, device=device)
     dc0 = torch.empty(B, H, dtype=acc, device=device)
-    one_tile = B <= cfg.block_b
+    grid, rows, one_tile = _grid(cfg, B)
     dh_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
     dc_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
     low_exchange = cfg.use_dot and dtype in (torch.float16, torch.bfloat16)
@@ -575,14 +615,15 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
         dh0.copy_(dh_n), dc0.copy_(dc_n)
         return dgates, dh0, dc0
 
-    bar, timeout = barrier_state(device), barrier_timeout()
+    bar, timeout = barrier_state(device, grid[1]), barrier_timeout()
     with host.device_guard(device):     # Triton launches on the current device: make it the input's
-        _lstm_bwd_kernel[(cfg.num_programs,)](
+        _lstm_bwd_kernel[grid](
             dy, dh_n, dc_n, gates, cells, c0, w_hh, lens, dgates, dh0, dc0, dh_scratch, dc_scratch, dz_exchange,
-            bar, T, B, H,
+            bar, T, B, H, rows,
             REVERSE=bool(reverse), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b, ONE_TILE=one_tile,
-            K_SPLIT=cfg.k_split, LOW_EXCHANGE=low_exchange, USE_DOT=cfg.use_dot, PRECISION=cfg.precision, NUM_PROGRAMS=cfg.num_programs, ACC=_TL_ACC[acc],
-            TIMEOUT=timeout, **_launch_options(cfg, device))
+            K_SPLIT=cfg.k_split, GROUPED=grid[1] > 1, LOW_EXCHANGE=low_exchange, USE_DOT=cfg.use_dot,
+            PRECISION=cfg.precision, NUM_PROGRAMS=grid[0], ACC=_TL_ACC[acc], TIMEOUT=timeout,
+            **_launch_options(cfg, device))
     if timeout:
         raise_if_timed_out(bar, "backward")
     return dgates, dh0, dc0

@@ -136,6 +136,8 @@ def check_layer(backend, n, T, B, H, dtype, lengths, reverse):
 # batch tile (c kept in registers, the usual GPU case) and B = 3, 5 are several (c in a scratch slice);
 # tl.dot: BLOCK_B = 16 (B ≤ 16 one tile, 17 two).
 TRITON_CASES = [
+    (4, torch.float16, True, 20, True, 1),      # 2 units x 2 batch groups (rows 0-15, 16-19)
+    (4, torch.float64, False, 5, False, 1),     # 2 units x 2 batch groups of 2-row tiles
     (2, torch.float64, False, 2, False, 1),
     (3, torch.float32, False, 3, True, 1),
     (4, torch.float16, True, 17, False, 1),
@@ -167,6 +169,13 @@ def _triton_case(n, dtype, dot, B, reverse, k_split, monkeypatch, T=4):
 @pytest.mark.parametrize("n,dtype,dot,B,reverse,k_split", TRITON_CASES, ids=str)
 def test_triton_layer(n, dtype, dot, B, reverse, k_split, monkeypatch):
     _triton_case(n, dtype, dot, B, reverse, k_split, monkeypatch)
+
+
+def test_first_cases_split_the_batch_in_groups():
+    """The first two cases above run 2 units x 2 batch groups (each group its own step counter)."""
+    for n, dtype, dot, B, _, k_split in TRITON_CASES[:2]:
+        cfg = triton_config.gpu_config(B=B, H=triton_h(n, B, dtype, k_split=k_split), dtype=dtype, n_sm=n)
+        assert (cfg.batch_groups, cfg.num_programs) == (2, 4), cfg
 
 
 @needs_triton

@@ -103,6 +103,41 @@ def test_k_split_dot(dtype, k_split, reverse):
         assert_close(got, want, gtol, name)
 
 
+@pytest.mark.parametrize("dtype,use_dot,B,rows", [(torch.float64, False, 5, 4), (torch.float16, True, 20, 16)],
+                         ids=["broadcast", "dot"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_batch_groups(dtype, use_dot, B, rows, reverse):
+    """The batch split in two groups of rows, each its own program and step counter (grid (1, 2)): every
+    output and gradient as with one group; the second group is partial, lengths unsorted."""
+    lengths = [3, 5, 1, 4, 2] * (B // 5)
+    T, H = 5, 12
+    gx, h0, c0, w, (dy, dhn, dcn) = make_inputs(T, B, H, dtype)
+    lens = torch.tensor(lengths)
+    cfg = dataclasses.replace(interpreter_config(B=B, H=H, dtype=dtype, use_dot=use_dot), num_programs=2,
+                              batch_groups=2, group_rows=rows)
+    if not use_dot:
+        cfg = dataclasses.replace(cfg, block_b=2)
+    out = triton_lstm.lstm_fwd(gx, h0, c0, w, lens, reverse, True, config=cfg)
+    grads = triton_lstm.lstm_bwd(dy, dhn, dcn, out[3], out[4], c0, w, lens, reverse, config=cfg)
+    d64 = lambda t: t.double()  # noqa: E731
+    ref = reference.forward(d64(gx), d64(h0), d64(c0), d64(w), None, lens, reverse, True)
+    ref_grads = reference.backward(d64(dy), d64(dhn), d64(dcn), ref[3], ref[4], d64(h0), d64(c0), ref[0], d64(w),
+                                   None, lens, reverse)[:3]
+    tol, gtol = TOL[dtype]
+    for name, got, want in zip(["y", "h_n", "c_n", "gates", "cells"], out, ref):
+        assert_close(got, want, tol, name)
+    for name, got, want in zip(["dgates", "dh0", "dc0"], grads, ref_grads):
+        assert_close(got, want, gtol, name)
+
+
+def test_batch_groups_must_match_the_batch():
+    cfg = dataclasses.replace(interpreter_config(B=8, H=4, dtype=torch.float32), num_programs=2, batch_groups=2,
+                              group_rows=4)
+    gx, h0, c0, w, _ = make_inputs(2, 3, 4, torch.float32)           # B = 3: one group of 4 rows, not two
+    with pytest.raises(ValueError, match="groups"):
+        triton_lstm.lstm_fwd(gx, h0, c0, w, config=cfg)
+
+
 def test_dot_several_batch_tiles():
     """tl.dot with B > 16: two 16-row tiles walk the same W slice, the state in scratch slices."""
     out, ref, grads, ref_grads = run_both(3, 18, 20, torch.float32, True, None, False, k_split=2)
