@@ -16,6 +16,9 @@ Rules (GPU), each checked by compiling every chosen config for sm_90 (tests/test
   cdiv(H, HT) ≤ the SM count (one program per SM); ≥ 4, and ≥ 16 on the dot path (N of each gate's dot).
 - Dot path (see ``gpu_config``): 16-row batch tiles; 16-bit: 4 warps and K/128 chunks; tf32: 8 warps,
   K/64 chunks.
+- Batch groups (both paths): SMs the unit split leaves idle take part of the batch. groups =
+  min(SMs // unit programs, batch tiles), the tiles shared out evenly, no group empty; each group runs
+  the unit split on its own rows with its own step counter, so num_programs = unit programs × groups.
 - Broadcast path num_warps: 4 while the W_hh slice (4·HT·K elements, 32-bit registers; fp64 two registers
   each) takes ≤ 128 registers per thread, else 8; never 16 (at 512 threads every thread is capped at 128
   registers and the kernels spilled). A tiny slice (≤ 32 registers per thread at 4 warps, i.e.

@@ -48,7 +48,9 @@ one [K, HT] block per gate (b_wi, b_wf, b_wg, b_wo), on chip for the whole launc
 the full h_{t-1} that all programs wrote into y[t-1], writes its slice of h_t into y[t] (a fresh slot
 per step, so one synchronisation per step suffices) and meets the others at the step counter
 (kernels/triton_barrier.py: one L2 round trip). Backward keeps the columns W_hh[:, p's units] per gate,
-writes its slice of dz_t, waits, then reads all of dz_t.
+writes its slice of dz_t, waits, then reads all of dz_t. Batch groups: when the unit split leaves SMs idle
+and the batch has several tiles, program (p, q) of the grid (units, groups) runs units p of the rows of
+group q only; the groups are independent recurrences, each with its own step counter.
 
 Tensor cores (tl.dot path): the batch tile is padded to 16 (or 32) rows; the K = H reduction is split into
 K_SPLIT chunks held as a third tensor dimension, so each chunk is its own accumulator and the longest
