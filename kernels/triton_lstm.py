@@ -176,6 +176,17 @@ def _hw(b_h, b_w, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _batch_group(B, BG, GROUPED: tl.constexpr):
+    """(group index q, first row, end row) of this program's batch group: program_id(1) picks the group of
+    BG rows. With one group the rows are [0, B) and the index math folds away at compile time."""
+    i_q = tl.program_id(1)
+    if GROUPED:
+        return i_q, i_q * BG, tl.minimum(B, i_q * BG + BG)
+    else:
+        return i_q, 0, B
+
+
+@triton.jit
 def _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT: tl.constexpr, BLOCK_B: tl.constexpr, ACC: tl.constexpr):
     """gates_x[t] for one tile, the four gates of this program's units ([BB, HT] each, accumulation
     dtype); zeros for a t outside 0..T-1 (the prefetch after the last step). It depends on no other
@@ -260,13 +271,7 @@ def _lstm_fwd_kernel(
     TIMEOUT: tl.constexpr,       # barrier polls before giving up (debug mode); 0 = wait forever
 ):
     i_p = tl.program_id(0)
-    i_q = tl.program_id(1)                                          # batch group: rows [row0, b_end)
-    if GROUPED:
-        row0 = i_q * BG
-        b_end = tl.minimum(B, row0 + BG)
-    else:                                                           # one group: the index math folds away
-        row0 = 0
-        b_end = B
+    i_q, row0, b_end = _batch_group(B, BG, GROUPED)                 # this program's rows: [row0, b_end)
     num_bt = tl.cdiv(b_end - row0, BLOCK_B)
 
     # This program's rows of W_hh, gate by gate, loaded ONCE and kept on chip for all T steps.
@@ -445,13 +450,7 @@ def _lstm_bwd_kernel(
     TIMEOUT: tl.constexpr,       # barrier polls before giving up (debug mode); 0 = wait forever
 ):
     i_p = tl.program_id(0)
-    i_q = tl.program_id(1)                                          # batch group: rows [row0, b_end)
-    if GROUPED:
-        row0 = i_q * BG
-        b_end = tl.minimum(B, row0 + BG)
-    else:                                                           # one group: the index math folds away
-        row0 = 0
-        b_end = B
+    i_q, row0, b_end = _batch_group(B, BG, GROUPED)                 # this program's rows: [row0, b_end)
     num_bt = tl.cdiv(b_end - row0, BLOCK_B)
 
     # The columns W_hh[:, own units], gate by gate, loaded ONCE and kept on chip for all T steps.
