@@ -76,7 +76,7 @@ import triton.language as tl
 
 from . import host
 from .triton_barrier import barrier_state, barrier_timeout, raise_if_timed_out, step_barrier
-from .triton_config import LSTMConfig, choose_config, fp32_precision, unsupported_reason
+from .triton_config import LSTMConfig, choose_config, unsupported_reason
 
 __all__ = ["unsupported", "forward", "backward", "lstm_fwd", "lstm_bwd"]
 

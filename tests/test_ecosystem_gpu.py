@@ -3,23 +3,15 @@ every backend. Marker ``gpu``: run with ``pytest -m gpu`` on a machine with CUDA
 import pytest
 import torch
 
-import lstm_gpu
-from helpers import assert_close, twin_lstms
+from helpers import assert_close, skip_unless_runs_on_cuda, twin_lstms
 
 pytestmark = pytest.mark.gpu
 BACKENDS = ["reference", "triton", "numba"]
 
 
-def _available(backend, dtype=torch.float32, H=64):
-    try:
-        lstm_gpu.select_backend(backend, device="cuda", dtype=dtype, hidden_size=H)
-    except (ValueError, NotImplementedError) as e:
-        pytest.skip(str(e))
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_cuda_graph_capture_and_replay_forward_backward(backend):
-    _available(backend)
+    skip_unless_runs_on_cuda(backend)
     ref, ours = twin_lstms(32, 64, num_layers=2, backend=backend, dtype=torch.float32)
     ref, ours = ref.cuda(), ours.cuda()
     static_x = torch.randn(16, 8, 32, device="cuda", requires_grad=True)
@@ -53,7 +45,7 @@ def test_cuda_graph_capture_and_replay_forward_backward(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_cuda_autocast_like_nn_lstm(backend, dtype):
-    _available(backend, dtype)
+    skip_unless_runs_on_cuda(backend, dtype)
     ref, ours = twin_lstms(32, 64, num_layers=2, backend=backend, dtype=torch.float32)
     ref, ours = ref.cuda(), ours.cuda()
     x = torch.randn(20, 4, 32, device="cuda")
@@ -71,7 +63,7 @@ def test_cuda_autocast_like_nn_lstm(backend, dtype):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_compile_fullgraph_with_kernel_backends(backend):
-    _available(backend)
+    skip_unless_runs_on_cuda(backend)
     torch._dynamo.reset()
     ref, ours = twin_lstms(16, 64, num_layers=2, bidirectional=True, backend=backend, dtype=torch.float32)
     ref, ours = ref.cuda(), ours.cuda()

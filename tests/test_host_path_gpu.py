@@ -7,23 +7,17 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_gpu
+from helpers import skip_unless_runs_on_cuda
 
 pytestmark = pytest.mark.gpu
 BACKENDS = ["reference", "triton", "numba"]
-
-
-def _skip_unless(backend, H=64, dtype=torch.float32):
-    try:
-        lstm_gpu.select_backend(backend, device="cuda", dtype=dtype, hidden_size=H)
-    except (ValueError, NotImplementedError) as e:
-        pytest.skip(str(e))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_module_call_with_lengths_does_not_synchronise(backend):
     """torch's sync debug mode raises on any synchronising torch call (a pageable copy to the GPU,
     ``int(t.min())`` on a GPU tensor, ``.item()``); warm up first (compiles, allocator growth)."""
-    _skip_unless(backend)
+    skip_unless_runs_on_cuda(backend)
     torch.manual_seed(0)
     m = lstm_gpu.LSTM(32, 64, num_layers=2, bidirectional=True, backend=backend).cuda()
     x = torch.randn(7, 4, 32, device="cuda")
@@ -46,7 +40,7 @@ def test_module_call_with_lengths_does_not_synchronise(backend):
 def test_kernel_runs_on_the_input_device_not_the_current_one(backend):
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two GPUs")
-    _skip_unless(backend)
+    skip_unless_runs_on_cuda(backend)
     torch.manual_seed(0)
     ref = lstm_gpu.LSTM(32, 64, backend="reference").to("cuda:1")
     m = lstm_gpu.LSTM(32, 64, backend=backend).to("cuda:1")

@@ -12,7 +12,6 @@ wrong values, or a deadlock reported at the deadline.
 Not tested here (the harness's stated limit): cache modifiers, memory orderings and fences; the threads see
 memory sequentially consistent. The sm_90 code checks and the GPU tests cover those.
 """
-import contextlib
 import inspect
 import threading
 import time
@@ -21,11 +20,10 @@ from unittest import mock
 import pytest
 import torch
 
-import lstm_gpu
 from lstm_gpu import reference, testing
 from lstm_gpu.kernels import host
 from lstm_gpu.testing import ProgramsHung, concurrent_programs
-from helpers import assert_close
+from helpers import assert_close, packed_bidirectional_vs_torch
 
 TRITON_SKIP = testing.unavailable_reason("triton")
 NUMBA_SKIP = testing.unavailable_reason("numba")
@@ -225,27 +223,9 @@ def test_numba_shuffle_tree_with_many_blocks(monkeypatch):
 # ----------------------------------------------------------------------------------------------------
 
 def _module_vs_torch(backend, n, H, dtype):
-    torch.manual_seed(0)
-    T, B, I = 4, 3, 3
-    ref = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True, dtype=dtype)
-    ours = lstm_gpu.LSTM(I, H, num_layers=2, bidirectional=True, dtype=dtype, backend=backend)
-    ours.load_state_dict(ref.state_dict())
-    x = torch.randn(T, B, I, dtype=dtype)
-    lengths = torch.tensor([3, 4, 1])
-    h0, c0 = torch.randn(4, B, H, dtype=dtype), torch.randn(4, B, H, dtype=dtype)
-    results = []
-    for model in (ref, ours):
-        xi, h0i, c0i = (t.clone().requires_grad_() for t in (x, h0, c0))
-        packed = torch.nn.utils.rnn.pack_padded_sequence(xi, lengths, enforce_sorted=False)
-        with concurrent_programs(n) if model is ours else contextlib.nullcontext():
-            out, (hn, cn) = model(packed, (h0i, c0i))
-            y, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)
-            (y.square().sum() + hn.sum() + 0.5 * cn.square().sum()).backward()
-        results.append([y, hn, cn, xi.grad, h0i.grad, c0i.grad] + [p.grad for p in model.parameters()])
-    tol = 1e-10 if dtype == torch.float64 else 2e-5
-    names = ["y", "h_n", "c_n", "dx", "dh0", "dc0"] + [name for name, _ in ref.named_parameters()]
-    for name, want, got in zip(names, *results):
-        assert_close(got, want, tol, what=f"{backend} n={n} {name}")
+    packed_bidirectional_vs_torch(backend, T=4, B=3, I=3, H=H, lengths=torch.tensor([3, 4, 1]), dtype=dtype,
+                                  tol=1e-10 if dtype == torch.float64 else 2e-5,
+                                  context=lambda: concurrent_programs(n))
 
 
 @needs_triton

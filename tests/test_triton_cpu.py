@@ -13,12 +13,12 @@ import torch
 import triton
 import triton.language as tl
 
-import lstm_gpu
 from lstm_gpu import reference
 from lstm_gpu.backends import select_backend, unsupported_reason
 from lstm_gpu.kernels import host, triton_config, triton_lstm
 from lstm_gpu.kernels.triton_barrier import grid_barrier
 from lstm_gpu.kernels.triton_config import interpreter_config
+from helpers import packed_bidirectional_vs_torch
 
 pytestmark = pytest.mark.skipif(not host.cpu_emulation("triton"), reason="needs TRITON_INTERPRET=1 (no GPU)")
 
@@ -237,24 +237,5 @@ def test_fp32_precision_setting(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 def test_module_vs_torch_lstm_bidirectional_packed(dtype):
     """lstm_gpu.LSTM(backend="triton") vs torch.nn.LSTM: 2 layers, bidirectional, unsorted packed input."""
-    torch.manual_seed(0)
-    T, B, I, H = 5, 3, 4, 6
-    ref = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True, dtype=dtype)
-    ours = lstm_gpu.LSTM(I, H, num_layers=2, bidirectional=True, dtype=dtype, backend="triton")
-    ours.load_state_dict(ref.state_dict())
-    x = torch.randn(T, B, I, dtype=dtype)
-    lengths = torch.tensor([3, 5, 2])
-    h0 = torch.randn(4, B, H, dtype=dtype)
-    c0 = torch.randn(4, B, H, dtype=dtype)
-    results = []
-    for model in (ref, ours):
-        xi, h0i, c0i = (t.clone().requires_grad_() for t in (x, h0, c0))
-        packed = torch.nn.utils.rnn.pack_padded_sequence(xi, lengths, enforce_sorted=False)
-        out, (hn, cn) = model(packed, (h0i, c0i))
-        y, _ = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=T)
-        (y.square().sum() + hn.sum() + 0.5 * cn.square().sum()).backward()
-        results.append([y, hn, cn, xi.grad, h0i.grad, c0i.grad] + [p.grad for p in model.parameters()])
-    tol = 1e-10 if dtype == torch.float64 else 2e-5
-    names = ["y", "h_n", "c_n", "dx", "dh0", "dc0"] + [n for n, _ in ref.named_parameters()]
-    for name, want, got in zip(names, *results):
-        assert_close(got, want, tol, name)
+    packed_bidirectional_vs_torch("triton", T=5, B=3, I=4, H=6, lengths=torch.tensor([3, 5, 2]), dtype=dtype,
+                                  tol=1e-10 if dtype == torch.float64 else 2e-5)
