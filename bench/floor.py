@@ -78,12 +78,15 @@ def interpreted() -> bool:
 
 
 def programs_for(batch: int, hidden: int, dtype: torch.dtype, sm_count: int) -> int:
-    """The grid of the persistent Triton LSTM for this call (or an estimate: W_hh split to fit on chip)."""
+    """The programs of the persistent Triton LSTM that meet at one step counter for this call (or an
+    estimate: W_hh split to fit on chip). With batch groups the LSTM runs several such sets side by side,
+    each on its own rows; the floor runs one set over the whole batch (a slightly larger exchange)."""
     if interpreted():
         return 1
     try:
         from lstm_gpu.kernels.triton_config import gpu_config
-        return min(sm_count, gpu_config(B=batch, H=hidden, dtype=dtype, n_sm=sm_count).num_programs)
+        cfg = gpu_config(B=batch, H=hidden, dtype=dtype, n_sm=sm_count)
+        return min(sm_count, cfg.num_programs // cfg.batch_groups)
     except Exception:   # noqa: BLE001 - no config module: estimate
         pass
     w_bytes = 4 * hidden * hidden * torch.empty(0, dtype=dtype).element_size()
