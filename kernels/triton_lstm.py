@@ -99,7 +99,7 @@ def _tanh(x):
 
 
 @triton.jit
-def _h_rows(p_y, t, o_b, m_b, b_len, B, H, REVERSE: tl.constexpr):
+def _h_rows(t, o_b, m_b, b_len, B, H, REVERSE: tl.constexpr):
     """Where each row o_b finds h as step t sees it: (offset of its row in y, in y?, in h0?).
     Forward: h_{t-1} = y[min(t-1, len-1)] (a frozen row re-reads its last live output), h0 before the
     first step. Reverse: y[t+1] while the row was already alive at t+1 (t+1 < len), else h0."""
@@ -216,7 +216,7 @@ def _fwd_tile(p_h0, p_y, b_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_xi, 
     o_bt = (t.to(tl.int64) * B + o_b) * (4 * H)                     # row offsets into [T, B, 4H]
 
     # z_t = gates_x[t] + h_{t-1} · W_hhᵀ, gate by gate, for this program's units
-    o_y, m_y, m_0 = _h_rows(p_y, t, o_b, m_b, b_len, B, H, REVERSE)
+    o_y, m_y, m_0 = _h_rows(t, o_b, m_b, b_len, B, H, REVERSE)
     b_h = _load_h(p_y, p_h0, o_y, m_y, m_0, o_b, H, BLOCK_K, K_SPLIT if USE_DOT else 1)
     b_zi = b_xi + _hw(b_h, b_wi, USE_DOT, PRECISION).to(ACC)
     b_zf = b_xf + _hw(b_h, b_wf, USE_DOT, PRECISION).to(ACC)
@@ -332,7 +332,7 @@ def _lstm_fwd_kernel(
         o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
         m_b = o_b < b_end
         b_len = tl.load(p_len + o_b, mask=m_b, other=0)
-        o_y, m_y, m_0 = _h_rows(p_y, t_end, o_b, m_b, b_len, B, H, REVERSE)
+        o_y, m_y, m_0 = _h_rows(t_end, o_b, m_b, b_len, B, H, REVERSE)
         b_hy = tl.load(p_y + o_y[:, None] + o_j[None, :], mask=m_y[:, None] & m_j[None, :])
         b_h0 = tl.load(p_h0 + o_b[:, None] * H + o_j[None, :], mask=m_0[:, None] & m_j[None, :])
         tl.store(p_hn + o_b[:, None] * H + o_j[None, :], tl.where(m_y[:, None], b_hy, b_h0),
