@@ -85,7 +85,18 @@ def loops(code: list[Instr]) -> list[tuple[int, int]]:
 
 
 def _is_sync_atomic(ins: Instr) -> bool:
-    return ins.op in ("REDG", "ATOMG") or (ins.op == "LDG" and ".STRONG.GPU" in ins.mods)
+    return ins.op in ("REDG", "ATOMG") or (ins.op == "LDG" and _is_strong(ins))
+
+
+def _is_strong(ins: Instr) -> bool:
+    """A load that goes to L2 for data another program wrote: .cg (STRONG.GPU) or volatile (STRONG.SYS)."""
+    return ".STRONG.GPU" in ins.mods or ".STRONG.SYS" in ins.mods
+
+
+def _is_data_poll(ins: Instr) -> bool:
+    """A volatile load (STRONG.SYS): the tagged exchange polls the data itself, so its round trip is the
+    step synchronisation's, not an exchange round of its own."""
+    return ins.op == "LDG" and ".STRONG.SYS" in ins.mods
 
 
 @dataclass
@@ -155,16 +166,17 @@ def load_phases(body: list[Instr], sync_at: int, poll_end: int) -> list[str]:
     start and the synchronisation (one round), and between the synchronisation and the loop's end
     (another). A load issued before the synchronisation and consumed only after it (a prefetch for the
     next step) waits for nothing. A round is "l2" when all its loads are .cg (STRONG.GPU: data another
-    program just wrote, an L2 hit), else "dram" (streamed data: gates_x, saved activations, dy)."""
+    program just wrote, an L2 hit), else "dram" (streamed data: gates_x, saved activations, dy). Volatile
+    loads (a tagged exchange polling the data) are the synchronisation's round trip, not a round here."""
     phases = []
     for lo, hi in ((body[0].addr, sync_at), (poll_end, body[-1].addr)):
         kinds = set()
         for i, ld in enumerate(body):
-            if ld.op != "LDG" or not lo <= ld.addr < hi:
+            if ld.op != "LDG" or not lo <= ld.addr < hi or _is_data_poll(ld):
                 continue
             regs = _dest_regs(ld)
             if any(regs & _source_regs(use) for use in body[i + 1:] if use.addr < hi):
-                kinds.add("l2" if ".STRONG.GPU" in ld.mods else "dram")
+                kinds.add("l2" if _is_strong(ld) else "dram")
         if kinds:
             phases.append("dram" if "dram" in kinds else "l2")
     return phases
@@ -203,7 +215,9 @@ def read_step(code: list[Instr], inner_trips: int = 1) -> Step:
     waited = sum(1 for i in body if not in_poll(i) and i.op == "ATOMG" and not i.operands.startswith("RZ"))
     step.sync_round_trips = waited + (1 if polls else 0)
     step.tile_trips = inner_trips if tiles else 1
-    sync_at = next((i.addr for i in body if i.op in ("REDG", "ATOMG") and not in_poll(i)), hi)
+    # the synchronisation starts at the arrival atomic, or (a tagged exchange: no atomic) at the data poll
+    sync_at = next((i.addr for i in body if i.op in ("REDG", "ATOMG") and not in_poll(i)),
+                   min((a for a, _ in polls), default=hi))
     poll_end = max((b for _, b in polls), default=sync_at)
     step.load_phases = load_phases(body, sync_at, poll_end)
     return step

@@ -70,9 +70,21 @@ class LSTMConfig:
     k_split: int = 1    # tl.dot: K chunks (independent accumulators); 1 on the broadcast path
     batch_groups: int = 1   # the batch split in groups of rows, each run by its own set of programs
     group_rows: int = 0     # rows per batch group (a multiple of block_b); 0: the whole batch
+    tagged_h: bool = False  # forward, 16-bit tl.dot path: h exchanged with its generation tag, no counter
 
     def rows_per_group(self, B: int) -> int:
         return self.group_rows or B
+
+    def tagged_exchange(self, dtype: torch.dtype) -> bool:
+        """Whether the forward exchanges h tagged with its generation (``tagged_h``, 16-bit h on the tl.dot
+        path only: one 32-bit word per element, polled by the readers, no step counter and no fence)
+        rather than plain values and the step counter. The launcher uses it for one-tile launches only:
+        with two tiles per program it spilled 6-8 local accesses per step inside the loop (sm_90, 3.6)."""
+        return self.tagged_h and self.use_dot and dtype in (torch.float16, torch.bfloat16)
+
+    def low_exchange(self, dtype: torch.dtype) -> bool:
+        """Whether backward exchanges dz in the 16-bit input dtype (the tensor cores read it so anyway)."""
+        return self.use_dot and dtype in (torch.float16, torch.bfloat16)
 
     def w_words(self, dtype: torch.dtype) -> int:
         """32-bit registers the W_hh slice needs: 16-bit weights stay packed on the dot path."""

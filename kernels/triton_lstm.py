@@ -45,9 +45,12 @@ The equations (PyTorch's gate order i, f, g, o; σ = sigmoid, ⊙ = elementwise)
 Work split (the "persistent" part): program p owns hidden units [p·HT, (p+1)·HT) in all four gates,
 so its cell update needs nothing from the other programs. Forward keeps the rows of W_hh for its units,
 one [K, HT] block per gate (b_wi, b_wf, b_wg, b_wo), on chip for the whole launch; every step it reads
-the full h_{t-1} that all programs wrote into y[t-1], writes its slice of h_t into y[t] (a fresh slot
-per step, so one synchronisation per step suffices) and meets the others at the step counter
-(kernels/triton_barrier.py: one L2 round trip). Backward keeps the columns W_hh[:, p's units] per gate,
+the full h_{t-1} that all programs published in an exchange slot (two slots used alternately), publishes
+its slice of h_t in the other slot (and writes it into y[t]) and meets the others at the step counter
+(kernels/triton_barrier.py: one L2 round trip). Or, ``tagged_h`` (16-bit h, a config option): each h
+travels with its step number in one 32-bit word and the readers poll the data itself, no counter, no
+fence; twice the bytes, modeled slower at B16 H768 fp16 (see ``_read_h``), kept for the GPU to decide.
+Backward keeps the columns W_hh[:, p's units] per gate,
 writes its slice of dz_t, waits, then reads all of dz_t. Batch groups: when the unit split leaves SMs idle
 and the batch has several tiles, program (p, q) of the grid (units, groups) runs units p of the rows of
 group q only; the groups are independent recurrences, each with its own step counter.
@@ -59,9 +62,10 @@ The next step's gates_x (forward) and saved gates, cells and dy (backward) are l
 synchronisation, so their DRAM latency hides behind the wait (single-tile launches).
 
 Variable lengths: sequence b lives at t < lengths[b]; past its end its state is frozen, y is zero,
-``cells`` repeats the carried c, and backward passes dh/dc through untouched. The carried h of a frozen
-row is re-read where it lies (y at the row's last live step, or h0), so ``gates`` at frozen steps
-match the reference too. Reverse walks t = T-1 … 0 (a row starts at t = lengths[b]-1 from h0).
+``cells`` repeats the carried c, and backward passes dh/dc through untouched. Each program carries h
+as well as c for its units (registers, or a scratch slice when the batch has several tiles) and
+publishes the carried h every step, frozen rows included, so ``gates`` at frozen steps match the
+reference too, and h_n is the carried h. Reverse walks t = T-1 … 0 (a row starts at t = lengths[b]-1 from h0).
 
 Layers (fla-org layout): 1. the ``@triton.jit`` kernels; 2. the launchers ``lstm_fwd`` / ``lstm_bwd``
 (check, allocate, launch); 3./4. the autograd tie and the public function are the foundation's custom op
@@ -99,24 +103,10 @@ def _tanh(x):
 
 
 @triton.jit
-def _h_rows(t, o_b, m_b, b_len, B, H, REVERSE: tl.constexpr):
-    """Where each row o_b finds h as step t sees it: (offset of its row in y, in y?, in h0?).
-    Forward: h_{t-1} = y[min(t-1, len-1)] (a frozen row re-reads its last live output), h0 before the
-    first step. Reverse: y[t+1] while the row was already alive at t+1 (t+1 < len), else h0."""
-    if REVERSE:
-        src = tl.zeros_like(b_len) + t + 1
-        has = src < b_len
-    else:
-        src = tl.minimum(tl.zeros_like(b_len) + t - 1, b_len - 1)
-        has = src >= 0
-    return (src.to(tl.int64) * B + o_b) * H, m_b & has, m_b & (~has)    # int64: T·B·H may pass 2^31
-
-
-@triton.jit
-def _load_rows(p, o_row, m_row, H, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr):
-    """H consecutive elements of each row (starting at p + o_row), as [BB, K] or, with K_SPLIT > 1, split
-    along K as [K_SPLIT, BB, K/K_SPLIT] (the chunks become independent tensor-core accumulators).
-    Data another program wrote: loaded with .cg (L2, not a stale L1 line) after the step synchronisation."""
+def _row_offsets(o_row, m_row, H, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr):
+    """Offsets and mask of H consecutive elements of each row (the row starting at o_row), as [BB, K] or,
+    with K_SPLIT > 1, split along K as [K_SPLIT, BB, K/K_SPLIT] (the chunks become independent
+    tensor-core accumulators)."""
     if K_SPLIT == 1:
         o_k = tl.arange(0, BLOCK_K)[None, :]
         o_row, m_row = o_row[:, None], m_row[:, None]
@@ -124,16 +114,87 @@ def _load_rows(p, o_row, m_row, H, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr)
         KC: tl.constexpr = BLOCK_K // K_SPLIT
         o_k = tl.arange(0, K_SPLIT)[:, None, None] * KC + tl.arange(0, KC)[None, None, :]
         o_row, m_row = o_row[None, :, None], m_row[None, :, None]
-    return tl.load(p + o_row + o_k, mask=m_row & (o_k < H), other=0., cache_modifier=".cg")
+    return o_row + o_k, m_row & (o_k < H)
 
 
 @triton.jit
-def _load_h(p_y, p_h0, o_y, m_y, m_0, o_b, H, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr):
-    """h for the rows of one tile: from y (rows m_y, at offsets o_y) or h0 (rows m_0). Two masked loads
-    added, not one load through a select of pointers: the select hid the rows' alignment from the
-    compiler and the load became 64 scalar 16-bit loads per thread (sm_90 SASS, B16 H768 fp16)."""
-    return (_load_rows(p_y, o_y, m_y, H, BLOCK_K, K_SPLIT)
-            + _load_rows(p_h0, o_b * H, m_0, H, BLOCK_K, K_SPLIT))     # one of the two is masked to 0
+def _load_rows(p, o_row, m_row, H, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr):
+    """H consecutive elements of each row (see ``_row_offsets``). Data another program wrote: loaded
+    with .cg (L2, not a stale L1 line) after the step synchronisation."""
+    o, m = _row_offsets(o_row, m_row, H, BLOCK_K, K_SPLIT)
+    return tl.load(p + o, mask=m, other=0., cache_modifier=".cg")
+
+
+# The exchange of h between programs: two slots [2, B, H]; generation g (h after g steps, h0 = generation 0)
+# lives in slot g % 2. A program reads generation s at step s and publishes its units of generation s + 1.
+# A generation never overwrites one a program still reads: s + 2 goes where s was, after every program
+# has published s + 1, which each did only after reading s.
+# Plain values (the default): the step counter (triton_barrier.py) says when a generation is complete. Its
+# release costs a fence, its wait one L2 round trip, and the h load after it another.
+# Tagged (``tagged_h``, 16-bit h only): each h travels in a 32-bit word with its generation in the high
+# half, and the reader polls the data itself: no fence, no counter, one L2 round trip. 16-bit tags never
+# meet a stale word (the slot holds s - 2, or before its first write the launcher's -1 = tag 0xFFFF, which
+# generation 65535 only meets long after). Modeled from the sm_90 code (B16 H768 fp16 forward, triton
+# 3.6): 1.82 µs/step tagged vs 1.47 plain: the words double the bytes every program reads (2.5 vs 1.3 MB
+# per step), and with no wait after it the conversion of the gates_x prefetch stalls on DRAM. Not the
+# default; the first GPU measurement decides (the fence cost is an assumption of the model).
+
+@triton.jit
+def _tag_of(g):
+    return tl.cast(g, tl.uint32) & 0xFFFF
+
+
+@triton.jit
+def _publish_h(p_hx, g, o_b, m_b, o_j, m_j, b_h, B, H, TAGGED: tl.constexpr):
+    """Store this program's units of h generation g ([BB, HT], the dtype of y) into slot g % 2."""
+    p = p_hx + (g % 2) * B * H + o_b[:, None] * H + o_j[None, :]
+    if TAGGED:      # word = generation << 16 | the 16 bits of h
+        bits = b_h.to(tl.uint16, bitcast=True).to(tl.uint32)
+        tl.store(p, (bits | (_tag_of(g) << 16)).to(tl.int32, bitcast=True), mask=m_b[:, None] & m_j[None, :])
+    else:
+        tl.store(p, b_h, mask=m_b[:, None] & m_j[None, :])
+
+
+@triton.jit
+def _or(a, b):
+    return a | b
+
+
+@triton.jit
+def _late(w, word):
+    """Whether any word of the tile ``w`` lacks the generation of ``word`` (in its high half): one OR of
+    the differences, 1-2 integer instructions per word, checked once."""
+    return (tl.reduce(w ^ word, None, _or) >> 16) != 0
+
+
+@triton.jit
+def _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr,
+            TAGGED: tl.constexpr, TIMEOUT: tl.constexpr):
+    """All of h generation g for the rows o_b, in the layout of ``_row_offsets``. Untagged: loaded after the
+    step synchronisation. Tagged: loaded, then reloaded until every word carries generation g (volatile
+    loads: the compiler keeps each one, and they go to L2). TIMEOUT > 0 (debug mode): give up after that
+    many polls and set the time-out flag *p_flag, as the step counter does."""
+    p = p_hx + (g % 2) * B * H
+    if TAGGED:
+        o, m = _row_offsets(o_b * H, m_b, H, BLOCK_K, K_SPLIT)
+        word = _tag_of(g) << 16                                     # what a word of generation g starts with
+        w = tl.load(p + o, mask=m, other=word, volatile=True).to(tl.uint32, bitcast=True)   # masked: in time
+        if TIMEOUT > 0:
+            failed = tl.atomic_add(p_flag, 0, sem="relaxed", scope="gpu")
+            spins = 0
+            while _late(w, word) & (failed == 0):
+                w = tl.load(p + o, mask=m, other=word, volatile=True).to(tl.uint32, bitcast=True)
+                spins += 1
+                failed = tl.where(spins >= TIMEOUT, 1, failed)
+            if spins >= TIMEOUT:
+                tl.atomic_xchg(p_flag, 1, sem="relaxed", scope="gpu")
+        else:
+            while _late(w, word):
+                w = tl.load(p + o, mask=m, other=word, volatile=True).to(tl.uint32, bitcast=True)
+        b_h = (w & 0xFFFF).to(tl.uint16).to(DTYPE, bitcast=True)
+    else:
+        b_h = _load_rows(p, o_b * H, m_b, H, BLOCK_K, K_SPLIT)
+    return b_h
 
 
 @triton.jit
@@ -191,7 +252,9 @@ def _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT: tl.constexpr, BLOCK_B: tl.con
     """gates_x[t] for one tile, the four gates of this program's units ([BB, HT] each, accumulation
     dtype); zeros for a t outside 0..T-1 (the prefetch after the last step). It depends on no other
     program, so the single-tile loop issues it for step t+1 before the step synchronisation of step t:
-    its DRAM latency hides behind the wait instead of adding to the step."""
+    its DRAM latency hides behind the wait. (The conversion to ACC follows the load at once in the SASS,
+    so the program waits for DRAM right there: without a wait after it, as on the tagged path, the
+    latency shows.)"""
     o_b = r0 + tl.arange(0, BLOCK_B)
     o_j = i_p * HT + tl.arange(0, HT)
     o_t = tl.zeros([BLOCK_B], dtype=tl.int32) + t
@@ -202,22 +265,21 @@ def _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT: tl.constexpr, BLOCK_B: tl.con
 
 
 @triton.jit
-def _fwd_tile(p_h0, p_y, b_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_xi, b_xf, b_xg, b_xo, b_c, t, i_p,
-              r0, b_end, B, H, REVERSE: tl.constexpr, SAVE: tl.constexpr, HT: tl.constexpr, BLOCK_K: tl.constexpr,
-              BLOCK_B: tl.constexpr, K_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """One step t for one batch tile, given its rows' lengths and gates_x[t] (b_x*): returns the new c
-    [BB, HT] (accumulation dtype)."""
+def _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_h, b_wi, b_wf, b_wg, b_wo, b_xi, b_xf, b_xg, b_xo, b_c, b_hc,
+              s, t, i_p, r0, b_end, B, H, SAVE: tl.constexpr, HT: tl.constexpr, BLOCK_B: tl.constexpr,
+              USE_DOT: tl.constexpr, PRECISION: tl.constexpr, TAGGED: tl.constexpr):
+    """Step s (time t) for one batch tile, given h_{t-1} (b_h: all of generation s for its rows), gates_x[t]
+    (b_x*), its rows' lengths and its carried c and h (b_hc: this program's units of generation s):
+    returns the new c (accumulation dtype) and the new carried h, which it publishes as generation s + 1."""
     ACC = b_c.dtype
     o_b = r0 + tl.arange(0, BLOCK_B)                   # batch rows of this tile
     m_b = o_b < b_end
     o_j = i_p * HT + tl.arange(0, HT)                               # this program's hidden units
-    m_bj = m_b[:, None] & (o_j < H)[None, :]
+    m_j = o_j < H
+    m_bj = m_b[:, None] & m_j[None, :]
     b_alive = (t < b_len)[:, None]                                  # [BB, 1]
-    o_bt = (t.to(tl.int64) * B + o_b) * (4 * H)                     # row offsets into [T, B, 4H]
 
     # z_t = gates_x[t] + h_{t-1} · W_hhᵀ, gate by gate, for this program's units
-    o_y, m_y, m_0 = _h_rows(t, o_b, m_b, b_len, B, H, REVERSE)
-    b_h = _load_h(p_y, p_h0, o_y, m_y, m_0, o_b, H, BLOCK_K, K_SPLIT if USE_DOT else 1)
     b_zi = b_xi + _hw(b_h, b_wi, USE_DOT, PRECISION).to(ACC)
     b_zf = b_xf + _hw(b_h, b_wf, USE_DOT, PRECISION).to(ACC)
     b_zg = b_xg + _hw(b_h, b_wg, USE_DOT, PRECISION).to(ACC)
@@ -225,21 +287,21 @@ def _fwd_tile(p_h0, p_y, b_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_xi, 
 
     b_i, b_f, b_g, b_o = _sigmoid(b_zi), _sigmoid(b_zf), _tanh(b_zg), _sigmoid(b_zo)
     b_c_new = b_f * b_c + b_i * b_g                                 # c_t = f ⊙ c_{t-1} + i ⊙ g
-    b_h_new = b_o * _tanh(b_c_new)                                  # h_t = o ⊙ tanh(c_t)
-    b_c_new = tl.where(b_alive, b_c_new, b_c)                       # frozen past the end
-    b_h_new = tl.where(b_alive, b_h_new, 0.)                        # zero output past the end
+    b_h_new = (b_o * _tanh(b_c_new)).to(b_hc.dtype)                 # h_t = o ⊙ tanh(c_t)
+    b_c_new = tl.where(b_alive, b_c_new, b_c)                       # frozen outside the row's steps
+    b_hc = tl.where(b_alive, b_h_new, b_hc)
+    _publish_h(p_hx, s + 1, o_b, m_b, o_j, m_j, b_hc, B, H, TAGGED)   # first: the other programs wait for it
 
     o_bh = (t.to(tl.int64) * B + o_b) * H                           # row offsets into [T, B, H]
-    p_yt = p_y + o_bh[:, None] + o_j[None, :]
-    tl.store(p_yt, b_h_new.to(p_yt.dtype.element_ty), mask=m_bj)
+    tl.store(p_y + o_bh[:, None] + o_j[None, :], tl.where(b_alive, b_h_new, 0.), mask=m_bj)   # zero past the end
     if SAVE:
-        p_g = p_gates + o_bt[:, None] + o_j[None, :]                # gate k of unit j at k·H + j
+        p_g = p_gates + ((t.to(tl.int64) * B + o_b) * (4 * H))[:, None] + o_j[None, :]   # gate k at k·H + j
         tl.store(p_g, b_i, mask=m_bj)
         tl.store(p_g + H, b_f, mask=m_bj)
         tl.store(p_g + 2 * H, b_g, mask=m_bj)
         tl.store(p_g + 3 * H, b_o, mask=m_bj)
         tl.store(p_cells + o_bh[:, None] + o_j[None, :], b_c_new, mask=m_bj)
-    return b_c_new
+    return b_c_new, b_hc
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -250,15 +312,18 @@ def _lstm_fwd_kernel(
     p_c0,        # [B, H]
     p_w,         # [4H, H] W_hh
     p_len,       # [B] int32, sequence lengths (T for all when none were given)
-    p_y,         # [T, B, H] out: h_t, zero past a row's end; also how programs exchange h
+    p_y,         # [T, B, H] out: h_t, zero past a row's end
     p_hn,        # [B, H] out
     p_cn,        # [B, H] out
     p_gates,     # [T, B, 4H] out (accumulation dtype): activated i, f, g, o   (SAVE only)
     p_cells,     # [T, B, H] out (accumulation dtype): c_t                      (SAVE only)
+    p_hx,        # [2, B, H] how programs exchange h: generation g in slot g % 2 (TAGGED: int32 words, -1 at launch)
     p_cs,        # [B, H] accumulation-dtype scratch for c when the batch needs several tiles
+    p_hs,        # [B, H] scratch for the carried h (dtype of y), likewise
     p_bar,       # [2·groups] int64, zero: each batch group's step counter and time-out flag
     # sizes
-    T, B, H,
+    T, B,
+    H: tl.constexpr,     # a constant: every offset inside a row becomes an immediate (fewer address registers)
     BG,          # batch rows per batch group (program_id(1) picks the group); B when there is one
     # meta-parameters
     REVERSE: tl.constexpr, SAVE: tl.constexpr,
@@ -266,13 +331,16 @@ def _lstm_fwd_kernel(
     K_SPLIT: tl.constexpr,       # tl.dot: K chunks, each an independent accumulator
     GROUPED: tl.constexpr,       # more than one batch group (program_id(1) > 0 exists)
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    TAGGED: tl.constexpr,        # h exchanged with its generation (16-bit h): no step counter
     NUM_PROGRAMS: tl.constexpr,  # programs of one batch group: they meet at the group's step counter
     ACC: tl.constexpr,
-    TIMEOUT: tl.constexpr,       # barrier polls before giving up (debug mode); 0 = wait forever
+    TIMEOUT: tl.constexpr,       # polls before giving up (debug mode); 0 = wait forever
 ):
     i_p = tl.program_id(0)
     i_q, row0, b_end = _batch_group(B, BG, GROUPED)                 # this program's rows: [row0, b_end)
     num_bt = tl.cdiv(b_end - row0, BLOCK_B)
+    p_flag = p_bar + 2 * i_q + 1                                    # the group's time-out flag
+    KS: tl.constexpr = K_SPLIT if USE_DOT else 1                    # h in K chunks for the tensor cores
 
     # This program's rows of W_hh, gate by gate, loaded ONCE and kept on chip for all T steps.
     b_wi = _load_w_gate(p_w, 0, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
@@ -282,28 +350,42 @@ def _lstm_fwd_kernel(
 
     o_j = i_p * HT + tl.arange(0, HT)
     m_j = o_j < H
-    if ONE_TILE:                                                    # c lives in registers
+    if ONE_TILE:                                                    # c and the carried h live in registers
         o_b = row0 + tl.arange(0, BLOCK_B)
-        m_bj = (o_b < b_end)[:, None] & m_j[None, :]
-        b_c = tl.load(p_c0 + o_b[:, None] * H + o_j[None, :], mask=m_bj, other=0.).to(ACC)
-        b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)    # lengths: loaded once
-        b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, T - 1 if REVERSE else 0, T, i_p, row0, b_end, B, H, HT, BLOCK_B,
-                                          ACC)
-        for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above the barrier
+        m_b = o_b < b_end
+        m_bj = m_b[:, None] & m_j[None, :]
+        o_bj = o_b[:, None] * H + o_j[None, :]
+        b_c = tl.load(p_c0 + o_bj, mask=m_bj, other=0.).to(ACC)
+        b_hc = tl.load(p_h0 + o_bj, mask=m_bj, other=0.)
+        b_len = tl.load(p_len + o_b, mask=m_b, other=0)            # lengths: loaded once
+        b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, T - 1 if REVERSE else 0, T, i_p, row0, b_end, B, H, HT, BLOCK_B, ACC)
+        _publish_h(p_hx, 0, o_b, m_b, o_j, m_j, b_hc, B, H, TAGGED)    # generation 0: h0
+        if not TAGGED:
+            step_barrier(p_bar + 2 * i_q, 0, NUM_PROGRAMS, TIMEOUT)
+        for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above the wait
             t = T - 1 - s if REVERSE else s
-            b_c = _fwd_tile(p_h0, p_y, b_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_xi, b_xf, b_xg, b_xo,
-                            b_c, t, i_p, row0, b_end, B, H, REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, K_SPLIT, USE_DOT,
-                            PRECISION)
+            b_h = _read_h(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, BLOCK_K, KS, TAGGED, TIMEOUT)
+            b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_h, b_wi, b_wf, b_wg, b_wo, b_xi, b_xf, b_xg,
+                                  b_xo, b_c, b_hc, s, t, i_p, row0, b_end, B, H, SAVE, HT, BLOCK_B, USE_DOT, PRECISION,
+                                  TAGGED)
             b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t - 1 if REVERSE else t + 1, T, i_p, row0, b_end, B, H, HT,
                                               BLOCK_B, ACC)         # the next step's, before the wait
-            step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
-        tl.store(p_cn + o_b[:, None] * H + o_j[None, :], b_c.to(p_cn.dtype.element_ty), mask=m_bj)
-    else:                                                           # c lives in a scratch slice
+            if not TAGGED:
+                step_barrier(p_bar + 2 * i_q, s + 1, NUM_PROGRAMS, TIMEOUT)
+        tl.store(p_cn + o_bj, b_c.to(p_cn.dtype.element_ty), mask=m_bj)
+        tl.store(p_hn + o_bj, b_hc, mask=m_bj)                      # h_n: the carried h
+    else:                                                           # c and h live in scratch slices
         for i_bt in range(num_bt):
             o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-            m_bj = (o_b < b_end)[:, None] & m_j[None, :]
+            m_b = o_b < b_end
+            m_bj = m_b[:, None] & m_j[None, :]
             o_bj = o_b[:, None] * H + o_j[None, :]
             tl.store(p_cs + o_bj, tl.load(p_c0 + o_bj, mask=m_bj, other=0.).to(ACC), mask=m_bj)
+            b_h0 = tl.load(p_h0 + o_bj, mask=m_bj, other=0.)
+            tl.store(p_hs + o_bj, b_h0, mask=m_bj)
+            _publish_h(p_hx, 0, o_b, m_b, o_j, m_j, b_h0, B, H, TAGGED)
+        if not TAGGED:
+            step_barrier(p_bar + 2 * i_q, 0, NUM_PROGRAMS, TIMEOUT)
         for s in tl.range(T, num_stages=1):
             t = T - 1 - s if REVERSE else s
             for i_bt in range(num_bt):
@@ -312,31 +394,25 @@ def _lstm_fwd_kernel(
                 o_bj = o_b[:, None] * H + o_j[None, :]
                 tl.debug_barrier()
                 b_c = tl.load(p_cs + o_bj, mask=m_bj, other=0.)
+                b_hc = tl.load(p_hs + o_bj, mask=m_bj, other=0.)
                 b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)
                 r0 = row0 + i_bt * BLOCK_B
                 b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT, BLOCK_B, ACC)
-                b_c = _fwd_tile(p_h0, p_y, b_len, p_gates, p_cells, b_wi, b_wf, b_wg, b_wo, b_xi, b_xf, b_xg, b_xo,
-                                b_c, t, i_p, r0, b_end, B, H, REVERSE, SAVE, HT, BLOCK_K, BLOCK_B, K_SPLIT, USE_DOT,
-                                PRECISION)
+                b_h = _read_h(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, BLOCK_K, KS, TAGGED, TIMEOUT)
+                b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_h, b_wi, b_wf, b_wg, b_wo, b_xi, b_xf,
+                                      b_xg, b_xo, b_c, b_hc, s, t, i_p, r0, b_end, B, H, SAVE, HT, BLOCK_B, USE_DOT,
+                                      PRECISION, TAGGED)
                 tl.store(p_cs + o_bj, b_c, mask=m_bj)
-            step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
+                tl.store(p_hs + o_bj, b_hc, mask=m_bj)
+            if not TAGGED:
+                step_barrier(p_bar + 2 * i_q, s + 1, NUM_PROGRAMS, TIMEOUT)
+        tl.debug_barrier()
         for i_bt in range(num_bt):
             o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
             m_bj = (o_b < b_end)[:, None] & m_j[None, :]
             o_bj = o_b[:, None] * H + o_j[None, :]
             tl.store(p_cn + o_bj, tl.load(p_cs + o_bj, mask=m_bj).to(p_cn.dtype.element_ty), mask=m_bj)
-
-    # h_n: the carried h of each row, i.e. h as the step after the last one would see it
-    t_end = -1 if REVERSE else T
-    for i_bt in range(num_bt):
-        o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-        m_b = o_b < b_end
-        b_len = tl.load(p_len + o_b, mask=m_b, other=0)
-        o_y, m_y, m_0 = _h_rows(t_end, o_b, m_b, b_len, B, H, REVERSE)
-        b_hy = tl.load(p_y + o_y[:, None] + o_j[None, :], mask=m_y[:, None] & m_j[None, :])
-        b_h0 = tl.load(p_h0 + o_b[:, None] * H + o_j[None, :], mask=m_0[:, None] & m_j[None, :])
-        tl.store(p_hn + o_b[:, None] * H + o_j[None, :], tl.where(m_y[:, None], b_hy, b_h0),
-                 mask=m_b[:, None] & m_j[None, :])
+            tl.store(p_hn + o_bj, tl.load(p_hs + o_bj, mask=m_bj), mask=m_bj)
 
 
 @triton.jit
@@ -436,7 +512,8 @@ def _lstm_bwd_kernel(
     p_zx,        # [2, B, 4H] input dtype, LOW_EXCHANGE only: dz in 16 bits, slot s % 2 at step s
     p_bar,       # [2·groups] int64, zero: each batch group's step counter and time-out flag
     # sizes
-    T, B, H,
+    T, B,
+    H: tl.constexpr,     # a constant: every offset inside a row becomes an immediate (fewer address registers)
     BG,          # batch rows per batch group (program_id(1) picks the group); B when there is one
     # meta-parameters
     REVERSE: tl.constexpr,
@@ -577,6 +654,11 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
         gates = cells = torch.empty(1, dtype=acc, device=device)   # never written (SAVE is off)
     grid, rows, one_tile = _grid(cfg, B)
     c_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
+    h_scratch = torch.empty(1 if one_tile else B * H, dtype=dtype, device=device)
+    tagged = cfg.tagged_exchange(dtype) and one_tile     # several tiles, tagged: 6-8 spills per step (sm_90)
+    # -1: tag 0xFFFF, a generation no reader waits for before the slot is written
+    h_exchange = (torch.full((2, B, H), -1, dtype=torch.int32, device=device) if tagged
+                  else torch.empty(2, B, H, dtype=dtype, device=device))
     if T == 0:
         h_n.copy_(h0), c_n.copy_(c0)
         return y, h_n, c_n, (gates if save else None), (cells if save else None)
@@ -584,11 +666,11 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
     bar, timeout = barrier_state(device, grid[1]), barrier_timeout()
     with host.device_guard(device):     # Triton launches on the current device: make it the input's
         _lstm_fwd_kernel[grid](
-            gates_x, h0, c0, w_hh, lens, y, h_n, c_n, gates, cells, c_scratch, bar,
+            gates_x, h0, c0, w_hh, lens, y, h_n, c_n, gates, cells, h_exchange, c_scratch, h_scratch, bar,
             T, B, H, rows,
             REVERSE=bool(reverse), SAVE=bool(save), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b,
             ONE_TILE=one_tile, K_SPLIT=cfg.k_split, GROUPED=grid[1] > 1, USE_DOT=cfg.use_dot,
-            PRECISION=cfg.precision, NUM_PROGRAMS=grid[0], ACC=_TL_ACC[acc], TIMEOUT=timeout,
+            PRECISION=cfg.precision, TAGGED=tagged, NUM_PROGRAMS=grid[0], ACC=_TL_ACC[acc], TIMEOUT=timeout,
             **_launch_options(cfg, device))
     if timeout:
         raise_if_timed_out(bar, "forward")
@@ -610,7 +692,7 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
     grid, rows, one_tile = _grid(cfg, B)
     dh_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
     dc_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
-    low_exchange = cfg.use_dot and dtype in (torch.float16, torch.bfloat16)
+    low_exchange = cfg.low_exchange(dtype)
     dz_exchange = torch.empty(2 * B * G if low_exchange else 1, dtype=dtype, device=device)
     if T == 0:
         dh0.copy_(dh_n), dc0.copy_(dc_n)

@@ -12,6 +12,8 @@ wrong values, or a deadlock reported at the deadline.
 Not tested here (the harness's stated limit): cache modifiers, memory orderings and fences; the threads see
 memory sequentially consistent. The sm_90 code checks and the GPU tests cover those.
 """
+import contextlib
+import dataclasses
 import inspect
 import threading
 import time
@@ -31,6 +33,8 @@ needs_triton = pytest.mark.skipif(TRITON_SKIP is not None, reason=str(TRITON_SKI
 needs_numba = pytest.mark.skipif(NUMBA_SKIP is not None, reason=str(NUMBA_SKIP))
 
 if TRITON_SKIP is None:
+    import triton
+    import triton.language as tl
     from triton.runtime import interpreter
     from lstm_gpu.kernels import triton_config, triton_lstm
 if NUMBA_SKIP is None:
@@ -169,6 +173,29 @@ def test_triton_layer(n, dtype, dot, B, reverse, k_split, monkeypatch):
     _triton_case(n, dtype, dot, B, reverse, k_split, monkeypatch)
 
 
+def _with_tagged_h(monkeypatch):
+    """Make the configs the harness hands out exchange h tagged with its generation (``tagged_h``)."""
+    real = triton_config.gpu_config
+
+    def gpu_config(**kwargs):
+        return dataclasses.replace(real(**kwargs), tagged_h=True)
+    monkeypatch.setattr(triton_config, "gpu_config", gpu_config)
+
+
+@needs_triton
+@pytest.mark.parametrize("n,dtype,dot,B,reverse,k_split", [
+    (4, torch.float16, True, 20, True, 1),      # 2 units x 2 batch groups, the second partial
+    (3, torch.float16, True, 3, False, 2),      # K in two chunks
+    pytest.param(4, torch.float16, True, 17, False, 1, marks=pytest.mark.slow),   # the second group one row
+    pytest.param(8, torch.float16, True, 9, True, 1, marks=pytest.mark.slow),
+], ids=str)
+def test_triton_layer_tagged_exchange(n, dtype, dot, B, reverse, k_split, monkeypatch):
+    """The forward with h exchanged in tagged words (no step counter; one tile per program, as the
+    launcher uses it): every output and gradient."""
+    _with_tagged_h(monkeypatch)
+    _triton_case(n, dtype, dot, B, reverse, k_split, monkeypatch)
+
+
 def test_first_cases_split_the_batch_in_groups():
     """The first two cases above run 2 units x 2 batch groups (each group its own step counter)."""
     for n, dtype, dot, B, _, k_split in TRITON_CASES[:2]:
@@ -246,9 +273,9 @@ def test_numba_module_vs_torch_lstm(n, dtype):
 # Mutations: a broken barrier must be caught (wrong values or a reported deadlock), within seconds
 # ----------------------------------------------------------------------------------------------------
 
-def _outcome(backend, n, H, dtype, mutation, phase, B=3, T=4):
+def _outcome(backend, n, H, dtype, mutation, phase, B=3, T=4, tol=1e-9):
     """What the forward ("fwd") or the backward ("bwd", after a correct forward) gives with the mutated
-    barrier: "hung", "error: ...", "wrong: ..." or "right"."""
+    barrier: "hung", "error: ...", "wrong: ..." (off the reference by more than ``tol``) or "right"."""
     inp = make_inputs(T, B, H, dtype)
     lengths = lengths_for(T, B)
     ref, ref_grads = reference_layer(inp, lengths, False)
@@ -272,7 +299,7 @@ def _outcome(backend, n, H, dtype, mutation, phase, B=3, T=4):
         verdict = f"error: {e!r}"
     else:
         wrong = [name for name, g, want in zip(names, got, wants)
-                 if not (g.double() - want).abs().max().item() <= 1e-9]   # NaN counts as wrong
+                 if not (g.double() - want).abs().max().item() <= tol]    # NaN counts as wrong
         verdict = f"wrong: {', '.join(wrong)}" if wrong else "right"
     elapsed = time.monotonic() - start
     assert elapsed < 2 * MUTATION_DEADLINE + 10, f"the mutation took {elapsed:.0f} s to show"
@@ -308,6 +335,36 @@ def test_triton_broken_barrier_is_caught(kind, phase):
     assert verdict != "right", f"a barrier mutated ({kind}, {phase}) went unnoticed"
     if kind == "count+1":
         assert verdict == "hung", verdict
+
+
+def _tagged_exchange_mutation(kind):
+    """A replacement for triton_lstm._late, the test that decides whether a reader still waits for words
+    of h on the tagged path: never (no wait: unwritten words, or an older step's, are used), or always
+    (never done: a deadlock)."""
+    @triton.jit
+    def no_wait(w, word):
+        return tl.max(w ^ word, None) < 0           # unsigned: never
+
+    @triton.jit
+    def never_done(w, word):
+        return tl.max(w ^ word, None) >= 0          # always
+    return mock.patch.object(triton_lstm, "_late", {"no_wait": no_wait, "never_done": never_done}[kind])
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", ["no_wait", "never_done"])
+def test_triton_broken_tagged_exchange_is_caught(kind, monkeypatch):
+    """fp16 on tensor cores exchanges h with its generation tag and no step counter: a reader that does
+    not wait for the tag reads words not yet written (or from an older step); one that never accepts
+    them hangs."""
+    _with_tagged_h(monkeypatch)
+    n, dtype = 3, torch.float16
+    H = triton_h(n, 3, dtype)
+    assert triton_config.gpu_config(B=3, H=H, dtype=dtype, n_sm=n).use_dot
+    tol = TOL[dtype][0]
+    assert _outcome("triton", n, H, dtype, contextlib.nullcontext(), "fwd", tol=tol) == "right"
+    verdict = _outcome("triton", n, H, dtype, _tagged_exchange_mutation(kind), "fwd", tol=tol)
+    assert verdict == {"no_wait": "wrong: y, h_n, c_n, gates, cells", "never_done": "hung"}[kind], verdict
 
 
 def _numba_sync_mutation(kind, n):

@@ -81,6 +81,27 @@ def test_load_rounds_and_prefetch():
     assert read(exchange, []).load_phases == ["l2"]
 
 
+def test_tagged_exchange_polls_the_data():
+    """The tagged h exchange: no arrival atomic and no fence; the reader loads h with volatile loads
+    (STRONG.SYS) and reloads it until every word carries the step's tag. The poll is the one L2 round
+    trip of the step (not an exchange round besides it); a DRAM load consumed after it is a round."""
+    poll = ["LDG.E.128.STRONG.SYS R8, desc[UR8][R20.64]",                  # the first try
+            "LOP3.LUT R12, R8, R9, R10, 0x96, !PT", "BAR.SYNC.DEFER_BLOCKING 0x0",
+            "ISETP.NE.U32.AND P6, PT, R12, RZ, PT", "@!P6 BRA {done}",
+            "LDG.E.128.STRONG.SYS R8, desc[UR8][R20.64]",                  # the poll loop: reload, check
+            "LOP3.LUT R12, R8, R9, R10, 0x96, !PT", "BAR.SYNC.DEFER_BLOCKING 0x0",
+            "ISETP.NE.U32.AND P6, PT, R12, RZ, PT", "@P6 BRA {poll}"]
+    after = MMA4 + ["STG.E desc[UR8][R30.64], R60"]
+    start = 2
+    code = [s.replace("{poll}", hex((start + 5) * 16)).replace("{done}", hex((start + len(poll)) * 16)) for s in poll]
+    step = sass.read_step(sass.parse(_loop(code + after, [])))
+    assert step.sync_round_trips == 1 and step.fences == 0
+    assert step.load_phases == []
+    stalled = sass.read_step(sass.parse(_loop(code + after + ["LDG.E R40, desc[UR8][R42.64]", "FADD R41, R40, R40"],
+                                              [])))
+    assert stalled.load_phases == ["dram"]
+
+
 def test_tile_loop_counts_per_tile():
     body = ["MOV R2, RZ", "HMMA.16816.F32 R60, R52, R56, RZ", "HMMA.16816.F32 R60, R72, R58, R60",
             "@P1 BRA 0x30"]                                           # an inner loop over batch tiles
@@ -107,8 +128,11 @@ def test_model_arithmetic():
 def test_step_bytes():
     # forward: every program reads all of h (fp16), plus gates_x, y and the saved fp32 gates and c
     B, H, n = 16, 768, 48
+    # (h is written twice: y, and the slot the other programs read; tagged, that slot holds 32-bit words)
     assert static.step_bytes("fwd", B=B, H=H, dtype=torch.float16, programs=n) == (
-        n * B * H * 2 + B * 4 * H * 2 + B * H * 2 + B * 5 * H * 4)
+        n * B * H * 2 + B * 4 * H * 2 + 2 * B * H * 2 + B * 5 * H * 4)
+    assert static.step_bytes("fwd", B=B, H=H, dtype=torch.float16, programs=n, tagged=True) == (
+        n * B * H * 4 + B * 4 * H * 2 + B * H * (2 + 4) + B * 5 * H * 4)
     low = static.step_bytes("bwd", B=B, H=H, dtype=torch.float16, programs=n, low_exchange=True)
     high = static.step_bytes("bwd", B=B, H=H, dtype=torch.float16, programs=n, low_exchange=False)
     assert low < high

@@ -103,6 +103,24 @@ def test_k_split_dot(dtype, k_split, reverse):
         assert_close(got, want, gtol, name)
 
 
+@pytest.mark.parametrize("B", [1, 3, 16], ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_tagged_h_exchange(B, reverse):
+    """fp16 on tensor cores with h exchanged in words tagged with its generation (``tagged_h``, no step
+    counter): every output and gradient vs the reference, unsorted lengths, given h0/c0."""
+    T, H = 5, 20
+    lengths = ([3, 5, 1, 4, 2] * 4)[:B] if B > 1 else [4]
+    gx, h0, c0, w, (dy, dhn, dcn) = make_inputs(T, B, H, torch.float16)
+    lens = torch.tensor(lengths)
+    cfg = dataclasses.replace(interpreter_config(B=B, H=H, dtype=torch.float16, use_dot=True), tagged_h=True)
+    assert cfg.tagged_exchange(torch.float16)
+    out = triton_lstm.lstm_fwd(gx, h0, c0, w, lens, reverse, True, config=cfg)
+    d64 = lambda t: t.double()  # noqa: E731
+    ref = reference.forward(d64(gx), d64(h0), d64(c0), d64(w), None, lens, reverse, True)
+    for name, got, want in zip(["y", "h_n", "c_n", "gates", "cells"], out, ref):
+        assert_close(got, want, TOL[torch.float16][0], name)
+
+
 @pytest.mark.parametrize("dtype,use_dot,B,rows", [(torch.float64, False, 5, 4), (torch.float16, True, 20, 16)],
                          ids=["broadcast", "dot"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])

@@ -11,6 +11,7 @@ loop (no LDL/STL there; a stack frame used only outside it costs nothing per ste
 The compiles run in subprocesses with TRITON_INTERPRET unset (conftest.py sets it for this process).
 This says nothing about speed, and the limits are ptxas's, not a run's.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -66,6 +67,14 @@ def dispatcher_jobs():
                                 seen.add(key)
                                 jobs.append(dict(direction=direction, save=save, B=B, H=H,
                                                  dtype=str(dtype).replace("torch.", ""), precision=precision))
+                        # the tagged h exchange (a config option the GPU measurement decides on), headline sizes
+                        tagged = dataclasses.replace(cfg, tagged_h=True)
+                        if tagged.tagged_exchange(dtype) and H in (256, 768, 1024) and B in (1, 16):  # one tile
+                            for save in (True, False):
+                                if ("fwd", save, dtype, precision, tagged, spec) not in seen:
+                                    seen.add(("fwd", save, dtype, precision, tagged, spec))
+                                    jobs.append(dict(direction="fwd", save=save, B=B, H=H, config=tagged.__dict__,
+                                                     dtype=str(dtype).replace("torch.", ""), precision=precision))
     finally:
         tc.FP32_PRECISION = saved
     return jobs, refused
