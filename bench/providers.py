@@ -188,10 +188,29 @@ def setup_flashrnn(shape: Shape, dtype, weights, device) -> Prepared:
     return Prepared(forward, p, "flashrnn cuda_fused (layout unverified on GPU; gated)")
 
 
+def setup_triton_tagged(shape: Shape, dtype, weights, device) -> Prepared:
+    """The triton backend with the forward's h exchanged in words tagged with their step (no step counter;
+    ``triton_config.TAGGED_H``): a variant the static model rates slower at B16 H768 and the first GPU
+    measurement decides on. 16-bit only."""
+    from lstm_gpu.kernels import triton_config
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise Unsupported("the tagged h exchange carries 16-bit h only")
+    prep = _lstm_gpu_setup("triton")(shape, dtype, weights, device)
+
+    def forward(x: Tensor):
+        saved, triton_config.TAGGED_H = triton_config.TAGGED_H, True
+        try:
+            return prep.forward(x)
+        finally:
+            triton_config.TAGGED_H = saved
+    return Prepared(forward, prep.params, "lstm_gpu.LSTM(backend='triton'), forward h exchange tagged")
+
+
 PROVIDERS: dict[str, Setup] = {
     "reference": _lstm_gpu_setup("reference"),
     "cudnn": setup_cudnn,
     "triton": _lstm_gpu_setup("triton"),
+    "triton-tagged": setup_triton_tagged,
     "numba": _lstm_gpu_setup("numba"),
     "eager": _cell_loop_setup(False),
     "compiled": _cell_loop_setup(True),

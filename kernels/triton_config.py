@@ -46,6 +46,8 @@ from . import host
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 FP32_PRECISION: str | None = None           # "ieee" | "tf32" | "tf32x3"; None: TRITON_F32_DEFAULT or "ieee"
+TAGGED_H: bool | None = None                # forward h exchange tagged (see LSTMConfig.tagged_h); None: the
+                                            # environment variable LSTM_GPU_TAGGED_H=1, else off (the default)
 
 H100_SMS = 132                              # SMs of an H100 SXM, the design target
 REGS_PER_SM = 64 * 1024                     # 32-bit registers per SM (sm_80 .. sm_90)
@@ -100,6 +102,11 @@ def fp32_precision() -> str:
     return FP32_PRECISION or os.environ.get("TRITON_F32_DEFAULT") or "ieee"
 
 
+def tagged_h() -> bool:
+    """Whether gpu_config asks for the tagged h exchange (a measurement switch; off by default)."""
+    return TAGGED_H if TAGGED_H is not None else os.environ.get("LSTM_GPU_TAGGED_H", "0") == "1"
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -111,7 +118,8 @@ def interpreter_config(*, B: int, H: int, dtype: torch.dtype, use_dot: bool | No
         use_dot = dtype in (torch.float16, torch.bfloat16)
     bb = 16 if use_dot else min(4, _pow2(B))
     return LSTMConfig(ht=k, block_k=k, block_b=bb, use_dot=use_dot, precision=fp32_precision(),
-                      num_warps=4, num_programs=1, k_split=max(1, k // DOT_KC) if use_dot else 1)
+                      num_warps=4, num_programs=1, k_split=max(1, k // DOT_KC) if use_dot else 1,
+                      tagged_h=tagged_h())
 
 
 def dot_shared_bytes(ht: int, block_k: int, block_b: int, dtype: torch.dtype) -> int:
@@ -170,7 +178,8 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS) -> L
     groups = -(-tiles // tiles_per_group)                # no empty group
     return LSTMConfig(ht=ht, block_k=block_k, block_b=block_b, use_dot=use_dot, precision=precision,
                       num_warps=num_warps, num_programs=num_programs * groups, k_split=k_split,
-                      batch_groups=groups, group_rows=tiles_per_group * block_b if groups > 1 else 0)
+                      batch_groups=groups, group_rows=tiles_per_group * block_b if groups > 1 else 0,
+                      tagged_h=tagged_h())
 
 
 def sm_count(device: torch.device) -> int:

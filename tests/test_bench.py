@@ -251,3 +251,28 @@ def test_floor_kernel_compiles_for_sm90_without_spills():
         assert usage["STACK"] == 0 and usage["LOCAL"] == 0, usage
         assert usage["REG"] <= 255 and 1 <= usage["programs"] <= 132, usage
         assert usage["barrier"] == "lstm_gpu.kernels.triton_barrier.grid_barrier"
+
+
+def test_tagged_provider_runs_the_tagged_forward_and_matches_the_oracle(monkeypatch):
+    """The headline's "triton-tagged" provider: the forward with the tagged h exchange (interpreter on CPU,
+    fp16), within fp16 tolerance of the oracle; the switch is back off after the call; not for fp32."""
+    from lstm_gpu.kernels import triton_config, triton_lstm
+    shape = providers.Shape(3, 20, 5)
+    weights = providers.shared_weights(shape)
+    cpu = torch.device("cpu")
+    seen = []
+    real = triton_lstm.lstm_fwd
+    monkeypatch.setattr(triton_lstm, "lstm_fwd", lambda *a, config=None, **k: seen.append(
+        triton_config.choose_config(B=a[0].shape[1], H=a[0].shape[2] // 4, dtype=a[0].dtype, device=cpu))
+        or real(*a, config=config, **k))
+    prep = providers.PROVIDERS["triton-tagged"](shape, torch.float16, weights, cpu)
+    x = torch.randn(5, 3, 20, generator=torch.Generator().manual_seed(0)).half()
+    dy = torch.randn(5, 3, 20, generator=torch.Generator().manual_seed(1)).half()
+    got = providers.outputs(prep, x, dy, "fwd")
+    assert seen and all(c.tagged_exchange(torch.float16) for c in seen)
+    assert not triton_config.tagged_h()
+    want = providers.oracle(shape, torch.float16, weights, x, dy)
+    for k in ("y", "h_n", "c_n"):
+        assert (got[k].double() - want[k].double()).abs().max().item() < 1e-2, k
+    with pytest.raises(providers.Unsupported, match="16-bit"):
+        providers.PROVIDERS["triton-tagged"](shape, torch.float32, weights, cpu)
