@@ -573,6 +573,27 @@ def test_barrier_timeout_mode_with_concurrent_programs(monkeypatch):
             triton_lstm.forward(inp["gx"], inp["h0"], inp["c0"], inp["w"], None, None, False, True)
 
 
+@needs_triton
+def test_tagged_exchange_timeout_mode(monkeypatch):
+    """The same debug mode on the tagged h exchange (it polls the data, not a counter): a generous poll
+    count leaves the forward right; a reader that never accepts the words times out and the launcher
+    raises, before the harness's deadline."""
+    _with_tagged_h(monkeypatch)
+    n, dtype = 3, torch.float16
+    H = triton_h(n, 3, dtype)
+    inp = make_inputs(3, 3, H, dtype)
+    monkeypatch.setenv("LSTM_GPU_BARRIER_TIMEOUT", str(10 ** 8))
+    with concurrent_programs(n):
+        out = run_forward("triton", inp, None, False)
+    ref, _ = reference_layer(inp, None, False)
+    for name, got, want in zip(NAMES, out, ref):
+        assert_close(got, want, TOL[dtype][0], what=name)
+    monkeypatch.setenv("LSTM_GPU_BARRIER_TIMEOUT", "200")
+    with pytest.raises(RuntimeError, match="timed out"):
+        with concurrent_programs(n, deadline=60), _tagged_exchange_mutation("never_done"):
+            run_forward("triton", inp, None, False)
+
+
 def test_cpu_modes_are_on():
     """The suite runs with both CPU modes (conftest.py) where there is no GPU, so the tests above ran."""
     if not torch.cuda.is_available():
