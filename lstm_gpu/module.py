@@ -16,6 +16,8 @@ from . import checks, ops
 from .backends import check_backend_name, select_backend
 from .dispatch import Choice
 from .functional import layer
+from .stack import stack as run_stack
+from .stack import unsupported as stack_unsupported
 
 
 class LSTM(nn.RNNBase):
@@ -24,7 +26,10 @@ class LSTM(nn.RNNBase):
     Args: as torch.nn.LSTM (input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
     dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None), plus keyword-only
     ``backend``: "auto" (default), "reference", "cudnn", "triton" or "numba". ``backend_for(input)``
-    tells which backend a call will use.
+    tells which backend a call will use. With "triton", ``stack`` decides how the layers run: "auto" (default)
+    all layers and directions in one kernel launch per pass whenever the whole stack fits on the chip
+    (lstm_gpu/stack.py), else one launch per layer and direction; True: the one launch or a ValueError saying
+    why it cannot; False: always per layer. ``backend_for(input, explain=True)`` says which.
 
     Example:
         >>> import torch, lstm_gpu
@@ -34,13 +39,17 @@ class LSTM(nn.RNNBase):
         (torch.Size([5, 3, 20]), torch.Size([2, 3, 20]))
     """
 
-    def __init__(self, *args, backend: str = "auto", **kwargs):
+    def __init__(self, *args, backend: str = "auto", stack: bool | str = "auto", **kwargs):
         super().__init__("LSTM", *args, **kwargs)
         check_backend_name(backend)
+        if stack not in ("auto", True, False):
+            raise ValueError(f"stack must be 'auto', True or False, got {stack!r}")
         self.backend = backend
+        self.stack = stack
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, backend={self.backend!r}"
+        return f"{super().extra_repr()}, backend={self.backend!r}" + (
+            "" if self.stack == "auto" else f", stack={self.stack!r}")
 
     def __repr__(self) -> str:
         # "lstm_gpu.LSTM(10, 20, backend='auto')": print(model) shows that convert() swapped it in.
@@ -59,8 +68,25 @@ class LSTM(nn.RNNBase):
         dtype = data.dtype
         if ops.autocast_enabled(data.device.type) and dtype != torch.float64:
             dtype = torch.get_autocast_dtype(data.device.type)      # the layers run in the autocast dtype
-        return select_backend(self.backend, device=data.device, dtype=dtype, hidden_size=self.hidden_size,
-                              proj_size=self.proj_size, batch=batch, seq_len=seq_len, explain=explain)
+        choice = select_backend(self.backend, device=data.device, dtype=dtype, hidden_size=self.hidden_size,
+                                proj_size=self.proj_size, batch=batch, seq_len=seq_len, explain=True)
+        if choice.backend == "triton":
+            why = self._stack_reason(data.device, dtype, batch)
+            how = (f"one launch for all {self.num_layers} layer(s) x {2 if self.bidirectional else 1} direction(s)"
+                   if why is None else f"per-layer launches ({why})")
+            choice = Choice(choice.backend, f"{choice.reason}; {how}", choice.row)
+        return choice if explain else choice.backend
+
+    def _stack_reason(self, device: torch.device, dtype: torch.dtype, batch: int) -> str | None:
+        """Why the "triton" backend runs this call layer by layer instead of the whole stack in one launch, or
+        None. ``stack=True`` turns a reason into an error."""
+        if self.stack is False:
+            return "stack=False"
+        why = stack_unsupported(device=device, dtype=dtype, hidden_size=self.hidden_size, num_layers=self.num_layers,
+                                bidirectional=self.bidirectional, batch=batch, proj_size=self.proj_size)
+        if why is not None and self.stack is True:
+            raise ValueError(f"stack=True cannot run this call in one launch: {why}")
+        return why
 
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, input, hx=None):
@@ -84,14 +110,17 @@ class LSTM(nn.RNNBase):
         h0, c0 = self._initial_state(hx, x, B, unbatched, sorted_indices)
         chosen = self.backend_for(input)
 
+        run = self._run_layers
+        if chosen == "triton" and B and self._stack_reason(x.device, self._run_dtype(x), B) is None:
+            run = self._run_stack
         if chosen == "cudnn":
             y, h_n, c_n = self._torch_lstm(x, batch_sizes if packed else None, h0, c0)
         elif packed:
             padded, lengths = pad_packed_sequence(PackedSequence(data, batch_sizes))
-            y, h_n, c_n = self._run_layers(padded, h0, c0, lengths, chosen)   # valid by construction, on the CPU
+            y, h_n, c_n = run(padded, h0, c0, lengths, chosen)     # valid by construction, on the CPU
             y = pack_padded_sequence(y, lengths, enforce_sorted=True).data
         else:
-            y, h_n, c_n = self._run_layers(x, h0, c0, None, chosen)
+            y, h_n, c_n = run(x, h0, c0, None, chosen)
 
         if packed:
             y = PackedSequence(y, batch_sizes, sorted_indices, unsorted_indices)
@@ -109,6 +138,23 @@ class LSTM(nn.RNNBase):
         if batch_sizes is None:
             return torch._VF.lstm(x, (h0, c0), *args, False)
         return torch._VF.lstm(x, batch_sizes, (h0, c0), *args)
+
+    def _run_dtype(self, x: Tensor) -> torch.dtype:
+        if ops.autocast_enabled(x.device.type) and x.dtype != torch.float64:
+            return torch.get_autocast_dtype(x.device.type)
+        return x.dtype
+
+    def _run_stack(self, x, h0, c0, lengths, backend):
+        """All layers and directions in one launch per pass (lstm_gpu/stack.py); arguments checked by ``forward``."""
+        D = 2 if self.bidirectional else 1
+        weights = dict(zip(self._flat_weights_names, self._flat_weights))
+        per_layer = [[weights.get(f"{name}_l{k // D}{'_reverse' if k % D else ''}")
+                      for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")] for k in range(self.num_layers * D)]
+        if ops.autocast_enabled(x.device.type):
+            x, h0, c0 = ops.autocast_cast(x.device.type, x, h0, c0)
+            per_layer = [list(ops.autocast_cast(x.device.type, *w)) for w in per_layer]
+        return run_stack(x, per_layer, h0, c0, checks.lengths_to_device(lengths, x.device),
+                         bidirectional=self.bidirectional, dropout=self.dropout, training=self.training)
 
     def _run_layers(self, x, h0, c0, lengths, backend):
         """Layer by layer, direction by direction, on the unchecked single-layer path: ``forward`` has

@@ -15,6 +15,9 @@ tile at the edge of H, several batch tiles per program) never executes. Under
   simulator's thread count), and the simulator runs every block's threads at once, with ``grid.sync()``
   a real barrier across all threads of the grid and dynamic shared memory per block (the simulator
   otherwise hands every block the same buffer).
+- the one-launch stack (kernels/triton_stack.py): its launcher's ``choose_config`` returns the stack's GPU rule
+  for ``n`` SMs (``triton_stack_config.gpu_config(..., n_sm=n)``), so every (layer, direction) group runs
+  several programs at once and the waits between groups really wait.
 - Both: a deadline per launch (a hang becomes ``ProgramsHung``, naming the programs that never
   finished and the kernel line each one is at), and an abort: when one program fails, the others are
   stopped (triton: at their next memory access; numba: at their next barrier) and the failure is raised.
@@ -49,7 +52,7 @@ import threading
 import time
 
 __all__ = ["concurrent_programs", "ProgramsHung", "UnsupportedVersion", "SUPPORTED", "unavailable_reason",
-           "triton_programs", "numba_blocks"]
+           "triton_programs", "triton_stack_programs", "numba_blocks"]
 
 # The versions whose interpreter / simulator internals this module patches (major.minor).
 SUPPORTED = {"triton": "3.9", "numba-cuda": "0.30"}
@@ -108,6 +111,13 @@ def triton_programs(n: int, *, B: int, H: int, dtype) -> int:
     minimum). It is ``n`` exactly only for suitable H (e.g. broadcast path, HT = 4: H = 10 for n = 3)."""
     from .kernels import triton_config
     return triton_config.gpu_config(B=B, H=H, dtype=dtype, n_sm=n).num_programs
+
+
+def triton_stack_programs(n: int, *, B: int, H: int, L: int, D: int, dtype) -> int:
+    """Programs the Triton stack launcher runs under ``concurrent_programs(n)``: L·D groups of cdiv(H, HT)
+    programs, HT the smallest power of two (≥ 4 broadcast, ≥ 16 tl.dot) that keeps the total ≤ n."""
+    from .kernels import triton_stack_config
+    return triton_stack_config.gpu_config(B=B, H=H, L=L, D=D, dtype=dtype, n_sm=n).num_programs
 
 
 def _numba_plan(n: int, kind: str, dtype, H: int, B: int):
@@ -303,7 +313,7 @@ _tls = threading.local()            # in a program thread: .launch (the _Launch)
 def _patch_triton(patches: _Patches, n: int, deadline: float, stagger: bool) -> None:
     from triton.runtime import interpreter as interp
 
-    from .kernels import triton_config, triton_lstm
+    from .kernels import triton_config, triton_lstm, triton_stack, triton_stack_config
 
     # 1. Config: what a GPU with n SMs gets; refuse a grid that is not n programs.
     accepts = inspect.signature(triton_config.gpu_config).parameters
@@ -317,6 +327,17 @@ def _patch_triton(patches: _Patches, n: int, deadline: float, stagger: bool) -> 
                              f"(lstm_gpu.testing.triton_programs)")
         return cfg
     patches.set(triton_lstm, "choose_config", choose_config)
+
+    # 1b. The one-launch stack (kernels/triton_stack.py): its GPU rule for n SMs, CUDA-core path included
+    #     (on a GPU that path runs per layer, but the kernel code is the same), exactly n programs.
+    def choose_stack_config(*, B, H, L, D, dtype, device=None):
+        cfg = triton_stack_config.gpu_config(B=B, H=H, L=L, D=D, dtype=dtype, n_sm=n)
+        if cfg.num_programs != n:
+            raise ValueError(f"concurrent_programs({n}): the triton stack config for B={B}, H={H}, {L} layer(s) x "
+                             f"{D} direction(s), {dtype} has {cfg.num_programs} programs (HT={cfg.ht}), not {n}: "
+                             f"choose H so that it is (lstm_gpu.testing.triton_stack_programs)")
+        return cfg
+    patches.set(triton_stack, "choose_config", choose_stack_config)
 
     # 2. The program id, thread-local (the interpreter keeps one builder for the whole process).
     def get_idx(builder):

@@ -1,0 +1,484 @@
+"""One launch for a whole LSTM stack in Triton: every layer and both directions, forward and backward.
+
+Supports: L ≥ 1 layers, one or two directions, packed sequences (per-sequence ``lengths``, any order), h0/c0,
+dropout between layers (a counter-based mask from a seed, regenerated in backward), no projection. On a GPU:
+fp16/bf16 (and fp32 with tf32) on tensor cores, B ≤ 16, and only while every (layer, direction) group fits on
+the chip at once (kernels/triton_stack_config.py says why not; the module then runs the per-layer launches).
+Tested on: the Triton CPU interpreter (one program per group, programs run one after another) and every program
+at once through ``lstm_gpu.testing.concurrent_programs`` (several programs per group), fp64/fp32/fp16 against
+torch.nn.LSTM (tests/test_stack.py); compiled for sm_90 by bench/static_stack.py.
+IT HAS NEVER RUN ON A GPU: every speed figure is modeled from sm_90 code, the waits have never executed on
+hardware, bf16 numerics are untested.
+Known risks: (1) all programs of all groups must be co-resident (cooperative launch: the driver refuses rather
+than hangs); (2) the waits are the epoch counters of kernels/triton_barrier.py read across groups: correct by
+the same release/acquire argument, but only a GPU tests memory ordering; (3) dz is exchanged in the
+accumulation dtype (fp32), twice the bytes of the single-layer kernel's 16-bit exchange; (4) the shared-memory
+rule is an estimate checked against the sm_90 compile of the modeled shapes only.
+
+Dimension legend
+    T time steps   B batch   H hidden units   L layers   D directions (1, 2)   G = 4H gates (i, f, g, o)
+    HT hidden units per program         NPG programs per (layer, direction) group = cdiv(H, HT)
+    BLOCK_H  H padded to a power of two: one segment of every reduction (k = seg·BLOCK_H + j, j < H real)
+
+The equations, for layer l, direction d (layer 0's x·W_ihᵀ for all steps and both directions is ONE GEMM
+outside; layers ≥ 1 compute theirs in the kernel, step by step, from the layer below's output):
+
+    x_t   = y_{l-1}[t] (both directions, D·H wide), dropped out: x_t ⊙ m / (1 - p) in training
+    z_t   = x_t · W_ihᵀ + b + h_{t-1} · W_hhᵀ          i, f, o = σ(z_i, z_f, z_o)   g = tanh(z_g)
+    c_t   = f ⊙ c_{t-1} + i ⊙ g                        h_t = o ⊙ tanh(c_t)       y_l[t, :, dH:(d+1)H] = h_t
+
+    backward, walking each direction's time the other way (dh, dc carried from dh_n, dc_n):
+    dy_t  = dY[t] (top layer)  or  (dz_{l+1}[t] · W_ih(l+1))[:, own columns] ⊙ m / (1 - p)   (in the kernel)
+    dh_t  = dh + dy_t          dc_t = dc + dh_t ⊙ o ⊙ (1 - tanh²c_t)
+    dz    = (dc_t ⊙ g ⊙ i(1-i), dc_t ⊙ c_{t-1} ⊙ f(1-f), dc_t ⊙ i ⊙ (1-g²), dh_t ⊙ tanh c_t ⊙ o(1-o))
+    dh ← dz_t · W_hh          dc ← dc_t ⊙ f            (weight gradients: GEMMs afterwards, lstm_gpu/stack.py)
+
+The schedule. Programs are split among the (layer, direction) groups, layer-major; a program owns HT units of its
+group in all four gates (as in kernels/triton_lstm.py). Each group counts its programs' finished steps on its own
+epoch counter (kernels/triton_barrier.py's algorithm: arrive = atomic add with release, wait = acquire polls until
+the count is reached). A program waits only for what it reads:
+    its own group at the previous step        counter(l, d) ≥ NPG·s              (h_{t-1}; backward dz_{t±1})
+    the layer below at the same t (forward)   counter(l-1, fwd) ≥ NPG·(t+1),  counter(l-1, rev) ≥ NPG·(T-t)
+    the layer above at the same t (backward)  counter(l+1, fwd) ≥ NPG·(T-t),  counter(l+1, rev) ≥ NPG·(t+1)
+Unidirectional, that is a wavefront: layer l runs step t while layer l+1 runs step t-1, and the stack takes
+T + L - 1 steps instead of L·T. Bidirectional, the same rule gives: the two directions of a layer side by side,
+layer l+1 starting when the layer below has finished (its forward direction needs the reverse direction's
+t = 0, which comes last; its reverse direction needs the forward's t = T-1, which comes last too): L·T steps
+instead of today's 2·L·T (directions one after another), with no launch and no GEMM between the layers. No
+schedule can start layer l+1 earlier: every one of its steps reads both directions of layer l at that t. Every
+slot is written once (y, dz are [L, T, ...]), so no wait guards a reuse.
+On CPU, with one program per group, the interpreter runs the programs one by one in program-id order: forward
+numbers the groups from the bottom layer up, backward from the top layer down, so each program only waits for
+groups that ran before it (or for itself) and the sequential run completes.
+
+Layers (fla-org layout): 1. the kernels; 2. the launchers ``stack_fwd`` / ``stack_bwd`` (check, allocate, launch);
+3./4. the autograd tie, the weight GEMMs and the function the module calls: lstm_gpu/stack.py.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import host
+from .triton_barrier import barrier_state, barrier_timeout, raise_if_timed_out
+from .triton_lstm import _hw, _sigmoid, _tanh
+from .triton_stack_config import StackConfig, gpu_config, interpreter_config
+
+__all__ = ["stack_fwd", "stack_bwd", "choose_config"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# 1. Kernels
+# ----------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _arrive(p_cnt):
+    """This program finished a step of its group: one release add on the group's counter."""
+    tl.debug_barrier()                                  # every thread's stores precede the release
+    tl.atomic_add(p_cnt, 1, sem="release", scope="gpu")
+
+
+@triton.jit
+def _wait(p_cnt, target, TIMEOUT: tl.constexpr):
+    """Wait until a group's counter (p_cnt; its time-out flag at p_cnt + 1) reaches ``target`` arrivals.
+    TIMEOUT > 0 (debug mode, LSTM_GPU_BARRIER_TIMEOUT): give up after that many polls and set the flag."""
+    target = tl.cast(target, tl.int64)
+    now = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
+    if TIMEOUT > 0:
+        failed = tl.atomic_add(p_cnt + 1, 0, sem="relaxed", scope="gpu")
+        spins = 0
+        while (now < target) & (failed == 0):
+            now = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
+            spins += 1
+            failed = tl.where(spins >= TIMEOUT, 1, failed)
+        if spins >= TIMEOUT:
+            tl.atomic_xchg(p_cnt + 1, 1, sem="relaxed", scope="gpu")
+    else:
+        while now < target:
+            now = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()                                  # no thread reads before the acquire completed
+
+
+@triton.jit
+def _seg(k, H, BLOCK_H: tl.constexpr):
+    """Reduction index k = seg·BLOCK_H + j → (its element offset seg·H + j, real: j < H)."""
+    j = k % BLOCK_H
+    return (k // BLOCK_H) * H + j, j < H
+
+
+@triton.jit
+def _rows(p, o_row, m_row, H, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr):
+    """The left operand of a reduction over K = NSEG·BLOCK_H: row r's element k at p + o_row[r] + seg·H + j, as
+    [BB, K], or [SPLIT, BB, K/SPLIT] for SPLIT independent tl.dot chunks. Written by other programs: .cg (L2)."""
+    if SPLIT == 1:
+        k = tl.arange(0, K)[None, :]
+        o_row, m_row = o_row[:, None], m_row[:, None]
+    else:
+        KC: tl.constexpr = K // SPLIT
+        k = tl.arange(0, SPLIT)[:, None, None] * KC + tl.arange(0, KC)[None, None, :]
+        o_row, m_row = o_row[None, :, None], m_row[None, :, None]
+    o_k, m_k = _seg(k, H, BLOCK_H)
+    return tl.load(p + o_row + o_k, mask=m_row & m_k, other=0., cache_modifier=".cg")
+
+
+@triton.jit
+def _w(p, s_k, s_u, on, i_p, H, HT: tl.constexpr, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr,
+       USE_DOT: tl.constexpr, ACC: tl.constexpr):
+    """A weight block for this program's units u, loaded once and kept on chip: element (k, u) at
+    p + (seg·H + j)·s_k + u·s_u; zeros where ``on`` is false. tl.dot: [K, HT] or [SPLIT, K/SPLIT, HT] in the
+    weights' dtype; broadcast path: [HT, K] upcast to the accumulation dtype (``_hw``'s layouts)."""
+    o_u = i_p * HT + tl.arange(0, HT)
+    if USE_DOT and SPLIT > 1:
+        KC: tl.constexpr = K // SPLIT
+        k = tl.arange(0, SPLIT)[:, None, None] * KC + tl.arange(0, KC)[None, :, None]
+        u = o_u[None, None, :]
+    elif USE_DOT:
+        k = tl.arange(0, K)[:, None]
+        u = o_u[None, :]
+    else:
+        k = tl.arange(0, K)[None, :]
+        u = o_u[:, None]
+    o_k, m_k = _seg(k, H, BLOCK_H)
+    b_w = tl.load(p + o_k * s_k + u * s_u, mask=tl.where(on, m_k & (u < H), False), other=0.)
+    return b_w if USE_DOT else b_w.to(ACC)
+
+
+@triton.jit
+def _keep(o_y, seed, drop):
+    """The dropout mask of layer output elements at offsets o_y of y ([L, T, B, D·H]): kept with probability
+    1 - drop. Counter-based (Philox on the element's offset), so backward regenerates the same mask."""
+    return tl.rand(seed, o_y.to(tl.int32)) >= drop
+
+
+@triton.jit(do_not_specialize=["T", "seed"])
+def _stack_fwd_kernel(
+    # pointers (all contiguous)
+    p_gx,        # [T, B, D·4H] layer 0's x·W_ihᵀ + b_ih + b_hh, both directions (one GEMM outside)
+    p_wih,       # [L-1, D, 4H, D·H] W_ih of layers 1 … L-1 (not read when L = 1)
+    p_whh,       # [L, D, 4H, H]
+    p_bias,      # [L-1, D, 4H] b_ih + b_hh of layers 1 … L-1 (HAS_BIAS)
+    p_h0,        # [L·D, B, H]
+    p_c0,        # [L·D, B, H]
+    p_len,       # [B] int32
+    p_y,         # [L, T, B, D·H] out: every layer's output (zero past a row's length)
+    p_x,         # [L-1, T, B, D·H] out, DROPOUT: the dropped-out outputs layers 1 … read; else p_y itself
+    p_hn,        # [L·D, B, H] out
+    p_cn,        # [L·D, B, H] out
+    p_gates,     # [L, T, B, D·4H] out (accumulation dtype, SAVE): the activated i, f, g, o
+    p_cells,     # [L, T, B, D·H] out (accumulation dtype, SAVE)
+    p_bar,       # [2·L·D] int64, zero: per group its counter of finished program-steps and a time-out flag
+    # sizes
+    T, B, H, L,
+    seed, drop,  # dropout between layers: the mask's seed and probability (DROPOUT)
+    # meta-parameters
+    D: tl.constexpr, NPG: tl.constexpr, HT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_B: tl.constexpr,
+    SPLIT_H: tl.constexpr,      # tl.dot chunks of the h·W_hhᵀ reduction (K = BLOCK_H)
+    SPLIT_X: tl.constexpr,      # tl.dot chunks of the x·W_ihᵀ reduction (K = D·BLOCK_H)
+    MULTI: tl.constexpr,        # L > 1: programs of layers ≥ 1 exist
+    USE_DOT: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, SAVE: tl.constexpr,
+    DROPOUT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    TIMEOUT: tl.constexpr,      # polls before a wait gives up (debug mode); 0 = wait forever
+):
+    pid = tl.program_id(0)
+    i_g = pid // NPG                    # group = layer·D + direction (layer-major)
+    i_p = pid % NPG                     # unit slice within the group
+    i_l, i_d = i_g // D, i_g % D
+    rev = i_d == 1
+    DH = D * H
+    o_b = tl.arange(0, BLOCK_B)
+    m_b = o_b < B
+    o_u = i_p * HT + tl.arange(0, HT)
+    m_bu = m_b[:, None] & (o_u < H)[None, :]
+    o_s = (i_g * B + o_b)[:, None] * H + o_u[None, :]           # own units in [L·D, B, H]
+    KX: tl.constexpr = D * BLOCK_H
+
+    # Loaded ONCE, kept on chip for all T steps: the rows of W_hh (and, layers ≥ 1, of W_ih) for own units.
+    p_w = p_whh + i_g * 4 * H * H
+    b_hi = _w(p_w, 1, H, True, i_p, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    b_hf = _w(p_w + H * H, 1, H, True, i_p, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    b_hg = _w(p_w + 2 * H * H, 1, H, True, i_p, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    b_ho = _w(p_w + 3 * H * H, 1, H, True, i_p, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    if MULTI:
+        upper = i_l > 0
+        i_w = tl.maximum(i_g - D, 0)                            # (layer - 1, direction) in [L-1, D, ...]
+        p_w = p_wih + i_w * 4 * H * DH
+        b_xi = _w(p_w, 1, DH, upper, i_p, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+        b_xf = _w(p_w + H * DH, 1, DH, upper, i_p, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+        b_xg = _w(p_w + 2 * H * DH, 1, DH, upper, i_p, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+        b_xo = _w(p_w + 3 * H * DH, 1, DH, upper, i_p, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+        m_bias = tl.where(upper, (o_u < H) & HAS_BIAS, False)
+        p_bb = p_bias + i_w * 4 * H + o_u
+        b_bi = tl.load(p_bb, mask=m_bias, other=0.).to(ACC)[None, :]
+        b_bf = tl.load(p_bb + H, mask=m_bias, other=0.).to(ACC)[None, :]
+        b_bg = tl.load(p_bb + 2 * H, mask=m_bias, other=0.).to(ACC)[None, :]
+        b_bo = tl.load(p_bb + 3 * H, mask=m_bias, other=0.).to(ACC)[None, :]
+
+    b_c = tl.load(p_c0 + o_s, mask=m_bu, other=0.).to(ACC)
+    b_len = tl.load(p_len + o_b, mask=m_b, other=0)
+    for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above a wait
+        t = tl.where(rev, T - 1 - s, s)
+        o_t = ((i_l * T + t).to(tl.int64) * B + o_b)            # row (l, t, b) of y, gates, cells
+        # gates_x of layer 0: independent of every other program, issued before the waits
+        o_gx = (t.to(tl.int64) * B + o_b)[:, None] * (4 * DH) + i_d * 4 * H + o_u[None, :]
+        m_gx = tl.where(i_l == 0, m_bu, False)
+        b_zi = tl.load(p_gx + o_gx, mask=m_gx, other=0.).to(ACC)
+        b_zf = tl.load(p_gx + o_gx + H, mask=m_gx, other=0.).to(ACC)
+        b_zg = tl.load(p_gx + o_gx + 2 * H, mask=m_gx, other=0.).to(ACC)
+        b_zo = tl.load(p_gx + o_gx + 3 * H, mask=m_gx, other=0.).to(ACC)
+
+        if NPG > 1:
+            _wait(p_bar + 2 * i_g, NPG * s, TIMEOUT)            # own group done with the previous step
+        # h_{t-1} as step t sees it: y at the row's previous live step (a frozen row re-reads its last output),
+        # h0 before its first step (forward: t = 0; reverse: t = len - 1)
+        src = tl.where(rev, tl.zeros_like(b_len) + t + 1, tl.minimum(tl.zeros_like(b_len) + t - 1, b_len - 1))
+        has = tl.where(rev, src < b_len, src >= 0)
+        o_h = ((i_l * T + src).to(tl.int64) * B + o_b) * DH + i_d * H
+        b_h = (_rows(p_y, o_h, m_b & has, H, BLOCK_H, BLOCK_H, SPLIT_H)
+               + _rows(p_h0, (i_g * B + o_b) * H, m_b & (~has), H, BLOCK_H, BLOCK_H, SPLIT_H))
+        b_zi += _hw(b_h, b_hi, USE_DOT, PRECISION)
+        b_zf += _hw(b_h, b_hf, USE_DOT, PRECISION)
+        b_zg += _hw(b_h, b_hg, USE_DOT, PRECISION)
+        b_zo += _hw(b_h, b_ho, USE_DOT, PRECISION)
+        if MULTI:
+            if upper:
+                i_below = i_g - i_d - D                         # group (l-1, forward)
+                _wait(p_bar + 2 * i_below, NPG * (t + 1), TIMEOUT)           # it has done t after t+1 steps
+                if D == 2:
+                    _wait(p_bar + 2 * i_below + 2, NPG * (T - t), TIMEOUT)   # (l-1, reverse): after T-t steps
+                o_x = (((i_l - 1) * T + t).to(tl.int64) * B + o_b) * DH
+                b_x = _rows(p_x, o_x, m_b, H, KX, BLOCK_H, SPLIT_X)
+                b_zi += _hw(b_x, b_xi, USE_DOT, PRECISION) + b_bi
+                b_zf += _hw(b_x, b_xf, USE_DOT, PRECISION) + b_bf
+                b_zg += _hw(b_x, b_xg, USE_DOT, PRECISION) + b_bg
+                b_zo += _hw(b_x, b_xo, USE_DOT, PRECISION) + b_bo
+
+        b_i, b_f, b_g, b_o = _sigmoid(b_zi), _sigmoid(b_zf), _tanh(b_zg), _sigmoid(b_zo)
+        b_alive = (t < b_len)[:, None]
+        b_c = tl.where(b_alive, b_f * b_c + b_i * b_g, b_c)    # frozen past the row's end
+        b_out = tl.where(b_alive, b_o * _tanh(b_c), 0.)
+        o_y = o_t[:, None] * DH + i_d * H + o_u[None, :]
+        tl.store(p_y + o_y, b_out.to(p_y.dtype.element_ty), mask=m_bu)
+        if DROPOUT:                                             # the copy the layer above reads
+            b_x_out = tl.where(_keep(o_y, seed, drop), b_out / (1. - drop), 0.)
+            tl.store(p_x + o_y, b_x_out.to(p_x.dtype.element_ty), mask=tl.where(i_l < L - 1, m_bu, False))
+        if SAVE:
+            o_g = o_t[:, None] * (4 * DH) + i_d * 4 * H + o_u[None, :]
+            tl.store(p_gates + o_g, b_i, mask=m_bu)
+            tl.store(p_gates + o_g + H, b_f, mask=m_bu)
+            tl.store(p_gates + o_g + 2 * H, b_g, mask=m_bu)
+            tl.store(p_gates + o_g + 3 * H, b_o, mask=m_bu)
+            tl.store(p_cells + o_y, b_c, mask=m_bu)
+        _arrive(p_bar + 2 * i_g)
+
+    tl.store(p_cn + o_s, b_c.to(p_cn.dtype.element_ty), mask=m_bu)
+    # h_n: the carried h of each row, as the step after the last one would see it (own units: no wait)
+    t_end = tl.where(rev, -1, T)
+    src = tl.where(rev, tl.zeros_like(b_len) + t_end + 1, tl.minimum(tl.zeros_like(b_len) + t_end - 1, b_len - 1))
+    has = tl.where(rev, src < b_len, src >= 0)
+    o_h = (((i_l * T + src).to(tl.int64) * B + o_b) * DH + i_d * H)[:, None] + o_u[None, :]
+    b_hy = tl.load(p_y + o_h, mask=m_bu & has[:, None], other=0.)
+    b_h0 = tl.load(p_h0 + o_s, mask=m_bu & (~has)[:, None], other=0.)
+    tl.store(p_hn + o_s, b_hy + b_h0, mask=m_bu)
+
+
+@triton.jit(do_not_specialize=["T", "seed"])
+def _stack_bwd_kernel(
+    # pointers (all contiguous)
+    p_dy,        # [T, B, D·H] gradient w.r.t. the top layer's output
+    p_dhn,       # [L·D, B, H]
+    p_dcn,       # [L·D, B, H]
+    p_gates,     # [L, T, B, D·4H] (accumulation dtype), saved by forward
+    p_cells,     # [L, T, B, D·H]  (accumulation dtype), saved by forward
+    p_c0,        # [L·D, B, H] (accumulation dtype)
+    p_whh,       # [L, D, 4H, H]
+    p_wih,       # [L-1, D, 4H, D·H] W_ih of layers 1 … L-1 (not read when L = 1)
+    p_len,       # [B] int32
+    p_dz,        # [L, T, B, D·4H] out (accumulation dtype): dz, the gradient w.r.t. the pre-activations
+    p_dh0,       # [L·D, B, H] out (accumulation dtype)
+    p_dc0,       # [L·D, B, H] out (accumulation dtype)
+    p_bar,       # [2·L·D] int64, zero: per group its counter of finished program-steps and a time-out flag
+    # sizes
+    T, B, H, L,
+    seed, drop,  # the forward's dropout seed and probability (DROPOUT): the same mask, regenerated
+    # meta-parameters
+    D: tl.constexpr, NPG: tl.constexpr, HT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_B: tl.constexpr,
+    SPLIT_G: tl.constexpr,      # tl.dot chunks of dz·W_hh (K = 4·BLOCK_H)
+    SPLIT_U: tl.constexpr,      # tl.dot chunks of dz_{l+1}·W_ih(l+1) (K = D·4·BLOCK_H)
+    MULTI: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    DROPOUT: tl.constexpr, TIMEOUT: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    i_g = L * D - 1 - pid // NPG        # top layer first: the order in which the groups wait for each other
+    i_p = pid % NPG
+    i_l, i_d = i_g // D, i_g % D
+    rev = i_d == 1
+    DH = D * H
+    o_b = tl.arange(0, BLOCK_B)
+    m_b = o_b < B
+    o_u = i_p * HT + tl.arange(0, HT)
+    m_bu = m_b[:, None] & (o_u < H)[None, :]
+    o_s = (i_g * B + o_b)[:, None] * H + o_u[None, :]
+    KG: tl.constexpr = 4 * BLOCK_H
+    KU: tl.constexpr = 4 * D * BLOCK_H
+
+    # Loaded ONCE: the columns of W_hh for own units ([4H, HT]: dz · W_hh in one reduction over all gates)
+    # and, below the top layer, the columns of the layer above's W_ih that multiply own units ([D·4H, HT]).
+    b_wr = _w(p_whh + i_g * 4 * H * H, H, 1, True, i_p, H, HT, KG, BLOCK_H, SPLIT_G, USE_DOT, ACC)
+    if MULTI:
+        lower = i_l < L - 1
+        p_wu = p_wih + tl.minimum(i_l, L - 2) * D * 4 * H * DH + i_d * H
+        b_wu = _w(p_wu, DH, 1, lower, i_p, H, HT, KU, BLOCK_H, SPLIT_U, USE_DOT, ACC)
+
+    b_dh = tl.load(p_dhn + o_s, mask=m_bu, other=0.).to(ACC)
+    b_dc = tl.load(p_dcn + o_s, mask=m_bu, other=0.).to(ACC)
+    b_len = tl.load(p_len + o_b, mask=m_b, other=0)
+    for s in tl.range(T, num_stages=1):
+        t = tl.where(rev, s, T - 1 - s)                         # the opposite order to forward
+        o_t = ((i_l * T + t).to(tl.int64) * B + o_b)
+        o_y = o_t[:, None] * DH + i_d * H + o_u[None, :]
+        o_g = o_t[:, None] * (4 * DH) + i_d * 4 * H + o_u[None, :]
+        # what this step reads of its own units, before the waits: saved gates, c_t, c_{t-1} (or c0)
+        b_i = tl.load(p_gates + o_g, mask=m_bu, other=0.)
+        b_f = tl.load(p_gates + o_g + H, mask=m_bu, other=0.)
+        b_g = tl.load(p_gates + o_g + 2 * H, mask=m_bu, other=0.)
+        b_o = tl.load(p_gates + o_g + 3 * H, mask=m_bu, other=0.)
+        b_ct = tl.load(p_cells + o_y, mask=m_bu, other=0.)
+        prev = tl.where(rev, t + 1, t - 1)
+        in_seq = (prev >= 0) & (prev < T)
+        o_p = ((i_l * T + prev).to(tl.int64) * B + o_b)[:, None] * DH + i_d * H + o_u[None, :]
+        b_cp = (tl.load(p_cells + o_p, mask=tl.where(in_seq, m_bu, False), other=0.)
+                + tl.load(p_c0 + o_s, mask=tl.where(in_seq, False, m_bu), other=0.))
+
+        if MULTI:
+            if lower:                                           # dy_t = dz_{l+1}[t] · W_ih(l+1), own columns
+                i_above = i_g - i_d + D                         # group (l+1, forward)
+                _wait(p_bar + 2 * i_above, NPG * (T - t), TIMEOUT)          # its backward has done t after T-t
+                if D == 2:
+                    _wait(p_bar + 2 * i_above + 2, NPG * (t + 1), TIMEOUT)  # (l+1, reverse): after t+1 steps
+                o_zu = ((i_l + 1) * T + t).to(tl.int64) * B * (4 * DH) + o_b * (4 * DH)
+                b_dy = _hw(_rows(p_dz, o_zu, m_b, H, KU, BLOCK_H, SPLIT_U), b_wu, USE_DOT, PRECISION)
+                if DROPOUT:
+                    b_dy = tl.where(_keep(o_y, seed, drop), b_dy / (1. - drop), 0.)
+            else:
+                b_dy = tl.load(p_dy + (t * B + o_b)[:, None] * DH + i_d * H + o_u[None, :], mask=m_bu,
+                               other=0.).to(ACC)
+        else:
+            b_dy = tl.load(p_dy + (t * B + o_b)[:, None] * DH + i_d * H + o_u[None, :], mask=m_bu,
+                           other=0.).to(ACC)
+
+        b_alive = (t < b_len)[:, None]
+        b_tc = _tanh(b_ct)
+        b_dht = b_dh + tl.where(b_alive, b_dy, 0.)              # dh_t = dh + dy_t
+        b_dct = b_dc + b_dht * b_o * (1. - b_tc * b_tc)         # dc_t = dc + dh_t ⊙ o ⊙ (1 - tanh²c)
+        tl.store(p_dz + o_g, tl.where(b_alive, b_dct * b_g * b_i * (1. - b_i), 0.), mask=m_bu)
+        tl.store(p_dz + o_g + H, tl.where(b_alive, b_dct * b_cp * b_f * (1. - b_f), 0.), mask=m_bu)
+        tl.store(p_dz + o_g + 2 * H, tl.where(b_alive, b_dct * b_i * (1. - b_g * b_g), 0.), mask=m_bu)
+        tl.store(p_dz + o_g + 3 * H, tl.where(b_alive, b_dht * b_tc * b_o * (1. - b_o), 0.), mask=m_bu)
+        b_dc = tl.where(b_alive, b_dct * b_f, b_dc)             # dc ← dc_t ⊙ f
+        _arrive(p_bar + 2 * i_g)
+
+        if NPG > 1:
+            _wait(p_bar + 2 * i_g, NPG * (s + 1), TIMEOUT)      # all of own group's dz_t written
+        o_zr = o_t * (4 * DH) + i_d * 4 * H
+        b_new = _hw(_rows(p_dz, o_zr, m_b, H, KG, BLOCK_H, SPLIT_G), b_wr, USE_DOT, PRECISION)
+        b_dh = tl.where(b_alive, b_new.to(ACC), b_dh)           # dh ← dz_t · W_hh; frozen rows pass it through
+
+    tl.store(p_dh0 + o_s, b_dh, mask=m_bu)
+    tl.store(p_dc0 + o_s, b_dc, mask=m_bu)
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. Launchers: check, allocate, launch
+# ----------------------------------------------------------------------------------------------------
+
+_TL_ACC = {torch.float64: tl.float64, torch.float32: tl.float32}
+
+
+def choose_config(*, B: int, H: int, L: int, D: int, dtype: torch.dtype, device: torch.device) -> StackConfig:
+    """The GPU rule for this device's SMs (the caller has checked the stack fits), or the interpreter's."""
+    if device.type != "cuda":
+        return interpreter_config(B=B, H=H, L=L, D=D, dtype=dtype)
+    return gpu_config(B=B, H=H, L=L, D=D, dtype=dtype,
+                      n_sm=torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def _launch_options(cfg: StackConfig, device: torch.device) -> dict:
+    """As the single-layer kernels (kernels/triton_lstm.py): one program per SM may use every register, and a
+    grid of several programs is cooperative, so the driver refuses a grid that cannot be co-resident."""
+    opts = dict(num_warps=cfg.num_warps, num_stages=1)
+    if device.type in ("cuda", "meta"):
+        opts["maxnreg"] = 255
+        if cfg.num_programs > 1:
+            opts["launch_cooperative_grid"] = True
+    return opts
+
+
+def _meta(cfg: StackConfig, L: int, D: int, dtype: torch.dtype) -> dict:
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    return dict(D=D, NPG=cfg.programs_per_group, HT=cfg.ht, BLOCK_H=cfg.block_h, BLOCK_B=cfg.block_b,
+                MULTI=L > 1, USE_DOT=cfg.use_dot, PRECISION=cfg.precision, ACC=_TL_ACC[acc],
+                TIMEOUT=barrier_timeout())
+
+
+def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, seed: int = 0, save: bool = True,
+              config: StackConfig | None = None):
+    """Launch the forward kernel. ``gx0`` [T, B, D·4H] (layer 0's input gates, both directions), ``w_ih``
+    [L-1, D, 4H, D·H], ``w_hh`` [L, D, 4H, H], ``bias`` [L-1, D, 4H] or None, ``h0``/``c0`` [L·D, B, H],
+    ``lengths`` [B] or None; ``dropout`` > 0 drops the outputs of layers 0 … L-2 as the layer above reads them.
+    Returns y [L, T, B, D·H], h_n, c_n [L·D, B, H], gates, cells (accumulation dtype; None unless ``save``),
+    x [L-1, T, B, D·H] (the dropped-out outputs; None without dropout)."""
+    L, D, G, H = w_hh.shape
+    T, B, _ = gx0.shape
+    dtype, device = gx0.dtype, gx0.device
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    cfg = config or choose_config(B=B, H=H, L=L, D=D, dtype=dtype, device=device)
+    lens = host.lengths_or_full(lengths, T, B, device)
+    drop = L > 1 and dropout > 0
+
+    y = torch.empty(L, T, B, D * H, dtype=dtype, device=device)
+    x = torch.empty(L - 1, T, B, D * H, dtype=dtype, device=device) if drop else None
+    h_n = torch.empty(L * D, B, H, dtype=dtype, device=device)
+    c_n = torch.empty(L * D, B, H, dtype=dtype, device=device)
+    gates = torch.empty(L, T, B, D * G, dtype=acc, device=device) if save else None
+    cells = torch.empty(L, T, B, D * H, dtype=acc, device=device) if save else None
+    unused = torch.empty(1, dtype=acc, device=device)
+    bar = barrier_state(device, L * D)
+    meta = _meta(cfg, L, D, dtype)
+    with host.device_guard(device):
+        _stack_fwd_kernel[(cfg.num_programs,)](
+            gx0, w_ih, w_hh, unused if bias is None else bias, h0, c0, lens, y, y if x is None else x, h_n, c_n,
+            unused if gates is None else gates, unused if cells is None else cells, bar,
+            T, B, H, L, seed, float(dropout),
+            SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), SAVE=save, DROPOUT=drop, HAS_BIAS=bias is not None,
+            **meta, **_launch_options(cfg, device))
+    if meta["TIMEOUT"]:
+        raise_if_timed_out(bar, "stack forward")
+    return y, h_n, c_n, gates, cells, x
+
+
+def stack_bwd(dy, dh_n, dc_n, gates, cells, c0, w_ih, w_hh, lengths, *, dropout: float = 0.0, seed: int = 0,
+              config: StackConfig | None = None):
+    """Launch the backward kernel. ``dy`` [T, B, D·H] (the top layer's output gradient), ``dh_n``/``dc_n``
+    [L·D, B, H], the forward's saved ``gates``/``cells``, its ``dropout`` and ``seed``. Returns dz
+    [L, T, B, D·4H], dh0, dc0 [L·D, B, H] (accumulation dtype)."""
+    L, D, G, H = w_hh.shape
+    T, B, _ = dy.shape
+    dtype, device, acc = dy.dtype, dy.device, gates.dtype
+    cfg = config or choose_config(B=B, H=H, L=L, D=D, dtype=dtype, device=device)
+    lens = host.lengths_or_full(lengths, T, B, device)
+
+    dz = torch.empty(L, T, B, D * G, dtype=acc, device=device)
+    dh0 = torch.empty(L * D, B, H, dtype=acc, device=device)
+    dc0 = torch.empty(L * D, B, H, dtype=acc, device=device)
+    bar = barrier_state(device, L * D)
+    meta = _meta(cfg, L, D, dtype)
+    with host.device_guard(device):
+        _stack_bwd_kernel[(cfg.num_programs,)](
+            dy, dh_n, dc_n, gates, cells, c0.to(acc), w_hh, w_ih, lens, dz, dh0, dc0, bar,
+            T, B, H, L, seed, float(dropout),
+            SPLIT_G=cfg.split(4), SPLIT_U=cfg.split(4 * D), DROPOUT=L > 1 and dropout > 0,
+            **meta, **_launch_options(cfg, device))
+    if meta["TIMEOUT"]:
+        raise_if_timed_out(bar, "stack backward")
+    return dz, dh0, dc0

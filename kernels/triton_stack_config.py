@@ -1,0 +1,138 @@
+"""Launch configuration of the one-launch LSTM stack (kernels/triton_stack.py): a pure function of the shape,
+tested without a GPU, and the reasons a stack does not fit (then the module runs today's per-layer launches).
+
+Supports / tested on: host-side Python only (tests/test_stack.py). The GPU rule below was derived from the
+single-layer rules (kernels/triton_config.py) and the sm_90 compile of the stack kernel (bench/static_stack.py),
+NEVER from a run on a GPU.
+
+The work split: the programs are divided among the L·D (layer, direction) groups, layer-major
+(group g = layer·D + direction), NPG programs per group, each owning HT hidden units of its group in all four
+gates, exactly as in the single-layer kernel. A program keeps on chip, for the whole launch:
+    forward   W_hh rows of its units [4·HT, H] and, layers ≥ 1, W_ih rows of its units [4·HT, D·H]
+    backward  W_hh columns of its units [4H, HT] and, layers < L-1, the columns of the layer above's W_ih
+              that multiply its units [D·4H, HT]
+so every reduction is over K = NSEG·BLOCK_H, the H-wide segments padded to BLOCK_H (NSEG = 1, D, 4 or 4D).
+
+GPU rule (``gpu_config``; ``unsupported_reason`` says why a stack does not fit):
+- tensor cores only (fp16, bf16, fp32 with tf32): fp32-ieee and fp64 run per layer on CUDA cores (their
+  broadcast path holds W in registers, which two weight slices per program exceed at useful sizes);
+- one 16-row batch tile (B ≤ 16): the cell state stays in registers, no scratch walk per step;
+- HT = the smallest power of two ≥ 16 with NPG·L·D ≤ SMs, NPG = cdiv(H, HT) (every program co-resident);
+- shared memory: the weight slices plus one operand tile per reduction, ``dot_shared_bytes`` ≤
+  DOT_SHARED_BUDGET (the single-layer budget). 16-bit: a 2-layer unidirectional stack fits up to H = 512 at
+  HT = 16; a bidirectional one only to H = 256 (its layers ≥ 1 read 2H-wide inputs: W_ih doubles);
+- 16-bit: 4 warps, K chunks of 128; tf32: 8 warps, chunks of 64 (the single-layer choices).
+CPU (TRITON_INTERPRET=1): one program per group (HT = BLOCK_H), any float dtype but bf16, any batch.
+Under ``lstm_gpu.testing.concurrent_programs(n)`` the launcher takes ``gpu_config(..., n_sm=n)`` with the CUDA-core
+(broadcast) path allowed, so several programs per group run on CPU with float64 too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .triton_config import DOT_KC, DOT_SHARED_BUDGET, fp32_precision
+
+DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    ht: int                 # hidden units per program (all four gates of them)
+    block_h: int            # H padded to a power of two ≥ 16: one segment of every reduction
+    block_b: int            # batch rows of the one tile (≥ B)
+    use_dot: bool           # tl.dot (tensor cores) or broadcast-multiply-sum (CUDA cores)
+    precision: str          # tl.dot input_precision for fp32
+    num_warps: int
+    programs_per_group: int     # NPG: programs of one (layer, direction), cdiv(H, HT)
+    groups: int             # L·D
+    kc: int                 # K per tl.dot chunk (a power of two ≤ block_h)
+
+    @property
+    def num_programs(self) -> int:
+        return self.programs_per_group * self.groups
+
+    def split(self, nseg: int) -> int:
+        """K chunks of a reduction over ``nseg`` segments of block_h (independent tensor-core accumulators);
+        1 on the broadcast path."""
+        return nseg * self.block_h // self.kc if self.use_dot else 1
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def tensor_cores(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float16, torch.bfloat16) or (dtype == torch.float32 and fp32_precision() != "ieee")
+
+
+def interpreter_config(*, B: int, H: int, L: int, D: int, dtype: torch.dtype) -> StackConfig:
+    """CPU interpreter: one program per (layer, direction); programs run one after another in layer-major order,
+    and a program only waits for its own group and the layer below, so the sequential run completes."""
+    block_h = max(16, _pow2(H))
+    use_dot = dtype == torch.float16
+    block_b = max(16, _pow2(B)) if use_dot else _pow2(max(B, 1))
+    return StackConfig(ht=block_h, block_h=block_h, block_b=block_b, use_dot=use_dot, precision=fp32_precision(),
+                       num_warps=4, programs_per_group=1, groups=L * D, kc=min(block_h, DOT_KC) if use_dot else block_h)
+
+
+def gpu_config(*, B: int, H: int, L: int, D: int, dtype: torch.dtype, n_sm: int) -> StackConfig:
+    """The configuration for ``n_sm`` SMs (pure). May not fit: ``unsupported_reason`` checks it."""
+    use_dot = tensor_cores(dtype)
+    block_h = max(16, _pow2(H))
+    min_ht = 16 if use_dot else 4
+    ht = min_ht
+    while ht < block_h and -(-H // ht) * L * D > n_sm:
+        ht *= 2
+    ht = min(ht, block_h)
+    if use_dot:
+        block_b = max(16, _pow2(B))
+        half = dtype in (torch.float16, torch.bfloat16)
+        num_warps, kc = (4, DOT_KC) if half else (8, DOT_KC // 2)
+        kc = min(kc, block_h)
+    else:
+        block_b, num_warps, kc = _pow2(max(B, 1)), 4, block_h
+    return StackConfig(ht=ht, block_h=block_h, block_b=block_b, use_dot=use_dot, precision=fp32_precision(),
+                       num_warps=num_warps, programs_per_group=-(-H // ht), groups=L * D, kc=kc)
+
+
+def dot_shared_bytes(cfg: StackConfig, *, L: int, D: int, dtype: torch.dtype) -> int:
+    """Shared memory of one program, estimated: its weight slices (staged once; forward and backward hold the
+    same weights, rows or columns, 4·HT x K with K = H + D·H) and the forward's operand tiles (BB x K)."""
+    elem = 2 if dtype in (torch.float16, torch.bfloat16) else 4
+    k = cfg.block_h * (1 + (D if L > 1 else 0))
+    return (4 * cfg.ht * k + cfg.block_b * k) * elem
+
+
+def unsupported_reason(*, device: torch.device, dtype: torch.dtype, hidden_size: int, num_layers: int,
+                       bidirectional: bool, batch: int, proj_size: int = 0, n_sm: int | None = None) -> str | None:
+    """Why the one-launch stack cannot run this call, or None. Every reason means: per-layer launches instead."""
+    from . import host
+    reason = host.common_unsupported("triton", device=device, dtype=dtype, proj_size=proj_size, dtypes=DTYPES)
+    if reason is not None:
+        return reason
+    if device.type != "cuda":
+        if dtype == torch.bfloat16:
+            return "bfloat16 is not supported by the Triton CPU interpreter (it stores bf16 as raw uint16)"
+        return None
+    if n_sm is None:
+        if not torch.cuda.is_available():
+            return "no CUDA device is available"
+        n_sm = torch.cuda.get_device_properties(device).multi_processor_count
+    L, D = num_layers, 2 if bidirectional else 1
+    if not tensor_cores(dtype):
+        return (f"the stack kernel runs on tensor cores only (float16, bfloat16, float32 with tf32), got {dtype} "
+                f"with fp32 precision {fp32_precision()!r}")
+    if batch > 16:
+        return f"batch {batch} > 16: the stack kernel keeps the whole batch in one 16-row tile"
+    cfg = gpu_config(B=batch, H=hidden_size, L=L, D=D, dtype=dtype, n_sm=n_sm)
+    if cfg.num_programs > n_sm:
+        return (f"{L} layer(s) x {D} direction(s) x {cfg.programs_per_group} programs (HT={cfg.ht}) = "
+                f"{cfg.num_programs} programs, more than the {n_sm} SMs")
+    need = dot_shared_bytes(cfg, L=L, D=D, dtype=dtype)
+    if need > DOT_SHARED_BUDGET:
+        return (f"the weight slices of one program (W_hh{' and W_ih' if L > 1 else ''} rows of {cfg.ht} units, "
+                f"K = {cfg.block_h * (1 + (D if L > 1 else 0))}) and its operand tiles need {need} bytes of shared "
+                f"memory, over the budget of {DOT_SHARED_BUDGET}")
+    return None
