@@ -99,3 +99,287 @@ def stack_vs_torch(*, L, bidirectional, dtype, T=4, B=3, I=3, H=5, lengths=None,
 def test_stack_vs_torch_lstm(L, bidirectional, dtype, packed, batch_first):
     stack_vs_torch(L=L, bidirectional=bidirectional, dtype=dtype, T=5, lengths=lengths_for(5, 3) if packed else None,
                    batch_first=batch_first)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Every program at once: several programs per (layer, direction), the waits between groups really wait
+# ----------------------------------------------------------------------------------------------------
+
+def stack_h(n, *, L, D, dtype, B=3, start=2):
+    """The smallest H ≥ start whose stack config under concurrent_programs(n) is n programs, ≥ 2 per group, the
+    last slice of each group partly masked (H not a multiple of HT)."""
+    for H in range(start, 257):
+        cfg = config.gpu_config(B=B, H=H, L=L, D=D, dtype=dtype, n_sm=n)
+        if cfg.num_programs == n and cfg.programs_per_group >= 2 and H % cfg.ht:
+            return H
+    raise AssertionError(f"no H gives {n} stack programs for {L} layer(s) x {D} direction(s), {dtype}")
+
+
+# (n, L, bidirectional, dtype, packed, batch_first); broadcast path HT = 4, tl.dot (fp16) HT = 16
+MANY = [
+    (4, 2, False, torch.float64, True, False),      # 2 groups x 2 programs, H = 5
+    (8, 2, True, torch.float64, True, True),        # 4 groups x 2 programs
+    (4, 2, False, torch.float16, False, False),     # tl.dot, H = 17
+    pytest.param(6, 3, False, torch.float32, True, False, marks=pytest.mark.slow),
+    pytest.param(12, 3, True, torch.float64, True, False, marks=pytest.mark.slow),
+    pytest.param(12, 2, True, torch.float64, False, False, marks=pytest.mark.slow),   # 3 programs per group
+    pytest.param(8, 2, True, torch.float16, True, False, marks=pytest.mark.slow),
+]
+
+
+@needs_triton
+@pytest.mark.parametrize("n,L,bidirectional,dtype,packed,batch_first", MANY, ids=str)
+def test_stack_many_programs_vs_torch_lstm(n, L, bidirectional, dtype, packed, batch_first):
+    D = 2 if bidirectional else 1
+    H = stack_h(n, L=L, D=D, dtype=dtype, start=9 if n == 12 else 2)
+    stack_vs_torch(L=L, bidirectional=bidirectional, dtype=dtype, T=4, H=H, lengths=lengths_for(4, 3) if packed else None,
+                   batch_first=batch_first, context=lambda: concurrent_programs(n, backends=("triton",)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Mutations: a wait that does not wait, or waits for the wrong step of the layer below, must be caught
+# ----------------------------------------------------------------------------------------------------
+
+MUTATION_DEADLINE = 6.0
+
+
+def _no_wait(*args, **kwargs):
+    return None
+
+
+def _one_step_early(real):
+    """The real wait, asking one program-step less than it should: a layer reads the step below before the
+    last program of that step has written it."""
+    def wait(p_cnt, target, TIMEOUT):
+        return real(p_cnt, target - 1, TIMEOUT)
+    return wait
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", ["no_wait", "one_early"])
+def test_broken_waits_are_caught(kind):
+    n, L, D = 4, 2, 1
+    H = stack_h(n, L=L, D=D, dtype=torch.float64)
+    mutation = _no_wait if kind == "no_wait" else _one_step_early(triton_stack._wait)
+    start = time.monotonic()
+    try:
+        with mock.patch.object(triton_stack, "_wait", mutation):
+            stack_vs_torch(L=L, bidirectional=False, dtype=torch.float64, T=4, H=H,
+                           context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
+    except (AssertionError, ProgramsHung) as e:
+        verdict = type(e).__name__
+    else:
+        verdict = "right"
+    assert verdict != "right", f"the mutated wait ({kind}) went unnoticed"
+    assert time.monotonic() - start < 4 * MUTATION_DEADLINE + 20
+
+
+# ----------------------------------------------------------------------------------------------------
+# One launch per pass for the recurrence of the whole stack
+# ----------------------------------------------------------------------------------------------------
+
+class _Counted:
+    """A kernel that counts its launches and runs the real one."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+@needs_triton
+@pytest.mark.parametrize("L,bidirectional", [(3, False), (2, True)])
+def test_one_launch_per_pass(L, bidirectional):
+    from lstm_gpu.kernels import triton_lstm
+    fwd, bwd = _Counted(triton_stack._stack_fwd_kernel), _Counted(triton_stack._stack_bwd_kernel)
+    layer_fwd, layer_bwd = _Counted(triton_lstm._lstm_fwd_kernel), _Counted(triton_lstm._lstm_bwd_kernel)
+    model = lstm_gpu.LSTM(3, 5, num_layers=L, bidirectional=bidirectional, dtype=torch.float64, backend="triton")
+    choice = model.backend_for(torch.zeros(4, 2, 3, dtype=torch.float64), explain=True)
+    assert choice.backend == "triton" and "one launch for all" in choice.reason, choice
+    with mock.patch.multiple(triton_stack, _stack_fwd_kernel=fwd, _stack_bwd_kernel=bwd), \
+            mock.patch.multiple(triton_lstm, _lstm_fwd_kernel=layer_fwd, _lstm_bwd_kernel=layer_bwd):
+        y, (h, c) = model(torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True))
+        assert (fwd.launches, bwd.launches) == (1, 0)
+        (y.sum() + h.sum() + c.sum()).backward()
+    assert (fwd.launches, bwd.launches, layer_fwd.launches, layer_bwd.launches) == (1, 1, 0, 0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dropout between layers: rate, scaling, eval, gradients against a reference applying the same mask
+# ----------------------------------------------------------------------------------------------------
+
+def _stacked(model, x):
+    """lstm_gpu.stack's inputs from a module (float64 weights, as the module builds them)."""
+    D = 2 if model.bidirectional else 1
+    w = dict(zip(model._flat_weights_names, model._flat_weights))
+    return [[w[f"{n}_l{k // D}{'_reverse' if k % D else ''}"] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            for k in range(model.num_layers * D)]
+
+
+@needs_triton
+def test_dropout_rate_and_scaling():
+    """The dropped-out copy the layer above reads: each element 0 or y / (1 - p), zero at a rate near p; the
+    top layer is never dropped; a new seed gives a new mask."""
+    p, T, B, H = 0.3, 8, 4, 16
+    torch.manual_seed(0)
+    w_hh = torch.randn(2, 1, 4 * H, H, dtype=torch.float64) * 0.3
+    w_ih = torch.randn(1, 1, 4 * H, H, dtype=torch.float64) * 0.3
+    gx = torch.randn(T, B, 4 * H, dtype=torch.float64)
+    h0 = c0 = torch.zeros(2, B, H, dtype=torch.float64)
+    masks = []
+    for seed in (1, 2):
+        y, _, _, _, _, x = stack_op.stack_fwd(gx, w_ih, w_hh, None, h0, c0, None, p, seed, False)
+        kept = x[0] != 0
+        assert_close(x[0][kept], y[0][kept] / (1 - p), 1e-15, what="kept elements scaled by 1/(1-p)")
+        assert abs((~kept).double().mean().item() - p) < 0.05, (~kept).double().mean()
+        masks.append(kept)
+    assert (masks[0] != masks[1]).any()
+
+
+@needs_triton
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_dropout_gradients_against_the_same_mask(bidirectional):
+    """Training with dropout: y, h_n, c_n and every gradient equal a reference of single-layer nn.LSTMs whose
+    inputs are dropped with the kernel's mask (read from its dropped-out copy, regenerated from the seed)."""
+    p, T, B, I, H, L = 0.4, 4, 3, 3, 5, 3
+    D = 2 if bidirectional else 1
+    torch.manual_seed(0)
+    ours = lstm_gpu.LSTM(I, H, num_layers=L, bidirectional=bidirectional, dropout=p, dtype=torch.float64,
+                         backend="triton", stack=True).train()
+    x = torch.randn(T, B, I, dtype=torch.float64)
+    torch.manual_seed(7)
+    got = run_model(ours, x, torch.zeros(L * D, B, H, dtype=torch.float64),
+                    torch.zeros(L * D, B, H, dtype=torch.float64), None, False)
+    torch.manual_seed(7)
+    seed = int(torch.randint(2 ** 31 - 1, ()))                  # what lstm_gpu.stack drew
+    ws = _stacked(ours, x)
+    w_ih0 = torch.cat([ws[d][0] for d in range(D)])
+    gx = F.linear(x, w_ih0, torch.cat([ws[d][2] + ws[d][3] for d in range(D)]))
+    w_ih = torch.stack([w[0] for w in ws[D:]]).view(L - 1, D, 4 * H, D * H)
+    w_hh = torch.stack([w[1] for w in ws]).view(L, D, 4 * H, H)
+    bias = torch.stack([w[2] + w[3] for w in ws[D:]]).view(L - 1, D, 4 * H)
+    zeros = torch.zeros(L * D, B, H, dtype=torch.float64)
+    with torch.no_grad():
+        y_all, _, _, _, _, dropped = stack_op.stack_fwd(gx, w_ih, w_hh, bias, zeros, zeros, None, p, seed, False)
+    masks = (dropped != 0).double() / (1 - p)                  # y is never exactly 0 here (no lengths)
+
+    xi = x.clone().requires_grad_()
+    inp, hs, cs, params = xi, [], [], {}
+    for layer in range(L):
+        ref = torch.nn.LSTM(inp.shape[-1], H, bidirectional=bidirectional, dtype=torch.float64)
+        for name, _ in ref.named_parameters():
+            getattr(ref, name).data.copy_(getattr(ours, name.replace("_l0", f"_l{layer}")))
+        out, (h, c) = ref(inp)
+        hs.append(h), cs.append(c)
+        params.update({name.replace("_l0", f"_l{layer}"): prm for name, prm in ref.named_parameters()})
+        inp = out * masks[layer] if layer < L - 1 else out
+    hn, cn = torch.cat(hs), torch.cat(cs)
+    (inp.square().sum() + hn.sum() + 0.5 * cn.square().sum()).backward()
+    want = dict(y=inp, h_n=hn, c_n=cn, dx=xi.grad, **{name: prm.grad for name, prm in params.items()})
+    for name, value in want.items():
+        assert_close(got[name], value, 1e-11, what=name)
+
+
+@needs_triton
+def test_dropout_is_off_in_eval():
+    torch.manual_seed(0)
+    ref = torch.nn.LSTM(3, 5, num_layers=3, dropout=0.5, dtype=torch.float64).eval()
+    ours = lstm_gpu.LSTM(3, 5, num_layers=3, dropout=0.5, dtype=torch.float64, backend="triton", stack=True).eval()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    assert_close(ours(x)[0], ref(x)[0], 1e-12, what="eval: no dropout")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The custom ops, and the module's choice between one launch and per-layer launches
+# ----------------------------------------------------------------------------------------------------
+
+@needs_triton
+def test_opcheck():
+    T, B, H, L, D = 3, 2, 4, 2, 2
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)     # noqa: E731
+    args = (r(T, B, D * 4 * H).requires_grad_(), r(L - 1, D, 4 * H, D * H).requires_grad_(),
+            r(L, D, 4 * H, H).requires_grad_(), r(L - 1, D, 4 * H).requires_grad_(), r(L * D, B, H).requires_grad_(),
+            r(L * D, B, H).requires_grad_(), torch.tensor([3, 2]), 0.0, 0, True)
+    torch.library.opcheck(stack_op.stack_fwd, args)
+
+
+def test_explicit_stack_that_does_not_fit_says_why(monkeypatch):
+    """On a GPU (a stand-in H100 here) a bidirectional H = 512 stack does not fit: stack="auto" runs per layer
+    and says why, stack=True raises that reason; stack=False always runs per layer."""
+    gpu = type("Props", (), dict(name="stand-in H100", multi_processor_count=132))()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: gpu)
+    cuda = torch.device("cuda")
+    model = lstm_gpu.LSTM(512, 512, num_layers=2, bidirectional=True, backend="triton", device="meta")
+    assert "shared memory" in model._stack_reason(cuda, torch.float16, 16)
+    model.stack = True
+    with pytest.raises(ValueError, match="stack=True cannot run this call in one launch: .*shared memory"):
+        model._stack_reason(cuda, torch.float16, 16)
+    model = lstm_gpu.LSTM(256, 256, num_layers=2, bidirectional=True, backend="triton", stack=True, device="meta")
+    assert model._stack_reason(cuda, torch.float16, 16) is None
+    model.stack = False
+    assert model._stack_reason(cuda, torch.float16, 16) == "stack=False"
+
+
+@needs_triton
+def test_backend_for_says_which():
+    x = torch.zeros(4, 2, 3, dtype=torch.float64)
+    for stack, words in (("auto", "one launch for all 2 layer(s) x 2 direction(s)"),
+                         (False, "per-layer launches (stack=False)")):
+        model = lstm_gpu.LSTM(3, 5, num_layers=2, bidirectional=True, dtype=torch.float64, backend="triton", stack=stack)
+        choice = model.backend_for(x, explain=True)
+        assert choice.backend == "triton" and words in choice.reason, choice
+    with pytest.raises(ValueError, match="stack must be"):
+        lstm_gpu.LSTM(3, 5, stack="yes")
+
+
+# ----------------------------------------------------------------------------------------------------
+# The configuration: a pure function, and the reasons a stack does not fit
+# ----------------------------------------------------------------------------------------------------
+
+def _reason(H, L, bidirectional, dtype=torch.float16, B=16, n_sm=132):
+    return config.unsupported_reason(device=torch.device("cuda"), dtype=dtype, hidden_size=H, num_layers=L,
+                                     bidirectional=bidirectional, batch=B, n_sm=n_sm)
+
+
+def test_gpu_config_of_the_modeled_stacks():
+    uni = config.gpu_config(B=16, H=512, L=2, D=1, dtype=torch.float16, n_sm=132)
+    assert (uni.ht, uni.programs_per_group, uni.num_programs, uni.block_b, uni.num_warps) == (16, 32, 64, 16, 4)
+    assert (uni.split(1), uni.split(1), uni.split(4)) == (4, 4, 16)
+    assert _reason(512, 2, False) is None
+    assert _reason(256, 2, True) is None
+    bi = config.gpu_config(B=16, H=256, L=2, D=2, dtype=torch.float16, n_sm=132)
+    assert (bi.ht, bi.num_programs) == (16, 64)
+
+
+@pytest.mark.parametrize("case,words", [
+    (dict(H=512, L=2, bidirectional=True), "shared memory"),        # W_ih of layer 1 is 2H wide
+    (dict(H=1024, L=2, bidirectional=False), "shared memory"),
+    (dict(H=64, L=4, bidirectional=True, n_sm=6), "= 8 programs, more than the 6 SMs"),   # a group per SM at least
+    (dict(H=64, L=2, bidirectional=False, B=17), "batch 17 > 16"),
+    (dict(H=64, L=2, bidirectional=False, dtype=torch.float64), "tensor cores only"),
+    (dict(H=64, L=2, bidirectional=False, dtype=torch.float32), "tensor cores only"),
+])
+def test_stacks_that_do_not_fit_say_why(case, words):
+    reason = _reason(**case)
+    assert reason is not None and words in reason, reason
+
+
+def test_programs_fit_the_sms_and_each_group_splits_like_one_layer():
+    for L in (1, 2, 3, 4):
+        for D in (1, 2):
+            for H in (16, 100, 256, 512, 768, 1024):
+                cfg = config.gpu_config(B=8, H=H, L=L, D=D, dtype=torch.bfloat16, n_sm=132)
+                assert cfg.ht >= 16 and cfg.ht & (cfg.ht - 1) == 0 and cfg.programs_per_group == -(-H // cfg.ht)
+                if cfg.num_programs <= 132 and cfg.ht > 16:
+                    assert -(-H // (cfg.ht // 2)) * L * D > 132, "HT is the smallest that fits"
+
+
+def test_cpu_interpreter_config_is_one_program_per_group():
+    cfg = config.interpreter_config(B=3, H=5, L=3, D=2, dtype=torch.float64)
+    assert (cfg.programs_per_group, cfg.num_programs, cfg.ht, cfg.use_dot) == (1, 6, 16, False)
+    assert config.interpreter_config(B=3, H=5, L=2, D=1, dtype=torch.float16).use_dot
