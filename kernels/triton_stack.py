@@ -80,24 +80,33 @@ def _arrive(p_cnt):
 
 
 @triton.jit
-def _wait(p_cnt, target, TIMEOUT: tl.constexpr):
-    """Wait until a group's counter (p_cnt; its time-out flag at p_cnt + 1) reaches ``target`` arrivals.
-    TIMEOUT > 0 (debug mode, LSTM_GPU_BARRIER_TIMEOUT): give up after that many polls and set the flag."""
-    target = tl.cast(target, tl.int64)
-    now = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
+def _wait(p_bar, g_a, n_a, g_b, n_b, g_c, n_c, TIMEOUT: tl.constexpr):
+    """Wait until the counters of groups g_a, g_b, g_c (p_bar[2g]; time-out flag p_bar[2g + 1]) reach n_a, n_b,
+    n_c arrivals. The three polls are issued together, so a wait whose counts are already there costs one L2
+    round trip, not three. TIMEOUT > 0 (debug mode, LSTM_GPU_BARRIER_TIMEOUT): give up after that many polls
+    and set g_a's flag."""
+    p_a, p_b, p_c = p_bar + 2 * g_a, p_bar + 2 * g_b, p_bar + 2 * g_c
+    n_a, n_b, n_c = tl.cast(n_a, tl.int64), tl.cast(n_b, tl.int64), tl.cast(n_c, tl.int64)
+    a = tl.atomic_add(p_a, 0, sem="acquire", scope="gpu")
+    b = tl.atomic_add(p_b, 0, sem="acquire", scope="gpu")
+    c = tl.atomic_add(p_c, 0, sem="acquire", scope="gpu")
     if TIMEOUT > 0:
-        failed = tl.atomic_add(p_cnt + 1, 0, sem="relaxed", scope="gpu")
+        failed = tl.atomic_add(p_a + 1, 0, sem="relaxed", scope="gpu")
         spins = 0
-        while (now < target) & (failed == 0):
-            now = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
+        while ((a < n_a) | (b < n_b) | (c < n_c)) & (failed == 0):
+            a = tl.atomic_add(p_a, 0, sem="acquire", scope="gpu")
+            b = tl.atomic_add(p_b, 0, sem="acquire", scope="gpu")
+            c = tl.atomic_add(p_c, 0, sem="acquire", scope="gpu")
             spins += 1
             failed = tl.where(spins >= TIMEOUT, 1, failed)
         if spins >= TIMEOUT:
-            tl.atomic_xchg(p_cnt + 1, 1, sem="relaxed", scope="gpu")
+            tl.atomic_xchg(p_a + 1, 1, sem="relaxed", scope="gpu")
     else:
-        while now < target:
-            now = tl.atomic_add(p_cnt, 0, sem="acquire", scope="gpu")
-    tl.debug_barrier()                                  # no thread reads before the acquire completed
+        while (a < n_a) | (b < n_b) | (c < n_c):
+            a = tl.atomic_add(p_a, 0, sem="acquire", scope="gpu")
+            b = tl.atomic_add(p_b, 0, sem="acquire", scope="gpu")
+            c = tl.atomic_add(p_c, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()                                  # no thread reads before the acquires completed
 
 
 @triton.jit
@@ -227,8 +236,13 @@ def _stack_fwd_kernel(
         b_zg = tl.load(p_gx + o_gx + 2 * H, mask=m_gx, other=0.).to(ACC)
         b_zo = tl.load(p_gx + o_gx + 3 * H, mask=m_gx, other=0.).to(ACC)
 
-        if NPG > 1:
-            _wait(p_bar + 2 * i_g, NPG * s, TIMEOUT)            # own group done with the previous step
+        # One wait for what this step reads: its own group done with the previous step (h_{t-1}) and, layers ≥ 1,
+        # the layer below done with step t: its forward direction after t+1 of its steps, its reverse direction
+        # after T-t (layer 0: targets 0, met at once). Then the loads of h and x go out together.
+        i_below = tl.maximum(i_g - i_d - D, 0)                  # group (l-1, forward)
+        n_below = tl.where(i_l > 0, NPG, 0)
+        _wait(p_bar, i_g, NPG * s, i_below, n_below * (t + 1), i_below + D - 1,
+              n_below * tl.where(D == 2, T - t, t + 1), TIMEOUT)
         # h_{t-1} as step t sees it: y at the row's previous live step (a frozen row re-reads its last output),
         # h0 before its first step (forward: t = 0; reverse: t = len - 1)
         src = tl.where(rev, tl.zeros_like(b_len) + t + 1, tl.minimum(tl.zeros_like(b_len) + t - 1, b_len - 1))
@@ -242,10 +256,6 @@ def _stack_fwd_kernel(
         b_zo += _hw(b_h, b_ho, USE_DOT, PRECISION)
         if MULTI:
             if upper:
-                i_below = i_g - i_d - D                         # group (l-1, forward)
-                _wait(p_bar + 2 * i_below, NPG * (t + 1), TIMEOUT)           # it has done t after t+1 steps
-                if D == 2:
-                    _wait(p_bar + 2 * i_below + 2, NPG * (T - t), TIMEOUT)   # (l-1, reverse): after T-t steps
                 o_x = (((i_l - 1) * T + t).to(tl.int64) * B + o_b) * DH
                 b_x = _rows(p_x, o_x, m_b, H, KX, BLOCK_H, SPLIT_X)
                 b_zi += _hw(b_x, b_xi, USE_DOT, PRECISION) + b_bi
@@ -352,10 +362,11 @@ def _stack_bwd_kernel(
 
         if MULTI:
             if lower:                                           # dy_t = dz_{l+1}[t] · W_ih(l+1), own columns
+                # the layer above done with t: its forward direction (walking T-1 … 0) after T-t of its steps,
+                # its reverse direction (0 … T-1) after t+1
                 i_above = i_g - i_d + D                         # group (l+1, forward)
-                _wait(p_bar + 2 * i_above, NPG * (T - t), TIMEOUT)          # its backward has done t after T-t
-                if D == 2:
-                    _wait(p_bar + 2 * i_above + 2, NPG * (t + 1), TIMEOUT)  # (l+1, reverse): after t+1 steps
+                _wait(p_bar, i_above, NPG * (T - t), i_above + D - 1, NPG * tl.where(D == 2, t + 1, T - t),
+                      i_above, 0, TIMEOUT)
                 o_zu = ((i_l + 1) * T + t).to(tl.int64) * B * (4 * DH) + o_b * (4 * DH)
                 b_dy = _hw(_rows(p_dz, o_zu, m_b, H, KU, BLOCK_H, SPLIT_U), b_wu, USE_DOT, PRECISION)
                 if DROPOUT:
@@ -379,7 +390,7 @@ def _stack_bwd_kernel(
         _arrive(p_bar + 2 * i_g)
 
         if NPG > 1:
-            _wait(p_bar + 2 * i_g, NPG * (s + 1), TIMEOUT)      # all of own group's dz_t written
+            _wait(p_bar, i_g, NPG * (s + 1), i_g, 0, i_g, 0, TIMEOUT)     # all of own group's dz_t written
         o_zr = o_t * (4 * DH) + i_d * 4 * H
         b_new = _hw(_rows(p_dz, o_zr, m_b, H, KG, BLOCK_H, SPLIT_G), b_wr, USE_DOT, PRECISION)
         b_dh = tl.where(b_alive, b_new.to(ACC), b_dh)           # dh ← dz_t · W_hh; frozen rows pass it through

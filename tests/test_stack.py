@@ -148,10 +148,10 @@ def _no_wait(*args, **kwargs):
 
 
 def _one_step_early(real):
-    """The real wait, asking one program-step less than it should: a layer reads the step below before the
-    last program of that step has written it."""
-    def wait(p_cnt, target, TIMEOUT):
-        return real(p_cnt, target - 1, TIMEOUT)
+    """The real wait, asking one program-step less of every counter than it should: a program reads a step
+    before the last program of that step has written it."""
+    def wait(p_bar, g_a, n_a, g_b, n_b, g_c, n_c, TIMEOUT):
+        return real(p_bar, g_a, n_a - 1, g_b, n_b - 1, g_c, n_c - 1, TIMEOUT)
     return wait
 
 
@@ -172,6 +172,39 @@ def test_broken_waits_are_caught(kind):
         verdict = "right"
     assert verdict != "right", f"the mutated wait ({kind}) went unnoticed"
     assert time.monotonic() - start < 4 * MUTATION_DEADLINE + 20
+
+
+@needs_triton
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_waits_ask_only_for_what_a_step_reads(bidirectional):
+    """The forward's waits, recorded (one program per group): the own group's previous step, and for layer 1
+    at step t the layer below's forward direction after t+1 of its steps (the wavefront), its reverse direction
+    after T-t (bidirectional: so layer 1 starts when layer 0 is done). Layer 0 waits for no other group."""
+    from triton.runtime import interpreter
+    T, D = 4, 2 if bidirectional else 1
+    calls, real = [], triton_stack._wait
+
+    def value(x):
+        return int(x.handle.data.reshape(-1)[0]) if hasattr(x, "handle") else int(x)
+
+    def wait(p_bar, g_a, n_a, g_b, n_b, g_c, n_c, TIMEOUT):
+        calls.append((interpreter.interpreter_builder.grid_idx[0], *(value(v) for v in (g_a, n_a, g_b, n_b, g_c, n_c))))
+        return real(p_bar, g_a, n_a, g_b, n_b, g_c, n_c, TIMEOUT)
+
+    model = lstm_gpu.LSTM(3, 5, num_layers=2, bidirectional=bidirectional, dtype=torch.float64, backend="triton")
+    with mock.patch.object(triton_stack, "_wait", wait), torch.no_grad():
+        model(torch.randn(T, 2, 3, dtype=torch.float64))
+    for g in range(2 * D):
+        layer, rev = divmod(g, D)
+        steps = [c[1:] for c in calls if c[0] == g]
+        assert [own for own, _, _, _, _, _ in steps] == [g] * T and [n for _, n, *_ in steps] == list(range(T))
+        for s, (_, _, g_b, n_b, g_c, n_c) in enumerate(steps):
+            t = T - 1 - s if rev else s
+            if layer == 0:
+                assert n_b == n_c == 0
+            else:
+                assert (g_b, n_b) == (0, t + 1)
+                assert (g_c, n_c) == ((1, T - t) if bidirectional else (0, t + 1))
 
 
 # ----------------------------------------------------------------------------------------------------
