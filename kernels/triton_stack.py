@@ -82,30 +82,26 @@ def _arrive(p_cnt):
 @triton.jit
 def _wait(p_bar, g_a, n_a, g_b, n_b, g_c, n_c, TIMEOUT: tl.constexpr):
     """Wait until the counters of groups g_a, g_b, g_c (p_bar[2g]; time-out flag p_bar[2g + 1]) reach n_a, n_b,
-    n_c arrivals. The three polls are issued together, so a wait whose counts are already there costs one L2
-    round trip, not three. TIMEOUT > 0 (debug mode, LSTM_GPU_BARRIER_TIMEOUT): give up after that many polls
-    and set g_a's flag."""
-    p_a, p_b, p_c = p_bar + 2 * g_a, p_bar + 2 * g_b, p_bar + 2 * g_c
-    n_a, n_b, n_c = tl.cast(n_a, tl.int64), tl.cast(n_b, tl.int64), tl.cast(n_c, tl.int64)
-    a = tl.atomic_add(p_a, 0, sem="acquire", scope="gpu")
-    b = tl.atomic_add(p_b, 0, sem="acquire", scope="gpu")
-    c = tl.atomic_add(p_c, 0, sem="acquire", scope="gpu")
+    n_c arrivals. One vector of polls (a lane each), so a wait whose counts are already there costs one L2 round
+    trip: three scalar polls compiled to three round trips in a row on sm_90 (each result is broadcast through
+    shared memory and a bar.sync before the next poll is issued). TIMEOUT > 0 (debug mode,
+    LSTM_GPU_BARRIER_TIMEOUT): give up after that many polls and set g_a's flag."""
+    lane = tl.arange(0, 4)
+    p = p_bar + 2 * tl.where(lane == 0, g_a, tl.where(lane == 1, g_b, g_c))
+    n = tl.where(lane == 0, n_a, tl.where(lane == 1, n_b, n_c)).to(tl.int64)
+    behind = 1                                          # poll at least once: one round trip when already there
     if TIMEOUT > 0:
-        failed = tl.atomic_add(p_a + 1, 0, sem="relaxed", scope="gpu")
+        failed = tl.atomic_add(p_bar + 2 * g_a + 1, 0, sem="relaxed", scope="gpu")
         spins = 0
-        while ((a < n_a) | (b < n_b) | (c < n_c)) & (failed == 0):
-            a = tl.atomic_add(p_a, 0, sem="acquire", scope="gpu")
-            b = tl.atomic_add(p_b, 0, sem="acquire", scope="gpu")
-            c = tl.atomic_add(p_c, 0, sem="acquire", scope="gpu")
+        while (behind > 0) & (failed == 0):
+            behind = tl.max((tl.atomic_add(p, 0, sem="acquire", scope="gpu") < n).to(tl.int32), 0)
             spins += 1
             failed = tl.where(spins >= TIMEOUT, 1, failed)
         if spins >= TIMEOUT:
-            tl.atomic_xchg(p_a + 1, 1, sem="relaxed", scope="gpu")
+            tl.atomic_xchg(p_bar + 2 * g_a + 1, 1, sem="relaxed", scope="gpu")
     else:
-        while (a < n_a) | (b < n_b) | (c < n_c):
-            a = tl.atomic_add(p_a, 0, sem="acquire", scope="gpu")
-            b = tl.atomic_add(p_b, 0, sem="acquire", scope="gpu")
-            c = tl.atomic_add(p_c, 0, sem="acquire", scope="gpu")
+        while behind > 0:
+            behind = tl.max((tl.atomic_add(p, 0, sem="acquire", scope="gpu") < n).to(tl.int32), 0)
     tl.debug_barrier()                                  # no thread reads before the acquires completed
 
 
@@ -158,6 +154,18 @@ def _keep(o_y, seed, drop):
     """The dropout mask of layer output elements at offsets o_y of y ([L, T, B, D·H]): kept with probability
     1 - drop. Counter-based (Philox on the element's offset), so backward regenerates the same mask."""
     return tl.rand(seed, o_y.to(tl.int32)) >= drop
+
+
+@triton.jit
+def _load_gx(p_gx, t, i_l, i_d, o_b, o_u, m_bu, T, B, H, D: tl.constexpr, ACC: tl.constexpr):
+    """Layer 0's gates_x[t] for own units, the four gates ([BB, HT] each); zeros for layers ≥ 1 and for a t
+    outside 0 … T-1 (the prefetch after the last step). It depends on no other program, so the loop issues it
+    for the next step before the wait: its DRAM latency hides behind the wait."""
+    o_gx = (t.to(tl.int64) * B + o_b)[:, None] * (4 * D * H) + i_d * 4 * H + o_u[None, :]
+    m_gx = tl.where((i_l == 0) & (t >= 0) & (t < T), m_bu, False)
+    return (tl.load(p_gx + o_gx, mask=m_gx, other=0.).to(ACC), tl.load(p_gx + o_gx + H, mask=m_gx, other=0.).to(ACC),
+            tl.load(p_gx + o_gx + 2 * H, mask=m_gx, other=0.).to(ACC),
+            tl.load(p_gx + o_gx + 3 * H, mask=m_gx, other=0.).to(ACC))
 
 
 @triton.jit(do_not_specialize=["T", "seed"])
@@ -225,17 +233,10 @@ def _stack_fwd_kernel(
 
     b_c = tl.load(p_c0 + o_s, mask=m_bu, other=0.).to(ACC)
     b_len = tl.load(p_len + o_b, mask=m_b, other=0)
+    b_zi, b_zf, b_zg, b_zo = _load_gx(p_gx, tl.where(rev, T - 1, 0), i_l, i_d, o_b, o_u, m_bu, T, B, H, D, ACC)
     for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above a wait
         t = tl.where(rev, T - 1 - s, s)
         o_t = ((i_l * T + t).to(tl.int64) * B + o_b)            # row (l, t, b) of y, gates, cells
-        # gates_x of layer 0: independent of every other program, issued before the waits
-        o_gx = (t.to(tl.int64) * B + o_b)[:, None] * (4 * DH) + i_d * 4 * H + o_u[None, :]
-        m_gx = tl.where(i_l == 0, m_bu, False)
-        b_zi = tl.load(p_gx + o_gx, mask=m_gx, other=0.).to(ACC)
-        b_zf = tl.load(p_gx + o_gx + H, mask=m_gx, other=0.).to(ACC)
-        b_zg = tl.load(p_gx + o_gx + 2 * H, mask=m_gx, other=0.).to(ACC)
-        b_zo = tl.load(p_gx + o_gx + 3 * H, mask=m_gx, other=0.).to(ACC)
-
         # One wait for what this step reads: its own group done with the previous step (h_{t-1}) and, layers ≥ 1,
         # the layer below done with step t: its forward direction after t+1 of its steps, its reverse direction
         # after T-t (layer 0: targets 0, met at once). Then the loads of h and x go out together.
@@ -279,6 +280,8 @@ def _stack_fwd_kernel(
             tl.store(p_gates + o_g + 2 * H, b_g, mask=m_bu)
             tl.store(p_gates + o_g + 3 * H, b_o, mask=m_bu)
             tl.store(p_cells + o_y, b_c, mask=m_bu)
+        b_zi, b_zf, b_zg, b_zo = _load_gx(p_gx, tl.where(rev, t - 1, t + 1), i_l, i_d, o_b, o_u, m_bu, T, B, H, D,
+                                          ACC)                  # the next step's, before the arrival and the wait
         _arrive(p_bar + 2 * i_g)
 
     tl.store(p_cn + o_s, b_c.to(p_cn.dtype.element_ty), mask=m_bu)
