@@ -11,8 +11,8 @@ IT HAS NEVER RUN ON A GPU: every speed figure is modeled from sm_90 code, the wa
 hardware, bf16 numerics are untested.
 Known risks: (1) all programs of all groups must be co-resident (cooperative launch: the driver refuses rather
 than hangs); (2) the waits are the epoch counters of kernels/triton_barrier.py read across groups: correct by
-the same release/acquire argument, but only a GPU tests memory ordering; (3) dz is exchanged in the
-accumulation dtype (fp32), twice the bytes of the single-layer kernel's 16-bit exchange; (4) the shared-memory
+the same release/acquire argument, but only a GPU tests memory ordering; (3) fp16/bf16 exchange dz between
+programs in 16 bits (as the tensor cores read it; the saved dz for the weight GEMMs stays fp32); (4) the shared-memory
 rule is an estimate checked against the sm_90 compile of the modeled shapes only.
 
 Dimension legend
@@ -106,15 +106,17 @@ def _wait(p_bar, g_a, n_a, g_b, n_b, g_c, n_c, TIMEOUT: tl.constexpr):
 
 
 @triton.jit
-def _seg(k, H, BLOCK_H: tl.constexpr):
-    """Reduction index k = seg·BLOCK_H + j → (its element offset seg·H + j, real: j < H)."""
+def _seg(k, H, S, BLOCK_H: tl.constexpr):
+    """Reduction index k = seg·BLOCK_H + j → (its element offset seg·S + j, real: j < H). The segments are the
+    H-wide pieces a reduction runs over, S apart: S = H for the two directions of an input row; S = 4H for one
+    gate of both directions in a row of dz."""
     j = k % BLOCK_H
-    return (k // BLOCK_H) * H + j, j < H
+    return (k // BLOCK_H) * S + j, j < H
 
 
 @triton.jit
-def _rows(p, o_row, m_row, H, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr):
-    """The left operand of a reduction over K = NSEG·BLOCK_H: row r's element k at p + o_row[r] + seg·H + j, as
+def _rows(p, o_row, m_row, H, S, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr):
+    """The left operand of a reduction over K = NSEG·BLOCK_H: row r's element k at p + o_row[r] + seg·S + j, as
     [BB, K], or [SPLIT, BB, K/SPLIT] for SPLIT independent tl.dot chunks. Written by other programs: .cg (L2)."""
     if SPLIT == 1:
         k = tl.arange(0, K)[None, :]
@@ -123,15 +125,15 @@ def _rows(p, o_row, m_row, H, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.
         KC: tl.constexpr = K // SPLIT
         k = tl.arange(0, SPLIT)[:, None, None] * KC + tl.arange(0, KC)[None, None, :]
         o_row, m_row = o_row[None, :, None], m_row[None, :, None]
-    o_k, m_k = _seg(k, H, BLOCK_H)
+    o_k, m_k = _seg(k, H, S, BLOCK_H)
     return tl.load(p + o_row + o_k, mask=m_row & m_k, other=0., cache_modifier=".cg")
 
 
 @triton.jit
-def _w(p, s_k, s_u, on, i_p, H, HT: tl.constexpr, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr,
-       USE_DOT: tl.constexpr, ACC: tl.constexpr):
+def _w(p, s_k, s_u, on, i_p, H, S, HT: tl.constexpr, K: tl.constexpr, BLOCK_H: tl.constexpr,
+       SPLIT: tl.constexpr, USE_DOT: tl.constexpr, ACC: tl.constexpr):
     """A weight block for this program's units u, loaded once and kept on chip: element (k, u) at
-    p + (seg·H + j)·s_k + u·s_u; zeros where ``on`` is false. tl.dot: [K, HT] or [SPLIT, K/SPLIT, HT] in the
+    p + (seg·S + j)·s_k + u·s_u; zeros where ``on`` is false. tl.dot: [K, HT] or [SPLIT, K/SPLIT, HT] in the
     weights' dtype; broadcast path: [HT, K] upcast to the accumulation dtype (``_hw``'s layouts)."""
     o_u = i_p * HT + tl.arange(0, HT)
     if USE_DOT and SPLIT > 1:
@@ -144,7 +146,7 @@ def _w(p, s_k, s_u, on, i_p, H, HT: tl.constexpr, K: tl.constexpr, BLOCK_H: tl.c
     else:
         k = tl.arange(0, K)[None, :]
         u = o_u[:, None]
-    o_k, m_k = _seg(k, H, BLOCK_H)
+    o_k, m_k = _seg(k, H, S, BLOCK_H)
     b_w = tl.load(p + o_k * s_k + u * s_u, mask=tl.where(on, m_k & (u < H), False), other=0.)
     return b_w if USE_DOT else b_w.to(ACC)
 
@@ -212,18 +214,18 @@ def _stack_fwd_kernel(
 
     # Loaded ONCE, kept on chip for all T steps: the rows of W_hh (and, layers ≥ 1, of W_ih) for own units.
     p_w = p_whh + i_g * 4 * H * H
-    b_hi = _w(p_w, 1, H, True, i_p, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
-    b_hf = _w(p_w + H * H, 1, H, True, i_p, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
-    b_hg = _w(p_w + 2 * H * H, 1, H, True, i_p, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
-    b_ho = _w(p_w + 3 * H * H, 1, H, True, i_p, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    b_hi = _w(p_w, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    b_hf = _w(p_w + H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    b_hg = _w(p_w + 2 * H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    b_ho = _w(p_w + 3 * H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
     if MULTI:
         upper = i_l > 0
         i_w = tl.maximum(i_g - D, 0)                            # (layer - 1, direction) in [L-1, D, ...]
         p_w = p_wih + i_w * 4 * H * DH
-        b_xi = _w(p_w, 1, DH, upper, i_p, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
-        b_xf = _w(p_w + H * DH, 1, DH, upper, i_p, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
-        b_xg = _w(p_w + 2 * H * DH, 1, DH, upper, i_p, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
-        b_xo = _w(p_w + 3 * H * DH, 1, DH, upper, i_p, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+        b_xi = _w(p_w, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+        b_xf = _w(p_w + H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+        b_xg = _w(p_w + 2 * H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+        b_xo = _w(p_w + 3 * H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
         m_bias = tl.where(upper, (o_u < H) & HAS_BIAS, False)
         p_bb = p_bias + i_w * 4 * H + o_u
         b_bi = tl.load(p_bb, mask=m_bias, other=0.).to(ACC)[None, :]
@@ -249,8 +251,8 @@ def _stack_fwd_kernel(
         src = tl.where(rev, tl.zeros_like(b_len) + t + 1, tl.minimum(tl.zeros_like(b_len) + t - 1, b_len - 1))
         has = tl.where(rev, src < b_len, src >= 0)
         o_h = ((i_l * T + src).to(tl.int64) * B + o_b) * DH + i_d * H
-        b_h = (_rows(p_y, o_h, m_b & has, H, BLOCK_H, BLOCK_H, SPLIT_H)
-               + _rows(p_h0, (i_g * B + o_b) * H, m_b & (~has), H, BLOCK_H, BLOCK_H, SPLIT_H))
+        b_h = (_rows(p_y, o_h, m_b & has, H, H, BLOCK_H, BLOCK_H, SPLIT_H)
+               + _rows(p_h0, (i_g * B + o_b) * H, m_b & (~has), H, H, BLOCK_H, BLOCK_H, SPLIT_H))
         b_zi += _hw(b_h, b_hi, USE_DOT, PRECISION)
         b_zf += _hw(b_h, b_hf, USE_DOT, PRECISION)
         b_zg += _hw(b_h, b_hg, USE_DOT, PRECISION)
@@ -258,7 +260,7 @@ def _stack_fwd_kernel(
         if MULTI:
             if upper:
                 o_x = (((i_l - 1) * T + t).to(tl.int64) * B + o_b) * DH
-                b_x = _rows(p_x, o_x, m_b, H, KX, BLOCK_H, SPLIT_X)
+                b_x = _rows(p_x, o_x, m_b, H, H, KX, BLOCK_H, SPLIT_X)
                 b_zi += _hw(b_x, b_xi, USE_DOT, PRECISION) + b_bi
                 b_zf += _hw(b_x, b_xf, USE_DOT, PRECISION) + b_bf
                 b_zg += _hw(b_x, b_xg, USE_DOT, PRECISION) + b_bg
@@ -308,6 +310,7 @@ def _stack_bwd_kernel(
     p_wih,       # [L-1, D, 4H, D·H] W_ih of layers 1 … L-1 (not read when L = 1)
     p_len,       # [B] int32
     p_dz,        # [L, T, B, D·4H] out (accumulation dtype): dz, the gradient w.r.t. the pre-activations
+    p_zx,        # [L, T, B, D·4H] input dtype, LOW_EXCHANGE only: dz in 16 bits, what the other programs read
     p_dh0,       # [L·D, B, H] out (accumulation dtype)
     p_dc0,       # [L·D, B, H] out (accumulation dtype)
     p_bar,       # [2·L·D] int64, zero: per group its counter of finished program-steps and a time-out flag
@@ -316,11 +319,15 @@ def _stack_bwd_kernel(
     seed, drop,  # the forward's dropout seed and probability (DROPOUT): the same mask, regenerated
     # meta-parameters
     D: tl.constexpr, NPG: tl.constexpr, HT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_B: tl.constexpr,
-    SPLIT_G: tl.constexpr,      # tl.dot chunks of dz·W_hh (K = 4·BLOCK_H)
-    SPLIT_U: tl.constexpr,      # tl.dot chunks of dz_{l+1}·W_ih(l+1) (K = D·4·BLOCK_H)
+    SPLIT_H: tl.constexpr,      # tl.dot chunks of dz_gate·W_hh,gate (K = BLOCK_H)
+    SPLIT_X: tl.constexpr,      # tl.dot chunks of dz_{l+1},gate·W_ih(l+1),gate (K = D·BLOCK_H: both directions)
     MULTI: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    LOW_EXCHANGE: tl.constexpr,     # exchange dz in the 16-bit input dtype (the tensor cores read it so anyway)
     DROPOUT: tl.constexpr, TIMEOUT: tl.constexpr,
 ):
+    # dz as the programs read it. Exchanged in fp32 it was staged in fp32 for the tensor cores: 256 KB of shared
+    # memory at B16 H512 fp16 bidirectional (sm_90, triton 3.6), over an SM's 227 KB; in 16 bits, 224 KB.
+    p_zr = p_zx if LOW_EXCHANGE else p_dz
     pid = tl.program_id(0)
     i_g = L * D - 1 - pid // NPG        # top layer first: the order in which the groups wait for each other
     i_p = pid % NPG
@@ -332,16 +339,24 @@ def _stack_bwd_kernel(
     o_u = i_p * HT + tl.arange(0, HT)
     m_bu = m_b[:, None] & (o_u < H)[None, :]
     o_s = (i_g * B + o_b)[:, None] * H + o_u[None, :]
-    KG: tl.constexpr = 4 * BLOCK_H
-    KU: tl.constexpr = 4 * D * BLOCK_H
+    KX: tl.constexpr = D * BLOCK_H
 
-    # Loaded ONCE: the columns of W_hh for own units ([4H, HT]: dz · W_hh in one reduction over all gates)
-    # and, below the top layer, the columns of the layer above's W_ih that multiply own units ([D·4H, HT]).
-    b_wr = _w(p_whh + i_g * 4 * H * H, H, 1, True, i_p, H, HT, KG, BLOCK_H, SPLIT_G, USE_DOT, ACC)
+    # Loaded ONCE, gate by gate: the columns of W_hh for own units ([H, HT] each) and, below the top layer, the
+    # columns of the layer above's W_ih that multiply own units ([D·H, HT] each: that gate of both its
+    # directions). One reduction per gate, not one over all gates at once: the one-shot dz operand (K = D·4H)
+    # was staged whole in shared memory, 256 KB at B16 H512 fp16 (sm_90, triton 3.6), over the 227 KB of an SM.
+    p_w = p_whh + i_g * 4 * H * H
+    b_ri = _w(p_w, H, 1, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    b_rf = _w(p_w + H * H, H, 1, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    b_rg = _w(p_w + 2 * H * H, H, 1, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    b_ro = _w(p_w + 3 * H * H, H, 1, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
     if MULTI:
         lower = i_l < L - 1
-        p_wu = p_wih + tl.minimum(i_l, L - 2) * D * 4 * H * DH + i_d * H
-        b_wu = _w(p_wu, DH, 1, lower, i_p, H, HT, KU, BLOCK_H, SPLIT_U, USE_DOT, ACC)
+        p_w = p_wih + tl.minimum(i_l, L - 2) * D * 4 * H * DH + i_d * H
+        b_ui = _w(p_w, DH, 1, lower, i_p, H, 4 * H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+        b_uf = _w(p_w + H * DH, DH, 1, lower, i_p, H, 4 * H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+        b_ug = _w(p_w + 2 * H * DH, DH, 1, lower, i_p, H, 4 * H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+        b_uo = _w(p_w + 3 * H * DH, DH, 1, lower, i_p, H, 4 * H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
 
     b_dh = tl.load(p_dhn + o_s, mask=m_bu, other=0.).to(ACC)
     b_dc = tl.load(p_dcn + o_s, mask=m_bu, other=0.).to(ACC)
@@ -370,8 +385,12 @@ def _stack_bwd_kernel(
                 i_above = i_g - i_d + D                         # group (l+1, forward)
                 _wait(p_bar, i_above, NPG * (T - t), i_above + D - 1, NPG * tl.where(D == 2, t + 1, T - t),
                       i_above, 0, TIMEOUT)
-                o_zu = ((i_l + 1) * T + t).to(tl.int64) * B * (4 * DH) + o_b * (4 * DH)
-                b_dy = _hw(_rows(p_dz, o_zu, m_b, H, KU, BLOCK_H, SPLIT_U), b_wu, USE_DOT, PRECISION)
+                p_zu = p_zr + ((i_l + 1) * T + t).to(tl.int64) * B * (4 * DH)
+                o_zu = o_b * (4 * DH)
+                b_dy = _hw(_rows(p_zu, o_zu, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_ui, USE_DOT, PRECISION)
+                b_dy += _hw(_rows(p_zu + H, o_zu, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_uf, USE_DOT, PRECISION)
+                b_dy += _hw(_rows(p_zu + 2 * H, o_zu, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_ug, USE_DOT, PRECISION)
+                b_dy += _hw(_rows(p_zu + 3 * H, o_zu, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_uo, USE_DOT, PRECISION)
                 if DROPOUT:
                     b_dy = tl.where(_keep(o_y, seed, drop), b_dy / (1. - drop), 0.)
             else:
@@ -385,17 +404,30 @@ def _stack_bwd_kernel(
         b_tc = _tanh(b_ct)
         b_dht = b_dh + tl.where(b_alive, b_dy, 0.)              # dh_t = dh + dy_t
         b_dct = b_dc + b_dht * b_o * (1. - b_tc * b_tc)         # dc_t = dc + dh_t ⊙ o ⊙ (1 - tanh²c)
-        tl.store(p_dz + o_g, tl.where(b_alive, b_dct * b_g * b_i * (1. - b_i), 0.), mask=m_bu)
-        tl.store(p_dz + o_g + H, tl.where(b_alive, b_dct * b_cp * b_f * (1. - b_f), 0.), mask=m_bu)
-        tl.store(p_dz + o_g + 2 * H, tl.where(b_alive, b_dct * b_i * (1. - b_g * b_g), 0.), mask=m_bu)
-        tl.store(p_dz + o_g + 3 * H, tl.where(b_alive, b_dht * b_tc * b_o * (1. - b_o), 0.), mask=m_bu)
+        b_dzi = tl.where(b_alive, b_dct * b_g * b_i * (1. - b_i), 0.)
+        b_dzf = tl.where(b_alive, b_dct * b_cp * b_f * (1. - b_f), 0.)
+        b_dzg = tl.where(b_alive, b_dct * b_i * (1. - b_g * b_g), 0.)
+        b_dzo = tl.where(b_alive, b_dht * b_tc * b_o * (1. - b_o), 0.)
+        tl.store(p_dz + o_g, b_dzi, mask=m_bu)
+        tl.store(p_dz + o_g + H, b_dzf, mask=m_bu)
+        tl.store(p_dz + o_g + 2 * H, b_dzg, mask=m_bu)
+        tl.store(p_dz + o_g + 3 * H, b_dzo, mask=m_bu)
+        if LOW_EXCHANGE:
+            X = p_zx.dtype.element_ty
+            tl.store(p_zx + o_g, b_dzi.to(X), mask=m_bu)
+            tl.store(p_zx + o_g + H, b_dzf.to(X), mask=m_bu)
+            tl.store(p_zx + o_g + 2 * H, b_dzg.to(X), mask=m_bu)
+            tl.store(p_zx + o_g + 3 * H, b_dzo.to(X), mask=m_bu)
         b_dc = tl.where(b_alive, b_dct * b_f, b_dc)             # dc ← dc_t ⊙ f
         _arrive(p_bar + 2 * i_g)
 
         if NPG > 1:
             _wait(p_bar, i_g, NPG * (s + 1), i_g, 0, i_g, 0, TIMEOUT)     # all of own group's dz_t written
         o_zr = o_t * (4 * DH) + i_d * 4 * H
-        b_new = _hw(_rows(p_dz, o_zr, m_b, H, KG, BLOCK_H, SPLIT_G), b_wr, USE_DOT, PRECISION)
+        b_new = _hw(_rows(p_zr, o_zr, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H), b_ri, USE_DOT, PRECISION)
+        b_new += _hw(_rows(p_zr + H, o_zr, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H), b_rf, USE_DOT, PRECISION)
+        b_new += _hw(_rows(p_zr + 2 * H, o_zr, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H), b_rg, USE_DOT, PRECISION)
+        b_new += _hw(_rows(p_zr + 3 * H, o_zr, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H), b_ro, USE_DOT, PRECISION)
         b_dh = tl.where(b_alive, b_new.to(ACC), b_dh)           # dh ← dz_t · W_hh; frozen rows pass it through
 
     tl.store(p_dh0 + o_s, b_dh, mask=m_bu)
@@ -483,15 +515,17 @@ def stack_bwd(dy, dh_n, dc_n, gates, cells, c0, w_ih, w_hh, lengths, *, dropout:
     lens = host.lengths_or_full(lengths, T, B, device)
 
     dz = torch.empty(L, T, B, D * G, dtype=acc, device=device)
+    low_exchange = cfg.use_dot and dtype in (torch.float16, torch.bfloat16)
+    dz_exchange = torch.empty(L, T, B, D * G, dtype=dtype, device=device) if low_exchange else dz
     dh0 = torch.empty(L * D, B, H, dtype=acc, device=device)
     dc0 = torch.empty(L * D, B, H, dtype=acc, device=device)
     bar = barrier_state(device, L * D)
     meta = _meta(cfg, L, D, dtype)
     with host.device_guard(device):
         _stack_bwd_kernel[(cfg.num_programs,)](
-            dy, dh_n, dc_n, gates, cells, c0.to(acc), w_hh, w_ih, lens, dz, dh0, dc0, bar,
+            dy, dh_n, dc_n, gates, cells, c0.to(acc), w_hh, w_ih, lens, dz, dz_exchange, dh0, dc0, bar,
             T, B, H, L, seed, float(dropout),
-            SPLIT_G=cfg.split(4), SPLIT_U=cfg.split(4 * D), DROPOUT=L > 1 and dropout > 0,
+            SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), LOW_EXCHANGE=low_exchange, DROPOUT=L > 1 and dropout > 0,
             **meta, **_launch_options(cfg, device))
     if meta["TIMEOUT"]:
         raise_if_timed_out(bar, "stack backward")

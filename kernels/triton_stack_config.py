@@ -18,9 +18,10 @@ GPU rule (``gpu_config``; ``unsupported_reason`` says why a stack does not fit):
   broadcast path holds W in registers, which two weight slices per program exceed at useful sizes);
 - one 16-row batch tile (B ≤ 16): the cell state stays in registers, no scratch walk per step;
 - HT = the smallest power of two ≥ 16 with NPG·L·D ≤ SMs, NPG = cdiv(H, HT) (every program co-resident);
-- shared memory: the weight slices plus one operand tile per reduction, ``dot_shared_bytes`` ≤
-  DOT_SHARED_BUDGET (the single-layer budget). 16-bit: a 2-layer unidirectional stack fits up to H = 512 at
-  HT = 16; a bidirectional one only to H = 256 (its layers ≥ 1 read 2H-wide inputs: W_ih doubles);
+- shared memory: the weight slices plus the widest operand tile, ``dot_shared_bytes`` ≤ SHARED_BUDGET. The
+  formula is what the sm_90 compiles (triton 3.6) show, forward and backward alike, at B16 fp16: 2 layers
+  unidirectional H512 144 KB, bidirectional H256 112 KB, bidirectional H512 224 KB; unidirectional H1024 288 KB
+  does not fit. So at HT = 16 a 16-bit stack of any depth fits up to H = 512, uni- or bidirectional;
 - 16-bit: 4 warps, K chunks of 128; tf32: 8 warps, chunks of 64 (the single-layer choices).
 CPU (TRITON_INTERPRET=1): one program per group (HT = BLOCK_H), any float dtype but bf16, any batch.
 Under ``lstm_gpu.testing.concurrent_programs(n)`` the launcher takes ``gpu_config(..., n_sm=n)`` with the CUDA-core
@@ -32,7 +33,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .triton_config import DOT_KC, DOT_SHARED_BUDGET, fp32_precision
+from .triton_config import DOT_KC, SHARED_PER_SM, fp32_precision
+
+# Bytes of dynamic shared memory one program may take: an SM's 227 KB less the 1 KB of static shared memory
+# every sm_90 compile of the stack kernels shows (cuobjdump SHARED).
+SHARED_BUDGET = SHARED_PER_SM - 1024
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -98,11 +103,12 @@ def gpu_config(*, B: int, H: int, L: int, D: int, dtype: torch.dtype, n_sm: int)
 
 
 def dot_shared_bytes(cfg: StackConfig, *, L: int, D: int, dtype: torch.dtype) -> int:
-    """Shared memory of one program, estimated: its weight slices (staged once; forward and backward hold the
-    same weights, rows or columns, 4·HT x K with K = H + D·H) and the forward's operand tiles (BB x K)."""
+    """Shared memory of one program as the sm_90 compiles show it: its weight slices, staged once (forward and
+    backward hold the same weights, rows or columns: 4·HT x K, K = H + D·H padded), and one buffer for the
+    widest operand tile (BB x D·H padded: the input row of layers ≥ 1, or one gate of the dz above)."""
     elem = 2 if dtype in (torch.float16, torch.bfloat16) else 4
-    k = cfg.block_h * (1 + (D if L > 1 else 0))
-    return (4 * cfg.ht * k + cfg.block_b * k) * elem
+    widest = cfg.block_h * (D if L > 1 else 1)
+    return (4 * cfg.ht * (cfg.block_h + (widest if L > 1 else 0)) + cfg.block_b * widest) * elem
 
 
 def unsupported_reason(*, device: torch.device, dtype: torch.dtype, hidden_size: int, num_layers: int,
@@ -131,8 +137,8 @@ def unsupported_reason(*, device: torch.device, dtype: torch.dtype, hidden_size:
         return (f"{L} layer(s) x {D} direction(s) x {cfg.programs_per_group} programs (HT={cfg.ht}) = "
                 f"{cfg.num_programs} programs, more than the {n_sm} SMs")
     need = dot_shared_bytes(cfg, L=L, D=D, dtype=dtype)
-    if need > DOT_SHARED_BUDGET:
+    if need > SHARED_BUDGET:
         return (f"the weight slices of one program (W_hh{' and W_ih' if L > 1 else ''} rows of {cfg.ht} units, "
                 f"K = {cfg.block_h * (1 + (D if L > 1 else 0))}) and its operand tiles need {need} bytes of shared "
-                f"memory, over the budget of {DOT_SHARED_BUDGET}")
+                f"memory, over the budget of {SHARED_BUDGET}")
     return None

@@ -341,18 +341,18 @@ def test_opcheck():
 
 
 def test_explicit_stack_that_does_not_fit_says_why(monkeypatch):
-    """On a GPU (a stand-in H100 here) a bidirectional H = 512 stack does not fit: stack="auto" runs per layer
+    """On a GPU (a stand-in H100 here) a bidirectional H = 768 stack does not fit: stack="auto" runs per layer
     and says why, stack=True raises that reason; stack=False always runs per layer."""
     gpu = type("Props", (), dict(name="stand-in H100", multi_processor_count=132))()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: gpu)
     cuda = torch.device("cuda")
-    model = lstm_gpu.LSTM(512, 512, num_layers=2, bidirectional=True, backend="triton", device="meta")
+    model = lstm_gpu.LSTM(768, 768, num_layers=2, bidirectional=True, backend="triton", device="meta")
     assert "shared memory" in model._stack_reason(cuda, torch.float16, 16)
     model.stack = True
     with pytest.raises(ValueError, match="stack=True cannot run this call in one launch: .*shared memory"):
         model._stack_reason(cuda, torch.float16, 16)
-    model = lstm_gpu.LSTM(256, 256, num_layers=2, bidirectional=True, backend="triton", stack=True, device="meta")
+    model = lstm_gpu.LSTM(512, 512, num_layers=2, bidirectional=True, backend="triton", stack=True, device="meta")
     assert model._stack_reason(cuda, torch.float16, 16) is None
     model.stack = False
     assert model._stack_reason(cuda, torch.float16, 16) == "stack=False"
@@ -374,24 +374,31 @@ def test_backend_for_says_which():
 # The configuration: a pure function, and the reasons a stack does not fit
 # ----------------------------------------------------------------------------------------------------
 
-def _reason(H, L, bidirectional, dtype=torch.float16, B=16, n_sm=132):
-    return config.unsupported_reason(device=torch.device("cuda"), dtype=dtype, hidden_size=H, num_layers=L,
-                                     bidirectional=bidirectional, batch=B, n_sm=n_sm)
+def _reason(H, L, bidirectional, dtype=torch.float16, B=16, n_sm=132, precision=None):
+    from lstm_gpu.kernels import triton_config
+    with mock.patch.object(triton_config, "FP32_PRECISION", precision):
+        return config.unsupported_reason(device=torch.device("cuda"), dtype=dtype, hidden_size=H, num_layers=L,
+                                         bidirectional=bidirectional, batch=B, n_sm=n_sm)
 
 
 def test_gpu_config_of_the_modeled_stacks():
     uni = config.gpu_config(B=16, H=512, L=2, D=1, dtype=torch.float16, n_sm=132)
     assert (uni.ht, uni.programs_per_group, uni.num_programs, uni.block_b, uni.num_warps) == (16, 32, 64, 16, 4)
     assert (uni.split(1), uni.split(1), uni.split(4)) == (4, 4, 16)
-    assert _reason(512, 2, False) is None
-    assert _reason(256, 2, True) is None
-    bi = config.gpu_config(B=16, H=256, L=2, D=2, dtype=torch.float16, n_sm=132)
-    assert (bi.ht, bi.num_programs) == (16, 64)
+    bi = config.gpu_config(B=16, H=512, L=2, D=2, dtype=torch.float16, n_sm=132)
+    assert (bi.ht, bi.num_programs) == (16, 128)
+    # the shared memory of the sm_90 compiles (forward and backward, triton 3.6): 144 KB, 224 KB, 112 KB
+    assert config.dot_shared_bytes(uni, L=2, D=1, dtype=torch.float16) == 147456
+    assert config.dot_shared_bytes(bi, L=2, D=2, dtype=torch.float16) == 229376
+    assert config.dot_shared_bytes(config.gpu_config(B=16, H=256, L=2, D=2, dtype=torch.float16, n_sm=132),
+                                   L=2, D=2, dtype=torch.float16) == 114688
+    assert _reason(512, 2, False) is None and _reason(512, 2, True) is None and _reason(512, 4, False) is None
 
 
 @pytest.mark.parametrize("case,words", [
-    (dict(H=512, L=2, bidirectional=True), "shared memory"),        # W_ih of layer 1 is 2H wide
+    (dict(H=768, L=2, bidirectional=True), "shared memory"),        # W_ih of layer 1 is 2H wide
     (dict(H=1024, L=2, bidirectional=False), "shared memory"),
+    (dict(H=512, L=2, bidirectional=False, dtype=torch.float32, precision="tf32"), "shared memory"),
     (dict(H=64, L=4, bidirectional=True, n_sm=6), "= 8 programs, more than the 6 SMs"),   # a group per SM at least
     (dict(H=64, L=2, bidirectional=False, B=17), "batch 17 > 16"),
     (dict(H=64, L=2, bidirectional=False, dtype=torch.float64), "tensor cores only"),
