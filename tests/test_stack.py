@@ -423,3 +423,19 @@ def test_cpu_interpreter_config_is_one_program_per_group():
     cfg = config.interpreter_config(B=3, H=5, L=3, D=2, dtype=torch.float64)
     assert (cfg.programs_per_group, cfg.num_programs, cfg.ht, cfg.use_dot) == (1, 6, 16, False)
     assert config.interpreter_config(B=3, H=5, L=2, D=1, dtype=torch.float16).use_dot
+
+
+def test_static_model_csv_is_consistent():
+    """reports/data/static-stack-h100.csv (python -m bench.static_stack, modeled from sm_90 code): labelled as
+    modeled, the schedules' step counts, ratio = stack / per-layer, no spill inside a time loop."""
+    import csv
+    import pathlib
+    rows = list(csv.DictReader(open(pathlib.Path(__file__).parents[1] / "reports/data/static-stack-h100.csv")))
+    assert {(int(r["layers"]), int(r["directions"])) for r in rows} == {(2, 1), (2, 2)}
+    for r in rows:
+        T, L, D = int(r["T"]), int(r["layers"]), int(r["directions"])
+        assert r["source"] == "modeled from sm_90 code, not measured"
+        assert int(r["steps"]) == (T + L - 1 if D == 1 else L * T) and int(r["per_layer_steps"]) == L * D * T
+        assert abs(float(r["ratio"]) - float(r["stack_us"]) / float(r["per_layer_us"])) < 2e-3
+        assert int(r["fwd_loop_spills"]) == int(r["bwd_loop_spills"]) == 0
+        assert max(int(r["fwd_shared_bytes"]), int(r["bwd_shared_bytes"])) <= config.SHARED_BUDGET

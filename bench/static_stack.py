@@ -1,0 +1,199 @@
+"""Static model of the one-launch LSTM stack (kernels/triton_stack.py) against today's per-layer launches.
+
+    PYTHONPATH=.triton36 python -m bench.static_stack [--csv reports/data/static-stack-h100.csv]
+
+MODELED FROM sm_90 CODE, NOT MEASURED. Supports: triton 3.6 (the GPU machine's version, via PYTHONPATH=.triton36)
+and 3.9 on a CPU machine. Tested on: tests/test_stack.py (the ratios of the modeled cases, with the CSV).
+Known risks: the model is bench/static.py's (its assumed latencies, its sum of serial rounds and issue slots);
+a wavefront step is modeled as the step of its slowest layer (layers ≥ 1, which also compute x·W_ihᵀ), with the
+layers of one step running at the same time and only their L2 bytes adding up; the per-layer baseline leaves out
+the input GEMM between layers and the launch gaps, which only flatters the baseline.
+
+For a stack (B, H, T, dtype, L, uni- or bidirectional) it compiles exactly what the stack launcher launches on a
+132-SM H100 (the real launcher called on meta tensors, Triton's run-time specialisation: kernels/triton_sm90.py),
+reads the forward's time loop in the SASS (bench/sass.py), models one step with bench/static.py's model and
+multiplies by the steps of the schedule:
+
+    unidirectional   T + L - 1 steps (the wavefront: layer l runs step t - l)
+    bidirectional    L·T steps (both directions of a layer side by side, the layers one after another)
+    per layer today  L·D·T steps of the single-layer kernel (bench/static.py's inference forward row), one
+                     direction after the other
+
+The loop of the stack kernel is [wait][load h, x][compute][store, prefetch][arrive], so its serial load rounds
+are read between the poll loop's end and the arrival (after the wait) and before the poll (anything consumed
+there waits before the wait), not around the arrival as for the single-layer loop.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from dataclasses import asdict, dataclass
+
+import torch
+
+from . import sass, static
+
+CASES = [(16, 512, 1024, "float16", 2, False), (16, 512, 1024, "float16", 2, True)]
+TARGET = 0.6        # issue 16: each modeled stack ≤ 0.6x today's per-layer launches
+
+
+@dataclass
+class StackRow:
+    B: int
+    H: int
+    T: int
+    dtype: str
+    layers: int
+    directions: int
+    programs: int
+    warps: int
+    fwd_regs: int
+    fwd_spill_bytes: int
+    fwd_loop_spills: int
+    fwd_shared_bytes: int
+    bwd_regs: int
+    bwd_spill_bytes: int
+    bwd_loop_spills: int
+    bwd_shared_bytes: int
+    instructions: int
+    mma: int
+    mma_chain: int
+    sync_round_trips: int
+    load_phases: str
+    grid_bytes: int
+    step_us: float
+    steps: int
+    stack_us: float
+    per_layer_step_us: float
+    per_layer_steps: int
+    per_layer_us: float
+    ratio: float
+    triton: str = ""
+    source: str = "modeled from sm_90 code, not measured"
+
+
+def capture(direction: str, *, B: int, H: int, T: int, L: int, D: int, dtype: torch.dtype, save: bool = False,
+            n_sm: int = static.N_SM):
+    """The stack launcher's launch for a case, recorded on meta tensors: (config, triton_sm90.Launch)."""
+    from lstm_gpu.kernels import triton_sm90, triton_stack
+    from lstm_gpu.kernels.triton_stack_config import gpu_config
+    cfg = gpu_config(B=B, H=H, L=L, D=D, dtype=dtype, n_sm=n_sm)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    e = lambda *shape, dt=dtype: torch.empty(*shape, dtype=dt, device=triton_sm90.META)   # noqa: E731
+    name = "_stack_fwd_kernel" if direction == "fwd" else "_stack_bwd_kernel"
+    real, sink = getattr(triton_stack, name), []
+    setattr(triton_stack, name, triton_sm90._Recorder(real, sink))
+    try:
+        w_ih, w_hh, state = e(L - 1, D, 4 * H, D * H), e(L, D, 4 * H, H), e(L * D, B, H)
+        if direction == "fwd":
+            triton_stack.stack_fwd(e(T, B, D * 4 * H), w_ih, w_hh, e(L - 1, D, 4 * H), state, state, None,
+                                   save=save, config=cfg)
+        else:
+            triton_stack.stack_bwd(e(T, B, D * H), state, state, e(L, T, B, D * 4 * H, dt=acc), e(L, T, B, D * H, dt=acc),
+                                   state, w_ih, w_hh, None, config=cfg)
+    finally:
+        setattr(triton_stack, name, real)
+    (launch,) = sink
+    return cfg, launch
+
+
+def read_step(code: list) -> sass.Step:
+    """bench/sass.py's reading of the time loop, with the load rounds placed for the stack's loop shape (see the
+    module docstring)."""
+    step = sass.read_step(code)
+    lo, hi = sass.time_loop(code)
+    body = [i for i in code if lo <= i.addr <= hi]
+    polls = [(a, b) for a, b in sass.loops(body) if (a, b) != (lo, hi)
+             and any(i.op == "ATOMG" for i in body if a <= i.addr <= b)]
+    if len(polls) != 1:
+        raise ValueError(f"expected one poll loop in the stack's time loop, found {len(polls)}")
+    step.load_phases = sass.load_phases(body, polls[0][0], polls[0][1])
+    return step
+
+
+def step_bytes(*, B: int, H: int, L: int, D: int, dtype: torch.dtype, npg: int) -> int:
+    """L2 bytes of one step, the groups running at once: every program of a layer ≥ 1 reads h_{t-1} (H) and its
+    input row (D·H) for the whole batch, layer 0's read h and their gates_x (4H, once per group); each group
+    writes its h_t. Unidirectional: every layer runs at once; bidirectional: the two directions of one layer
+    (the costlier, a layer ≥ 1, when L > 1)."""
+    x = torch.finfo(dtype).bits // 8
+    first = npg * B * H * x + B * 4 * H * x + B * H * x
+    upper = npg * B * (H + D * H) * x + B * H * x
+    if D == 1:
+        return first + (L - 1) * upper
+    return 2 * (upper if L > 1 else first)
+
+
+def resources(kernel) -> dict:
+    from lstm_gpu.kernels import triton_sm90
+    usage = triton_sm90.resource_usage(kernel)
+    return dict(regs=usage["REG"], spill_bytes=usage["STACK"] + usage["LOCAL"],
+                loop_spills=triton_sm90.loop_local_accesses(kernel),
+                shared_bytes=max(usage["SHARED"], kernel.metadata.shared))
+
+
+def profile(B: int, H: int, T: int, dtype: str, L: int, bidirectional: bool) -> StackRow:
+    from lstm_gpu.kernels import triton_sm90
+    dt, D = getattr(torch, dtype), 2 if bidirectional else 1
+    cfg, launch = capture("fwd", B=B, H=H, T=T, L=L, D=D, dtype=dt)
+    fwd = triton_sm90.compile_launch(launch)
+    bwd = triton_sm90.compile_launch(capture("bwd", B=B, H=H, T=T, L=L, D=D, dtype=dt)[1])
+    step = read_step(sass.parse(triton_sm90.sass(fwd)))
+    grid = step_bytes(B=B, H=H, L=L, D=D, dtype=dt, npg=cfg.programs_per_group)
+    m = static.model(step, warps=cfg.num_warps, programs=cfg.num_programs, grid_bytes=grid)
+    steps = L * T if bidirectional else T + L - 1
+    (single,) = static.case_rows(B, H, T, dtype, "fwd")
+    layer_steps = L * D * T
+    f, b = resources(fwd), resources(bwd)
+    return StackRow(
+        B=B, H=H, T=T, dtype=dtype, layers=L, directions=D, programs=cfg.num_programs, warps=cfg.num_warps,
+        fwd_regs=f["regs"], fwd_spill_bytes=f["spill_bytes"], fwd_loop_spills=f["loop_spills"],
+        fwd_shared_bytes=f["shared_bytes"], bwd_regs=b["regs"], bwd_spill_bytes=b["spill_bytes"],
+        bwd_loop_spills=b["loop_spills"], bwd_shared_bytes=b["shared_bytes"], instructions=step.instructions,
+        mma=step.counts.get("mma", 0), mma_chain=step.mma_chain, sync_round_trips=step.sync_round_trips,
+        load_phases="+".join(step.load_phases), grid_bytes=grid, step_us=round(m["step_us"], 3), steps=steps,
+        stack_us=round(steps * m["step_us"], 1), per_layer_step_us=round(single.step_us, 3),
+        per_layer_steps=layer_steps, per_layer_us=round(layer_steps * single.step_us, 1),
+        ratio=round(steps * m["step_us"] / (layer_steps * single.step_us), 3), triton=static._triton_version())
+
+
+def markdown(rows: list[StackRow]) -> str:
+    head = ("| stack (B, H, T, dtype, layers x directions) | programs x warps | fwd regs / spills in loop / smem KB | "
+            "bwd regs / spills in loop / smem KB | instr / step | HMMA / chain | modeled µs/step | steps | "
+            "modeled stack µs | per-layer today: µs/step x steps = µs | ratio |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r.B}, {r.H}, {r.T}, {r.dtype}, {r.layers} x {r.directions} | {r.programs} x {r.warps} | "
+            f"{r.fwd_regs} / {r.fwd_loop_spills} / {r.fwd_shared_bytes // 1024} | "
+            f"{r.bwd_regs} / {r.bwd_loop_spills} / {r.bwd_shared_bytes // 1024} | {r.instructions} | "
+            f"{r.mma} / {r.mma_chain} | {r.step_us:.2f} | {r.steps} | {r.stack_us:.0f} | "
+            f"{r.per_layer_step_us:.2f} x {r.per_layer_steps} = {r.per_layer_us:.0f} | **{r.ratio:.2f}** |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.static_stack", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--csv", help="write the rows to this CSV (e.g. reports/data/static-stack-h100.csv)")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        ap.error("unset TRITON_INTERPRET: the sm_90 compile needs the real Triton compiler")
+    rows = [profile(*case) for case in CASES]
+    print(f"MODELED FROM sm_90 CODE, NOT MEASURED (132-SM H100 configs, triton {static._triton_version()})")
+    print(static.params_line())
+    print(markdown(rows))
+    if args.csv:
+        os.makedirs(os.path.dirname(args.csv) or ".", exist_ok=True)
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(asdict(rows[0])))
+            w.writeheader()
+            for r in rows:
+                w.writerow(asdict(r))
+        print(f"wrote {args.csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
