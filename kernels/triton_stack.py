@@ -9,6 +9,14 @@ at once through ``lstm_gpu.testing.concurrent_programs`` (several programs per g
 torch.nn.LSTM (tests/test_stack.py); compiled for sm_90 by bench/static_stack.py.
 IT HAS NEVER RUN ON A GPU: every speed figure is modeled from sm_90 code, the waits have never executed on
 hardware, bf16 numerics are untested.
+Modeled (python -m bench.static_stack; MODELED FROM sm_90 CODE, NOT MEASURED, triton 3.6, bench/static.py's
+assumed latencies), B16 H512 T1024 fp16 inference forward, against today's per-layer launches (bench.static's
+single-layer row, 1.27 µs/step, one direction after another, input GEMMs and launch gaps left out):
+    2 layers unidirectional   64 programs, 1.87 µs/step x 1025 steps = 1.92 ms vs 2.60 ms: 0.74x
+    2 layers bidirectional   128 programs, 2.29 µs/step x 2048 steps = 4.69 ms vs 5.20 ms: 0.90x
+(the target was ≤ 0.6x: a step of a layer ≥ 1 issues twice the single layer's instructions, its two reductions
+h·W_hhᵀ and x·W_ihᵀ; see "not done" in the issue's report). Forward and backward compile without spills in
+the loop, 144 KB (unidirectional) and 224 KB (bidirectional) of shared memory.
 Known risks: (1) all programs of all groups must be co-resident (cooperative launch: the driver refuses rather
 than hangs); (2) the waits are the epoch counters of kernels/triton_barrier.py read across groups: correct by
 the same release/acquire argument, but only a GPU tests memory ordering; (3) fp16/bf16 exchange dz between
