@@ -60,13 +60,14 @@ def run_model(model, x, h0, c0, lengths, batch_first, context=contextlib.nullcon
     return dict(y=y, h_n=hn, c_n=cn, dx=xi.grad, dh0=h0i.grad, dc0=c0i.grad, **grads)
 
 
-def stack_vs_torch(*, L, bidirectional, dtype, T=4, B=3, I=3, H=5, lengths=None, batch_first=False,
-                   context=contextlib.nullcontext, expect_stack=True):
-    """lstm_gpu.LSTM(backend="triton") vs torch.nn.LSTM in float64 with the same weights: every output and gradient."""
+def stack_vs_torch(*, L, bidirectional, dtype, T=4, B=3, I=3, H=5, lengths=None, batch_first=False, bias=True,
+                   context=contextlib.nullcontext):
+    """lstm_gpu.LSTM(backend="triton", stack=True) vs torch.nn.LSTM in float64 with the same weights: every output
+    and gradient."""
     torch.manual_seed(0)
-    ref = torch.nn.LSTM(I, H, num_layers=L, bidirectional=bidirectional, batch_first=batch_first, dtype=torch.float64)
-    ours = lstm_gpu.LSTM(I, H, num_layers=L, bidirectional=bidirectional, batch_first=batch_first, dtype=dtype,
-                         backend="triton", stack=True if expect_stack else "auto")
+    kw = dict(num_layers=L, bidirectional=bidirectional, batch_first=batch_first, bias=bias)
+    ref = torch.nn.LSTM(I, H, dtype=torch.float64, **kw)
+    ours = lstm_gpu.LSTM(I, H, dtype=dtype, backend="triton", stack=True, **kw)
     ours.load_state_dict(ref.state_dict())
     D = 2 if bidirectional else 1
     x = torch.randn(B, T, I) if batch_first else torch.randn(T, B, I)
@@ -99,6 +100,11 @@ def stack_vs_torch(*, L, bidirectional, dtype, T=4, B=3, I=3, H=5, lengths=None,
 def test_stack_vs_torch_lstm(L, bidirectional, dtype, packed, batch_first):
     stack_vs_torch(L=L, bidirectional=bidirectional, dtype=dtype, T=5, lengths=lengths_for(5, 3) if packed else None,
                    batch_first=batch_first)
+
+
+@needs_triton
+def test_stack_without_bias_vs_torch_lstm():
+    stack_vs_torch(L=3, bidirectional=True, dtype=torch.float64, lengths=lengths_for(4, 3), bias=False)
 
 
 # ----------------------------------------------------------------------------------------------------
