@@ -151,18 +151,19 @@ def report(direction: str, **case) -> dict:
     # n_regs / n_spills of a CompiledKernel only exist once it is loaded on a GPU: read the cubin instead
     usage.update(direction=direction, dtype=str(case["dtype"]).replace("torch.", ""), shared_meta=kernel.metadata.shared,
                  config=cfg.__dict__, grid=list(launch.grid),
-                 per_sm=co_resident(usage["REG"], shared, cfg.num_warps), loop_local=loop_local_accesses(kernel))
+                 per_sm=co_resident(usage["REG"], shared, cfg.num_warps), loop_local=loop_local_accesses(kernel),
+                 loop_local_stores=loop_local_accesses(kernel, ops=("STL",)))
     return usage
 
 
-def loop_local_accesses(kernel) -> int:
-    """Local-memory loads and stores (spill traffic) inside the kernel's time loop, read from its SASS. A
-    stack frame used only outside the loop (ptxas sometimes keeps one pointer there) costs nothing per step;
-    one inside the loop costs a round trip to L1/L2 every step."""
+def loop_local_accesses(kernel, ops=("LDL", "STL")) -> int:
+    """Local-memory loads and stores (spill traffic; ``ops``) inside the kernel's time loop, read from its
+    SASS. A stack frame used only outside the loop (ptxas sometimes keeps one pointer there) costs nothing
+    per step; one inside the loop costs a round trip to L1/L2 every step."""
     from bench import sass as reader              # the SASS reader of the static profiler
     code = reader.parse(sass(kernel))
     lo, hi = reader.time_loop(code)
-    return sum(1 for ins in code if lo <= ins.addr <= hi and ins.op in ("LDL", "STL"))
+    return sum(1 for ins in code if lo <= ins.addr <= hi and ins.op in ops)
 
 
 def main(argv=None) -> int:

@@ -6,7 +6,8 @@ For H in {64 … 2048}, B in {1 … 256}, each dtype (and fp32 under both ieee a
 launcher's arguments, specialised as Triton's JIT specialises them at run time (kernels/triton_sm90.py;
 without the divisibility hints the code read here would never run). ``cuobjdump
 --dump-resource-usage`` (shipped in the triton wheel) and the SASS must show no spills inside the time
-loop (no LDL/STL there; a stack frame used only outside it costs nothing per step),
+loop (no LDL/STL there with triton 3.6, the GPU machine's; other versions at most a reload or two of a value
+spilled before the loop; a stack frame used only outside it costs nothing per step),
 ≤ 255 registers, ≤ 227 KB of shared memory, and a grid that fits co-resident on 132 SMs.
 The compiles run in subprocesses with TRITON_INTERPRET unset (conftest.py sets it for this process).
 This says nothing about speed, and the limits are ptxas's, not a run's.
@@ -39,6 +40,11 @@ SHARED_LIMIT = 227 * 1024
 # stack frame used only before or after the loop (8 bytes at 96 registers, fp16 B = 1 H = 256 inference),
 # which costs nothing per step (bench.static reports both).
 CUDA = torch.device("cuda")
+# What runs is what the GPU machine's triton (3.6) compiles: there, no local-memory access at all inside the
+# time loop. Other versions (CI also compiles with this machine's 3.9) may reload a value spilled before the
+# loop (an L1 hit per step, no store): at H = 1024, one tile, triton 3.9 reloads one row length per step.
+STRICT = triton.__version__.startswith("3.6")
+INVARIANT_RELOADS = 2
 
 
 def dispatcher_jobs():
@@ -124,8 +130,9 @@ def test_every_config_compiles_for_sm90_without_spills(compiled):
         cfg = r["config"]
         name = f"{r['direction']} {r['dtype']} B={r['job']['B']} H={r['job']['H']} {cfg}"
         shared = r["shared_meta"] + r.get("SHARED", 0)
-        if r["loop_local"]:
-            problems.append(f"{name}: {r['loop_local']} local-memory accesses (spills) inside the time loop")
+        if r["loop_local"] and (STRICT or r["loop_local_stores"] or r["loop_local"] > INVARIANT_RELOADS):
+            problems.append(f"{name}: {r['loop_local']} local-memory accesses (spills) inside the time loop "
+                            f"({r['loop_local_stores']} stores), triton {triton.__version__}")
         if r["LOCAL"]:
             problems.append(f"{name}: LOCAL {r['LOCAL']} bytes of local memory")
         if r["REG"] > 255:
