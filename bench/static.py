@@ -135,7 +135,7 @@ def profile(B: int, H: int, T: int, dtype: str, direction: str, n_sm: int = N_SM
 
     from . import sass
     dt = getattr(torch, dtype)
-    cfg = gpu_config(B=B, H=H, dtype=dt, n_sm=n_sm)
+    cfg = gpu_config(B=B, H=H, dtype=dt, n_sm=n_sm, backward=direction == "bwd")
     extra = dict(save=save) if direction == "fwd" else {}
     launch = triton_sm90.capture(direction, B=B, H=H, T=T, dtype=dt, cfg=cfg, **extra)
     kernel = triton_sm90.compile_launch(launch)

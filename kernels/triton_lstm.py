@@ -682,7 +682,7 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
     T, B, G = gates.shape
     H = G // 4
     dtype, device, acc = dy.dtype, dy.device, gates.dtype
-    cfg = config or choose_config(B=B, H=H, dtype=dtype, device=device)
+    cfg = config or choose_config(B=B, H=H, dtype=dtype, device=device, backward=True)
     lens = host.lengths_or_full(lengths, T, B, device)
     c0 = c0.to(acc)     # c_{t-1} of the first step, in the dtype of the saved cells: no convert in the loop
 

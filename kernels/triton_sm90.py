@@ -59,7 +59,7 @@ def capture(direction: str, *, B: int, H: int, T: int, dtype: torch.dtype, cfg: 
             reverse: bool = False, save: bool = True, n_sm: int = 132) -> Launch:
     """Call the real launcher on meta tensors with the kernel replaced by a recorder; return its launch."""
     from . import triton_lstm as k
-    cfg = cfg or gpu_config(B=B, H=H, dtype=dtype, n_sm=n_sm)
+    cfg = cfg or gpu_config(B=B, H=H, dtype=dtype, n_sm=n_sm, backward=direction == "bwd")
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     e = lambda *shape, dt=dtype: torch.empty(*shape, dtype=dt, device=META)   # noqa: E731
     name = "_lstm_fwd_kernel" if direction == "fwd" else "_lstm_bwd_kernel"
@@ -146,7 +146,8 @@ def report(direction: str, **case) -> dict:
     launch = capture(direction, **case)
     kernel = compile_launch(launch)
     usage = resource_usage(kernel)
-    cfg = case.get("cfg") or gpu_config(B=case["B"], H=case["H"], dtype=case["dtype"], n_sm=case.get("n_sm", 132))
+    cfg = case.get("cfg") or gpu_config(B=case["B"], H=case["H"], dtype=case["dtype"], n_sm=case.get("n_sm", 132),
+                                        backward=direction == "bwd")
     shared = max(usage["SHARED"], kernel.metadata.shared)
     # n_regs / n_spills of a CompiledKernel only exist once it is loaded on a GPU: read the cubin instead
     usage.update(direction=direction, dtype=str(case["dtype"]).replace("torch.", ""), shared_meta=kernel.metadata.shared,

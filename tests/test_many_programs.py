@@ -173,6 +173,21 @@ def test_triton_layer(n, dtype, dot, B, reverse, k_split, monkeypatch):
     _triton_case(n, dtype, dot, B, reverse, k_split, monkeypatch)
 
 
+@needs_triton
+@pytest.mark.parametrize("n,B,reverse,tiles", [(4, 64, True, 1), pytest.param(2, 64, False, 2, marks=pytest.mark.slow)],
+                         ids=str)
+def test_triton_layer_32_row_tiles(n, B, reverse, tiles, monkeypatch):
+    """The forward's 32-row tiles (16-bit, a batch group of 32 rows or more): one per program (2 units x 2
+    groups of 32 rows) or two (one group of 64 rows); the backward keeps 16-row tiles. Every output and
+    gradient vs the reference."""
+    H = triton_h(n, B, torch.float16, start=17)                    # two unit programs
+    fwd = triton_config.gpu_config(B=B, H=H, dtype=torch.float16, n_sm=n)
+    bwd = triton_config.gpu_config(B=B, H=H, dtype=torch.float16, n_sm=n, backward=True)
+    assert (fwd.block_b, fwd.rows_per_group(B) // fwd.block_b, bwd.block_b) == (32, tiles, 16), (fwd, bwd)
+    assert fwd.num_programs == bwd.num_programs == n
+    check_layer("triton", n, 4, B, H, torch.float16, lengths_for(4, B), reverse)
+
+
 def _with_tagged_h(monkeypatch):
     """Make the configs the harness hands out exchange h tagged with its generation (``tagged_h``)."""
     real = triton_config.gpu_config

@@ -65,15 +65,17 @@ def dispatcher_jobs():
                                                  n_sm=N_SM):
                             refused.add((H, str(dtype)))
                             continue
-                        cfg = tc.gpu_config(B=B, H=H, dtype=dtype, n_sm=N_SM)
-                        spec = (B == 1, B <= cfg.block_b)       # B % 16 changes vector widths, not resources
                         for direction, save in (("fwd", True), ("fwd", False), ("bwd", True)):
+                            cfg = tc.gpu_config(B=B, H=H, dtype=dtype, n_sm=N_SM, backward=direction == "bwd")
+                            spec = (B == 1, B <= cfg.block_b)   # B % 16 changes vector widths, not resources
                             key = (direction, save, dtype, precision, cfg, spec)
                             if key not in seen:
                                 seen.add(key)
                                 jobs.append(dict(direction=direction, save=save, B=B, H=H,
                                                  dtype=str(dtype).replace("torch.", ""), precision=precision))
                         # the tagged h exchange (a config option the GPU measurement decides on), headline sizes
+                        cfg = tc.gpu_config(B=B, H=H, dtype=dtype, n_sm=N_SM)
+                        spec = (B == 1, B <= cfg.block_b)
                         tagged = dataclasses.replace(cfg, tagged_h=True)
                         if tagged.tagged_exchange(dtype) and H in (256, 768, 1024) and B in (1, 16):  # one tile
                             for save in (True, False):
