@@ -28,7 +28,7 @@ class LSTM(nn.RNNBase):
     ``backend``: "auto" (default), "reference", "cudnn", "triton" or "numba". ``backend_for(input)``
     tells which backend a call will use. With "triton", ``stack`` decides how the layers run: "auto" (default)
     all layers and directions in one kernel launch per pass whenever the whole stack fits on the chip
-    (lstm_gpu/stack.py), else one launch per layer and direction; True: the one launch or a ValueError saying
+    (lstm_gpu/stack.py) and has more than one layer or direction, else one launch per layer and direction; True: the one launch or a ValueError saying
     why it cannot; False: always per layer. ``backend_for(input, explain=True)`` says which.
 
     Example:
@@ -82,6 +82,8 @@ class LSTM(nn.RNNBase):
         None. ``stack=True`` turns a reason into an error."""
         if self.stack is False:
             return "stack=False"
+        if self.stack == "auto" and self.num_layers == 1 and not self.bidirectional:
+            return "one layer, one direction: the single-layer kernel is one launch already"
         why = stack_unsupported(device=device, dtype=dtype, hidden_size=self.hidden_size, num_layers=self.num_layers,
                                 bidirectional=self.bidirectional, batch=batch, proj_size=self.proj_size)
         if why is not None and self.stack is True:

@@ -229,6 +229,24 @@ class _Counted:
 
 
 @needs_triton
+def test_one_layer_one_direction_runs_the_single_layer_kernel():
+    """stack="auto" with one layer and one direction: nothing to overlap, the single-layer kernel runs (one
+    launch per pass either way); stack=True still runs the stack kernel."""
+    from lstm_gpu.kernels import triton_lstm
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    model = lstm_gpu.LSTM(3, 5, dtype=torch.float64, backend="triton")
+    assert "single-layer kernel" in model.backend_for(x, explain=True).reason
+    fwd, layer_fwd = _Counted(triton_stack._stack_fwd_kernel), _Counted(triton_lstm._lstm_fwd_kernel)
+    with mock.patch.object(triton_stack, "_stack_fwd_kernel", fwd), \
+            mock.patch.object(triton_lstm, "_lstm_fwd_kernel", layer_fwd):
+        model(x)
+        assert (fwd.launches, layer_fwd.launches) == (0, 1)
+        model.stack = True
+        model(x)
+        assert (fwd.launches, layer_fwd.launches) == (1, 1)
+
+
+@needs_triton
 @pytest.mark.parametrize("L,bidirectional", [(3, False), (2, True)])
 def test_one_launch_per_pass(L, bidirectional):
     from lstm_gpu.kernels import triton_lstm
