@@ -4,6 +4,7 @@
     python -m bench.session warmup     # compile every Triton config the later steps launch, in parallel processes
     python -m bench.session smoke --backends triton    # correctness grid vs the reference and cuDNN, fwd + bwd
     python -m bench.session headline   # the headline rows of reports/README.md: cudnn, triton, numba, floor
+    python -m bench.session stack      # the one-launch stack (2 layers, uni/bidirectional) against cuDNN
     python -m bench.session host       # host time per module call, per backend (bench/host_overhead.py)
     python -m bench.session quick      # python -m bench --quick (the kernels and cuDNN), as far as time allows
     python -m bench.session profile    # python -m bench.profile on the headline shape
@@ -20,6 +21,7 @@ step killed at its time limit keeps what it finished:
                                            error / unsupported / not run, worst error ratio, cuDNN's, the error
     reports/data/gpu-<gpu>-headline.csv    the headline rows in the sweep's long format (+ .json machine record,
                                            + .md: reports/README.md's headline table filled in)
+    reports/data/gpu-<gpu>-stack.csv       the stack rows, same format (+ .json, + .md: its table)
     reports/data/gpu-<gpu>-host.csv        host µs per module call (2 layers, bidirectional, T = 1)
     reports/data/gpu-<gpu>-<time>-session.csv/.json   the --quick sweep
     reports/profile-<gpu>.md               the profile
@@ -59,6 +61,12 @@ SMOKE_DRY = Grid(dtypes=("fp32-ieee",), hidden=(8,), batch=(2,), seq_len=3)
 HEADLINE_GPU = [(16, 768, 1024, "fp16", "fwd"), (16, 768, 1024, "fp16", "fwd+bwd"), (16, 768, 1024, "bf16", "fwd"),
                 (64, 1024, 1024, "fp32-tf32", "fwd"), (1, 256, 1024, "fp16", "fwd")]
 HEADLINE_DRY = [(2, 8, 4, "fp32-ieee", "fwd"), (2, 8, 4, "fp32-ieee", "fwd+bwd")]
+# The one-launch stack (kernels/triton_stack.py) against cuDNN's multi-layer LSTM, issue 16's modeled cases:
+# (batch, hidden, seq_len, dtype, mode, layers, bidirectional)
+STACK_GPU = [(16, 512, 1024, "fp16", "fwd", 2, False), (16, 512, 1024, "fp16", "fwd", 2, True),
+             (16, 512, 1024, "fp16", "fwd+bwd", 2, False), (16, 512, 1024, "fp16", "fwd+bwd", 2, True)]
+STACK_DRY = [(2, 8, 4, "fp32-ieee", "fwd+bwd", 2, False), (2, 8, 4, "fp32-ieee", "fwd", 2, True)]
+STACK_PROVIDERS = ("cudnn", "triton")
 HEADLINE_PROVIDERS = ("cudnn", "triton", "numba")
 # 16-bit headline rows also time the forward with the tagged h exchange (no step counter), which the static
 # model rates slower at B16 H768: a measurement decides between the two (kernels/triton_lstm.py, _read_h)
@@ -305,17 +313,22 @@ def _fmt(v) -> str:
 # ---- warm-up -----------------------------------------------------------------------------------
 def warmup_tasks(dry: bool) -> list[dict]:
     """Every Triton launch configuration the later steps make, in the order they need them: the smoke
-    grid (barrier time-out on), then the headline and --quick shapes (with the floor kernel)."""
+    grid (barrier time-out on), then the headline shapes (with the floor kernel), the stack's, --quick's."""
     from .__main__ import QUICK, _ints, _strs
     grid = SMOKE_DRY if dry else SMOKE_GPU
     tasks = [dict(kind="smoke", dtype=d, B=B, H=H, T=grid.seq_len)
              for d in grid.dtypes for H in grid.hidden for B in grid.batch]
-    bench_shapes = [(B, H, T, d) for B, H, T, d, _ in (HEADLINE_DRY if dry else HEADLINE_GPU)]
-    if not dry:
-        bench_shapes += [(B, H, T, d) for d in _strs("fp16,bf16,fp32-tf32") for H in _ints(QUICK["hidden"])
-                         for B in _ints(QUICK["batch"]) for T in _ints(QUICK["seq_len"])]
+    headline = [(B, H, T, d) for B, H, T, d, _ in (HEADLINE_DRY if dry else HEADLINE_GPU)]
+    quick = [] if dry else [(B, H, T, d) for d in _strs("fp16,bf16,fp32-tf32") for H in _ints(QUICK["hidden"])
+                            for B in _ints(QUICK["batch"]) for T in _ints(QUICK["seq_len"])]
+    stack = {(B, H, T, d, L, bi): None for B, H, T, d, _, L, bi in (STACK_DRY if dry else STACK_GPU)}
     seen = set()
-    for B, H, T, d in bench_shapes:
+    for B, H, T, d in headline:
+        if (B, H, T, d) not in seen:
+            seen.add((B, H, T, d))
+            tasks.append(dict(kind="bench", dtype=d, B=B, H=H, T=T))
+    tasks += [dict(kind="stack", dtype=d, B=B, H=H, T=T, L=L, bi=bi) for B, H, T, d, L, bi in stack]
+    for B, H, T, d in quick:
         if (B, H, T, d) not in seen:
             seen.add((B, H, T, d))
             tasks.append(dict(kind="bench", dtype=d, B=B, H=H, T=T))
@@ -340,6 +353,14 @@ def warm_one(task: dict) -> tuple[dict, float, str]:
             dy = torch.randn(T, B, 2 * H, device=device).to(dtype)
             for variant in SMOKE_VARIANTS:
                 run_variant(_model("triton", H, variant, weights, dtype, device), variant, x, dy, _lengths(B, T))
+        elif task["kind"] == "stack":
+            os.environ.pop("LSTM_GPU_BARRIER_TIMEOUT", None)
+            shape = Shape(B, H, T, layers=task["L"], bidirectional=task["bi"])
+            prep = PROVIDERS["triton"](shape, dtype, shared_weights(shape), device)
+            x = torch.randn(T, B, H, device=device).to(dtype)
+            dy = torch.randn(T, B, shape.directions * H, device=device).to(dtype)
+            for mode in ("fwd", "fwd+bwd"):
+                outputs(prep, x, dy, mode)
         else:
             os.environ.pop("LSTM_GPU_BARRIER_TIMEOUT", None)
             shape = Shape(B, H, T)
@@ -405,39 +426,56 @@ def step_headline(ctx: Ctx) -> Path:
             os.environ["LSTM_GPU_BARRIER_TIMEOUT"] = saved_timeout
 
 
-def _headline(ctx: Ctx) -> Path:
+def step_stack(ctx: Ctx) -> Path:
+    """The one-launch stack against cuDNN (2 layers, uni- and bidirectional), gated, p50 (p20-p80): a CSV in
+    the sweep's long format and a table (stack.md)."""
+    saved_timeout = os.environ.pop("LSTM_GPU_BARRIER_TIMEOUT", None)
+    try:
+        return _headline(ctx, "stack")
+    finally:
+        if saved_timeout is not None:
+            os.environ["LSTM_GPU_BARRIER_TIMEOUT"] = saved_timeout
+
+
+def _headline(ctx: Ctx, name: str = "headline") -> Path:
     from . import env as envmod
     from .providers import DTYPES, Shape
     from .sweep import STATUSES, Runner, ShapeInputs, SweepConfig, _Sink
     from .timing import TimingConfig
-    rows_spec = HEADLINE_DRY if ctx.dry else HEADLINE_GPU
+    if name == "stack":
+        rows_spec, providers = (STACK_DRY if ctx.dry else STACK_GPU), STACK_PROVIDERS
+    else:
+        rows_spec = [(*r, 1, False) for r in (HEADLINE_DRY if ctx.dry else HEADLINE_GPU)]
+        providers = HEADLINE_PROVIDERS
     timing = (TimingConfig(warmup_ms=0.0, rep_ms=0.0, min_reps=2, min_warmup=1, budget_ms=2_000.0) if ctx.dry
               else TimingConfig(warmup_ms=25.0, rep_ms=100.0, min_reps=10))
-    cfg = SweepConfig(batch=[], hidden=[], seq_len=[], dtypes=[], modes=[], providers=list(HEADLINE_PROVIDERS),
+    cfg = SweepConfig(batch=[], hidden=[], seq_len=[], dtypes=[], modes=[], providers=list(providers),
                       out=ctx.data, gate_max_steps=GATE_STEPS, floor_steps=4 if ctx.dry else 1024, timing=timing,
                       progress=False)
-    env = envmod.collect(["session", "headline"])
+    env = envmod.collect(["session", name])
     env["machine"] = machine_line(env)
-    env["headline"] = [dict(batch=b, hidden=h, seq_len=t, dtype=d, mode=m) for b, h, t, d, m in rows_spec]
-    csv_path, json_path = ctx.path("headline.csv"), ctx.path("headline.json")
+    env["headline"] = [dict(batch=b, hidden=h, seq_len=t, dtype=d, mode=m, layers=L, bidirectional=bi)
+                       for b, h, t, d, m, L, bi in rows_spec]
+    csv_path, json_path = ctx.path(f"{name}.csv"), ctx.path(f"{name}.json")
     json_path.write_text(json.dumps(env, indent=2, default=str))
     sink = _Sink(csv_path)
     runner = Runner(cfg, env, sink)
     saved = envmod.save_fp32_precision()
     counts = dict.fromkeys(STATUSES, 0)
     try:
-        for B, H, T, dtype_name, mode in rows_spec:
+        for B, H, T, dtype_name, mode, L, bi in rows_spec:
             envmod.set_fp32_precision(envmod.FP32_MODES.get(dtype_name, "ieee"))
-            shape = Shape(B, H, T)
+            shape = Shape(B, H, T, layers=L, bidirectional=bi)
             inputs = ShapeInputs(shape, DTYPES[dtype_name], runner.device, cfg.seed, cfg.gate_max_steps)
             runner.floor_us(shape, dtype_name)
-            extra = HEADLINE_16BIT_EXTRA if dtype_name in ("fp16", "bf16") else ()
-            for provider in HEADLINE_PROVIDERS + extra:
+            extra = HEADLINE_16BIT_EXTRA if name == "headline" and dtype_name in ("fp16", "bf16") else ()
+            for provider in providers + extra:
                 rows = runner.run_case(provider, mode, dtype_name, shape, inputs)
                 sink.write(rows)
                 counts[rows[0]["status"]] += 1
-                log(f"headline {provider:6s} B={B} H={H} T={T} {dtype_name} {mode}: {rows[0]['status']} "
-                    f"{_time_cell(rows)} {rows[0].get('note', '')[:160] if rows[0]['status'] != 'ok' else ''}")
+                log(f"{name} {provider:6s} B={B} H={H} T={T} L={L}{' bi' if bi else ''} {dtype_name} {mode}: "
+                    f"{rows[0]['status']} {_time_cell(rows)} "
+                    f"{rows[0].get('note', '')[:160] if rows[0]['status'] != 'ok' else ''}")
             del inputs
             runner._free()
     finally:
@@ -445,8 +483,8 @@ def _headline(ctx: Ctx) -> Path:
         sink.close()
     env["status_counts"] = counts
     json_path.write_text(json.dumps(env, indent=2, default=str))
-    md = headline_table(csv_path, env)
-    ctx.path("headline.md").write_text(md)
+    md = headline_table(csv_path, env) if name == "headline" else stack_table(csv_path, env)
+    ctx.path(f"{name}.md").write_text(md)
     log(md)
     return csv_path
 
@@ -501,6 +539,37 @@ def headline_table(csv_path: Path, env: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stack_table(csv_path: Path, env: dict) -> str:
+    """The stack's table: cuDNN's multi-layer LSTM and the one-launch stack, measured cells only."""
+    with open(csv_path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["kernel"] == "lstm" and r["metric"] == "time_per_step"]
+
+    def find(provider, spec):
+        return next((r for r in rows if r["provider"] == provider and all(
+            r[k] == str(spec[k]) for k in ("batch", "hidden", "seq_len", "dtype", "mode", "layers", "bidirectional"))),
+            None)
+
+    def cell(r):
+        if r is None:
+            return "not measured"
+        if r["status"] != "ok":
+            return r["status"]
+        return f"{float(r['p50']):.3g} ({float(r['p20']):.3g}-{float(r['p80']):.3g})"
+
+    lines = [f"Machine: `{env['machine']}`", "",
+             "| B | H | T | dtype | mode | layers × directions | cuDNN µs/step | triton (one launch) µs/step "
+             "| speedup |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for spec in env["headline"]:
+        cu, tr = find("cudnn", spec), find("triton", spec)
+        ok = cu is not None and tr is not None and cu["status"] == tr["status"] == "ok"
+        ratio = f"{float(cu['p50']) / float(tr['p50']):.2f}x" if ok else ""
+        lines.append(f"| {spec['batch']} | {spec['hidden']} | {spec['seq_len']} | {spec['dtype']} | {spec['mode']} | "
+                     f"{spec['layers']} × {2 if spec['bidirectional'] else 1} | {cell(cu)} | {cell(tr)} | {ratio} |")
+    lines += ["", "µs per time step of the whole stack (p50, p20-p80), layer 0's input projection included."]
+    return "\n".join(lines) + "\n"
+
+
 # ---- host time, quick, profile -----------------------------------------------------------------
 def step_host(ctx: Ctx) -> list[dict]:
     from . import host_overhead
@@ -530,8 +599,8 @@ def step_profile(ctx: Ctx) -> int:
 
 
 STEPS = {"versions": step_versions, "warmup": step_warmup, "smoke": step_smoke, "headline": step_headline,
-         "host": step_host, "quick": step_quick, "profile": step_profile}
-ORDER = ("versions", "warmup", "smoke", "headline", "host", "quick", "profile")
+         "stack": step_stack, "host": step_host, "quick": step_quick, "profile": step_profile}
+ORDER = ("versions", "warmup", "smoke", "headline", "stack", "host", "quick", "profile")
 
 
 def main(argv=None) -> int:

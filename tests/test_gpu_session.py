@@ -41,6 +41,12 @@ def test_every_step_in_one_process(tmp_path, monkeypatch):
     md = (data / "cpu-dry-headline.md").read_text()
     assert md.startswith("Machine: `CPU") and md.count("| 2 | 8 | 4 | fp32-ieee |") == 2
     assert json.loads((data / "cpu-dry-headline.json").read_text())["machine"].startswith("CPU")
+    stack = _csv(data / "cpu-dry-stack.csv")
+    times = {(r["provider"], r["mode"], r["bidirectional"]): r["status"] for r in stack if r["metric"] == "time"}
+    assert times == {(p, m, str(bi)): "ok" for p in session.STACK_PROVIDERS
+                     for _, _, _, _, m, _, bi in session.STACK_DRY}
+    assert all(r["layers"] == "2" for r in stack if r["kernel"] == "lstm")
+    assert (data / "cpu-dry-stack.md").read_text().count("| 2 × ") == 2
     assert {r["backend"] for r in _csv(data / "cpu-dry-host.csv")} == {"reference", "triton"}
     quick = list(data.glob("cpu-*-session.csv"))
     assert len(quick) == 1 and _csv(quick[0])
@@ -62,6 +68,8 @@ def test_warmup_covers_the_shapes_the_later_steps_launch():
     bench = {(t["dtype"], t["B"], t["H"], t["T"]) for t in tasks if t["kind"] == "bench"}
     assert {(d, b, h, t) for b, h, t, d, _ in session.HEADLINE_GPU} <= bench
     assert ("fp32-tf32", 1, 256, 1024) in bench                          # a --quick shape
+    stack = {(t["dtype"], t["B"], t["H"], t["T"], t["L"], t["bi"]) for t in tasks if t["kind"] == "stack"}
+    assert stack == {(d, b, h, t, L, bi) for b, h, t, d, _, L, bi in session.STACK_GPU}
     assert [t["kind"] for t in tasks][:27] == ["smoke"] * 27            # in the order they are needed
 
 
@@ -75,7 +83,7 @@ def test_the_shell_script_dry(tmp_path):
                        text=True, timeout=600)
     log = (tmp_path / "session.log").read_text()
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for name in ("versions", "warmup", "smoke", "headline", "host", "quick", "profile"):
+    for name in ("versions", "warmup", "smoke", "headline", "stack", "host", "quick", "profile"):
         assert f"=== {name} (limit" in log, name
     assert "TIME LIMIT" not in log and "=== session done" in log
     for name in ("session.log", "versions.json", "smoke.csv", "headline.csv", "headline.md", "host.csv"):
