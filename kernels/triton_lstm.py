@@ -317,7 +317,7 @@ def _lstm_fwd_kernel(
     p_cn,        # [B, H] out
     p_gates,     # [T, B, 4H] out (accumulation dtype): activated i, f, g, o   (SAVE only)
     p_cells,     # [T, B, H] out (accumulation dtype): c_t                      (SAVE only)
-    p_hx,        # [2, B, H] how programs exchange h: generation g in slot g % 2 (TAGGED: int32 words, -1 at launch)
+    p_hx,        # [2, B, H] how programs exchange h: generation g in slot g % 2, h0 in slot 0 (TAGGED: int32 words)
     p_cs,        # [B, H] accumulation-dtype scratch for c when the batch needs several tiles
     p_hs,        # [B, H] scratch for the carried h (dtype of y), likewise
     p_bar,       # [2·groups] int64, zero: each batch group's step counter and time-out flag
@@ -359,9 +359,6 @@ def _lstm_fwd_kernel(
         b_hc = tl.load(p_h0 + o_bj, mask=m_bj, other=0.)
         b_len = tl.load(p_len + o_b, mask=m_b, other=0)            # lengths: loaded once
         b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, T - 1 if REVERSE else 0, T, i_p, row0, b_end, B, H, HT, BLOCK_B, ACC)
-        _publish_h(p_hx, 0, o_b, m_b, o_j, m_j, b_hc, B, H, TAGGED)    # generation 0: h0
-        if not TAGGED:
-            step_barrier(p_bar + 2 * i_q, 0, NUM_PROGRAMS, TIMEOUT)
         for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above the wait
             t = T - 1 - s if REVERSE else s
             b_h = _read_h(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, BLOCK_K, KS, TAGGED, TIMEOUT)
@@ -371,7 +368,7 @@ def _lstm_fwd_kernel(
             b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t - 1 if REVERSE else t + 1, T, i_p, row0, b_end, B, H, HT,
                                               BLOCK_B, ACC)         # the next step's, before the wait
             if not TAGGED:
-                step_barrier(p_bar + 2 * i_q, s + 1, NUM_PROGRAMS, TIMEOUT)
+                step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
         tl.store(p_cn + o_bj, b_c.to(p_cn.dtype.element_ty), mask=m_bj)
         tl.store(p_hn + o_bj, b_hc, mask=m_bj)                      # h_n: the carried h
     else:                                                           # c and h live in scratch slices
@@ -381,11 +378,7 @@ def _lstm_fwd_kernel(
             m_bj = m_b[:, None] & m_j[None, :]
             o_bj = o_b[:, None] * H + o_j[None, :]
             tl.store(p_cs + o_bj, tl.load(p_c0 + o_bj, mask=m_bj, other=0.).to(ACC), mask=m_bj)
-            b_h0 = tl.load(p_h0 + o_bj, mask=m_bj, other=0.)
-            tl.store(p_hs + o_bj, b_h0, mask=m_bj)
-            _publish_h(p_hx, 0, o_b, m_b, o_j, m_j, b_h0, B, H, TAGGED)
-        if not TAGGED:
-            step_barrier(p_bar + 2 * i_q, 0, NUM_PROGRAMS, TIMEOUT)
+            tl.store(p_hs + o_bj, tl.load(p_h0 + o_bj, mask=m_bj, other=0.), mask=m_bj)
         for s in tl.range(T, num_stages=1):
             t = T - 1 - s if REVERSE else s
             for i_bt in range(num_bt):
@@ -405,7 +398,7 @@ def _lstm_fwd_kernel(
                 tl.store(p_cs + o_bj, b_c, mask=m_bj)
                 tl.store(p_hs + o_bj, b_hc, mask=m_bj)
             if not TAGGED:
-                step_barrier(p_bar + 2 * i_q, s + 1, NUM_PROGRAMS, TIMEOUT)
+                step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
         tl.debug_barrier()
         for i_bt in range(num_bt):
             o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -656,9 +649,15 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
     c_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
     h_scratch = torch.empty(1 if one_tile else B * H, dtype=dtype, device=device)
     tagged = cfg.tagged_exchange(dtype) and one_tile     # several tiles, tagged: 6-8 spills per step (sm_90)
-    # -1: tag 0xFFFF, a generation no reader waits for before the slot is written
-    h_exchange = (torch.full((2, B, H), -1, dtype=torch.int32, device=device) if tagged
-                  else torch.empty(2, B, H, dtype=dtype, device=device))
+    # Slot 0 holds generation 0, h0, before the launch (so the first synchronisation inside is step 0's).
+    # Tagged: h0's 16 bits under tag 0; slot 1 -1 = tag 0xFFFF, a generation no reader waits for before it
+    # is written.
+    if tagged:
+        h_exchange = torch.full((2, B, H), -1, dtype=torch.int32, device=device)
+        h_exchange[0] = h0.view(torch.int16).to(torch.int32) & 0xFFFF
+    else:
+        h_exchange = torch.empty(2, B, H, dtype=dtype, device=device)
+        h_exchange[0].copy_(h0)
     if T == 0:
         h_n.copy_(h0), c_n.copy_(c0)
         return y, h_n, c_n, (gates if save else None), (cells if save else None)
