@@ -326,7 +326,7 @@ def warmup_tasks(dry: bool) -> list[dict]:
     for B, H, T, d in headline:
         if (B, H, T, d) not in seen:
             seen.add((B, H, T, d))
-            tasks.append(dict(kind="bench", dtype=d, B=B, H=H, T=T))
+            tasks.append(dict(kind="bench", dtype=d, B=B, H=H, T=T, tagged=d in ("fp16", "bf16")))
     tasks += [dict(kind="stack", dtype=d, B=B, H=H, T=T, L=L, bi=bi) for B, H, T, d, L, bi in stack]
     for B, H, T, d in quick:
         if (B, H, T, d) not in seen:
@@ -366,7 +366,7 @@ def warm_one(task: dict) -> tuple[dict, float, str]:
             shape = Shape(B, H, T)
             x = torch.randn(T, B, H, device=device).to(dtype)
             dy = torch.randn(T, B, H, device=device).to(dtype)
-            for provider in ("triton",) + (HEADLINE_16BIT_EXTRA if task["dtype"] in ("fp16", "bf16") else ()):
+            for provider in ("triton",) + (HEADLINE_16BIT_EXTRA if task.get("tagged") else ()):
                 prep = PROVIDERS[provider](shape, dtype, shared_weights(shape), device)
                 for mode in ("fwd", "fwd+bwd"):
                     outputs(prep, x, dy, mode)
