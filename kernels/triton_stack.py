@@ -180,7 +180,7 @@ def _load_gx(p_gx, t, i_l, i_d, o_b, o_u, m_bu, T, B, H, D: tl.constexpr, ACC: t
             tl.load(p_gx + o_gx + 3 * H, mask=m_gx, other=0.).to(ACC))
 
 
-@triton.jit(do_not_specialize=["T", "seed"])
+@triton.jit(do_not_specialize=["T"])
 def _stack_fwd_kernel(
     # pointers (all contiguous)
     p_gx,        # [T, B, D·4H] layer 0's x·W_ihᵀ + b_ih + b_hh, both directions (one GEMM outside)
@@ -197,9 +197,10 @@ def _stack_fwd_kernel(
     p_gates,     # [L, T, B, D·4H] out (accumulation dtype, SAVE): the activated i, f, g, o
     p_cells,     # [L, T, B, D·H] out (accumulation dtype, SAVE)
     p_bar,       # [2·L·D] int64, zero: per group its counter of finished program-steps and a time-out flag
+    p_seed,      # [1] int64 (DROPOUT): the mask's seed, drawn by torch's generator (a tensor: see lstm_gpu/stack.py)
     # sizes
     T, B, H, L,
-    seed, drop,  # dropout between layers: the mask's seed and probability (DROPOUT)
+    drop,        # dropout between layers: the probability (DROPOUT)
     # meta-parameters
     D: tl.constexpr, NPG: tl.constexpr, HT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_B: tl.constexpr,
     SPLIT_H: tl.constexpr,      # tl.dot chunks of the h·W_hhᵀ reduction (K = BLOCK_H)
@@ -245,6 +246,7 @@ def _stack_fwd_kernel(
 
     b_c = tl.load(p_c0 + o_s, mask=m_bu, other=0.).to(ACC)
     b_len = tl.load(p_len + o_b, mask=m_b, other=0)
+    seed = tl.load(p_seed) if DROPOUT else 0
     b_zi, b_zf, b_zg, b_zo = _load_gx(p_gx, tl.where(rev, T - 1, 0), i_l, i_d, o_b, o_u, m_bu, T, B, H, D, ACC)
     for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above a wait
         t = tl.where(rev, T - 1 - s, s)
@@ -307,7 +309,7 @@ def _stack_fwd_kernel(
     tl.store(p_hn + o_s, b_hy + b_h0, mask=m_bu)
 
 
-@triton.jit(do_not_specialize=["T", "seed"])
+@triton.jit(do_not_specialize=["T"])
 def _stack_bwd_kernel(
     # pointers (all contiguous)
     p_dy,        # [T, B, D·H] gradient w.r.t. the top layer's output
@@ -324,9 +326,10 @@ def _stack_bwd_kernel(
     p_dh0,       # [L·D, B, H] out (accumulation dtype)
     p_dc0,       # [L·D, B, H] out (accumulation dtype)
     p_bar,       # [2·L·D] int64, zero: per group its counter of finished program-steps and a time-out flag
+    p_seed,      # [1] int64 (DROPOUT): the forward's seed: the same mask, regenerated
     # sizes
     T, B, H, L,
-    seed, drop,  # the forward's dropout seed and probability (DROPOUT): the same mask, regenerated
+    drop,        # the forward's dropout probability (DROPOUT)
     # meta-parameters
     D: tl.constexpr, NPG: tl.constexpr, HT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_B: tl.constexpr,
     SPLIT_H: tl.constexpr,      # tl.dot chunks of dz_gate·W_hh,gate (K = BLOCK_H)
@@ -371,6 +374,7 @@ def _stack_bwd_kernel(
     b_dh = tl.load(p_dhn + o_s, mask=m_bu, other=0.).to(ACC)
     b_dc = tl.load(p_dcn + o_s, mask=m_bu, other=0.).to(ACC)
     b_len = tl.load(p_len + o_b, mask=m_b, other=0)
+    seed = tl.load(p_seed) if DROPOUT else 0
     for s in tl.range(T, num_stages=1):
         t = tl.where(rev, s, T - 1 - s)                         # the opposite order to forward
         o_t = ((i_l * T + t).to(tl.int64) * B + o_b)
@@ -477,11 +481,22 @@ def _meta(cfg: StackConfig, L: int, D: int, dtype: torch.dtype) -> dict:
                 TIMEOUT=barrier_timeout())
 
 
-def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, seed: int = 0, save: bool = True,
-              config: StackConfig | None = None):
+def _seed(seed: torch.Tensor | None, drop: bool, stand_in: torch.Tensor) -> torch.Tensor:
+    """The kernels' p_seed: ``seed`` when they drop out, else a stand-in they never read."""
+    if not drop:
+        return stand_in
+    if seed is None or seed.shape != (1,) or seed.dtype != torch.int64 or seed.device != stand_in.device:
+        raise ValueError(f"dropout needs seed, a [1] int64 tensor on {stand_in.device}, got "
+                         f"{None if seed is None else (tuple(seed.shape), seed.dtype, seed.device)}")
+    return seed
+
+
+def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, seed: torch.Tensor | None = None,
+              save: bool = True, config: StackConfig | None = None):
     """Launch the forward kernel. ``gx0`` [T, B, D·4H] (layer 0's input gates, both directions), ``w_ih``
     [L-1, D, 4H, D·H], ``w_hh`` [L, D, 4H, H], ``bias`` [L-1, D, 4H] or None, ``h0``/``c0`` [L·D, B, H],
-    ``lengths`` [B] or None; ``dropout`` > 0 drops the outputs of layers 0 … L-2 as the layer above reads them.
+    ``lengths`` [B] or None; ``dropout`` > 0 drops the outputs of layers 0 … L-2 as the layer above reads them,
+    with the mask of ``seed`` ([1] int64 on the device).
     Returns y [L, T, B, D·H], h_n, c_n [L·D, B, H], gates, cells (accumulation dtype; None unless ``save``),
     x [L-1, T, B, D·H] (the dropped-out outputs; None without dropout)."""
     L, D, G, H = w_hh.shape
@@ -504,8 +519,8 @@ def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, s
     with host.device_guard(device):
         _stack_fwd_kernel[(cfg.num_programs,)](
             gx0, w_ih, w_hh, unused if bias is None else bias, h0, c0, lens, y, y if x is None else x, h_n, c_n,
-            unused if gates is None else gates, unused if cells is None else cells, bar,
-            T, B, H, L, seed, float(dropout),
+            unused if gates is None else gates, unused if cells is None else cells, bar, _seed(seed, drop, lens),
+            T, B, H, L, float(dropout),
             SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), SAVE=save, DROPOUT=drop, HAS_BIAS=bias is not None,
             **meta, **_launch_options(cfg, device))
     if meta["TIMEOUT"]:
@@ -513,8 +528,8 @@ def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, s
     return y, h_n, c_n, gates, cells, x
 
 
-def stack_bwd(dy, dh_n, dc_n, gates, cells, c0, w_ih, w_hh, lengths, *, dropout: float = 0.0, seed: int = 0,
-              config: StackConfig | None = None):
+def stack_bwd(dy, dh_n, dc_n, gates, cells, c0, w_ih, w_hh, lengths, *, dropout: float = 0.0,
+              seed: torch.Tensor | None = None, config: StackConfig | None = None):
     """Launch the backward kernel. ``dy`` [T, B, D·H] (the top layer's output gradient), ``dh_n``/``dc_n``
     [L·D, B, H], the forward's saved ``gates``/``cells``, its ``dropout`` and ``seed``. Returns dz
     [L, T, B, D·4H], dh0, dc0 [L·D, B, H] (accumulation dtype)."""
@@ -523,6 +538,7 @@ def stack_bwd(dy, dh_n, dc_n, gates, cells, c0, w_ih, w_hh, lengths, *, dropout:
     dtype, device, acc = dy.dtype, dy.device, gates.dtype
     cfg = config or choose_config(B=B, H=H, L=L, D=D, dtype=dtype, device=device)
     lens = host.lengths_or_full(lengths, T, B, device)
+    drop = L > 1 and dropout > 0
 
     dz = torch.empty(L, T, B, D * G, dtype=acc, device=device)
     low_exchange = cfg.use_dot and dtype in (torch.float16, torch.bfloat16)
@@ -534,8 +550,8 @@ def stack_bwd(dy, dh_n, dc_n, gates, cells, c0, w_ih, w_hh, lengths, *, dropout:
     with host.device_guard(device):
         _stack_bwd_kernel[(cfg.num_programs,)](
             dy, dh_n, dc_n, gates, cells, c0.to(acc), w_hh, w_ih, lens, dz, dz_exchange, dh0, dc0, bar,
-            T, B, H, L, seed, float(dropout),
-            SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), LOW_EXCHANGE=low_exchange, DROPOUT=L > 1 and dropout > 0,
+            _seed(seed, drop, lens), T, B, H, L, float(dropout),
+            SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), LOW_EXCHANGE=low_exchange, DROPOUT=drop,
             **meta, **_launch_options(cfg, device))
     if meta["TIMEOUT"]:
         raise_if_timed_out(bar, "stack backward")

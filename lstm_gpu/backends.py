@@ -13,7 +13,6 @@ explicitly never falls back: it runs or raises an error that says why.
 """
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
 import torch
@@ -22,7 +21,6 @@ from . import dispatch
 from .dispatch import Choice
 
 BACKENDS = ("auto", "reference", "cudnn", "triton", "numba")
-KERNEL_BACKENDS = {"triton": "lstm_gpu.kernels.triton_lstm", "numba": "lstm_gpu.kernels.numba_lstm"}
 
 
 def check_backend_name(backend: str) -> None:
@@ -31,15 +29,19 @@ def check_backend_name(backend: str) -> None:
 
 
 def kernel_module(backend: str) -> ModuleType:
-    """The module implementing a single-layer recurrence for an op backend ("reference", "triton", "numba")."""
+    """The module implementing a single-layer recurrence for an op backend ("reference", "triton", "numba").
+
+    Import statements, not importlib.import_module: torch.compile's Dynamo traces an import but refuses to call
+    importlib's function, so every fullgraph compile of a model with backend="triton" failed here."""
     if backend == "reference":
-        return importlib.import_module("lstm_gpu.reference")
-    try:
-        return importlib.import_module(KERNEL_BACKENDS[backend])
-    except ModuleNotFoundError as e:
-        if e.name != KERNEL_BACKENDS[backend]:
-            raise
-        raise NotImplementedError(f"backend={backend!r} is not implemented yet") from None
+        from . import reference as module
+    elif backend == "triton":
+        from .kernels import triton_lstm as module
+    elif backend == "numba":
+        from .kernels import numba_lstm as module
+    else:
+        raise ValueError(f"no kernel module for backend={backend!r}")
+    return module
 
 
 def unsupported_reason(backend: str, *, device: torch.device, dtype: torch.dtype, hidden_size: int,
@@ -58,7 +60,7 @@ def hidden_size_limit(backend: str, *, device: torch.device | str, dtype: torch.
     of W_hh), or a call refused at any size (wrong dtype, no GPU, ...).
 
     On a GPU the kernels split W_hh over at most one program per SM, so the limit depends on the SM count:
-    for triton, H <= 1024 (float64: 528) on an H100 SXM's 132 SMs.
+    for triton, H <= 1536 in float16/bfloat16, 1024 in float32, 528 in float64 on an H100 SXM's 132 SMs.
     """
     device = torch.device(device)
 

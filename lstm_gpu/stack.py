@@ -1,7 +1,7 @@
 """A whole LSTM stack (every layer, both directions) in one kernel launch per pass, as PyTorch custom ops.
 
-    lstm_gpu::stack_fwd  gates_x0, w_ih, w_hh, bias?, h0, c0, lengths? -> y, h_n, c_n, gates, cells, x
-    lstm_gpu::stack_bwd  dy, dh_n, dc_n, saved tensors                 -> dz, dh0, dc0
+    lstm_gpu::stack_fwd  gates_x0, w_ih, w_hh, bias?, h0, c0, lengths?, dropout, seed? -> y, h_n, c_n, gates, cells, x
+    lstm_gpu::stack_bwd  dy, dh_n, dc_n, saved tensors, dropout, seed?                 -> dz, dh0, dc0
 
 The recurrence of all layers is kernels/triton_stack.py; around it, ordinary PyTorch: layer 0's input
 projection for all steps and both directions (one GEMM, before), the weight gradients (GEMMs, after). The ops
@@ -33,7 +33,7 @@ def unsupported(*, device: torch.device, dtype: torch.dtype, hidden_size: int, n
 
 @torch.library.custom_op("lstm_gpu::stack_fwd", mutates_args=())
 def stack_fwd(gates_x0: Tensor, w_ih: Tensor, w_hh: Tensor, bias: Tensor | None, h0: Tensor, c0: Tensor,
-              lengths: Tensor | None, dropout: float, seed: int, save: bool
+              lengths: Tensor | None, dropout: float, seed: Tensor | None, save: bool
               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     y, h_n, c_n, gates, cells, x = _kernels().stack_fwd(
         gates_x0.contiguous(), w_ih.contiguous(), w_hh.contiguous(), None if bias is None else bias.contiguous(),
@@ -63,7 +63,8 @@ def _(gates_x0, w_ih, w_hh, bias, h0, c0, lengths, dropout, seed, save):
 
 @torch.library.custom_op("lstm_gpu::stack_bwd", mutates_args=())
 def stack_bwd(dy: Tensor, dh_n: Tensor, dc_n: Tensor, gates: Tensor, cells: Tensor, c0: Tensor, w_ih: Tensor,
-              w_hh: Tensor, lengths: Tensor | None, dropout: float, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+              w_hh: Tensor, lengths: Tensor | None, dropout: float, seed: Tensor | None
+              ) -> tuple[Tensor, Tensor, Tensor]:
     return _kernels().stack_bwd(dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), gates, cells, c0.contiguous(),
                                 w_ih.contiguous(), w_hh.contiguous(), lengths, dropout=dropout, seed=seed)
 
@@ -79,8 +80,8 @@ def _setup_context(ctx, inputs, output):
     gates_x0, w_ih, w_hh, bias, h0, c0, lengths, dropout, seed, save = inputs
     y, _, _, gates, cells, x = output
     ctx.missing_saved = not save
-    ctx.dropout, ctx.seed, ctx.has_bias = dropout, seed, bias is not None
-    ctx.save_for_backward(gates, cells, y, x, w_ih, w_hh, h0, c0, lengths)
+    ctx.dropout, ctx.has_bias = dropout, bias is not None
+    ctx.save_for_backward(gates, cells, y, x, w_ih, w_hh, h0, c0, lengths, seed)    # seed: backward's mask
 
 
 def _backward(ctx, dy_all, dh_n, dc_n, _dgates, _dcells, _dx):
@@ -89,13 +90,13 @@ def _backward(ctx, dy_all, dh_n, dc_n, _dgates, _dcells, _dx):
     is read: the lower slots are the kernel's working memory, reached through dz."""
     if ctx.missing_saved:
         raise RuntimeError("lstm_gpu::stack_fwd was called with save=False, so it cannot be differentiated")
-    gates, cells, y, x, w_ih, w_hh, h0, c0, lengths = ctx.saved_tensors
+    gates, cells, y, x, w_ih, w_hh, h0, c0, lengths, seed = ctx.saved_tensors
     L, D, G, H = w_hh.shape
     T, B = y.shape[1], y.shape[2]
     dy = torch.zeros_like(y[-1]) if dy_all is None else dy_all[-1]
     dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
     dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
-    dz, dh0, dc0 = stack_bwd(dy, dh_n, dc_n, gates, cells, c0, w_ih, w_hh, lengths, ctx.dropout, ctx.seed)
+    dz, dh0, dc0 = stack_bwd(dy, dh_n, dc_n, gates, cells, c0, w_ih, w_hh, lengths, ctx.dropout, seed)
     dz = dz.to(y.dtype)
     per_dir = dz.view(L, T * B, D, G)                           # [L, T·B, D, 4H]
     dw_hh = torch.stack([torch.stack([
@@ -132,7 +133,10 @@ def stack(x: Tensor, weights: list[list[Tensor | None]], h0: Tensor, c0: Tensor,
     else:
         w_ih, bias = w_hh.new_empty(0, D, 4 * H, D * H), None
     drop = dropout if training and L > 1 else 0.0
-    seed = int(torch.randint(2 ** 31 - 1, ())) if drop > 0 else 0              # torch's CPU generator: no sync
+    # The mask's seed stays a tensor, drawn from torch's generator on the device and loaded by the kernels: no host
+    # sync, and torch.compile traces it (as a host int it was a .item(): a graph break, or with fullgraph an
+    # unbacked int in the graph).
+    seed = torch.randint(2 ** 31 - 1, (1,), device=x.device) if drop > 0 else None
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad
                                            for t in (gates_x0, w_ih, w_hh, bias, h0, c0))
     y, h_n, c_n, _, _, _ = stack_fwd(gates_x0, w_ih, w_hh, bias, h0, c0, lengths, drop, seed, save)

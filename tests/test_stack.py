@@ -4,9 +4,10 @@
 Checked: outputs and EVERY gradient (input, h0, c0, each weight and bias) for 1-4 layers, uni- and bidirectional,
 packed with unsorted lengths, h0/c0, batch_first, fp64/fp32/fp16, through the interpreter (one program per
 (layer, direction), run one after another) and through ``lstm_gpu.testing.concurrent_programs`` (several programs
-per group, all at once: the waits between groups really wait); dropout (rate, 1/(1-p) scaling, eval, gradients
-against a reference applying the same mask); one launch per pass; mutated waits are caught; the configuration
-(a pure function) and the reasons a stack does not fit. Outputs start NaN-filled (conftest.py).
+per group, all at once: the waits between groups really wait); autocast (float16 kernels, float32 gradients);
+dropout (rate, 1/(1-p) scaling, eval, gradients against a reference applying the same mask, torch.compile with
+fullgraph in training); one launch per pass; mutated waits are caught; the configuration (a pure function) and the
+reasons a stack does not fit. Outputs start NaN-filled (conftest.py).
 """
 import contextlib
 import time
@@ -43,18 +44,20 @@ def lengths_for(T, B):
     return torch.tensor(lens)
 
 
-def run_model(model, x, h0, c0, lengths, batch_first, context=contextlib.nullcontext):
-    """Forward and backward of ``model`` (its own parameter copies); returns outputs and gradients."""
+def run_model(model, x, h0, c0, lengths, batch_first, context=contextlib.nullcontext, autocast=None):
+    """Forward and backward of ``model`` (its own parameter copies); returns outputs and gradients. ``context()``
+    wraps both; ``autocast`` (a dtype) runs the forward only under CPU autocast, as torch recommends."""
     T = x.shape[1 if batch_first else 0]
     xi, h0i, c0i = (t.clone().requires_grad_() for t in (x, h0, c0))
     with context():
-        if lengths is not None:
-            packed = torch.nn.utils.rnn.pack_padded_sequence(xi, lengths, batch_first=batch_first,
-                                                             enforce_sorted=False)
-            out, (hn, cn) = model(packed, (h0i, c0i))
-            y, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first, total_length=T)
-        else:
-            y, (hn, cn) = model(xi, (h0i, c0i))
+        with torch.autocast("cpu", dtype=autocast, enabled=autocast is not None):
+            if lengths is not None:
+                packed = torch.nn.utils.rnn.pack_padded_sequence(xi, lengths, batch_first=batch_first,
+                                                                 enforce_sorted=False)
+                out, (hn, cn) = model(packed, (h0i, c0i))
+                y, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=batch_first, total_length=T)
+            else:
+                y, (hn, cn) = model(xi, (h0i, c0i))
         (y.square().sum() + hn.sum() + 0.5 * cn.square().sum()).backward()
     grads = {name: p.grad for name, p in model.named_parameters()}
     return dict(y=y, h_n=hn, c_n=cn, dx=xi.grad, dh0=h0i.grad, dc0=c0i.grad, **grads)
@@ -105,6 +108,35 @@ def test_stack_vs_torch_lstm(L, bidirectional, dtype, packed, batch_first):
 @needs_triton
 def test_stack_without_bias_vs_torch_lstm():
     stack_vs_torch(L=3, bidirectional=True, dtype=torch.float64, lengths=lengths_for(4, 3), bias=False)
+
+
+@needs_triton
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_autocast_runs_the_stack_in_the_autocast_dtype(bidirectional):
+    """A float32 model under autocast runs the stack as torch's LSTM runs under CUDA autocast: the kernels get
+    x, h0, c0 and every weight in float16, the outputs are float16, the gradients reach x, h0, c0 and the
+    parameters in float32. float16: the interpreter's bf16 is broken. Against float64 our error is at most 2x (3x
+    for gradients) that of nn.LSTM run in float16, plus a floor: nn.LSTM itself cannot be the reference under CPU
+    autocast (oneDNN refuses float16; with oneDNN off it stays float32)."""
+    L, D, T, B, I, H = 2, 2 if bidirectional else 1, 5, 3, 3, 5
+    torch.manual_seed(0)
+    exact = torch.nn.LSTM(I, H, num_layers=L, bidirectional=bidirectional, dtype=torch.float64)
+    half = torch.nn.LSTM(I, H, num_layers=L, bidirectional=bidirectional, dtype=torch.float16)
+    ours = lstm_gpu.LSTM(I, H, num_layers=L, bidirectional=bidirectional, backend="triton", stack=True)
+    for m in (half, ours):
+        m.load_state_dict(exact.state_dict())
+    x, h0, c0 = torch.randn(T, B, I), torch.randn(L * D, B, H), torch.randn(L * D, B, H)
+    want = run_model(exact, x.double(), h0.double(), c0.double(), None, False)
+    theirs = run_model(half, x.half(), h0.half(), c0.half(), None, False)
+    with mock.patch.object(triton_stack, "stack_fwd", wraps=triton_stack.stack_fwd) as launcher:
+        got = run_model(ours, x, h0, c0, None, False, autocast=torch.float16)
+    (args, _), = launcher.call_args_list
+    assert {a.dtype for a in args if torch.is_tensor(a) and a.is_floating_point()} == {torch.float16}
+    for name in want:               # measured: ours 1.3e-4 … 2.2e-3, nn.LSTM in float16 2.2e-4 … 5.1e-3
+        out = name in ("y", "h_n", "c_n")
+        assert got[name].dtype == (torch.float16 if out else torch.float32), (name, got[name].dtype)
+        err, half_err = ((r[name].double() - want[name]).abs().max().item() for r in (got, theirs))
+        assert err <= (2 if out else 3) * half_err + 1e-4, f"{name}: error {err:.2e}, nn.LSTM fp16's {half_err:.2e}"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -287,7 +319,7 @@ def test_dropout_rate_and_scaling():
     h0 = c0 = torch.zeros(2, B, H, dtype=torch.float64)
     masks = []
     for seed in (1, 2):
-        y, _, _, _, _, x = stack_op.stack_fwd(gx, w_ih, w_hh, None, h0, c0, None, p, seed, False)
+        y, _, _, _, _, x = stack_op.stack_fwd(gx, w_ih, w_hh, None, h0, c0, None, p, torch.tensor([seed]), False)
         kept = x[0] != 0
         assert_close(x[0][kept], y[0][kept] / (1 - p), 1e-15, what="kept elements scaled by 1/(1-p)")
         assert abs((~kept).double().mean().item() - p) < 0.05, (~kept).double().mean()
@@ -310,7 +342,7 @@ def test_dropout_gradients_against_the_same_mask(bidirectional):
     got = run_model(ours, x, torch.zeros(L * D, B, H, dtype=torch.float64),
                     torch.zeros(L * D, B, H, dtype=torch.float64), None, False)
     torch.manual_seed(7)
-    seed = int(torch.randint(2 ** 31 - 1, ()))                  # what lstm_gpu.stack drew
+    seed = torch.randint(2 ** 31 - 1, (1,))                     # what lstm_gpu.stack drew
     ws = _stacked(ours, x)
     w_ih0 = torch.cat([ws[d][0] for d in range(D)])
     gx = F.linear(x, w_ih0, torch.cat([ws[d][2] + ws[d][3] for d in range(D)]))
@@ -349,18 +381,55 @@ def test_dropout_is_off_in_eval():
     assert_close(ours(x)[0], ref(x)[0], 1e-12, what="eval: no dropout")
 
 
+@needs_triton
+@pytest.mark.slow     # Dynamo + AOTAutograd around the interpreter
+def test_compiled_fullgraph_training_with_dropout_matches_eager():
+    """torch.compile(fullgraph=True) of a stack training with dropout (tests/test_compile.py's pattern). The mask's
+    seed is a tensor drawn from torch's generator inside the graph, so the same torch.manual_seed gives eager's
+    outputs and gradients, a new call draws a new mask (the seed is not baked into the graph), no call recompiles,
+    and without fullgraph there is no graph break (a host int seed was a .item(): 3 breaks, 4 graphs)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = lstm_gpu.LSTM(3, 5, num_layers=2, dropout=0.5, dtype=torch.float64, backend="triton", stack=True).train()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+
+    def run(m, seed):
+        model.zero_grad()
+        torch.manual_seed(seed)
+        y, (h, c) = m(x)
+        (y.square().sum() + h.sum() + c.sum()).backward()
+        return [y, h, c] + [p.grad for p in model.parameters()]
+    try:
+        eager, got = run(model, 1), run(compiled, 1)
+        with torch.compiler.set_stance("fail_on_recompile"):
+            other = run(compiled, 2)
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(model)(x)
+        assert explained.graph_break_count == 0, explained.break_reasons
+    finally:
+        torch._dynamo.reset()
+    for name, a, b in zip(["y", "h_n", "c_n"] + [n for n, _ in model.named_parameters()], got, eager):
+        assert_close(a, b, 1e-12, what=f"compiled vs eager {name}")
+    assert not torch.equal(other[0], got[0]), "a new seed, a new mask"
+    with torch.no_grad():
+        assert not torch.equal(model.eval()(x)[0], got[0]), "dropout applied in training"
+
+
 # ----------------------------------------------------------------------------------------------------
 # The custom ops, and the module's choice between one launch and per-layer launches
 # ----------------------------------------------------------------------------------------------------
 
 @needs_triton
-def test_opcheck():
+@pytest.mark.parametrize("dropout,seed", [(0.0, None), (0.5, torch.tensor([7]))], ids=["no-dropout", "dropout"])
+def test_opcheck(dropout, seed):
+    """Schema, fake tensors, autograd registration and AOT dispatch; with dropout, the seed tensor too."""
     T, B, H, L, D = 3, 2, 4, 2, 2
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)     # noqa: E731
     args = (r(T, B, D * 4 * H).requires_grad_(), r(L - 1, D, 4 * H, D * H).requires_grad_(),
             r(L, D, 4 * H, H).requires_grad_(), r(L - 1, D, 4 * H).requires_grad_(), r(L * D, B, H).requires_grad_(),
-            r(L * D, B, H).requires_grad_(), torch.tensor([3, 2]), 0.0, 0, True)
+            r(L * D, B, H).requires_grad_(), torch.tensor([3, 2]), dropout, seed, True)
     torch.library.opcheck(stack_op.stack_fwd, args)
 
 
