@@ -50,6 +50,7 @@ HEADLINE = [
     (64, 1024, 1024, "bfloat16", "fwd"),
     (1, 256, 1024, "float16", "fwd"),
     (16, 1024, 1024, "bfloat16", "fwd"),
+    (16, 1536, 1024, "bfloat16", "fwd+bwd"),     # the largest H whose W_hh stays on chip (K as 1024 + 512)
 ]
 
 

@@ -8,14 +8,15 @@ latencies are assumptions; the first GPU measurement decides.
 Rules (GPU), each checked by compiling every chosen config for sm_90 (tests/test_triton_sm90.py):
 - path: ``tl.dot`` (tensor cores) for fp16/bf16, and fp32 with tf32 precision, at every batch size, while
   the four gates' W_hh blocks plus one operand tile fit the shared-memory budget (DOT_SHARED_BUDGET,
-  ``dot_shared_bytes``): H ≤ 1024 in 16 bits. Compiled with the run-time specialisation, K = 1024 takes
-  254 registers at 4 warps and no spills (without the divisibility hints it spilled, which is why the
-  old rule stopped at K = 256). fp32-ieee and fp64 use the register broadcast-multiply-sum, one batch
+  ``dot_shared_bytes``): H ≤ 1536 in 16 bits, K covered by at most two power-of-two pieces
+  (``k_pieces``: 1536 = 1024 + 512, 224 KB of shared memory). Compiled with the run-time specialisation,
+  K = 1024 takes 254 registers at 4 warps and no spills (without the divisibility hints it spilled, which
+  is why the old rule stopped at K = 256). fp32-ieee and fp64 use the register broadcast-multiply-sum, one batch
   tile of BLOCK_B rows at a time (looped inside the program when B is larger).
 - HT (hidden units per program, all four gates) is the smallest power of two that keeps the grid
   cdiv(H, HT) ≤ the SM count (one program per SM); ≥ 4, and ≥ 16 on the dot path (N of each gate's dot).
-- Dot path (see ``gpu_config``): 16-row batch tiles; 16-bit: 4 warps and K/128 chunks; tf32: 8 warps,
-  K/64 chunks. The 16-bit forward takes 32-row tiles at 8 warps where a batch group has 32 rows or more.
+- Dot path (see ``gpu_config``): 16-row batch tiles; 16-bit: 4 warps, tf32: 8 warps; K in chunks of 64,
+  at most 8 (the tail piece in as many chunks as the first). The 16-bit forward takes 32-row tiles at 8 warps where a batch group has 32 rows or more.
 - Batch groups (both paths): SMs the unit split leaves idle take part of the batch. groups =
   min(SMs // unit programs, batch tiles), the tiles shared out evenly, no group empty; each group runs
   the unit split on its own rows with its own step counter, so num_programs = unit programs × groups.
@@ -27,8 +28,8 @@ Rules (GPU), each checked by compiling every chosen config for sm_90 (tests/test
 - BLOCK_B (broadcast path): 4 rows while the weights take ≤ 32 registers per thread, 2 up to 64, else 1
   (fp64: at most 2).
 - Unsupported (auto falls back to cuDNN): a dot-path slice over the shared-memory budget that the
-  broadcast path cannot hold either (W_REG_BUDGET = 32K registers per program), i.e. on 132 SMs H > 1024
-  for fp32/fp16/bf16 and H > 528 for fp64.
+  broadcast path cannot hold either (W_REG_BUDGET = 32K registers per program), i.e. on 132 SMs H > 1536
+  for fp16/bf16, H > 1024 for fp32 and H > 528 for fp64.
 CPU (TRITON_INTERPRET=1): one program (HT = H), no barrier.
 
 fp32 matmul precision: ``FP32_PRECISION`` below if set, else the environment variable TRITON_F32_DEFAULT,
@@ -56,14 +57,16 @@ SHARED_PER_SM = 227 * 1024                  # bytes of shared memory one block m
 # Registers one program may spend on its W_hh slice: about half the register file, measured on sm_90
 # compiles (the rest holds h, the products, addresses and the cell state). 32-bit words.
 W_REG_BUDGET = 32 * 1024
-DOT_SHARED_BUDGET = 200 * 1024              # bytes: the W_hh slice + one staged operand tile on the tl.dot path
+DOT_SHARED_BUDGET = 225 * 1024              # bytes: the W_hh slice + one staged operand tile on the tl.dot path
+                                            # (the 227 KB a block may have, less the 1 KB static the sm_90
+                                            # compiles show beside it and a margin)
 DOT_KC = 128                                # K per tl.dot chunk: K/128 independent accumulators
 
 
 @dataclass(frozen=True)
 class LSTMConfig:
     ht: int             # hidden units per program (power of two)
-    block_k: int        # K: next power of two ≥ H
+    block_k: int        # K (the reduction over h): a power of two; with k_tail, its first piece
     block_b: int        # batch rows per tile
     use_dot: bool       # tl.dot path (else broadcast-multiply-sum)
     precision: str      # tl.dot input_precision for fp32
@@ -73,6 +76,14 @@ class LSTMConfig:
     batch_groups: int = 1   # the batch split in groups of rows, each run by its own set of programs
     group_rows: int = 0     # rows per batch group (a multiple of block_b); 0: the whole batch
     tagged_h: bool = False  # forward, 16-bit tl.dot path: h exchanged with its generation tag, no counter
+    k_tail: int = 0         # tl.dot: a second, smaller power-of-two piece of K after block_k (0: none), so
+                            # block_k + k_tail covers H with less padding: H = 1536 as 1024 + 512, not 2048;
+                            # in k_split chunks too, whose products add to the first piece's chunk by chunk
+
+    @property
+    def k_total(self) -> int:
+        """The K covered on chip: block_k + k_tail (≥ H; the rest is masked padding)."""
+        return self.block_k + self.k_tail
 
     def rows_per_group(self, B: int) -> int:
         return self.group_rows or B
@@ -90,7 +101,7 @@ class LSTMConfig:
 
     def w_words(self, dtype: torch.dtype) -> int:
         """32-bit registers the W_hh slice needs: 16-bit weights stay packed on the dot path."""
-        elems = 4 * self.ht * self.block_k
+        elems = 4 * self.ht * self.k_total
         if dtype == torch.float64:
             return 2 * elems
         if self.use_dot and dtype in (torch.float16, torch.bfloat16):
@@ -117,16 +128,30 @@ def interpreter_config(*, B: int, H: int, dtype: torch.dtype, use_dot: bool | No
     if use_dot is None:
         use_dot = dtype in (torch.float16, torch.bfloat16)
     bb = 16 if use_dot else min(4, _pow2(B))
-    return LSTMConfig(ht=k, block_k=k, block_b=bb, use_dot=use_dot, precision=fp32_precision(),
-                      num_warps=4, num_programs=1, k_split=max(1, k // DOT_KC) if use_dot else 1,
-                      tagged_h=tagged_h())
+    block_k, k_tail = k_pieces(H) if use_dot else (k, 0)
+    return LSTMConfig(ht=k, block_k=block_k, block_b=bb, use_dot=use_dot, precision=fp32_precision(),
+                      num_warps=4, num_programs=1, k_split=max(1, block_k // DOT_KC) if use_dot else 1,
+                      tagged_h=tagged_h(), k_tail=k_tail)
 
 
-def dot_shared_bytes(ht: int, block_k: int, block_b: int, dtype: torch.dtype) -> int:
-    """Shared memory of the tl.dot path: the four gates' W_hh blocks (4·HT·K, staged once) and one
-    operand tile of h (forward) or of one gate's dz (backward), BB·K, in the operand dtype."""
+def k_pieces(H: int) -> tuple[int, int]:
+    """K of the tl.dot path in at most two power-of-two pieces (block_k, k_tail): the next power of two,
+    or, where that pads more than a quarter, half of it plus the smallest power of two that covers the rest,
+    at least a quarter of the half and 16 (the tail is cut in as many chunks as the first piece, ≤ 8, and each
+    keeps tl.dot's K ≥ 16): 768 = 512 + 256, 1536 = 1024 + 512, 1100 → 1024 + 256, 40 → 32 + 16. Padding is
+    shared memory and MMAs spent on zeros (a quarter of both at H = 768 as one 1024 piece)."""
+    k = max(16, _pow2(H))
+    half = k // 2
+    tail = max(16, half // 4, _pow2(H - half)) if H > half else 0
+    return (half, tail) if 0 < tail < half else (k, 0)
+
+
+def dot_shared_bytes(ht: int, block_k: int, block_b: int, dtype: torch.dtype, k_tail: int = 0) -> int:
+    """Shared memory of the tl.dot path: the four gates' W_hh blocks (4·HT·(K + K_TAIL), staged once) and
+    one operand tile of h (forward) or of one gate's dz (backward), BB·K, in the operand dtype (the tail
+    piece's smaller tile reuses it: the compiler allocates by liveness, checked on the sm_90 compiles)."""
     elem = 2 if dtype in (torch.float16, torch.bfloat16) else 4
-    return (4 * ht * block_k + block_b * block_k) * elem
+    return (4 * ht * (block_k + k_tail) + block_b * block_k) * elem
 
 
 def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, backward: bool = False) -> LSTMConfig:
@@ -140,10 +165,14 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     # 126 registers, no spills (tests/test_triton_sm90.py); N = HT per gate ≥ 16 for triton 3.6
     ht_dot = min(max(16, _pow2(-(-H // n_sm))), max(16, _pow2(H)))
     half = dtype in (torch.float16, torch.bfloat16)     # 16-bit operands (else tf32: 32-bit operands)
-    use_dot = tensor_cores and dot_shared_bytes(ht_dot, block_k, 16, dtype) <= DOT_SHARED_BUDGET
+    dot_k, dot_tail = k_pieces(H)
+    use_dot = tensor_cores and dot_shared_bytes(ht_dot, dot_k, 16, dtype, dot_tail) <= DOT_SHARED_BUDGET
+    k_tail = dot_tail if use_dot else 0
+    if use_dot:
+        block_k = dot_k
     ht = ht_dot if use_dot else min(max(4, _pow2(-(-H // n_sm))), _pow2(H))
     num_programs = -(-H // ht)
-    words = LSTMConfig(ht, block_k, 1, use_dot, precision, 4, num_programs).w_words(dtype)
+    words = LSTMConfig(ht, block_k, 1, use_dot, precision, 4, num_programs, k_tail=k_tail).w_words(dtype)
     # 4 warps while the weights take ≤ 128 registers per thread, else 8 (16 warps would cap every thread
     # at 128 registers in all and spill)
     num_warps = 4 if words <= 128 * 32 * 4 else 8
@@ -151,16 +180,16 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     if use_dot:
         # Chosen with the static profiler (python -m bench.static; modeled, not measured) and the sm_90
         # compile of every config with triton 3.6, the GPU machine's version (tests/test_triton_sm90.py):
-        # - 16-bit: 16-row tiles, 4 warps, K/128 chunks. B16 H768 fp16 forward 1.87 µs/step vs 2.50 at
-        #   8 warps (the activations run on every warp's copy of the reduced tile, so fewer warps issue
-        #   fewer instructions). 32-row tiles modeled faster at B64 but spilled 18-562 local accesses per
-        #   step inside the time loop with triton 3.6 (not with 3.9).
-        # - tf32 (32-bit operands): 16-row tiles, 8 warps, K/64 chunks (unsplit K = 128 spilled 16-32 bytes).
+        # - 16-bit: 16-row tiles, 4 warps. B16 H768 fp16 forward 1.87 µs/step vs 2.50 at 8 warps (the
+        #   activations run on every warp's copy of the reduced tile, so fewer warps issue fewer
+        #   instructions). 32-row tiles modeled faster at B64 but spilled 18-562 local accesses per step
+        #   inside the time loop with triton 3.6 (not with 3.9).
+        # - tf32 (32-bit operands): 16-row tiles, 8 warps (unsplit K = 128 spilled 16-32 bytes).
+        # - Both: K in chunks of 64, at most 8 (B16 H768 fp16 forward 1.46 -> 1.45 µs/step against chunks of
+        #   128; 16 chunks spilled at H = 1536).
         block_b = 16                                    # M ≥ 16 for tl.dot on triton 3.6
-        if half:
-            num_warps, k_split = 4, max(1, block_k // DOT_KC)
-        else:
-            num_warps, k_split = 8, min(8, max(1, block_k // (DOT_KC // 2)))
+        num_warps = 4 if half else 8
+        k_split = min(8, max(1, block_k // (DOT_KC // 2)))
     else:
         tiny = words <= 32 * 32 * 4                     # ≤ 32 weight registers per thread at 4 warps
         if tiny:
@@ -182,12 +211,13 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     # forward 4.51 -> 3.77 µs/step (one serial h load per step instead of two, half the per-tile work), B64
     # H768 fp16 3.80 -> 3.06; at 4 warps ptxas kept 1-7 values in local memory inside the time loop. The
     # backward's 32-row tiles spilled 174 accesses per step: it keeps 16-row tiles.
-    if use_dot and half and not backward and tiles_per_group % 2 == 0:
+    if (use_dot and half and not backward and tiles_per_group % 2 == 0
+            and dot_shared_bytes(ht, block_k, 32, dtype, k_tail) <= DOT_SHARED_BUDGET):
         block_b, num_warps, tiles_per_group = 32, 8, tiles_per_group // 2
     return LSTMConfig(ht=ht, block_k=block_k, block_b=block_b, use_dot=use_dot, precision=precision,
                       num_warps=num_warps, num_programs=num_programs * groups, k_split=k_split,
                       batch_groups=groups, group_rows=tiles_per_group * block_b if groups > 1 else 0,
-                      tagged_h=tagged_h())
+                      tagged_h=tagged_h(), k_tail=k_tail)
 
 
 def sm_count(device: torch.device) -> int:
@@ -203,9 +233,9 @@ def choose_config(*, B: int, H: int, dtype: torch.dtype, device: torch.device, b
 def fits_on_chip(cfg: LSTMConfig, dtype: torch.dtype) -> str | None:
     """Why the W_hh slice of ``cfg`` cannot stay on chip, or None."""
     if cfg.use_dot:
-        need = dot_shared_bytes(cfg.ht, cfg.block_k, cfg.block_b, dtype)
+        need = dot_shared_bytes(cfg.ht, cfg.block_k, cfg.block_b, dtype, cfg.k_tail)
         if need > DOT_SHARED_BUDGET:
-            return (f"the W_hh slice per program ({4 * cfg.ht} rows x {cfg.block_k}) and its operand tile need "
+            return (f"the W_hh slice per program ({4 * cfg.ht} rows x {cfg.k_total}) and its operand tile need "
                     f"{need} bytes of shared memory, over the budget of {DOT_SHARED_BUDGET}")
         return None
     words = cfg.w_words(dtype)

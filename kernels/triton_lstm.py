@@ -2,8 +2,8 @@
 
 Supports: one layer, one direction per call (reverse too), no projection (proj_size = 0), packed
 sequences (per-sequence ``lengths``, any order), float16, bfloat16 and float32 with tf32 on tensor cores
-(tl.dot), float32-ieee and float64 on CUDA cores (a register broadcast-multiply-sum). H ≤ 1024 (fp64:
-≤ 528) on a 132-SM H100: the whole W_hh must stay on chip, spread over the programs (``triton_config``
+(tl.dot), float32-ieee and float64 on CUDA cores (a register broadcast-multiply-sum). H ≤ 1536 in 16 bits,
+≤ 1024 in fp32, ≤ 528 in fp64, on a 132-SM H100: the whole W_hh must stay on chip, spread over the programs (``triton_config``
 has the rules and says the limit when a call does not fit).
 Tested on: the Triton CPU interpreter (TRITON_INTERPRET=1: one program, and every program of a grid at
 once through ``lstm_gpu.testing.concurrent_programs``) against lstm_gpu/reference.py in
@@ -25,9 +25,10 @@ and fp64 (DMMA) compiled with 248-4416 bytes of spills on sm_90 (triton 3.6) and
 
 Dimension legend
     T  time steps          B  batch            H  hidden units          G = 4H  gates (i, f, g, o)
-    HT hidden units per program (all four gates of them)       K  = BLOCK_K ≥ H, the reduction dim
+    HT hidden units per program (all four gates of them)       K  = BLOCK_K (+ K_TAIL) ≥ H, the reduction dim
     BB batch rows per tile (BLOCK_B)                            NP  programs in the grid = cdiv(H, HT)
     K_SPLIT chunks of K on the tl.dot path (independent accumulators, summed after the products)
+    K_TAIL  a second, smaller power-of-two piece of K after BLOCK_K (tl.dot; 0: none), in K_SPLIT chunks too
 
 The equations (PyTorch's gate order i, f, g, o; σ = sigmoid, ⊙ = elementwise):
 
@@ -57,7 +58,10 @@ group q only; the groups are independent recurrences, each with its own step cou
 
 Tensor cores (tl.dot path): the batch tile is padded to 16 (or 32) rows; the K = H reduction is split into
 K_SPLIT chunks held as a third tensor dimension, so each chunk is its own accumulator and the longest
-chain of dependent MMAs per step is K/K_SPLIT/16 (8 at H = 768 instead of 64), then the chunks are summed.
+chain of dependent MMAs per step is K/K_SPLIT/16 (a few instead of 48 at H = 768), then the chunks are
+summed. tl.arange needs powers of two, so K is a first power-of-two piece and, where that would pad more than
+a quarter, a smaller tail piece (768 = 512 + 256, 1536 = 1024 + 512): less shared memory and fewer MMAs on
+zeros, and H = 1536 fits on chip (one 2048 piece would not).
 The next step's gates_x (forward) and saved gates, cells and dy (backward) are loaded before the step
 synchronisation, so their DRAM latency hides behind the wait (single-tile launches).
 
@@ -103,25 +107,25 @@ def _tanh(x):
 
 
 @triton.jit
-def _row_offsets(o_row, m_row, H, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr):
-    """Offsets and mask of H consecutive elements of each row (the row starting at o_row), as [BB, K] or,
-    with K_SPLIT > 1, split along K as [K_SPLIT, BB, K/K_SPLIT] (the chunks become independent
-    tensor-core accumulators)."""
+def _row_offsets(o_row, m_row, H, K0, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr):
+    """Offsets and mask of the elements K0 … K0 + BLOCK_K - 1 (those < H) of each row (the row starting at
+    o_row), as [BB, K] or, with K_SPLIT > 1, split along K as [K_SPLIT, BB, K/K_SPLIT] (the chunks become
+    independent tensor-core accumulators)."""
     if K_SPLIT == 1:
-        o_k = tl.arange(0, BLOCK_K)[None, :]
+        o_k = K0 + tl.arange(0, BLOCK_K)[None, :]
         o_row, m_row = o_row[:, None], m_row[:, None]
     else:
         KC: tl.constexpr = BLOCK_K // K_SPLIT
-        o_k = tl.arange(0, K_SPLIT)[:, None, None] * KC + tl.arange(0, KC)[None, None, :]
+        o_k = K0 + tl.arange(0, K_SPLIT)[:, None, None] * KC + tl.arange(0, KC)[None, None, :]
         o_row, m_row = o_row[None, :, None], m_row[None, :, None]
     return o_row + o_k, m_row & (o_k < H)
 
 
 @triton.jit
-def _load_rows(p, o_row, m_row, H, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr):
-    """H consecutive elements of each row (see ``_row_offsets``). Data another program wrote: loaded
-    with .cg (L2, not a stale L1 line) after the step synchronisation."""
-    o, m = _row_offsets(o_row, m_row, H, BLOCK_K, K_SPLIT)
+def _load_rows(p, o_row, m_row, H, K0, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr):
+    """One piece of K of each row (see ``_row_offsets``). Data another program wrote: loaded with .cg
+    (L2, not a stale L1 line) after the step synchronisation."""
+    o, m = _row_offsets(o_row, m_row, H, K0, BLOCK_K, K_SPLIT)
     return tl.load(p + o, mask=m, other=0., cache_modifier=".cg")
 
 
@@ -168,15 +172,15 @@ def _late(w, word):
 
 
 @triton.jit
-def _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr,
+def _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, K0, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr,
             TAGGED: tl.constexpr, TIMEOUT: tl.constexpr):
-    """All of h generation g for the rows o_b, in the layout of ``_row_offsets``. Untagged: loaded after the
-    step synchronisation. Tagged: loaded, then reloaded until every word carries generation g (volatile
-    loads: the compiler keeps each one, and they go to L2). TIMEOUT > 0 (debug mode): give up after that
+    """One piece of K (K0 …) of h generation g for the rows o_b, in the layout of ``_row_offsets``.
+    Untagged: loaded after the step synchronisation. Tagged: loaded, then reloaded until every word
+    carries generation g (volatile loads: the compiler keeps each one, and they go to L2). TIMEOUT > 0 (debug mode): give up after that
     many polls and set the time-out flag *p_flag, as the step counter does."""
     p = p_hx + (g % 2) * B * H
     if TAGGED:
-        o, m = _row_offsets(o_b * H, m_b, H, BLOCK_K, K_SPLIT)
+        o, m = _row_offsets(o_b * H, m_b, H, K0, BLOCK_K, K_SPLIT)
         word = _tag_of(g) << 16                                     # what a word of generation g starts with
         w = tl.load(p + o, mask=m, other=word, volatile=True).to(tl.uint32, bitcast=True)   # masked: in time
         if TIMEOUT > 0:
@@ -193,28 +197,29 @@ def _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, BLOCK_K: tl.co
                 w = tl.load(p + o, mask=m, other=word, volatile=True).to(tl.uint32, bitcast=True)
         b_h = (w & 0xFFFF).to(tl.uint16).to(DTYPE, bitcast=True)
     else:
-        b_h = _load_rows(p, o_b * H, m_b, H, BLOCK_K, K_SPLIT)
+        b_h = _load_rows(p, o_b * H, m_b, H, K0, BLOCK_K, K_SPLIT)
     return b_h
 
 
 @triton.jit
-def _load_w_gate(p_w, gate, i_p, H, HT: tl.constexpr, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr,
+def _load_w_gate(p_w, gate, i_p, H, K0, HT: tl.constexpr, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr,
                  USE_DOT: tl.constexpr, ACC: tl.constexpr, BACKWARD: tl.constexpr):
-    """One gate's block of W_hh for this program's units u, to keep on chip for the whole launch:
-    forward the rows W[gate·H + u, k] (h · W_gateᵀ), backward the columns W[gate·H + k, u] (dz_gate · W_gate).
+    """One gate's block of W_hh for this program's units u and the piece k = K0 … K0 + BLOCK_K - 1 of K, to
+    keep on chip for the whole launch: forward the rows W[gate·H + u, k] (h · W_gateᵀ), backward the
+    columns W[gate·H + k, u] (dz_gate · W_gate).
     tl.dot: as [K_SPLIT, K/K_SPLIT, HT] (k, u) (or [K, HT] when K_SPLIT = 1) in the weights' dtype
     (16-bit stays 16-bit for the tensor cores). Broadcast path: as [HT, K] (u, k), upcast once to the
     accumulation dtype."""
     o_j = i_p * HT + tl.arange(0, HT)
     if USE_DOT and K_SPLIT > 1:
         KC: tl.constexpr = BLOCK_K // K_SPLIT
-        o_k = tl.arange(0, K_SPLIT)[:, None, None] * KC + tl.arange(0, KC)[None, :, None]
+        o_k = K0 + tl.arange(0, K_SPLIT)[:, None, None] * KC + tl.arange(0, KC)[None, :, None]
         o_u = o_j[None, None, :]
     elif USE_DOT:
-        o_k = tl.arange(0, BLOCK_K)[:, None]
+        o_k = K0 + tl.arange(0, BLOCK_K)[:, None]
         o_u = o_j[None, :]
     else:
-        o_k = tl.arange(0, BLOCK_K)[None, :]
+        o_k = K0 + tl.arange(0, BLOCK_K)[None, :]
         o_u = o_j[:, None]
     if BACKWARD:
         o_w = (gate * H + o_k) * H + o_u
@@ -225,15 +230,39 @@ def _load_w_gate(p_w, gate, i_p, H, HT: tl.constexpr, BLOCK_K: tl.constexpr, K_S
 
 
 @triton.jit
+def _dot(b_a, b_w, PRECISION: tl.constexpr):
+    """a · w on the tensor cores, fp32 accumulation; with K in chunks ([K_SPLIT, BB, K/K_SPLIT] ·
+    [K_SPLIT, K/K_SPLIT, HT]) one independent accumulator per chunk: [K_SPLIT, BB, HT]."""
+    return tl.dot(b_a.to(b_w.dtype), b_w, input_precision=PRECISION, out_dtype=tl.float32)
+
+
+@triton.jit
+def _chunk_sum(b_z):
+    """The per-chunk products of ``_dot`` summed over the chunks: [BB, HT]."""
+    return tl.sum(b_z, 0) if len(b_z.shape) == 3 else b_z
+
+
+@triton.jit
 def _hw(b_h, b_w, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     """h · W_gateᵀ for one gate: [BB, HT]. tl.dot: one tensor-core product per K chunk (independent
     accumulators, so the chain of dependent MMAs is K/K_SPLIT/16 long, not K/16), summed over the chunks.
     Broadcast path: a register multiply and a sum along K (fp64, fp32-ieee, tiny slices)."""
     if USE_DOT:
-        b_z = tl.dot(b_h.to(b_w.dtype), b_w, input_precision=PRECISION, out_dtype=tl.float32)
-        return tl.sum(b_z, 0) if len(b_z.shape) == 3 else b_z
+        return _chunk_sum(_dot(b_h, b_w, PRECISION))
     else:
         return tl.sum(b_h.to(b_w.dtype)[:, None, :] * b_w[None, :, :], 2)
+
+
+@triton.jit
+def _hw2(b_h, b_w, b_ht, b_wt, K_TAIL: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """h · W_gateᵀ over all of K: the first piece (b_h, b_w) and, K_TAIL > 0 (tl.dot only), the tail piece
+    (b_ht, b_wt). The tail is cut in as many chunks as the first piece, so its products add into the same
+    per-chunk accumulators and one sum over the chunks serves both (a second sum cost 64 shuffles and 280
+    instructions per step per warp at B16 H768 fp16, sm_90, triton 3.6)."""
+    if K_TAIL > 0:
+        return _chunk_sum(_dot(b_h, b_w, PRECISION) + _dot(b_ht, b_wt, PRECISION))
+    else:
+        return _hw(b_h, b_w, USE_DOT, PRECISION)
 
 
 @triton.jit
@@ -265,12 +294,14 @@ def _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT: tl.constexpr, BLOCK_B: tl.con
 
 
 @triton.jit
-def _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_h, b_wi, b_wf, b_wg, b_wo, b_xi, b_xf, b_xg, b_xo, b_c, b_hc,
-              s, t, i_p, r0, b_end, B, H, SAVE: tl.constexpr, HT: tl.constexpr, BLOCK_B: tl.constexpr,
-              USE_DOT: tl.constexpr, PRECISION: tl.constexpr, TAGGED: tl.constexpr):
-    """Step s (time t) for one batch tile, given h_{t-1} (b_h: all of generation s for its rows), gates_x[t]
-    (b_x*), its rows' lengths and its carried c and h (b_hc: this program's units of generation s):
-    returns the new c (accumulation dtype) and the new carried h, which it publishes as generation s + 1."""
+def _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_h, b_wi, b_wf, b_wg, b_wo, b_ht, b_ti, b_tf, b_tg, b_to,
+              b_xi, b_xf, b_xg, b_xo, b_c, b_hc, s, t, i_p, r0, b_end, B, H, SAVE: tl.constexpr, HT: tl.constexpr,
+              BLOCK_B: tl.constexpr, K_TAIL: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+              TAGGED: tl.constexpr):
+    """Step s (time t) for one batch tile, given h_{t-1} (b_h: all of generation s for its rows, or its first
+    piece of K, b_ht the tail piece), gates_x[t] (b_x*), its rows' lengths and its carried c and h (b_hc: this
+    program's units of generation s): returns the new c (accumulation dtype) and the new carried h, which
+    it publishes as generation s + 1."""
     ACC = b_c.dtype
     o_b = r0 + tl.arange(0, BLOCK_B)                   # batch rows of this tile
     m_b = o_b < b_end
@@ -280,10 +311,10 @@ def _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_h, b_wi, b_wf, b_wg, b_wo, b
     b_alive = (t < b_len)[:, None]                                  # [BB, 1]
 
     # z_t = gates_x[t] + h_{t-1} · W_hhᵀ, gate by gate, for this program's units
-    b_zi = b_xi + _hw(b_h, b_wi, USE_DOT, PRECISION).to(ACC)
-    b_zf = b_xf + _hw(b_h, b_wf, USE_DOT, PRECISION).to(ACC)
-    b_zg = b_xg + _hw(b_h, b_wg, USE_DOT, PRECISION).to(ACC)
-    b_zo = b_xo + _hw(b_h, b_wo, USE_DOT, PRECISION).to(ACC)
+    b_zi = b_xi + _hw2(b_h, b_wi, b_ht, b_ti, K_TAIL, USE_DOT, PRECISION).to(ACC)
+    b_zf = b_xf + _hw2(b_h, b_wf, b_ht, b_tf, K_TAIL, USE_DOT, PRECISION).to(ACC)
+    b_zg = b_xg + _hw2(b_h, b_wg, b_ht, b_tg, K_TAIL, USE_DOT, PRECISION).to(ACC)
+    b_zo = b_xo + _hw2(b_h, b_wo, b_ht, b_to, K_TAIL, USE_DOT, PRECISION).to(ACC)
 
     b_i, b_f, b_g, b_o = _sigmoid(b_zi), _sigmoid(b_zf), _tanh(b_zg), _sigmoid(b_zo)
     b_c_new = b_f * b_c + b_i * b_g                                 # c_t = f ⊙ c_{t-1} + i ⊙ g
@@ -329,6 +360,7 @@ def _lstm_fwd_kernel(
     REVERSE: tl.constexpr, SAVE: tl.constexpr,
     HT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, ONE_TILE: tl.constexpr,
     K_SPLIT: tl.constexpr,       # tl.dot: K chunks, each an independent accumulator
+    K_TAIL: tl.constexpr,        # tl.dot: a second, smaller piece of K after BLOCK_K (0: none), in K_SPLIT chunks too
     GROUPED: tl.constexpr,       # more than one batch group (program_id(1) > 0 exists)
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
     TAGGED: tl.constexpr,        # h exchanged with its generation (16-bit h): no step counter
@@ -343,10 +375,17 @@ def _lstm_fwd_kernel(
     KS: tl.constexpr = K_SPLIT if USE_DOT else 1                    # h in K chunks for the tensor cores
 
     # This program's rows of W_hh, gate by gate, loaded ONCE and kept on chip for all T steps.
-    b_wi = _load_w_gate(p_w, 0, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
-    b_wf = _load_w_gate(p_w, 1, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
-    b_wg = _load_w_gate(p_w, 2, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
-    b_wo = _load_w_gate(p_w, 3, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
+    b_wi = _load_w_gate(p_w, 0, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
+    b_wf = _load_w_gate(p_w, 1, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
+    b_wg = _load_w_gate(p_w, 2, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
+    b_wo = _load_w_gate(p_w, 3, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
+    if K_TAIL > 0:      # K beyond BLOCK_K, a smaller piece: H = 1536 as 1024 + 512 fits on chip, 2048 would not
+        b_ti = _load_w_gate(p_w, 0, i_p, H, BLOCK_K, HT, K_TAIL, K_SPLIT, USE_DOT, ACC, False)
+        b_tf = _load_w_gate(p_w, 1, i_p, H, BLOCK_K, HT, K_TAIL, K_SPLIT, USE_DOT, ACC, False)
+        b_tg = _load_w_gate(p_w, 2, i_p, H, BLOCK_K, HT, K_TAIL, K_SPLIT, USE_DOT, ACC, False)
+        b_to = _load_w_gate(p_w, 3, i_p, H, BLOCK_K, HT, K_TAIL, K_SPLIT, USE_DOT, ACC, False)
+    else:               # no tail: placeholders, never read
+        b_ti, b_tf, b_tg, b_to = b_wi, b_wf, b_wg, b_wo
 
     o_j = i_p * HT + tl.arange(0, HT)
     m_j = o_j < H
@@ -361,10 +400,14 @@ def _lstm_fwd_kernel(
         b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, T - 1 if REVERSE else 0, T, i_p, row0, b_end, B, H, HT, BLOCK_B, ACC)
         for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above the wait
             t = T - 1 - s if REVERSE else s
-            b_h = _read_h(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, BLOCK_K, KS, TAGGED, TIMEOUT)
-            b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_h, b_wi, b_wf, b_wg, b_wo, b_xi, b_xf, b_xg,
-                                  b_xo, b_c, b_hc, s, t, i_p, row0, b_end, B, H, SAVE, HT, BLOCK_B, USE_DOT, PRECISION,
-                                  TAGGED)
+            b_h = _read_h(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, 0, BLOCK_K, KS, TAGGED, TIMEOUT)
+            b_ht = b_h
+            if K_TAIL > 0:
+                b_ht = _read_h(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, BLOCK_K, K_TAIL, KS, TAGGED,
+                               TIMEOUT)
+            b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_h, b_wi, b_wf, b_wg, b_wo, b_ht, b_ti, b_tf,
+                                  b_tg, b_to, b_xi, b_xf, b_xg, b_xo, b_c, b_hc, s, t, i_p, row0, b_end, B, H, SAVE,
+                                  HT, BLOCK_B, K_TAIL, USE_DOT, PRECISION, TAGGED)
             b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t - 1 if REVERSE else t + 1, T, i_p, row0, b_end, B, H, HT,
                                               BLOCK_B, ACC)         # the next step's, before the wait
             if not TAGGED:
@@ -391,10 +434,14 @@ def _lstm_fwd_kernel(
                 b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)
                 r0 = row0 + i_bt * BLOCK_B
                 b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT, BLOCK_B, ACC)
-                b_h = _read_h(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, BLOCK_K, KS, TAGGED, TIMEOUT)
-                b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_h, b_wi, b_wf, b_wg, b_wo, b_xi, b_xf,
-                                      b_xg, b_xo, b_c, b_hc, s, t, i_p, r0, b_end, B, H, SAVE, HT, BLOCK_B, USE_DOT,
-                                      PRECISION, TAGGED)
+                b_h = _read_h(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, 0, BLOCK_K, KS, TAGGED, TIMEOUT)
+                b_ht = b_h
+                if K_TAIL > 0:
+                    b_ht = _read_h(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, BLOCK_K, K_TAIL, KS,
+                                   TAGGED, TIMEOUT)
+                b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_h, b_wi, b_wf, b_wg, b_wo, b_ht, b_ti,
+                                      b_tf, b_tg, b_to, b_xi, b_xf, b_xg, b_xo, b_c, b_hc, s, t, i_p, r0, b_end, B, H,
+                                      SAVE, HT, BLOCK_B, K_TAIL, USE_DOT, PRECISION, TAGGED)
                 tl.store(p_cs + o_bj, b_c, mask=m_bj)
                 tl.store(p_hs + o_bj, b_hc, mask=m_bj)
             if not TAGGED:
@@ -471,18 +518,35 @@ def _bwd_tile_dz(b_len, p_dgates, p_zx, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_
 
 
 @triton.jit
-def _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, r0, b_end, B, H, BLOCK_K: tl.constexpr,
-                 BLOCK_B: tl.constexpr, K_SPLIT: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+def _dz_w(p_zg, o_z, m_b, H, b_w, b_wt, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr, K_TAIL: tl.constexpr,
+          USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """dz_gate · W_gate[:, own units] over all of K (p_zg: the gate's columns of dz_t), K in its pieces as
+    forward (the tail's products added chunk by chunk, one sum): [BB, HT]."""
+    b_z = _load_rows(p_zg, o_z, m_b, H, 0, BLOCK_K, K_SPLIT)
+    if K_TAIL > 0:
+        b_z = _dot(b_z, b_w, PRECISION)
+        # the tail's dz loaded only after the first piece's product, so its staging in shared memory reuses
+        # that piece's (loaded beside it: 48 instead of 32 KB at H = 1536, 240 KB in all, over the limit)
+        b_z += _dot(_load_rows(p_zg, o_z, m_b, H, BLOCK_K, K_TAIL, K_SPLIT), b_wt, PRECISION)
+        return _chunk_sum(b_z)
+    else:
+        return _hw(b_z, b_w, USE_DOT, PRECISION)
+
+
+@triton.jit
+def _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_ti, b_tf, b_tg, b_to, b_dh, t, r0, b_end, B, H,
+                 BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, K_SPLIT: tl.constexpr, K_TAIL: tl.constexpr,
+                 USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     """Backward step t, part 2 (after the step synchronisation): dh ← Σ_gates dz_gate · W_gate[:, own units],
     reading all of dz_t (p_z: its [B, 4H] matrix, written by every program); returns dh."""
     o_b = r0 + tl.arange(0, BLOCK_B)
     m_b = o_b < b_end
     o_z = o_b * (4 * H)                                             # row b of dz_t: [i | f | g | o]
     KS: tl.constexpr = K_SPLIT if USE_DOT else 1
-    b_new = _hw(_load_rows(p_z, o_z, m_b, H, BLOCK_K, KS), b_wi, USE_DOT, PRECISION)
-    b_new += _hw(_load_rows(p_z + H, o_z, m_b, H, BLOCK_K, KS), b_wf, USE_DOT, PRECISION)
-    b_new += _hw(_load_rows(p_z + 2 * H, o_z, m_b, H, BLOCK_K, KS), b_wg, USE_DOT, PRECISION)
-    b_new += _hw(_load_rows(p_z + 3 * H, o_z, m_b, H, BLOCK_K, KS), b_wo, USE_DOT, PRECISION)
+    b_new = _dz_w(p_z, o_z, m_b, H, b_wi, b_ti, BLOCK_K, KS, K_TAIL, USE_DOT, PRECISION)
+    b_new += _dz_w(p_z + H, o_z, m_b, H, b_wf, b_tf, BLOCK_K, KS, K_TAIL, USE_DOT, PRECISION)
+    b_new += _dz_w(p_z + 2 * H, o_z, m_b, H, b_wg, b_tg, BLOCK_K, KS, K_TAIL, USE_DOT, PRECISION)
+    b_new += _dz_w(p_z + 3 * H, o_z, m_b, H, b_wo, b_to, BLOCK_K, KS, K_TAIL, USE_DOT, PRECISION)
     return tl.where((t < b_len)[:, None], b_new.to(b_dh.dtype), b_dh)   # frozen rows pass dh through
 
 
@@ -512,6 +576,7 @@ def _lstm_bwd_kernel(
     REVERSE: tl.constexpr,
     HT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, ONE_TILE: tl.constexpr,
     K_SPLIT: tl.constexpr,       # tl.dot: K chunks, each an independent accumulator
+    K_TAIL: tl.constexpr,        # tl.dot: a second, smaller piece of K after BLOCK_K (0: none), in K_SPLIT chunks too
     GROUPED: tl.constexpr,       # more than one batch group (program_id(1) > 0 exists)
     LOW_EXCHANGE: tl.constexpr,  # exchange dz in the 16-bit input dtype (tensor-core path)
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
@@ -524,10 +589,17 @@ def _lstm_bwd_kernel(
     num_bt = tl.cdiv(b_end - row0, BLOCK_B)
 
     # The columns W_hh[:, own units], gate by gate, loaded ONCE and kept on chip for all T steps.
-    b_wi = _load_w_gate(p_w, 0, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, True)
-    b_wf = _load_w_gate(p_w, 1, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, True)
-    b_wg = _load_w_gate(p_w, 2, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, True)
-    b_wo = _load_w_gate(p_w, 3, i_p, H, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, True)
+    b_wi = _load_w_gate(p_w, 0, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, True)
+    b_wf = _load_w_gate(p_w, 1, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, True)
+    b_wg = _load_w_gate(p_w, 2, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, True)
+    b_wo = _load_w_gate(p_w, 3, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, True)
+    if K_TAIL > 0:      # K beyond BLOCK_K, a smaller piece (as forward)
+        b_ti = _load_w_gate(p_w, 0, i_p, H, BLOCK_K, HT, K_TAIL, K_SPLIT, USE_DOT, ACC, True)
+        b_tf = _load_w_gate(p_w, 1, i_p, H, BLOCK_K, HT, K_TAIL, K_SPLIT, USE_DOT, ACC, True)
+        b_tg = _load_w_gate(p_w, 2, i_p, H, BLOCK_K, HT, K_TAIL, K_SPLIT, USE_DOT, ACC, True)
+        b_to = _load_w_gate(p_w, 3, i_p, H, BLOCK_K, HT, K_TAIL, K_SPLIT, USE_DOT, ACC, True)
+    else:               # no tail: placeholders, never read
+        b_ti, b_tf, b_tg, b_to = b_wi, b_wf, b_wg, b_wo
     o_j = i_p * HT + tl.arange(0, HT)
     m_j = o_j < H
 
@@ -549,8 +621,8 @@ def _lstm_bwd_kernel(
                 p_dy, p_gates, p_cells, p_c0, t + 1 if REVERSE else t - 1, T, i_p, row0, b_end, B, H, REVERSE, HT,
                 BLOCK_B, ACC)
             step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
-            b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, row0, b_end, B, H, BLOCK_K, BLOCK_B,
-                                K_SPLIT, USE_DOT, PRECISION)
+            b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_ti, b_tf, b_tg, b_to, b_dh, t, row0, b_end, B, H,
+                                BLOCK_K, BLOCK_B, K_SPLIT, K_TAIL, USE_DOT, PRECISION)
         tl.store(p_dh0 + o_bj, b_dh, mask=m_bj)
         tl.store(p_dc0 + o_bj, b_dc, mask=m_bj)
     else:                                                           # dh, dc live in scratch slices
@@ -584,8 +656,9 @@ def _lstm_bwd_kernel(
                 o_bj = o_b[:, None] * H + o_j[None, :]
                 b_dh = tl.load(p_dhs + o_bj, mask=m_bj, other=0.)
                 b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)
-                b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_dh, t, row0 + i_bt * BLOCK_B, b_end, B, H,
-                                    BLOCK_K, BLOCK_B, K_SPLIT, USE_DOT, PRECISION)
+                b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_ti, b_tf, b_tg, b_to, b_dh, t,
+                                    row0 + i_bt * BLOCK_B, b_end, B, H, BLOCK_K, BLOCK_B, K_SPLIT, K_TAIL, USE_DOT,
+                                    PRECISION)
                 tl.store(p_dhs + o_bj, b_dh, mask=m_bj)
         tl.debug_barrier()
         for i_bt in range(num_bt):
@@ -668,7 +741,8 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
             gates_x, h0, c0, w_hh, lens, y, h_n, c_n, gates, cells, h_exchange, c_scratch, h_scratch, bar,
             T, B, H, rows,
             REVERSE=bool(reverse), SAVE=bool(save), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b,
-            ONE_TILE=one_tile, K_SPLIT=cfg.k_split, GROUPED=grid[1] > 1, USE_DOT=cfg.use_dot,
+            ONE_TILE=one_tile, K_SPLIT=cfg.k_split, K_TAIL=cfg.k_tail,
+            GROUPED=grid[1] > 1, USE_DOT=cfg.use_dot,
             PRECISION=cfg.precision, TAGGED=tagged, NUM_PROGRAMS=grid[0], ACC=_TL_ACC[acc], TIMEOUT=timeout,
             **_launch_options(cfg, device))
     if timeout:
@@ -703,7 +777,8 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
             dy, dh_n, dc_n, gates, cells, c0, w_hh, lens, dgates, dh0, dc0, dh_scratch, dc_scratch, dz_exchange,
             bar, T, B, H, rows,
             REVERSE=bool(reverse), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b, ONE_TILE=one_tile,
-            K_SPLIT=cfg.k_split, GROUPED=grid[1] > 1, LOW_EXCHANGE=low_exchange, USE_DOT=cfg.use_dot,
+            K_SPLIT=cfg.k_split, K_TAIL=cfg.k_tail, GROUPED=grid[1] > 1,
+            LOW_EXCHANGE=low_exchange, USE_DOT=cfg.use_dot,
             PRECISION=cfg.precision, NUM_PROGRAMS=grid[0], ACC=_TL_ACC[acc], TIMEOUT=timeout,
             **_launch_options(cfg, device))
     if timeout:

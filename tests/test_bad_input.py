@@ -125,6 +125,7 @@ def test_explicit_triton_names_the_hidden_size_limit_of_the_targeted_device(monk
         lstm_gpu.select_backend("triton", hidden_size=2000, **on_gpu)
     assert lstm_gpu.select_backend("triton", hidden_size=1024, **on_gpu) == "triton"
     assert lstm_gpu.backends.hidden_size_limit("triton", device="cuda", dtype=torch.float64) == 528
+    assert lstm_gpu.backends.hidden_size_limit("triton", device="cuda", dtype=torch.bfloat16) == 1536
     gpu.multi_processor_count = 46
     with pytest.raises(ValueError, match=r"46 SMs\) backend='triton' runs hidden_size <= 512 for torch.float32$"):
         lstm_gpu.select_backend("triton", hidden_size=1024, **on_gpu)

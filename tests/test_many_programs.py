@@ -55,7 +55,8 @@ def triton_h(n, B, dtype, start=2, k_split=1):
     """The smallest H ≥ start for which the triton grid under concurrent_programs(n) is n programs with
     the last tile partly masked (H not a multiple of HT) and the reduction in at least ``k_split`` chunks.
     Today (HT ≥ 4 broadcast, ≥ 16 tl.dot): broadcast n = 2, 3, 4, 8 → H = 5, 9, 13, 29; tl.dot → 17, 33,
-    49, 113; fp16 in two K chunks (K = 256), n = 3 → H = 129."""
+    49, 113 (33 and 49: K as 32 + a 16 tail); fp16 in two K chunks, n = 3 → H = 129 (K as 128 + a 32 tail,
+    each in two chunks of 64 and 16)."""
     for H in range(start, 1025):
         cfg = triton_config.gpu_config(B=B, H=H, dtype=dtype, n_sm=n)
         if cfg.num_programs == n and H % cfg.ht and getattr(cfg, "k_split", 1) >= k_split:
@@ -154,6 +155,7 @@ TRITON_SLOW = [
     (4, torch.float32, True, 2, False, 2),
     (4, torch.float32, False, 2, True, 1),
     (8, torch.float16, True, 9, False, 1),
+    (3, torch.float16, True, 5, False, 2),      # K as 128 + a 32 tail, two chunks each, the tail mostly masked
     (8, torch.float32, False, 3, False, 1),
 ]
 

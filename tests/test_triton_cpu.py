@@ -17,7 +17,7 @@ from lstm_gpu import reference
 from lstm_gpu.backends import select_backend, unsupported_reason
 from lstm_gpu.kernels import host, triton_config, triton_lstm
 from lstm_gpu.kernels.triton_barrier import grid_barrier
-from lstm_gpu.kernels.triton_config import interpreter_config
+from lstm_gpu.kernels.triton_config import dot_shared_bytes, gpu_config, interpreter_config, k_pieces
 from helpers import packed_bidirectional_vs_torch
 
 pytestmark = pytest.mark.skipif(not host.cpu_emulation("triton"), reason="needs TRITON_INTERPRET=1 (no GPU)")
@@ -93,8 +93,11 @@ def test_several_batch_tiles(reverse):
 @pytest.mark.parametrize("k_split", [2, 4])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_k_split_dot(dtype, k_split, reverse):
-    """tl.dot with K in chunks (independent accumulators summed after the products), as the GPU configs
-    run it: H = 40 pads K to 64, so the last chunk is partly masked; unsorted lengths."""
+    """tl.dot with K in chunks (independent accumulators summed after the products) and in two pieces, as
+    the GPU configs run it: H = 40 is K = 32 + a tail piece of 16, its last 8 masked, each piece in k_split
+    chunks; unsorted lengths."""
+    cfg = interpreter_config(B=3, H=40, dtype=dtype, use_dot=True)
+    assert (cfg.block_k, cfg.k_tail) == (32, 16)
     out, ref, grads, ref_grads = run_both(5, 3, 40, dtype, True, [2, 5, 4], reverse, k_split=k_split)
     tol, gtol = TOL[dtype]
     for name, got, want in zip(["y", "h_n", "c_n", "gates", "cells"], out, ref):
@@ -103,12 +106,13 @@ def test_k_split_dot(dtype, k_split, reverse):
         assert_close(got, want, gtol, name)
 
 
-@pytest.mark.parametrize("B", [1, 3, 16], ids=str)
+@pytest.mark.parametrize("B,H", [(1, 20), (3, 20), (16, 20), (3, 40)], ids=str)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_tagged_h_exchange(B, reverse):
+def test_tagged_h_exchange(B, H, reverse):
     """fp16 on tensor cores with h exchanged in words tagged with its generation (``tagged_h``, no step
-    counter): every output and gradient vs the reference, unsorted lengths, given h0/c0."""
-    T, H = 5, 20
+    counter): every output and gradient vs the reference, unsorted lengths, given h0/c0; H = 40 reads h in
+    two pieces of K (32 + 16), each polled for its generation."""
+    T = 5
     lengths = ([3, 5, 1, 4, 2] * 4)[:B] if B > 1 else [4]
     gx, h0, c0, w, (dy, dhn, dcn) = make_inputs(T, B, H, torch.float16)
     lens = torch.tensor(lengths)
@@ -257,3 +261,18 @@ def test_module_vs_torch_lstm_bidirectional_packed(dtype):
     """lstm_gpu.LSTM(backend="triton") vs torch.nn.LSTM: 2 layers, bidirectional, unsorted packed input."""
     packed_bidirectional_vs_torch("triton", T=5, B=3, I=4, H=6, lengths=torch.tensor([3, 5, 2]), dtype=dtype,
                                   tol=1e-10 if dtype == torch.float64 else 2e-5)
+
+def test_k_pieces_cover_h_with_little_padding():
+    """K on the tl.dot path: a power of two, or a power of two and a smaller power-of-two tail (at least a
+    quarter of it, so each of its ≤ 8 chunks keeps tl.dot's K ≥ 16), covering H; never more padding than one
+    power of two would have. H = 1536 in 16 bits then fits on an H100 (96 programs, 224 KB)."""
+    assert [k_pieces(H) for H in (20, 40, 768, 1024, 1100, 1536)] == [
+        (32, 0), (32, 16), (512, 256), (1024, 0), (1024, 256), (1024, 512)]
+    for H in range(1, 4097):
+        k, tail = k_pieces(H)
+        one = max(16, 1 << (H - 1).bit_length())
+        assert k & (k - 1) == 0 and tail & (tail - 1) == 0 and H <= k + tail <= one, (H, k, tail)
+        assert tail == 0 or (k // 4 <= tail < k and tail >= 16), (H, k, tail)
+    cfg = gpu_config(B=16, H=1536, dtype=torch.bfloat16, n_sm=132)
+    assert (cfg.use_dot, cfg.block_k, cfg.k_tail, cfg.num_programs) == (True, 1024, 512, 96)
+    assert dot_shared_bytes(cfg.ht, cfg.block_k, cfg.block_b, torch.bfloat16, cfg.k_tail) == 224 * 1024

@@ -1,7 +1,7 @@
 """The Triton LSTM on a real GPU (marker ``gpu``: ``pytest -m gpu``; skipped without CUDA).
 
 Many-program runs (the grid barrier for real) vs the float64 reference and vs PyTorch's own LSTM in the
-same dtype, for H in {256, 512, 1024}, B in {1, 8, 64}, T in {1, 257, 2048}, every dtype the dispatcher
+same dtype, for H in {256, 512, 1024, 1536}, B in {1, 8, 64}, T in {1, 257, 2048}, every dtype the dispatcher
 accepts; forward and backward. Low precision (and fp32): our error vs the float64 reference must be at most
 2x the error PyTorch's own LSTM (cuDNN) makes in that dtype (3x for gradients), plus a small floor.
 Also: the contract tensors (gates, cells, dgates) with lengths and reverse, 1000 back-to-back launches
@@ -65,7 +65,7 @@ def max_err(a, b):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
 @pytest.mark.parametrize("T", [1, 257, 2048])
 @pytest.mark.parametrize("B", [1, 8, 64])
-@pytest.mark.parametrize("H", [256, 512, 1024])
+@pytest.mark.parametrize("H", [256, 512, 1024, 1536])     # 1536: 16-bit only, K as 1024 + 512
 def test_vs_reference_and_torch(H, B, T, dtype):
     why = triton_lstm.unsupported(device=torch.device(DEV), dtype=dtype, hidden_size=H, proj_size=0, batch=B)
     if why:

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(not (os.path.exists(CUOBJDUMP) or shutil.which("
                                 reason="cuobjdump (shipped in the triton wheel) is missing")
 pytestmark = [pytestmark, pytest.mark.slow]     # a module fixture compiles every config for sm_90 (~77 s)
 
-HS = [64, 128, 256, 512, 768, 1024, 1536, 2048]
+HS = [64, 128, 256, 512, 768, 1024, 1280, 1536, 2048]      # 768, 1280, 1536: K in two pieces on the tl.dot path
 BS = [1, 2, 4, 8, 16, 64, 256]
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 N_SM = 132
@@ -115,9 +115,11 @@ def compiled():
 
 
 def test_dispatcher_supports_what_fits(compiled):
-    """The dispatcher refuses only what cannot fit: H ≥ 1536 (any dtype) and fp64 from H = 768."""
+    """The dispatcher refuses only what cannot fit: H > 1536 (any dtype), fp32 from H = 1280 (32-bit weights:
+    in registers, H ≤ 1024), fp64 from H = 768. 16-bit H = 1536 fits: K as 1024 + 512, 224 KB of shared memory."""
     jobs, refused, _ = compiled
-    expected = {(H, str(d)) for d in DTYPES for H in HS if H >= 1536 or (d == torch.float64 and H >= 768)}
+    expected = {(H, str(d)) for d in DTYPES for H in HS
+                if H > 1536 or (d == torch.float32 and H > 1024) or (d == torch.float64 and H >= 768)}
     assert refused == expected
 
 
