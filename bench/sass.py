@@ -182,10 +182,11 @@ def load_phases(body: list[Instr], sync_at: int, poll_end: int) -> list[str]:
     return phases
 
 
-def read_step(code: list[Instr], inner_trips: int = 1) -> Step:
-    """One step of the time loop. ``inner_trips``: how often the loops nested inside it (other than the
-    poll) run per step, e.g. the number of batch tiles; their instructions and bytes count that often."""
-    lo, hi = time_loop(code)
+def read_step(code: list[Instr], inner_trips: int = 1, loop: tuple[int, int] | None = None) -> Step:
+    """One step of the time loop (or of ``loop``, (first, last) address). ``inner_trips``: how often the loops
+    nested inside it (other than the poll) run per step, e.g. the number of batch tiles; their instructions and
+    bytes count that often."""
+    lo, hi = loop or time_loop(code)
     body = [i for i in code if lo <= i.addr <= hi]
     inner = [(a, b) for a, b in loops(body) if (a, b) != (lo, hi)]
     polls = [(a, b) for a, b in inner if any(_is_sync_atomic(i) for i in body if a <= i.addr <= b)

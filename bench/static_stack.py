@@ -15,13 +15,18 @@ reads the forward's time loop in the SASS (bench/sass.py), models one step with 
 multiplies by the steps of the schedule:
 
     unidirectional   T + L - 1 steps (the wavefront: layer l runs step t - l)
-    bidirectional    L·T steps (both directions of a layer side by side, the layers one after another)
+    bidirectional    L·T steps (both directions of a layer side by side, the layers one after another); a layer
+                     ≥ 1 projects its input (x_t·W_ihᵀ, two t per iteration) while the layer below runs its
+                     last T - T//2 steps, so each of those steps costs max(the step with the projection's L2
+                     bytes added, a projection iteration)
     per layer today  L·D·T steps of the single-layer kernel (bench/static.py's inference forward row), one
                      direction after the other
 
-The loop of the stack kernel is [wait][load h, x][compute][store, prefetch][arrive], so its serial load rounds
+The loop of the stack kernel is [wait][load h, x][compute][store][arrive][prefetch], so its serial load rounds
 are read between the poll loop's end and the arrival (after the wait) and before the poll (anything consumed
-there waits before the wait), not around the arrival as for the single-layer loop.
+there waits before the wait), not around the arrival as for the single-layer loop. A round issued and consumed
+after the arrival (the next step's gates_x) runs during the synchronisation's poll round trip: only what it
+takes beyond an L2 round trip counts.
 """
 from __future__ import annotations
 
@@ -64,6 +69,8 @@ class StackRow:
     load_phases: str
     grid_bytes: int
     step_us: float
+    projection_us: float        # bidirectional: one iteration of a layer ≥ 1's input projection (0: none)
+    projection_bytes: int       # its L2 bytes, all programs of the layer
     steps: int
     stack_us: float
     per_layer_step_us: float
@@ -99,31 +106,56 @@ def capture(direction: str, *, B: int, H: int, T: int, L: int, D: int, dtype: to
     return cfg, launch
 
 
-def read_step(code: list) -> sass.Step:
-    """bench/sass.py's reading of the time loop, with the load rounds placed for the stack's loop shape (see the
-    module docstring)."""
-    step = sass.read_step(code)
-    lo, hi = sass.time_loop(code)
+def outer_loops(code: list) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """(the time loop, the input projection's loop or None): the time loop is the outermost loop around the
+    arrival (a REDG); the projection's (bidirectional stacks, layers ≥ 1) the outermost other loop that polls."""
+    outer = [(a, b) for a, b in sass.loops(code) if not any(c <= a and b <= d and (c, d) != (a, b)
+                                                          for c, d in sass.loops(code))]
+    has = lambda lo, hi, op: any(i.op == op for i in code if lo <= i.addr <= hi)   # noqa: E731
+    (main,) = [lp for lp in outer if has(*lp, "REDG")]
+    pre = [lp for lp in outer if lp != main and has(*lp, "ATOMG")]
+    return main, (pre[0] if pre else None)
+
+
+def read_step(code: list, loop: tuple[int, int] | None = None) -> sass.Step:
+    """bench/sass.py's reading of a loop (default: the time loop), with the load rounds placed for the stack's
+    loop shape (see the module docstring)."""
+    lo, hi = loop or outer_loops(code)[0]
+    step = sass.read_step(code, loop=(lo, hi))
     body = [i for i in code if lo <= i.addr <= hi]
     polls = [(a, b) for a, b in sass.loops(body) if (a, b) != (lo, hi)
              and any(i.op == "ATOMG" for i in body if a <= i.addr <= b)]
     if len(polls) != 1:
         raise ValueError(f"expected one poll loop in the stack's time loop, found {len(polls)}")
+    arrival = [i.addr for i in body if i.op == "REDG"]
+    if arrival:                                     # the time loop: rounds after the arrival overlap the poll
+        body = [i for i in body if i.addr <= arrival[0]]
     step.load_phases = sass.load_phases(body, polls[0][0], polls[0][1])
     return step
 
 
+def exposed_after_arrival(code: list, loop: tuple[int, int]) -> float:
+    """µs of the rounds of loads a step issues and waits for after its arrival, beyond the L2 round trip of the
+    poll they run beside."""
+    lo, hi = loop
+    arrival = min(i.addr for i in code if lo <= i.addr <= hi and i.op == "REDG")
+    tail = [i for i in code if arrival < i.addr <= hi]
+    p = static.PARAMS
+    cycles = sum(max(0, p[kind.upper()] - p["L2"]) for kind in sass.load_phases(tail, hi + 1, hi + 1)) if tail else 0
+    return cycles / (p["CLOCK_GHZ"] * 1e3)
+
+
 def step_bytes(*, B: int, H: int, L: int, D: int, dtype: torch.dtype, npg: int) -> int:
-    """L2 bytes of one step, the groups running at once: every program of a layer ≥ 1 reads h_{t-1} (H) and its
-    input row (D·H) for the whole batch, layer 0's read h and their gates_x (4H, once per group); each group
-    writes its h_t. Unidirectional: every layer runs at once; bidirectional: the two directions of one layer
-    (the costlier, a layer ≥ 1, when L > 1)."""
+    """L2 bytes of one step, the groups running at once: every program reads h_{t-1} (H) for the whole batch and
+    its gates_x (4H, once per group), except in a unidirectional layer ≥ 1, which reads its input row (D·H)
+    instead of gates_x; each group writes its h_t. Unidirectional: every layer runs at once; bidirectional: the
+    two directions of one layer (its layers ≥ 1 project their input beforehand: see ``profile``)."""
     x = torch.finfo(dtype).bits // 8
     first = npg * B * H * x + B * 4 * H * x + B * H * x
     upper = npg * B * (H + D * H) * x + B * H * x
     if D == 1:
         return first + (L - 1) * upper
-    return 2 * (upper if L > 1 else first)
+    return 2 * first
 
 
 def resources(kernel) -> dict:
@@ -140,10 +172,23 @@ def profile(B: int, H: int, T: int, dtype: str, L: int, bidirectional: bool) -> 
     cfg, launch = capture("fwd", B=B, H=H, T=T, L=L, D=D, dtype=dt)
     fwd = triton_sm90.compile_launch(launch)
     bwd = triton_sm90.compile_launch(capture("bwd", B=B, H=H, T=T, L=L, D=D, dtype=dt)[1])
-    step = read_step(sass.parse(triton_sm90.sass(fwd)))
+    code = sass.parse(triton_sm90.sass(fwd))
+    main, projection = outer_loops(code)
+    step = read_step(code, main)
     grid = step_bytes(B=B, H=H, L=L, D=D, dtype=dt, npg=cfg.programs_per_group)
     m = static.model(step, warps=cfg.num_warps, programs=cfg.num_programs, grid_bytes=grid)
+    m["step_us"] += exposed_after_arrival(code, main)
     steps = L * T if bidirectional else T + L - 1
+    stack_us = steps * m["step_us"]
+    pre_us, pre_bytes = 0.0, 0
+    if projection is not None:
+        # every program of a layer ≥ 1 reads two input rows (B × D·H) per iteration; an iteration runs beside
+        # each of the layer below's last T - T//2 steps
+        pre_bytes = D * cfg.programs_per_group * 2 * B * D * H * (torch.finfo(dt).bits // 8)
+        pre_us = static.model(read_step(code, projection), warps=cfg.num_warps, programs=cfg.num_programs,
+                              grid_bytes=0)["step_us"]
+        beside = max(m["step_us"] + pre_bytes / static.PARAMS["L2_BW"] * 1e6, pre_us)
+        stack_us += (L - 1) * (T - T // 2) * (beside - m["step_us"])
     (single,) = static.case_rows(B, H, T, dtype, "fwd")
     layer_steps = L * D * T
     f, b = resources(fwd), resources(bwd)
@@ -153,23 +198,25 @@ def profile(B: int, H: int, T: int, dtype: str, L: int, bidirectional: bool) -> 
         fwd_shared_bytes=f["shared_bytes"], bwd_regs=b["regs"], bwd_spill_bytes=b["spill_bytes"],
         bwd_loop_spills=b["loop_spills"], bwd_shared_bytes=b["shared_bytes"], instructions=step.instructions,
         mma=step.counts.get("mma", 0), mma_chain=step.mma_chain, sync_round_trips=step.sync_round_trips,
-        load_phases="+".join(step.load_phases), grid_bytes=grid, step_us=round(m["step_us"], 3), steps=steps,
-        stack_us=round(steps * m["step_us"], 1), per_layer_step_us=round(single.step_us, 3),
+        load_phases="+".join(step.load_phases), grid_bytes=grid, step_us=round(m["step_us"], 3),
+        projection_us=round(pre_us, 3), projection_bytes=pre_bytes, steps=steps,
+        stack_us=round(stack_us, 1), per_layer_step_us=round(single.step_us, 3),
         per_layer_steps=layer_steps, per_layer_us=round(layer_steps * single.step_us, 1),
-        ratio=round(steps * m["step_us"] / (layer_steps * single.step_us), 3), triton=static._triton_version())
+        ratio=round(stack_us / (layer_steps * single.step_us), 3), triton=static._triton_version())
 
 
 def markdown(rows: list[StackRow]) -> str:
     head = ("| stack (B, H, T, dtype, layers x directions) | programs x warps | fwd regs / spills in loop / smem KB | "
-            "bwd regs / spills in loop / smem KB | instr / step | HMMA / chain | modeled µs/step | steps | "
-            "modeled stack µs | per-layer today: µs/step x steps = µs | ratio |")
+            "bwd regs / spills in loop / smem KB | instr / step | HMMA / chain | modeled µs/step | "
+            "projection µs / iteration | steps | modeled stack µs | per-layer today: µs/step x steps = µs | ratio |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r.B}, {r.H}, {r.T}, {r.dtype}, {r.layers} x {r.directions} | {r.programs} x {r.warps} | "
             f"{r.fwd_regs} / {r.fwd_loop_spills} / {r.fwd_shared_bytes // 1024} | "
             f"{r.bwd_regs} / {r.bwd_loop_spills} / {r.bwd_shared_bytes // 1024} | {r.instructions} | "
-            f"{r.mma} / {r.mma_chain} | {r.step_us:.2f} | {r.steps} | {r.stack_us:.0f} | "
+            f"{r.mma} / {r.mma_chain} | {r.step_us:.2f} | {f'{r.projection_us:.2f}' if r.projection_us else '-'} | "
+            f"{r.steps} | {r.stack_us:.0f} | "
             f"{r.per_layer_step_us:.2f} x {r.per_layer_steps} = {r.per_layer_us:.0f} | **{r.ratio:.2f}** |")
     return "\n".join(lines)
 

@@ -12,13 +12,17 @@ hardware, bf16 numerics are untested.
 Modeled (python -m bench.static_stack; MODELED FROM sm_90 CODE, NOT MEASURED, triton 3.6, bench/static.py's
 assumed latencies), B16 H512 T1024 fp16 inference forward, against today's per-layer launches (bench.static's
 single-layer row, 1.27 µs/step, one direction after another, input GEMMs and launch gaps left out):
-    2 layers unidirectional   64 programs, 1.87 µs/step x 1025 steps = 1.92 ms vs 2.60 ms: 0.74x
-    2 layers bidirectional   128 programs, 2.29 µs/step x 2048 steps = 4.69 ms vs 5.20 ms: 0.90x
-(the target was ≤ 0.6x. Where the time goes: a step of a layer ≥ 1 issues 1476 instructions per warp, twice the
-single layer's 731, for its two reductions h·W_hhᵀ and x·W_ihᵀ, and moves 2.7x its L2 bytes; the next lever is
-to issue x_t·W_ihᵀ between the arrival and the own group's wait, so that it overlaps the synchronisation, or for
-bidirectional stacks an in-kernel GEMM of each layer's whole input once the layer below is done). Forward and backward compile without spills in
-the loop, 144 KB (unidirectional) and 224 KB (bidirectional) of shared memory.
+    2 layers unidirectional   64 programs, 1.83 µs/step x 1025 steps = 1.88 ms vs 2.60 ms: 0.72x
+    2 layers bidirectional   128 programs, 1.62 µs/step x 2048 steps + the input projection beside layer 0's
+                             last 512 steps (0.76 µs more each: its 4.2 MB of L2 reads) = 3.72 ms vs 5.21 ms: 0.71x
+(the target was ≤ 0.6x; 0.74x and 0.90x before H became a constant and the bidirectional layers ≥ 1 projected
+their input ahead. Where the time goes: a unidirectional layer ≥ 1 issues 1398 instructions per warp per step,
+twice the single layer's 735, for its two reductions h·W_hhᵀ and x·W_ihᵀ; the next lever is to issue x_t·W_ihᵀ
+while the own group's poll is in flight (the layer below runs ahead, so x_t is ready), which needs a poll whose
+result is checked after that work. A bidirectional step is the single layer's plus 190 instructions of
+bookkeeping (h read from y or h0 with a select, three counters) and both directions' L2 bytes.) Forward and
+backward compile without spills in the loop, 144 KB (unidirectional) and 160 / 224 KB (bidirectional forward /
+backward) of shared memory.
 Known risks: (1) all programs of all groups must be co-resident (cooperative launch: the driver refuses rather
 than hangs); (2) the waits are the epoch counters of kernels/triton_barrier.py read across groups: correct by
 the same release/acquire argument, but only a GPU tests memory ordering; (3) fp16/bf16 exchange dz between
@@ -55,8 +59,11 @@ T + L - 1 steps instead of L·T. Bidirectional, the same rule gives: the two dir
 layer l+1 starting when the layer below has finished (its forward direction needs the reverse direction's
 t = 0, which comes last; its reverse direction needs the forward's t = T-1, which comes last too): L·T steps
 instead of today's 2·L·T (directions one after another), with no launch and no GEMM between the layers. No
-schedule can start layer l+1 earlier: every one of its steps reads both directions of layer l at that t. Every
-slot is written once (y, dz are [L, T, ...]), so no wait guards a reuse.
+schedule can start layer l+1 earlier: every one of its steps reads both directions of layer l at that t. So its
+programs, idle until then, project its whole input meanwhile (forward, PRE_X): x_t·W_ihᵀ + b for time t once
+both directions below have it (counter(l-1, fwd) ≥ NPG·k and counter(l-1, rev) ≥ NPG·k with k = max(t+1, T-t)),
+into a buffer its recurrence then reads like layer 0's gates_x, with no x·W_ihᵀ in its steps and no wait for
+the layer below. Every slot is written once (y, dz are [L, T, ...]), so no wait guards a reuse.
 On CPU, with one program per group, the interpreter runs the programs one by one in program-id order: forward
 numbers the groups from the bottom layer up, backward from the top layer down, so each program only waits for
 groups that ran before it (or for itself) and the sequential run completes.
@@ -169,15 +176,39 @@ def _keep(o_y, seed, drop):
 
 
 @triton.jit
-def _load_gx(p_gx, t, i_l, i_d, o_b, o_u, m_bu, T, B, H, D: tl.constexpr, ACC: tl.constexpr):
-    """Layer 0's gates_x[t] for own units, the four gates ([BB, HT] each); zeros for layers ≥ 1 and for a t
-    outside 0 … T-1 (the prefetch after the last step). It depends on no other program, so the loop issues it
-    for the next step before the wait: its DRAM latency hides behind the wait."""
+def _load_gx(p_gx, p_gxu, t, i_l, i_d, o_b, o_u, m_bu, T, B, H, D: tl.constexpr, PRE_X: tl.constexpr):
+    """gates_x[t] = x_t·W_ihᵀ + b for own units, the four gates ([BB, HT] each): layer 0's from the GEMM outside
+    (p_gx), and with PRE_X a layer ≥ 1's from what it projected before its recurrence (p_gxu: [L-1, T, B, D·4H]);
+    zeros for a layer ≥ 1 without PRE_X (it adds x_t·W_ihᵀ in the loop) and for a t outside 0 … T-1 (the prefetch
+    after the last step). Written by no other program, so the loop issues it for the next step before the wait:
+    its DRAM latency hides behind the wait. In the input dtype: the loop converts it after the wait (converted
+    here, the program waited for DRAM right after the load, before its arrival: a DRAM round per step in the
+    model of the bidirectional stack, sm_90, triton 3.6)."""
     o_gx = (t.to(tl.int64) * B + o_b)[:, None] * (4 * D * H) + i_d * 4 * H + o_u[None, :]
-    m_gx = tl.where((i_l == 0) & (t >= 0) & (t < T), m_bu, False)
-    return (tl.load(p_gx + o_gx, mask=m_gx, other=0.).to(ACC), tl.load(p_gx + o_gx + H, mask=m_gx, other=0.).to(ACC),
-            tl.load(p_gx + o_gx + 2 * H, mask=m_gx, other=0.).to(ACC),
-            tl.load(p_gx + o_gx + 3 * H, mask=m_gx, other=0.).to(ACC))
+    if PRE_X:
+        p_gx = tl.where(i_l == 0, p_gx, p_gxu + (i_l - 1).to(tl.int64) * T * B * (4 * D * H))
+        m_gx = tl.where((t >= 0) & (t < T), m_bu, False)
+    else:
+        m_gx = tl.where((i_l == 0) & (t >= 0) & (t < T), m_bu, False)
+    return (tl.load(p_gx + o_gx, mask=m_gx, other=0.), tl.load(p_gx + o_gx + H, mask=m_gx, other=0.),
+            tl.load(p_gx + o_gx + 2 * H, mask=m_gx, other=0.), tl.load(p_gx + o_gx + 3 * H, mask=m_gx, other=0.))
+
+
+@triton.jit
+def _project(p_x, p_gxu, t, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg, b_bo,
+             D: tl.constexpr, KX: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT_X: tl.constexpr, USE_DOT: tl.constexpr,
+             PRECISION: tl.constexpr):
+    """gates_x[t] = x_t · W_ihᵀ + b of a layer ≥ 1 (x_t: the layer below's output at t, both directions), own
+    units, into p_gxu [L-1, T, B, D·4H] in the input dtype (as the GEMM outside writes layer 0's)."""
+    DH = D * H
+    o_t = ((i_l - 1) * T + t).to(tl.int64) * B + o_b
+    b_x = _rows(p_x, o_t * DH, m_b, H, H, KX, BLOCK_H, SPLIT_X)
+    p = p_gxu + o_t[:, None] * (4 * DH) + i_d * 4 * H + o_u[None, :]
+    X = p_gxu.dtype.element_ty
+    tl.store(p, (_hw(b_x, b_xi, USE_DOT, PRECISION) + b_bi).to(X), mask=m_bu)
+    tl.store(p + H, (_hw(b_x, b_xf, USE_DOT, PRECISION) + b_bf).to(X), mask=m_bu)
+    tl.store(p + 2 * H, (_hw(b_x, b_xg, USE_DOT, PRECISION) + b_bg).to(X), mask=m_bu)
+    tl.store(p + 3 * H, (_hw(b_x, b_xo, USE_DOT, PRECISION) + b_bo).to(X), mask=m_bu)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -198,14 +229,17 @@ def _stack_fwd_kernel(
     p_cells,     # [L, T, B, D·H] out (accumulation dtype, SAVE)
     p_bar,       # [2·L·D] int64, zero: per group its counter of finished program-steps and a time-out flag
     p_seed,      # [1] int64 (DROPOUT): the mask's seed, drawn by torch's generator (a tensor: see lstm_gpu/stack.py)
+    p_gxu,       # [L-1, T, B, D·4H] input dtype (PRE_X): x·W_ihᵀ + b of layers 1 … L-1, projected in the kernel
     # sizes
-    T, B, H, L,
+    T, B, L,
+    H: tl.constexpr,     # a constant: offsets inside a row become immediates (kernels/triton_lstm.py measured why)
     drop,        # dropout between layers: the probability (DROPOUT)
     # meta-parameters
     D: tl.constexpr, NPG: tl.constexpr, HT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_B: tl.constexpr,
     SPLIT_H: tl.constexpr,      # tl.dot chunks of the h·W_hhᵀ reduction (K = BLOCK_H)
     SPLIT_X: tl.constexpr,      # tl.dot chunks of the x·W_ihᵀ reduction (K = D·BLOCK_H)
     MULTI: tl.constexpr,        # L > 1: programs of layers ≥ 1 exist
+    PRE_X: tl.constexpr,        # layers ≥ 1 project their whole input before their recurrence (bidirectional)
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, SAVE: tl.constexpr,
     DROPOUT: tl.constexpr, HAS_BIAS: tl.constexpr,
     TIMEOUT: tl.constexpr,      # polls before a wait gives up (debug mode); 0 = wait forever
@@ -223,12 +257,7 @@ def _stack_fwd_kernel(
     o_s = (i_g * B + o_b)[:, None] * H + o_u[None, :]           # own units in [L·D, B, H]
     KX: tl.constexpr = D * BLOCK_H
 
-    # Loaded ONCE, kept on chip for all T steps: the rows of W_hh (and, layers ≥ 1, of W_ih) for own units.
-    p_w = p_whh + i_g * 4 * H * H
-    b_hi = _w(p_w, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
-    b_hf = _w(p_w + H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
-    b_hg = _w(p_w + 2 * H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
-    b_ho = _w(p_w + 3 * H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    # Loaded ONCE, kept on chip: the rows of W_ih (layers ≥ 1) and W_hh for own units.
     if MULTI:
         upper = i_l > 0
         i_w = tl.maximum(i_g - D, 0)                            # (layer - 1, direction) in [L-1, D, ...]
@@ -243,19 +272,42 @@ def _stack_fwd_kernel(
         b_bf = tl.load(p_bb + H, mask=m_bias, other=0.).to(ACC)[None, :]
         b_bg = tl.load(p_bb + 2 * H, mask=m_bias, other=0.).to(ACC)[None, :]
         b_bo = tl.load(p_bb + 3 * H, mask=m_bias, other=0.).to(ACC)[None, :]
+    if PRE_X:
+        # Bidirectional: every step of a layer ≥ 1 reads both directions of the layer below at that t, so it can
+        # only start once the layer below has finished. Its programs would sit idle until then: instead they
+        # project the layer's whole input, x_t·W_ihᵀ + b for every t, while the layer below still runs, each t as
+        # soon as both directions have it. After k of its steps in each direction the layer below has t < k
+        # (forward) and t ≥ T-k (reverse), so from k = T//2 + 1 on each k brings t = k-1 and t = T-k.
+        # The recurrence then reads gates_x like layer 0 (no x·W_ihᵀ in its loop) and W_ih can leave the chip.
+        if upper:
+            i_below = i_g - i_d - D                             # group (l-1, forward)
+            for k in tl.range(T // 2 + 1, T + 1, num_stages=1):
+                _wait(p_bar, i_g, 0, i_below, NPG * k, i_below + 1, NPG * k, TIMEOUT)
+                _project(p_x, p_gxu, k - 1, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi,
+                         b_bf, b_bg, b_bo, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
+                _project(p_x, p_gxu, T - k, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi,
+                         b_bf, b_bg, b_bo, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
+        tl.debug_barrier()                                      # its gates_x stores precede its own loads
+    p_w = p_whh + i_g * 4 * H * H
+    b_hi = _w(p_w, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    b_hf = _w(p_w + H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    b_hg = _w(p_w + 2 * H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    b_ho = _w(p_w + 3 * H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
 
     b_c = tl.load(p_c0 + o_s, mask=m_bu, other=0.).to(ACC)
     b_len = tl.load(p_len + o_b, mask=m_b, other=0)
     seed = tl.load(p_seed) if DROPOUT else 0
-    b_zi, b_zf, b_zg, b_zo = _load_gx(p_gx, tl.where(rev, T - 1, 0), i_l, i_d, o_b, o_u, m_bu, T, B, H, D, ACC)
+    b_gi, b_gf, b_gg, b_go = _load_gx(p_gx, p_gxu, tl.where(rev, T - 1, 0), i_l, i_d, o_b, o_u, m_bu, T, B, H, D,
+                                      PRE_X)
     for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above a wait
         t = tl.where(rev, T - 1 - s, s)
         o_t = ((i_l * T + t).to(tl.int64) * B + o_b)            # row (l, t, b) of y, gates, cells
         # One wait for what this step reads: its own group done with the previous step (h_{t-1}) and, layers ≥ 1,
         # the layer below done with step t: its forward direction after t+1 of its steps, its reverse direction
-        # after T-t (layer 0: targets 0, met at once). Then the loads of h and x go out together.
+        # after T-t (layer 0, or PRE_X, which waited for all of it: targets 0, met at once). Then the loads of h
+        # and x go out together.
         i_below = tl.maximum(i_g - i_d - D, 0)                  # group (l-1, forward)
-        n_below = tl.where(i_l > 0, NPG, 0)
+        n_below = tl.where((i_l > 0) & (not PRE_X), NPG, 0)
         _wait(p_bar, i_g, NPG * s, i_below, n_below * (t + 1), i_below + D - 1,
               n_below * tl.where(D == 2, T - t, t + 1), TIMEOUT)
         # h_{t-1} as step t sees it: y at the row's previous live step (a frozen row re-reads its last output),
@@ -265,11 +317,11 @@ def _stack_fwd_kernel(
         o_h = ((i_l * T + src).to(tl.int64) * B + o_b) * DH + i_d * H
         b_h = (_rows(p_y, o_h, m_b & has, H, H, BLOCK_H, BLOCK_H, SPLIT_H)
                + _rows(p_h0, (i_g * B + o_b) * H, m_b & (~has), H, H, BLOCK_H, BLOCK_H, SPLIT_H))
-        b_zi += _hw(b_h, b_hi, USE_DOT, PRECISION)
-        b_zf += _hw(b_h, b_hf, USE_DOT, PRECISION)
-        b_zg += _hw(b_h, b_hg, USE_DOT, PRECISION)
-        b_zo += _hw(b_h, b_ho, USE_DOT, PRECISION)
-        if MULTI:
+        b_zi = b_gi.to(ACC) + _hw(b_h, b_hi, USE_DOT, PRECISION)
+        b_zf = b_gf.to(ACC) + _hw(b_h, b_hf, USE_DOT, PRECISION)
+        b_zg = b_gg.to(ACC) + _hw(b_h, b_hg, USE_DOT, PRECISION)
+        b_zo = b_go.to(ACC) + _hw(b_h, b_ho, USE_DOT, PRECISION)
+        if MULTI and not PRE_X:
             if upper:
                 o_x = (((i_l - 1) * T + t).to(tl.int64) * B + o_b) * DH
                 b_x = _rows(p_x, o_x, m_b, H, H, KX, BLOCK_H, SPLIT_X)
@@ -294,9 +346,12 @@ def _stack_fwd_kernel(
             tl.store(p_gates + o_g + 2 * H, b_g, mask=m_bu)
             tl.store(p_gates + o_g + 3 * H, b_o, mask=m_bu)
             tl.store(p_cells + o_y, b_c, mask=m_bu)
-        b_zi, b_zf, b_zg, b_zo = _load_gx(p_gx, tl.where(rev, t - 1, t + 1), i_l, i_d, o_b, o_u, m_bu, T, B, H, D,
-                                          ACC)                  # the next step's, before the arrival and the wait
         _arrive(p_bar + 2 * i_g)
+        # the next step's gates_x, after the arrival (sm_90 repacks the loaded halves at once, so the program
+        # waits for DRAM right after the load: before the arrival that held up every program's step) and
+        # before the wait, whose round trip it overlaps
+        b_gi, b_gf, b_gg, b_go = _load_gx(p_gx, p_gxu, tl.where(rev, t - 1, t + 1), i_l, i_d, o_b, o_u, m_bu, T, B,
+                                          H, D, PRE_X)
 
     tl.store(p_cn + o_s, b_c.to(p_cn.dtype.element_ty), mask=m_bu)
     # h_n: the carried h of each row, as the step after the last one would see it (own units: no wait)
@@ -328,7 +383,8 @@ def _stack_bwd_kernel(
     p_bar,       # [2·L·D] int64, zero: per group its counter of finished program-steps and a time-out flag
     p_seed,      # [1] int64 (DROPOUT): the forward's seed: the same mask, regenerated
     # sizes
-    T, B, H, L,
+    T, B, L,
+    H: tl.constexpr,     # a constant: offsets inside a row become immediates (kernels/triton_lstm.py measured why)
     drop,        # the forward's dropout probability (DROPOUT)
     # meta-parameters
     D: tl.constexpr, NPG: tl.constexpr, HT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_B: tl.constexpr,
@@ -514,14 +570,17 @@ def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, s
     gates = torch.empty(L, T, B, D * G, dtype=acc, device=device) if save else None
     cells = torch.empty(L, T, B, D * H, dtype=acc, device=device) if save else None
     unused = torch.empty(1, dtype=acc, device=device)
+    pre_x = L > 1 and D == 2        # bidirectional: layers ≥ 1 project their input while the layer below runs
+    gxu = torch.empty(L - 1, T, B, D * G, dtype=dtype, device=device) if pre_x else gx0
     bar = barrier_state(device, L * D)
     meta = _meta(cfg, L, D, dtype)
     with host.device_guard(device):
         _stack_fwd_kernel[(cfg.num_programs,)](
             gx0, w_ih, w_hh, unused if bias is None else bias, h0, c0, lens, y, y if x is None else x, h_n, c_n,
             unused if gates is None else gates, unused if cells is None else cells, bar, _seed(seed, drop, lens),
-            T, B, H, L, float(dropout),
+            gxu, T, B, L, H, float(dropout),
             SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), SAVE=save, DROPOUT=drop, HAS_BIAS=bias is not None,
+            PRE_X=pre_x,
             **meta, **_launch_options(cfg, device))
     if meta["TIMEOUT"]:
         raise_if_timed_out(bar, "stack forward")
@@ -550,7 +609,7 @@ def stack_bwd(dy, dh_n, dc_n, gates, cells, c0, w_ih, w_hh, lengths, *, dropout:
     with host.device_guard(device):
         _stack_bwd_kernel[(cfg.num_programs,)](
             dy, dh_n, dc_n, gates, cells, c0.to(acc), w_hh, w_ih, lens, dz, dz_exchange, dh0, dc0, bar,
-            _seed(seed, drop, lens), T, B, H, L, float(dropout),
+            _seed(seed, drop, lens), T, B, L, H, float(dropout),
             SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), LOW_EXCHANGE=low_exchange, DROPOUT=drop,
             **meta, **_launch_options(cfg, device))
     if meta["TIMEOUT"]:
