@@ -95,6 +95,13 @@ class LSTMConfig:
         with two tiles per program it spilled 6-8 local accesses per step inside the loop (sm_90, 3.6)."""
         return self.tagged_h and self.use_dot and dtype in (torch.float16, torch.bfloat16)
 
+    def tail_after(self, dtype: torch.dtype) -> bool:
+        """Whether the forward reads h's tail piece of K only after the first piece's products (kernels/
+        triton_lstm.py, ``_h_w``): where both h tiles staged at once would not fit beside the weights."""
+        elem = 2 if dtype in (torch.float16, torch.bfloat16) else 4
+        both = (4 * self.ht + self.block_b) * self.k_total * elem
+        return self.k_tail > 0 and both > DOT_SHARED_BUDGET
+
     def low_exchange(self, dtype: torch.dtype) -> bool:
         """Whether backward exchanges dz in the 16-bit input dtype (the tensor cores read it so anyway)."""
         return self.use_dot and dtype in (torch.float16, torch.bfloat16)

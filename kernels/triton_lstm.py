@@ -202,6 +202,35 @@ def _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, K0, BLOCK_K: t
 
 
 @triton.jit
+def _h_w(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, b_wi, b_wf, b_wg, b_wo, b_ti, b_tf, b_tg, b_to,
+         BLOCK_K: tl.constexpr, K_TAIL: tl.constexpr, TAIL_AFTER: tl.constexpr, K_SPLIT: tl.constexpr,
+         TAGGED: tl.constexpr, TIMEOUT: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """h_{t-1} · W_gateᵀ of the four gates ([BB, HT] each), h_{t-1} being generation g (``_read_h``) of the rows
+    o_b, K in its pieces. A tail piece (K_TAIL > 0, tl.dot only) is cut in as many chunks as the first, so its
+    products add into the same per-chunk accumulators and one sum over the chunks serves both (summed apart:
+    64 shuffles and 280 instructions more per step per warp at B16 H768 fp16, sm_90, triton 3.6). TAIL_AFTER
+    (both h tiles staged at once would not fit beside the weights: H = 1536 took 241 KB with triton 3.9): the
+    tail of h is read only once the first piece's products are summed, so its staging reuses the first one's
+    (kept unsummed until then, the four accumulators spilled 10-14 accesses per step)."""
+    b_h = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 0, BLOCK_K, K_SPLIT, TAGGED, TIMEOUT)
+    if K_TAIL > 0 and not TAIL_AFTER:
+        b_ht = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, BLOCK_K, K_TAIL, K_SPLIT, TAGGED, TIMEOUT)
+        return (_chunk_sum(_dot(b_h, b_wi, PRECISION) + _dot(b_ht, b_ti, PRECISION)),
+                _chunk_sum(_dot(b_h, b_wf, PRECISION) + _dot(b_ht, b_tf, PRECISION)),
+                _chunk_sum(_dot(b_h, b_wg, PRECISION) + _dot(b_ht, b_tg, PRECISION)),
+                _chunk_sum(_dot(b_h, b_wo, PRECISION) + _dot(b_ht, b_to, PRECISION)))
+    b_ri, b_rf = _hw(b_h, b_wi, USE_DOT, PRECISION), _hw(b_h, b_wf, USE_DOT, PRECISION)
+    b_rg, b_ro = _hw(b_h, b_wg, USE_DOT, PRECISION), _hw(b_h, b_wo, USE_DOT, PRECISION)
+    if K_TAIL > 0:
+        b_h = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, BLOCK_K, K_TAIL, K_SPLIT, TAGGED, TIMEOUT)
+        b_ri += _hw(b_h, b_ti, USE_DOT, PRECISION)
+        b_rf += _hw(b_h, b_tf, USE_DOT, PRECISION)
+        b_rg += _hw(b_h, b_tg, USE_DOT, PRECISION)
+        b_ro += _hw(b_h, b_to, USE_DOT, PRECISION)
+    return b_ri, b_rf, b_rg, b_ro
+
+
+@triton.jit
 def _load_w_gate(p_w, gate, i_p, H, K0, HT: tl.constexpr, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr,
                  USE_DOT: tl.constexpr, ACC: tl.constexpr, BACKWARD: tl.constexpr):
     """One gate's block of W_hh for this program's units u and the piece k = K0 … K0 + BLOCK_K - 1 of K, to
@@ -254,18 +283,6 @@ def _hw(b_h, b_w, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _hw2(b_h, b_w, b_ht, b_wt, K_TAIL: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """h · W_gateᵀ over all of K: the first piece (b_h, b_w) and, K_TAIL > 0 (tl.dot only), the tail piece
-    (b_ht, b_wt). The tail is cut in as many chunks as the first piece, so its products add into the same
-    per-chunk accumulators and one sum over the chunks serves both (a second sum cost 64 shuffles and 280
-    instructions per step per warp at B16 H768 fp16, sm_90, triton 3.6)."""
-    if K_TAIL > 0:
-        return _chunk_sum(_dot(b_h, b_w, PRECISION) + _dot(b_ht, b_wt, PRECISION))
-    else:
-        return _hw(b_h, b_w, USE_DOT, PRECISION)
-
-
-@triton.jit
 def _batch_group(B, BG, GROUPED: tl.constexpr):
     """(group index q, first row, end row) of this program's batch group: program_id(1) picks the group of
     BG rows. With one group the rows are [0, B) and the index math folds away at compile time."""
@@ -294,14 +311,12 @@ def _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT: tl.constexpr, BLOCK_B: tl.con
 
 
 @triton.jit
-def _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_h, b_wi, b_wf, b_wg, b_wo, b_ht, b_ti, b_tf, b_tg, b_to,
-              b_xi, b_xf, b_xg, b_xo, b_c, b_hc, s, t, i_p, r0, b_end, B, H, SAVE: tl.constexpr, HT: tl.constexpr,
-              BLOCK_B: tl.constexpr, K_TAIL: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+def _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_ri, b_rf, b_rg, b_ro, b_xi, b_xf, b_xg, b_xo, b_c, b_hc,
+              s, t, i_p, r0, b_end, B, H, SAVE: tl.constexpr, HT: tl.constexpr, BLOCK_B: tl.constexpr,
               TAGGED: tl.constexpr):
-    """Step s (time t) for one batch tile, given h_{t-1} (b_h: all of generation s for its rows, or its first
-    piece of K, b_ht the tail piece), gates_x[t] (b_x*), its rows' lengths and its carried c and h (b_hc: this
-    program's units of generation s): returns the new c (accumulation dtype) and the new carried h, which
-    it publishes as generation s + 1."""
+    """Step s (time t) for one batch tile, given h_{t-1} · W_gateᵀ (b_r*: ``_h_w`` of generation s for its rows),
+    gates_x[t] (b_x*), its rows' lengths and its carried c and h (b_hc: this program's units of generation s):
+    returns the new c (accumulation dtype) and the new carried h, which it publishes as generation s + 1."""
     ACC = b_c.dtype
     o_b = r0 + tl.arange(0, BLOCK_B)                   # batch rows of this tile
     m_b = o_b < b_end
@@ -311,10 +326,10 @@ def _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_h, b_wi, b_wf, b_wg, b_wo, b
     b_alive = (t < b_len)[:, None]                                  # [BB, 1]
 
     # z_t = gates_x[t] + h_{t-1} · W_hhᵀ, gate by gate, for this program's units
-    b_zi = b_xi + _hw2(b_h, b_wi, b_ht, b_ti, K_TAIL, USE_DOT, PRECISION).to(ACC)
-    b_zf = b_xf + _hw2(b_h, b_wf, b_ht, b_tf, K_TAIL, USE_DOT, PRECISION).to(ACC)
-    b_zg = b_xg + _hw2(b_h, b_wg, b_ht, b_tg, K_TAIL, USE_DOT, PRECISION).to(ACC)
-    b_zo = b_xo + _hw2(b_h, b_wo, b_ht, b_to, K_TAIL, USE_DOT, PRECISION).to(ACC)
+    b_zi = b_xi + b_ri.to(ACC)
+    b_zf = b_xf + b_rf.to(ACC)
+    b_zg = b_xg + b_rg.to(ACC)
+    b_zo = b_xo + b_ro.to(ACC)
 
     b_i, b_f, b_g, b_o = _sigmoid(b_zi), _sigmoid(b_zf), _tanh(b_zg), _sigmoid(b_zo)
     b_c_new = b_f * b_c + b_i * b_g                                 # c_t = f ⊙ c_{t-1} + i ⊙ g
@@ -361,6 +376,7 @@ def _lstm_fwd_kernel(
     HT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, ONE_TILE: tl.constexpr,
     K_SPLIT: tl.constexpr,       # tl.dot: K chunks, each an independent accumulator
     K_TAIL: tl.constexpr,        # tl.dot: a second, smaller piece of K after BLOCK_K (0: none), in K_SPLIT chunks too
+    TAIL_AFTER: tl.constexpr,    # read h's tail piece only after the first piece's products (see ``_h_w``)
     GROUPED: tl.constexpr,       # more than one batch group (program_id(1) > 0 exists)
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
     TAGGED: tl.constexpr,        # h exchanged with its generation (16-bit h): no step counter
@@ -400,14 +416,11 @@ def _lstm_fwd_kernel(
         b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, T - 1 if REVERSE else 0, T, i_p, row0, b_end, B, H, HT, BLOCK_B, ACC)
         for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above the wait
             t = T - 1 - s if REVERSE else s
-            b_h = _read_h(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, 0, BLOCK_K, KS, TAGGED, TIMEOUT)
-            b_ht = b_h
-            if K_TAIL > 0:
-                b_ht = _read_h(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, BLOCK_K, K_TAIL, KS, TAGGED,
-                               TIMEOUT)
-            b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_h, b_wi, b_wf, b_wg, b_wo, b_ht, b_ti, b_tf,
-                                  b_tg, b_to, b_xi, b_xf, b_xg, b_xo, b_c, b_hc, s, t, i_p, row0, b_end, B, H, SAVE,
-                                  HT, BLOCK_B, K_TAIL, USE_DOT, PRECISION, TAGGED)
+            b_ri, b_rf, b_rg, b_ro = _h_w(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, b_wi, b_wf, b_wg, b_wo, b_ti,
+                                          b_tf, b_tg, b_to, BLOCK_K, K_TAIL, TAIL_AFTER, KS, TAGGED, TIMEOUT, USE_DOT,
+                                          PRECISION)
+            b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_ri, b_rf, b_rg, b_ro, b_xi, b_xf, b_xg, b_xo,
+                                  b_c, b_hc, s, t, i_p, row0, b_end, B, H, SAVE, HT, BLOCK_B, TAGGED)
             b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t - 1 if REVERSE else t + 1, T, i_p, row0, b_end, B, H, HT,
                                               BLOCK_B, ACC)         # the next step's, before the wait
             if not TAGGED:
@@ -434,14 +447,11 @@ def _lstm_fwd_kernel(
                 b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)
                 r0 = row0 + i_bt * BLOCK_B
                 b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT, BLOCK_B, ACC)
-                b_h = _read_h(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, 0, BLOCK_K, KS, TAGGED, TIMEOUT)
-                b_ht = b_h
-                if K_TAIL > 0:
-                    b_ht = _read_h(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, BLOCK_K, K_TAIL, KS,
-                                   TAGGED, TIMEOUT)
-                b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_h, b_wi, b_wf, b_wg, b_wo, b_ht, b_ti,
-                                      b_tf, b_tg, b_to, b_xi, b_xf, b_xg, b_xo, b_c, b_hc, s, t, i_p, r0, b_end, B, H,
-                                      SAVE, HT, BLOCK_B, K_TAIL, USE_DOT, PRECISION, TAGGED)
+                b_ri, b_rf, b_rg, b_ro = _h_w(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, b_wi, b_wf, b_wg,
+                                              b_wo, b_ti, b_tf, b_tg, b_to, BLOCK_K, K_TAIL, TAIL_AFTER, KS, TAGGED,
+                                              TIMEOUT, USE_DOT, PRECISION)
+                b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_ri, b_rf, b_rg, b_ro, b_xi, b_xf, b_xg,
+                                      b_xo, b_c, b_hc, s, t, i_p, r0, b_end, B, H, SAVE, HT, BLOCK_B, TAGGED)
                 tl.store(p_cs + o_bj, b_c, mask=m_bj)
                 tl.store(p_hs + o_bj, b_hc, mask=m_bj)
             if not TAGGED:
@@ -741,7 +751,7 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
             gates_x, h0, c0, w_hh, lens, y, h_n, c_n, gates, cells, h_exchange, c_scratch, h_scratch, bar,
             T, B, H, rows,
             REVERSE=bool(reverse), SAVE=bool(save), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b,
-            ONE_TILE=one_tile, K_SPLIT=cfg.k_split, K_TAIL=cfg.k_tail,
+            ONE_TILE=one_tile, K_SPLIT=cfg.k_split, K_TAIL=cfg.k_tail, TAIL_AFTER=cfg.tail_after(dtype),
             GROUPED=grid[1] > 1, USE_DOT=cfg.use_dot,
             PRECISION=cfg.precision, TAGGED=tagged, NUM_PROGRAMS=grid[0], ACC=_TL_ACC[acc], TIMEOUT=timeout,
             **_launch_options(cfg, device))

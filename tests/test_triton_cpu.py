@@ -92,12 +92,16 @@ def test_several_batch_tiles(reverse):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("k_split", [2, 4])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_k_split_dot(dtype, k_split, reverse):
+@pytest.mark.parametrize("tail_after", [False, True], ids=["tail-with", "tail-after"])
+def test_k_split_dot(dtype, k_split, reverse, tail_after, monkeypatch):
     """tl.dot with K in chunks (independent accumulators summed after the products) and in two pieces, as
     the GPU configs run it: H = 40 is K = 32 + a tail piece of 16, its last 8 masked, each piece in k_split
-    chunks; unsorted lengths."""
+    chunks; forward reads h's tail with the first piece or (as at H = 1536 on a GPU, where both tiles do not
+    fit: forced here by a zero shared-memory budget) after its products; unsorted lengths."""
+    if tail_after:
+        monkeypatch.setattr(triton_config, "DOT_SHARED_BUDGET", 0)
     cfg = interpreter_config(B=3, H=40, dtype=dtype, use_dot=True)
-    assert (cfg.block_k, cfg.k_tail) == (32, 16)
+    assert (cfg.block_k, cfg.k_tail, cfg.tail_after(dtype)) == (32, 16, tail_after)
     out, ref, grads, ref_grads = run_both(5, 3, 40, dtype, True, [2, 5, 4], reverse, k_split=k_split)
     tol, gtol = TOL[dtype]
     for name, got, want in zip(["y", "h_n", "c_n", "gates", "cells"], out, ref):
