@@ -14,7 +14,9 @@ For a stack (B, H, T, dtype, L, uni- or bidirectional) it compiles exactly what 
 reads the forward's time loop in the SASS (bench/sass.py), models one step with bench/static.py's model and
 multiplies by the steps of the schedule:
 
-    unidirectional   T + L - 1 steps (the wavefront: layer l runs step t - l)
+    unidirectional   T + L - 1 steps (the wavefront: layer l runs step t - l), or, with a projection group per
+                     layer ≥ 1 (where the SMs allow), T + 2(L-1) steps of the slower of a layer's step and a
+                     projection step, all groups' L2 bytes adding up
     bidirectional    L·T steps (both directions of a layer side by side, the layers one after another); a layer
                      ≥ 1 projects its input (x_t·W_ihᵀ, two t per iteration) while the layer below runs its
                      last T - T//2 steps, so each of those steps costs max(the step with the projection's L2
@@ -107,14 +109,15 @@ def capture(direction: str, *, B: int, H: int, T: int, L: int, D: int, dtype: to
 
 
 def outer_loops(code: list) -> tuple[tuple[int, int], tuple[int, int] | None]:
-    """(the time loop, the input projection's loop or None): the time loop is the outermost loop around the
-    arrival (a REDG); the projection's (bidirectional stacks, layers ≥ 1) the outermost other loop that polls."""
+    """(the time loop, the input projection's loop or None): the time loop is the last outermost loop around an
+    arrival (a REDG); the projection's (layers ≥ 1: bidirectional before their loop, unidirectional in a group
+    of its own) an earlier outermost loop that polls and stores (not a lone wait)."""
     outer = [(a, b) for a, b in sass.loops(code) if not any(c <= a and b <= d and (c, d) != (a, b)
                                                           for c, d in sass.loops(code))]
     has = lambda lo, hi, op: any(i.op == op for i in code if lo <= i.addr <= hi)   # noqa: E731
-    (main,) = [lp for lp in outer if has(*lp, "REDG")]
-    pre = [lp for lp in outer if lp != main and has(*lp, "ATOMG")]
-    return main, (pre[0] if pre else None)
+    main = max(lp for lp in outer if has(*lp, "REDG"))
+    pre = [lp for lp in outer if lp < main and has(*lp, "ATOMG") and has(*lp, "STG")]   # not a lone wait
+    return main, (pre[-1] if pre else None)
 
 
 def read_step(code: list, loop: tuple[int, int] | None = None) -> sass.Step:
@@ -136,23 +139,30 @@ def read_step(code: list, loop: tuple[int, int] | None = None) -> sass.Step:
 
 def exposed_after_arrival(code: list, loop: tuple[int, int]) -> float:
     """µs of the rounds of loads a step issues and waits for after its arrival, beyond the L2 round trip of the
-    poll they run beside."""
+    poll they run beside. The time loop's are the next step's gates_x, taken as DRAM whatever their cache
+    modifier: layer 0's come from the GEMM outside (too many bytes to stay in L2), a bidirectional layer ≥ 1's
+    were projected long before; only a projection group's, one step old, would be L2 hits, and layer 0 sets
+    the pace."""
     lo, hi = loop
     arrival = min(i.addr for i in code if lo <= i.addr <= hi and i.op == "REDG")
     tail = [i for i in code if arrival < i.addr <= hi]
     p = static.PARAMS
-    cycles = sum(max(0, p[kind.upper()] - p["L2"]) for kind in sass.load_phases(tail, hi + 1, hi + 1)) if tail else 0
-    return cycles / (p["CLOCK_GHZ"] * 1e3)
+    rounds = len(sass.load_phases(tail, hi + 1, hi + 1)) if tail else 0
+    return rounds * max(0, p["DRAM"] - p["L2"]) / (p["CLOCK_GHZ"] * 1e3)
 
 
-def step_bytes(*, B: int, H: int, L: int, D: int, dtype: torch.dtype, npg: int) -> int:
+def step_bytes(*, B: int, H: int, L: int, D: int, dtype: torch.dtype, npg: int, pipe: bool = False) -> int:
     """L2 bytes of one step, the groups running at once: every program reads h_{t-1} (H) for the whole batch and
     its gates_x (4H, once per group), except in a unidirectional layer ≥ 1, which reads its input row (D·H)
     instead of gates_x; each group writes its h_t. Unidirectional: every layer runs at once; bidirectional: the
-    two directions of one layer (its layers ≥ 1 project their input beforehand: see ``profile``)."""
+    two directions of one layer (its layers ≥ 1 project their input beforehand: see ``profile``). ``pipe``: the
+    unidirectional layers ≥ 1 read gates_x as layer 0 does, and a projection group per layer ≥ 1 reads its input
+    row and writes its gates_x."""
     x = torch.finfo(dtype).bits // 8
     first = npg * B * H * x + B * 4 * H * x + B * H * x
     upper = npg * B * (H + D * H) * x + B * H * x
+    if D == 1 and pipe:
+        return L * first + (L - 1) * (npg * B * H * x + B * 4 * H * x)
     if D == 1:
         return first + (L - 1) * upper
     return 2 * first
@@ -175,13 +185,18 @@ def profile(B: int, H: int, T: int, dtype: str, L: int, bidirectional: bool) -> 
     code = sass.parse(triton_sm90.sass(fwd))
     main, projection = outer_loops(code)
     step = read_step(code, main)
-    grid = step_bytes(B=B, H=H, L=L, D=D, dtype=dt, npg=cfg.programs_per_group)
+    pipe = cfg.proj_groups > 0
+    grid = step_bytes(B=B, H=H, L=L, D=D, dtype=dt, npg=cfg.programs_per_group, pipe=pipe)
     m = static.model(step, warps=cfg.num_warps, programs=cfg.num_programs, grid_bytes=grid)
     m["step_us"] += exposed_after_arrival(code, main)
-    steps = L * T if bidirectional else T + L - 1
-    stack_us = steps * m["step_us"]
+    steps = L * T if bidirectional else T + (2 if pipe else 1) * (L - 1)
     pre_us, pre_bytes = 0.0, 0
-    if projection is not None:
+    if pipe:        # the projection groups' steps run beside the layers' (their bytes are in ``grid``)
+        pre_us = static.model(read_step(code, projection), warps=cfg.num_warps, programs=cfg.num_programs,
+                              grid_bytes=grid)["step_us"] + exposed_after_arrival(code, projection)
+        m["step_us"] = max(m["step_us"], pre_us)
+    stack_us = steps * m["step_us"]
+    if projection is not None and not pipe:
         # every program of a layer ≥ 1 reads two input rows (B × D·H) per iteration; an iteration runs beside
         # each of the layer below's last T - T//2 steps
         pre_bytes = D * cfg.programs_per_group * 2 * B * D * H * (torch.finfo(dt).bits // 8)

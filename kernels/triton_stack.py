@@ -12,17 +12,18 @@ hardware, bf16 numerics are untested.
 Modeled (python -m bench.static_stack; MODELED FROM sm_90 CODE, NOT MEASURED, triton 3.6, bench/static.py's
 assumed latencies), B16 H512 T1024 fp16 inference forward, against today's per-layer launches (bench.static's
 single-layer row, 1.27 µs/step, one direction after another, input GEMMs and launch gaps left out):
-    2 layers unidirectional   64 programs, 1.83 µs/step x 1025 steps = 1.88 ms vs 2.60 ms: 0.72x
+    2 layers unidirectional   96 programs (2 layers + layer 1's projection group), 1.70 µs/step x 1026 steps
+                              = 1.74 ms vs 2.60 ms: 0.67x
     2 layers bidirectional   128 programs, 1.62 µs/step x 2048 steps + the input projection beside layer 0's
                              last 512 steps (0.76 µs more each: its 4.2 MB of L2 reads) = 3.72 ms vs 5.21 ms: 0.71x
-(the target was ≤ 0.6x; 0.74x and 0.90x before H became a constant and the bidirectional layers ≥ 1 projected
-their input ahead. Where the time goes: a unidirectional layer ≥ 1 issues 1398 instructions per warp per step,
-twice the single layer's 735, for its two reductions h·W_hhᵀ and x·W_ihᵀ; the next lever is to issue x_t·W_ihᵀ
-while the own group's poll is in flight (the layer below runs ahead, so x_t is ready), which needs a poll whose
-result is checked after that work. A bidirectional step is the single layer's plus 190 instructions of
-bookkeeping (h read from y or h0 with a select, three counters) and both directions' L2 bytes.) Forward and
-backward compile without spills in the loop, 144 KB (unidirectional) and 160 / 224 KB (bidirectional forward /
-backward) of shared memory.
+(the target was ≤ 0.6x; 0.74x and 0.90x before H became a constant and the layers ≥ 1 got their input
+projected ahead. Where the time goes: a step issues 865 (unidirectional) or 927 (bidirectional) instructions per
+warp against the single layer's 735: the h read from y or h0 with a select and the three-counter wait; it moves
+the L2 bytes of every group running at once; and layer 0 waits 0.14 µs a step for the DRAM round of its next
+gates_x (loaded after the arrival: sm_90 repacks the 16-bit halves at once). Next: the single layer's h
+exchange slots, and gates_x loaded as 32-bit words unpacked after the wait.) Forward and backward compile
+without spills in the loop, 80 / 144 KB (unidirectional forward / backward) and 160 / 224 KB (bidirectional)
+of shared memory.
 Known risks: (1) all programs of all groups must be co-resident (cooperative launch: the driver refuses rather
 than hangs); (2) the waits are the epoch counters of kernels/triton_barrier.py read across groups: correct by
 the same release/acquire argument, but only a GPU tests memory ordering; (3) fp16/bf16 exchange dz between
@@ -55,7 +56,10 @@ the count is reached). A program waits only for what it reads:
     the layer below at the same t (forward)   counter(l-1, fwd) ≥ NPG·(t+1),  counter(l-1, rev) ≥ NPG·(T-t)
     the layer above at the same t (backward)  counter(l+1, fwd) ≥ NPG·(T-t),  counter(l+1, rev) ≥ NPG·(t+1)
 Unidirectional, that is a wavefront: layer l runs step t while layer l+1 runs step t-1, and the stack takes
-T + L - 1 steps instead of L·T. Bidirectional, the same rule gives: the two directions of a layer side by side,
+T + L - 1 steps instead of L·T. Where the SMs allow (config ``proj_groups``), a projection group per layer
+l ≥ 1 computes x_t·W_ihᵀ + b for it as soon as the layer below has h_t (counter(l-1) ≥ NPG·(t+1)) and layer
+l reads it as layer 0 reads its gates_x (counter(proj l) ≥ NPG·(t+2), its prefetch of t+1 included): a stage
+per layer, T + 2(L-1) steps, each a single reduction. Bidirectional, the same rule gives: the two directions of a layer side by side,
 layer l+1 starting when the layer below has finished (its forward direction needs the reverse direction's
 t = 0, which comes last; its reverse direction needs the forward's t = T-1, which comes last too): L·T steps
 instead of today's 2·L·T (directions one after another), with no launch and no GEMM between the layers. No
@@ -177,8 +181,10 @@ def _keep(o_y, seed, drop):
 
 @triton.jit
 def _load_gx(p_gx, p_gxu, t, i_l, i_d, o_b, o_u, m_bu, T, B, H, D: tl.constexpr, PRE_X: tl.constexpr):
+    # PRE_X: layers ≥ 1 read p_gxu (the kernel passes PRE_X or PIPE)
     """gates_x[t] = x_t·W_ihᵀ + b for own units, the four gates ([BB, HT] each): layer 0's from the GEMM outside
-    (p_gx), and with PRE_X a layer ≥ 1's from what it projected before its recurrence (p_gxu: [L-1, T, B, D·4H]);
+    (p_gx), and with PRE_X a layer ≥ 1's from what it (PRE_X: bidirectional) or its projection group (PIPE:
+    unidirectional) projected (p_gxu: [L-1, T, B, D·4H]);
     zeros for a layer ≥ 1 without PRE_X (it adds x_t·W_ihᵀ in the loop) and for a t outside 0 … T-1 (the prefetch
     after the last step). Written by no other program, so the loop issues it for the next step before the wait:
     its DRAM latency hides behind the wait. In the input dtype: the loop converts it after the wait (converted
@@ -190,8 +196,11 @@ def _load_gx(p_gx, p_gxu, t, i_l, i_d, o_b, o_u, m_bu, T, B, H, D: tl.constexpr,
         m_gx = tl.where((t >= 0) & (t < T), m_bu, False)
     else:
         m_gx = tl.where((i_l == 0) & (t >= 0) & (t < T), m_bu, False)
-    return (tl.load(p_gx + o_gx, mask=m_gx, other=0.), tl.load(p_gx + o_gx + H, mask=m_gx, other=0.),
-            tl.load(p_gx + o_gx + 2 * H, mask=m_gx, other=0.), tl.load(p_gx + o_gx + 3 * H, mask=m_gx, other=0.))
+    p = p_gx + o_gx     # .cg: a projection group (another SM) may have just written it, not a line in our L1
+    return (tl.load(p, mask=m_gx, other=0., cache_modifier=".cg"),
+            tl.load(p + H, mask=m_gx, other=0., cache_modifier=".cg"),
+            tl.load(p + 2 * H, mask=m_gx, other=0., cache_modifier=".cg"),
+            tl.load(p + 3 * H, mask=m_gx, other=0., cache_modifier=".cg"))
 
 
 @triton.jit
@@ -240,13 +249,22 @@ def _stack_fwd_kernel(
     SPLIT_X: tl.constexpr,      # tl.dot chunks of the x·W_ihᵀ reduction (K = D·BLOCK_H)
     MULTI: tl.constexpr,        # L > 1: programs of layers ≥ 1 exist
     PRE_X: tl.constexpr,        # layers ≥ 1 project their whole input before their recurrence (bidirectional)
+    PIPE: tl.constexpr,         # projection groups feed the layers ≥ 1, a step ahead (unidirectional)
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, SAVE: tl.constexpr,
     DROPOUT: tl.constexpr, HAS_BIAS: tl.constexpr,
     TIMEOUT: tl.constexpr,      # polls before a wait gives up (debug mode); 0 = wait forever
 ):
     pid = tl.program_id(0)
-    i_g = pid // NPG                    # group = layer·D + direction (layer-major)
     i_p = pid % NPG                     # unit slice within the group
+    if PIPE:
+        # groups [layer 0, projection 1, layer 1, projection 2, …]: each projection group right before the layer
+        # it feeds, so a program only waits for groups of lower ids (the interpreter runs them in id order)
+        proj = (pid // NPG) % 2 == 1
+        i_g = (pid // NPG + 1) // 2     # the layer (D = 1): its own, or the one it projects for
+        i_pg = L + tl.maximum(i_g - 1, 0)                       # that layer's projection group (its counter)
+    else:
+        proj = False
+        i_g = pid // NPG                # group = layer·D + direction (layer-major)
     i_l, i_d = i_g // D, i_g % D
     rev = i_d == 1
     DH = D * H
@@ -288,6 +306,17 @@ def _stack_fwd_kernel(
                 _project(p_x, p_gxu, T - k, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi,
                          b_bf, b_bg, b_bo, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
         tl.debug_barrier()                                      # its gates_x stores precede its own loads
+    if PIPE:
+        # Unidirectional: a projection group per layer ≥ 1 computes its x_t·W_ihᵀ + b as soon as the layer below
+        # has h_t, a step ahead of the layer, whose step then has one reduction, h·W_hhᵀ, as layer 0's: the
+        # wavefront gets a stage per layer (T + 2(L-1) steps) and its slowest step is a single layer's.
+        for t in tl.range(tl.where(proj, T, 0), num_stages=1):
+            _wait(p_bar, i_pg, 0, i_g - 1, NPG * (t + 1), i_g - 1, 0, TIMEOUT)
+            _project(p_x, p_gxu, t, i_l, 0, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg,
+                     b_bo, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
+            _arrive(p_bar + 2 * i_pg)
+        # a layer ≥ 1 prefetches its first gates_x before its loop: its projection group done with t = 0
+        _wait(p_bar, i_g, 0, i_pg, tl.where(upper & ~proj, NPG, 0), i_pg, 0, TIMEOUT)
     p_w = p_whh + i_g * 4 * H * H
     b_hi = _w(p_w, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
     b_hf = _w(p_w + H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
@@ -298,18 +327,21 @@ def _stack_fwd_kernel(
     b_len = tl.load(p_len + o_b, mask=m_b, other=0)
     seed = tl.load(p_seed) if DROPOUT else 0
     b_gi, b_gf, b_gg, b_go = _load_gx(p_gx, p_gxu, tl.where(rev, T - 1, 0), i_l, i_d, o_b, o_u, m_bu, T, B, H, D,
-                                      PRE_X)
-    for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above a wait
+                                      PRE_X or PIPE)
+    for s in tl.range(tl.where(proj, 0, T), num_stages=1):     # num_stages=1: no load hoisted above a wait
         t = tl.where(rev, T - 1 - s, s)
         o_t = ((i_l * T + t).to(tl.int64) * B + o_b)            # row (l, t, b) of y, gates, cells
         # One wait for what this step reads: its own group done with the previous step (h_{t-1}) and, layers ≥ 1,
         # the layer below done with step t: its forward direction after t+1 of its steps, its reverse direction
         # after T-t (layer 0, or PRE_X, which waited for all of it: targets 0, met at once). Then the loads of h
         # and x go out together.
-        i_below = tl.maximum(i_g - i_d - D, 0)                  # group (l-1, forward)
-        n_below = tl.where((i_l > 0) & (not PRE_X), NPG, 0)
-        _wait(p_bar, i_g, NPG * s, i_below, n_below * (t + 1), i_below + D - 1,
-              n_below * tl.where(D == 2, T - t, t + 1), TIMEOUT)
+        if PIPE:    # instead of the layer below: its projection group, done with t + 1 (the prefetch below)
+            _wait(p_bar, i_g, NPG * s, i_pg, tl.where(upper, NPG * tl.minimum(t + 2, T), 0), i_pg, 0, TIMEOUT)
+        else:
+            i_below = tl.maximum(i_g - i_d - D, 0)              # group (l-1, forward)
+            n_below = tl.where((i_l > 0) & (not PRE_X), NPG, 0)
+            _wait(p_bar, i_g, NPG * s, i_below, n_below * (t + 1), i_below + D - 1,
+                  n_below * tl.where(D == 2, T - t, t + 1), TIMEOUT)
         # h_{t-1} as step t sees it: y at the row's previous live step (a frozen row re-reads its last output),
         # h0 before its first step (forward: t = 0; reverse: t = len - 1)
         src = tl.where(rev, tl.zeros_like(b_len) + t + 1, tl.minimum(tl.zeros_like(b_len) + t - 1, b_len - 1))
@@ -321,7 +353,7 @@ def _stack_fwd_kernel(
         b_zf = b_gf.to(ACC) + _hw(b_h, b_hf, USE_DOT, PRECISION)
         b_zg = b_gg.to(ACC) + _hw(b_h, b_hg, USE_DOT, PRECISION)
         b_zo = b_go.to(ACC) + _hw(b_h, b_ho, USE_DOT, PRECISION)
-        if MULTI and not PRE_X:
+        if MULTI and not (PRE_X or PIPE):
             if upper:
                 o_x = (((i_l - 1) * T + t).to(tl.int64) * B + o_b) * DH
                 b_x = _rows(p_x, o_x, m_b, H, H, KX, BLOCK_H, SPLIT_X)
@@ -351,8 +383,9 @@ def _stack_fwd_kernel(
         # waits for DRAM right after the load: before the arrival that held up every program's step) and
         # before the wait, whose round trip it overlaps
         b_gi, b_gf, b_gg, b_go = _load_gx(p_gx, p_gxu, tl.where(rev, t - 1, t + 1), i_l, i_d, o_b, o_u, m_bu, T, B,
-                                          H, D, PRE_X)
+                                          H, D, PRE_X or PIPE)
 
+    m_bu = tl.where(proj, False, m_bu)                          # a projection program has no state to write
     tl.store(p_cn + o_s, b_c.to(p_cn.dtype.element_ty), mask=m_bu)
     # h_n: the carried h of each row, as the step after the last one would see it (own units: no wait)
     t_end = tl.where(rev, -1, T)
@@ -571,8 +604,9 @@ def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, s
     cells = torch.empty(L, T, B, D * H, dtype=acc, device=device) if save else None
     unused = torch.empty(1, dtype=acc, device=device)
     pre_x = L > 1 and D == 2        # bidirectional: layers ≥ 1 project their input while the layer below runs
-    gxu = torch.empty(L - 1, T, B, D * G, dtype=dtype, device=device) if pre_x else gx0
-    bar = barrier_state(device, L * D)
+    pipe = cfg.proj_groups > 0      # unidirectional: projection groups feed layers ≥ 1 (kernel, PIPE)
+    gxu = torch.empty(L - 1, T, B, D * G, dtype=dtype, device=device) if pre_x or pipe else gx0
+    bar = barrier_state(device, L * D + cfg.proj_groups)
     meta = _meta(cfg, L, D, dtype)
     with host.device_guard(device):
         _stack_fwd_kernel[(cfg.num_programs,)](
@@ -580,7 +614,7 @@ def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, s
             unused if gates is None else gates, unused if cells is None else cells, bar, _seed(seed, drop, lens),
             gxu, T, B, L, H, float(dropout),
             SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), SAVE=save, DROPOUT=drop, HAS_BIAS=bias is not None,
-            PRE_X=pre_x,
+            PRE_X=pre_x, PIPE=pipe,
             **meta, **_launch_options(cfg, device))
     if meta["TIMEOUT"]:
         raise_if_timed_out(bar, "stack forward")
@@ -607,7 +641,7 @@ def stack_bwd(dy, dh_n, dc_n, gates, cells, c0, w_ih, w_hh, lengths, *, dropout:
     bar = barrier_state(device, L * D)
     meta = _meta(cfg, L, D, dtype)
     with host.device_guard(device):
-        _stack_bwd_kernel[(cfg.num_programs,)](
+        _stack_bwd_kernel[(cfg.backward_programs,)](
             dy, dh_n, dc_n, gates, cells, c0.to(acc), w_hh, w_ih, lens, dz, dz_exchange, dh0, dc0, bar,
             _seed(seed, drop, lens), T, B, L, H, float(dropout),
             SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), LOW_EXCHANGE=low_exchange, DROPOUT=drop,

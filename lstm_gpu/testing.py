@@ -114,8 +114,9 @@ def triton_programs(n: int, *, B: int, H: int, dtype) -> int:
 
 
 def triton_stack_programs(n: int, *, B: int, H: int, L: int, D: int, dtype) -> int:
-    """Programs the Triton stack launcher runs under ``concurrent_programs(n)``: L·D groups of cdiv(H, HT)
-    programs, HT the smallest power of two (≥ 4 broadcast, ≥ 16 tl.dot) that keeps the total ≤ n."""
+    """Programs the Triton stack launcher's forward runs under ``concurrent_programs(n)``: L·D groups of
+    cdiv(H, HT) programs, HT the smallest power of two (≥ 4 broadcast, ≥ 16 tl.dot) that keeps them ≤ n, and,
+    unidirectional, L-1 projection groups of as many where they fit too (the backward has none)."""
     from .kernels import triton_stack_config
     return triton_stack_config.gpu_config(B=B, H=H, L=L, D=D, dtype=dtype, n_sm=n).num_programs
 

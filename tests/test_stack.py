@@ -156,10 +156,13 @@ def stack_h(n, *, L, D, dtype, B=3, start=2):
 
 # (n, L, bidirectional, dtype, packed, batch_first); broadcast path HT = 4, tl.dot (fp16) HT = 16
 MANY = [
-    (4, 2, False, torch.float64, True, False),      # 2 groups x 2 programs, H = 5
+    (4, 2, False, torch.float64, True, False),      # 2 groups x 2 programs, H = 5 (no room for a projection group)
+    (6, 2, False, torch.float64, True, False),      # 2 layers + layer 1's projection group, 2 programs each
+    (6, 2, False, torch.float16, False, True),      # the same on tl.dot, H = 17
     (8, 2, True, torch.float64, True, True),        # 4 groups x 2 programs
     (4, 2, False, torch.float16, False, False),     # tl.dot, H = 17
     pytest.param(6, 3, False, torch.float32, True, False, marks=pytest.mark.slow),
+    pytest.param(10, 3, False, torch.float64, True, False, marks=pytest.mark.slow),   # 2 projection groups
     pytest.param(12, 3, True, torch.float64, True, False, marks=pytest.mark.slow),
     pytest.param(12, 2, True, torch.float64, False, False, marks=pytest.mark.slow),   # 3 programs per group
     pytest.param(8, 2, True, torch.float16, True, False, marks=pytest.mark.slow),
@@ -196,8 +199,9 @@ def _one_step_early(real):
 
 @needs_triton
 @pytest.mark.parametrize("kind", ["no_wait", "one_early"])
-def test_broken_waits_are_caught(kind):
-    n, L, D = 4, 2, 1
+@pytest.mark.parametrize("n", [4, 6], ids=["in-loop-projection", "projection-group"])
+def test_broken_waits_are_caught(kind, n):
+    L, D = 2, 1
     H = stack_h(n, L=L, D=D, dtype=torch.float64)
     mutation = _no_wait if kind == "no_wait" else _one_step_early(triton_stack._wait)
     start = time.monotonic()
@@ -245,14 +249,52 @@ def test_bidirectional_projection_waits_for_both_directions_below():
     assert time.monotonic() - start < 4 * MUTATION_DEADLINE + 20
 
 
+def _projection_group_one_step_early(real, npg):
+    """The real wait, except that a unidirectional layer ≥ 1 asks its projection group (a counter after its own)
+    for one step (npg program-steps) less: it prefetches gates_x[t + 1] before it is written."""
+    def wait(p_bar, g_a, n_a, g_b, n_b, g_c, n_c, TIMEOUT):
+        early = (g_b > g_a) & (n_b > 0)
+        return real(p_bar, g_a, n_a, g_b, tl.where(early, n_b - npg, n_b), g_c, n_c, TIMEOUT)
+    return wait
+
+
+@needs_triton
+def test_layer_waits_for_its_projection_group():
+    """A unidirectional layer ≥ 1 reading gates_x one step before its projection group wrote it, in a
+    many-program run (two programs per group), gives wrong outputs or a hang report, never a pass. The
+    projection is slowed down (50 ms a call), so that the layer catches up with it: left to run free it stays
+    ahead, and the mutation went unnoticed in 2 of 4 runs."""
+    n, L = 6, 2
+    H = stack_h(n, L=L, D=1, dtype=torch.float64)
+    assert config.gpu_config(B=3, H=H, L=L, D=1, dtype=torch.float64, n_sm=n).proj_groups == 1
+    real_project = triton_stack._project
+
+    def slow_project(*args):
+        time.sleep(0.05)
+        return real_project(*args)
+    start = time.monotonic()
+    try:
+        with mock.patch.object(triton_stack, "_wait", _projection_group_one_step_early(triton_stack._wait, 2)), \
+                mock.patch.object(triton_stack, "_project", slow_project):
+            stack_vs_torch(L=L, bidirectional=False, dtype=torch.float64, T=12, H=H,
+                           context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
+    except (AssertionError, ProgramsHung) as e:
+        verdict = type(e).__name__
+    else:
+        verdict = "right"
+    assert verdict != "right", "the layer's early wait for its projection group went unnoticed"
+    assert time.monotonic() - start < 4 * MUTATION_DEADLINE + 20
+
+
 @needs_triton
 @pytest.mark.parametrize("bidirectional", [False, True])
 def test_waits_ask_only_for_what_a_step_reads(bidirectional):
-    """The forward's waits, recorded (one program per group): the own group's previous step, and for layer 1
-    at step t the layer below's forward direction after t+1 of its steps (the wavefront). Bidirectional: layer 1
-    first projects its input, time t once both directions of layer 0 have it (after k = T//2 + 1 … T of their
-    steps: t = k-1 and T-k), then runs its steps waiting for its own group only. Layer 0 waits for no other
-    group."""
+    """The forward's waits, recorded (one program per group), as (group waited on first, count, …): every step
+    waits for its own group's previous step; layer 0 for no other group. Unidirectional (programs: layer 0,
+    layer 1's projection group, layer 1): the projection waits for layer 0 done with t; layer 1, before its loop,
+    for the projection of t = 0 and at step t for the projection of t + 1 (its prefetch), never for layer 0.
+    Bidirectional: layer 1 first projects its input, time t once both directions of layer 0 have it (after
+    k = T//2 + 1 … T of their steps: t = k-1 and T-k), then runs its steps waiting for its own group only."""
     from triton.runtime import interpreter
     T, D = 4, 2 if bidirectional else 1
     calls, real = [], triton_stack._wait
@@ -267,20 +309,19 @@ def test_waits_ask_only_for_what_a_step_reads(bidirectional):
     model = lstm_gpu.LSTM(3, 5, num_layers=2, bidirectional=bidirectional, dtype=torch.float64, backend="triton")
     with mock.patch.object(triton_stack, "_wait", wait), torch.no_grad():
         model(torch.randn(T, 2, 3, dtype=torch.float64))
+    by_program = {pid: [c[1:] for c in calls if c[0] == pid] for pid in range(3 if not bidirectional else 4)}
+    if not bidirectional:       # counters: layer 0, layer 1, then layer 1's projection group (2)
+        assert by_program[0] == [(0, 0, 2, 0, 2, 0)] + [(0, s, 2, 0, 2, 0) for s in range(T)]
+        assert by_program[1] == [(2, 0, 0, t + 1, 0, 0) for t in range(T)] + [(1, 0, 2, 0, 2, 0)]
+        assert by_program[2] == [(1, 0, 2, 1, 2, 0)] + [(1, s, 2, min(s + 2, T), 2, 0) for s in range(T)]
+        return
     for g in range(2 * D):
-        layer, rev = divmod(g, D)
-        steps = [c[1:] for c in calls if c[0] == g]
-        if bidirectional and layer == 1:
+        layer = g // D
+        steps = by_program[g]
+        if layer == 1:
             projection, steps = steps[:T - T // 2], steps[T - T // 2:]
             assert projection == [(g, 0, 0, k, 1, k) for k in range(T // 2 + 1, T + 1)]
-        assert [own for own, _, _, _, _, _ in steps] == [g] * T and [n for _, n, *_ in steps] == list(range(T))
-        for s, (_, _, g_b, n_b, g_c, n_c) in enumerate(steps):
-            t = T - 1 - s if rev else s
-            if layer == 0 or bidirectional:
-                assert n_b == n_c == 0
-            else:
-                assert (g_b, n_b) == (0, t + 1)
-                assert (g_c, n_c) == (0, t + 1)
+        assert steps == [(g, s, 0, 0, 1, 0) for s in range(T)]   # no count asked of layer 0's groups (0, 1)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -514,7 +555,8 @@ def _reason(H, L, bidirectional, dtype=torch.float16, B=16, n_sm=132, precision=
 
 def test_gpu_config_of_the_modeled_stacks():
     uni = config.gpu_config(B=16, H=512, L=2, D=1, dtype=torch.float16, n_sm=132)
-    assert (uni.ht, uni.programs_per_group, uni.num_programs, uni.block_b, uni.num_warps) == (16, 32, 64, 16, 4)
+    assert (uni.ht, uni.programs_per_group, uni.num_programs, uni.block_b, uni.num_warps) == (16, 32, 96, 16, 4)
+    assert (uni.proj_groups, uni.backward_programs) == (1, 64)      # layer 1's projection group: forward only
     assert (uni.split(1), uni.split(1), uni.split(4)) == (4, 4, 16)
     bi = config.gpu_config(B=16, H=512, L=2, D=2, dtype=torch.float16, n_sm=132)
     assert (bi.ht, bi.num_programs) == (16, 128)
@@ -548,6 +590,9 @@ def test_programs_fit_the_sms_and_each_group_splits_like_one_layer():
                 assert cfg.ht >= 16 and cfg.ht & (cfg.ht - 1) == 0 and cfg.programs_per_group == -(-H // cfg.ht)
                 if cfg.num_programs <= 132 and cfg.ht > 16:
                     assert -(-H // (cfg.ht // 2)) * L * D > 132, "HT is the smallest that fits"
+                # projection groups: unidirectional stacks only, where they fit beside the layers
+                fits = cfg.programs_per_group * (2 * L - 1) <= 132
+                assert cfg.proj_groups == (L - 1 if D == 1 and fits else 0)
 
 
 def test_cpu_interpreter_config_is_one_program_per_group():
@@ -558,7 +603,8 @@ def test_cpu_interpreter_config_is_one_program_per_group():
 
 def test_static_model_csv_is_consistent():
     """reports/data/static-stack-h100.csv (python -m bench.static_stack, modeled from sm_90 code): labelled as
-    modeled, the schedules' step counts, ratio = stack / per-layer, no spill inside a time loop."""
+    modeled, the schedules' step counts (unidirectional: a projection group's stage per layer ≥ 1), ratio =
+    stack / per-layer, no spill inside a time loop."""
     import csv
     import pathlib
     rows = list(csv.DictReader(open(pathlib.Path(__file__).parents[1] / "reports/data/static-stack-h100.csv")))
@@ -566,7 +612,7 @@ def test_static_model_csv_is_consistent():
     for r in rows:
         T, L, D = int(r["T"]), int(r["layers"]), int(r["directions"])
         assert r["source"] == "modeled from sm_90 code, not measured"
-        assert int(r["steps"]) == (T + L - 1 if D == 1 else L * T) and int(r["per_layer_steps"]) == L * D * T
+        assert int(r["steps"]) == (T + 2 * (L - 1) if D == 1 else L * T) and int(r["per_layer_steps"]) == L * D * T
         assert abs(float(r["ratio"]) - float(r["stack_us"]) / float(r["per_layer_us"])) < 2e-3
         assert int(r["fwd_loop_spills"]) == int(r["bwd_loop_spills"]) == 0
         assert max(int(r["fwd_shared_bytes"]), int(r["bwd_shared_bytes"])) <= config.SHARED_BUDGET
