@@ -12,18 +12,17 @@ hardware, bf16 numerics are untested.
 Modeled (python -m bench.static_stack; MODELED FROM sm_90 CODE, NOT MEASURED, triton 3.6, bench/static.py's
 assumed latencies), B16 H512 T1024 fp16 inference forward, against today's per-layer launches (bench.static's
 single-layer row, 1.27 µs/step, one direction after another, input GEMMs and launch gaps left out):
-    2 layers unidirectional   96 programs (2 layers + layer 1's projection group), 1.70 µs/step x 1026 steps
-                              = 1.74 ms vs 2.60 ms: 0.67x
-    2 layers bidirectional   128 programs, 1.62 µs/step x 2048 steps + the input projection beside layer 0's
-                             last 512 steps (0.76 µs more each: its 4.2 MB of L2 reads) = 3.72 ms vs 5.21 ms: 0.71x
-(the target was ≤ 0.6x; 0.74x and 0.90x before H became a constant and the layers ≥ 1 got their input
-projected ahead. Where the time goes: a step issues 865 (unidirectional) or 927 (bidirectional) instructions per
-warp against the single layer's 735: the h read from y or h0 with a select and the three-counter wait; it moves
-the L2 bytes of every group running at once; and layer 0 waits 0.14 µs a step for the DRAM round of its next
-gates_x (loaded after the arrival: sm_90 repacks the 16-bit halves at once). Next: the single layer's h
-exchange slots, and gates_x loaded as 32-bit words unpacked after the wait.) Forward and backward compile
-without spills in the loop, 80 / 144 KB (unidirectional forward / backward) and 160 / 224 KB (bidirectional)
-of shared memory.
+    2 layers unidirectional   96 programs (2 layers + layer 1's projection group), 1.59 µs/step x 1026 steps
+                              = 1.64 ms vs 2.60 ms: 0.63x
+    2 layers bidirectional   128 programs, 1.52 µs/step x 2048 steps + the input projection beside layer 0's
+                             last 512 steps (0.76 µs more each: its 4.2 MB of L2 reads) = 3.51 ms vs 5.21 ms: 0.67x
+(the target was ≤ 0.6x; 0.74x and 0.90x before H became a constant, the layers ≥ 1 got their input projected
+ahead and gates_x came as 32-bit words. Where the time goes: a step issues 931 (unidirectional) or 995
+(bidirectional) instructions per warp against the single layer's 735: the h read from y or h0 with a select,
+the three-counter wait, the unpacking of gates_x; and it moves the L2 bytes of every group running at once.
+Next: the single layer's h exchange slots.) Forward and backward compile without spills in the loop with
+triton 3.6, 80 / 144 KB (unidirectional forward / backward) and 160 / 224 KB (bidirectional) of shared memory;
+triton 3.9 spills 184-193 local accesses in the bidirectional forward's projection loop.
 Known risks: (1) all programs of all groups must be co-resident (cooperative launch: the driver refuses rather
 than hangs); (2) the waits are the epoch counters of kernels/triton_barrier.py read across groups: correct by
 the same release/acquire argument, but only a GPU tests memory ordering; (3) fp16/bf16 exchange dz between
@@ -180,27 +179,50 @@ def _keep(o_y, seed, drop):
 
 
 @triton.jit
-def _load_gx(p_gx, p_gxu, t, i_l, i_d, o_b, o_u, m_bu, T, B, H, D: tl.constexpr, PRE_X: tl.constexpr):
-    # PRE_X: layers ≥ 1 read p_gxu (the kernel passes PRE_X or PIPE)
-    """gates_x[t] = x_t·W_ihᵀ + b for own units, the four gates ([BB, HT] each): layer 0's from the GEMM outside
-    (p_gx), and with PRE_X a layer ≥ 1's from what it (PRE_X: bidirectional) or its projection group (PIPE:
-    unidirectional) projected (p_gxu: [L-1, T, B, D·4H]);
-    zeros for a layer ≥ 1 without PRE_X (it adds x_t·W_ihᵀ in the loop) and for a t outside 0 … T-1 (the prefetch
-    after the last step). Written by no other program, so the loop issues it for the next step before the wait:
-    its DRAM latency hides behind the wait. In the input dtype: the loop converts it after the wait (converted
-    here, the program waited for DRAM right after the load, before its arrival: a DRAM round per step in the
-    model of the bidirectional stack, sm_90, triton 3.6)."""
-    o_gx = (t.to(tl.int64) * B + o_b)[:, None] * (4 * D * H) + i_d * 4 * H + o_u[None, :]
-    if PRE_X:
+def _load_gx(p_gx, p_gxu, t, i_l, i_d, o_b, o_u, m_bu, T, B, H: tl.constexpr, D: tl.constexpr, GXU: tl.constexpr,
+             WORDS: tl.constexpr):
+    """gates_x[t] = x_t·W_ihᵀ + b for own units, the four gates: layer 0's from the GEMM outside (p_gx) and, GXU, a
+    layer ≥ 1's from what it (bidirectional) or its projection group (unidirectional) projected (p_gxu:
+    [L-1, T, B, D·4H]); zeros for a layer ≥ 1 without GXU (it adds x_t·W_ihᵀ in its loop) and for a t outside
+    0 … T-1 (the prefetch after the last step). The loop issues it for the next step after its arrival and before
+    its wait, whose round trip its latency overlaps, and ``_unpack_gx`` converts it after the wait. WORDS (16-bit,
+    H even): loaded as 32-bit words, two units each ([BB, HT/2]): loaded as 16-bit values, sm_90 repacked the
+    halves right after the load, so the program waited for the load there, before its poll (modeled 0.14 µs a
+    step, B16 H512 fp16, triton 3.6). .cg: a projection group (another SM) may have just written it."""
+    if GXU:
         p_gx = tl.where(i_l == 0, p_gx, p_gxu + (i_l - 1).to(tl.int64) * T * B * (4 * D * H))
         m_gx = tl.where((t >= 0) & (t < T), m_bu, False)
     else:
         m_gx = tl.where((i_l == 0) & (t >= 0) & (t < T), m_bu, False)
-    p = p_gx + o_gx     # .cg: a projection group (another SM) may have just written it, not a line in our L1
-    return (tl.load(p, mask=m_gx, other=0., cache_modifier=".cg"),
-            tl.load(p + H, mask=m_gx, other=0., cache_modifier=".cg"),
-            tl.load(p + 2 * H, mask=m_gx, other=0., cache_modifier=".cg"),
-            tl.load(p + 3 * H, mask=m_gx, other=0., cache_modifier=".cg"))
+    o_gx = (t.to(tl.int64) * B + o_b)[:, None] * (4 * D * H) + i_d * 4 * H + o_u[None, :]
+    if WORDS:
+        HT2: tl.constexpr = o_u.shape[0] // 2
+        o_w = o_gx // 2
+        o_w = tl.reshape(o_w, [o_b.shape[0], HT2, 2]).min(2)          # one offset per pair of units
+        m_w = tl.reshape(m_gx.to(tl.int32), [o_b.shape[0], HT2, 2]).max(2) > 0
+        p = p_gx.to(tl.pointer_type(tl.int32)) + o_w
+        G: tl.constexpr = H // 2
+    else:
+        p = p_gx + o_gx
+        m_w = m_gx
+        G: tl.constexpr = H
+    return (tl.load(p, mask=m_w, other=0, cache_modifier=".cg"),
+            tl.load(p + G, mask=m_w, other=0, cache_modifier=".cg"),
+            tl.load(p + 2 * G, mask=m_w, other=0, cache_modifier=".cg"),
+            tl.load(p + 3 * G, mask=m_w, other=0, cache_modifier=".cg"))
+
+
+@triton.jit
+def _unpack_gx(b_g, DTYPE: tl.constexpr, ACC: tl.constexpr, WORDS: tl.constexpr):
+    """``_load_gx``'s values of one gate as [BB, HT] in the accumulation dtype (WORDS: unit 2j in the low half
+    of word j, 2j+1 in the high half)."""
+    if WORDS:
+        lo = (b_g & 0xFFFF).to(tl.uint16).to(DTYPE, bitcast=True)
+        hi = ((b_g >> 16) & 0xFFFF).to(tl.uint16).to(DTYPE, bitcast=True)
+        b = tl.join(lo, hi)
+        return tl.reshape(b, [b.shape[0], b.shape[1] * 2]).to(ACC)
+    else:
+        return b_g.to(ACC)
 
 
 @triton.jit
@@ -326,8 +348,9 @@ def _stack_fwd_kernel(
     b_c = tl.load(p_c0 + o_s, mask=m_bu, other=0.).to(ACC)
     b_len = tl.load(p_len + o_b, mask=m_b, other=0)
     seed = tl.load(p_seed) if DROPOUT else 0
+    WORDS: tl.constexpr = (H % 2 == 0) and (p_gx.dtype.element_ty.primitive_bitwidth == 16)
     b_gi, b_gf, b_gg, b_go = _load_gx(p_gx, p_gxu, tl.where(rev, T - 1, 0), i_l, i_d, o_b, o_u, m_bu, T, B, H, D,
-                                      PRE_X or PIPE)
+                                      PRE_X or PIPE, WORDS)
     for s in tl.range(tl.where(proj, 0, T), num_stages=1):     # num_stages=1: no load hoisted above a wait
         t = tl.where(rev, T - 1 - s, s)
         o_t = ((i_l * T + t).to(tl.int64) * B + o_b)            # row (l, t, b) of y, gates, cells
@@ -349,10 +372,11 @@ def _stack_fwd_kernel(
         o_h = ((i_l * T + src).to(tl.int64) * B + o_b) * DH + i_d * H
         b_h = (_rows(p_y, o_h, m_b & has, H, H, BLOCK_H, BLOCK_H, SPLIT_H)
                + _rows(p_h0, (i_g * B + o_b) * H, m_b & (~has), H, H, BLOCK_H, BLOCK_H, SPLIT_H))
-        b_zi = b_gi.to(ACC) + _hw(b_h, b_hi, USE_DOT, PRECISION)
-        b_zf = b_gf.to(ACC) + _hw(b_h, b_hf, USE_DOT, PRECISION)
-        b_zg = b_gg.to(ACC) + _hw(b_h, b_hg, USE_DOT, PRECISION)
-        b_zo = b_go.to(ACC) + _hw(b_h, b_ho, USE_DOT, PRECISION)
+        X: tl.constexpr = p_gx.dtype.element_ty
+        b_zi = _unpack_gx(b_gi, X, ACC, WORDS) + _hw(b_h, b_hi, USE_DOT, PRECISION)
+        b_zf = _unpack_gx(b_gf, X, ACC, WORDS) + _hw(b_h, b_hf, USE_DOT, PRECISION)
+        b_zg = _unpack_gx(b_gg, X, ACC, WORDS) + _hw(b_h, b_hg, USE_DOT, PRECISION)
+        b_zo = _unpack_gx(b_go, X, ACC, WORDS) + _hw(b_h, b_ho, USE_DOT, PRECISION)
         if MULTI and not (PRE_X or PIPE):
             if upper:
                 o_x = (((i_l - 1) * T + t).to(tl.int64) * B + o_b) * DH
@@ -383,7 +407,7 @@ def _stack_fwd_kernel(
         # waits for DRAM right after the load: before the arrival that held up every program's step) and
         # before the wait, whose round trip it overlaps
         b_gi, b_gf, b_gg, b_go = _load_gx(p_gx, p_gxu, tl.where(rev, t - 1, t + 1), i_l, i_d, o_b, o_u, m_bu, T, B,
-                                          H, D, PRE_X or PIPE)
+                                          H, D, PRE_X or PIPE, WORDS)
 
     m_bu = tl.where(proj, False, m_bu)                          # a projection program has no state to write
     tl.store(p_cn + o_s, b_c.to(p_cn.dtype.element_ty), mask=m_bu)

@@ -107,6 +107,16 @@ def test_stack_vs_torch_lstm(L, bidirectional, dtype, packed, batch_first):
 
 
 @needs_triton
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_16_bit_gates_x_read_as_words(bidirectional):
+    """fp16 with an even H: every gates_x row is read as 32-bit words, two units each, and unpacked after the
+    wait (kernels/triton_stack.py, ``_load_gx``); the odd H of the other fp16 tests read it unit by unit."""
+    stack_vs_torch(L=2, bidirectional=bidirectional, dtype=torch.float16, T=5, H=6, lengths=lengths_for(5, 3))
+    stack_vs_torch(L=2, bidirectional=bidirectional, dtype=torch.float16, T=3, H=18,
+                   context=lambda: concurrent_programs(6 if not bidirectional else 8, backends=("triton",)))
+
+
+@needs_triton
 def test_stack_without_bias_vs_torch_lstm():
     stack_vs_torch(L=3, bidirectional=True, dtype=torch.float64, lengths=lengths_for(4, 3), bias=False)
 
