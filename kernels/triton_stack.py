@@ -12,17 +12,18 @@ hardware, bf16 numerics are untested.
 Modeled (python -m bench.static_stack; MODELED FROM sm_90 CODE, NOT MEASURED, triton 3.6, bench/static.py's
 assumed latencies), B16 H512 T1024 fp16 inference forward, against today's per-layer launches (bench.static's
 single-layer row, 1.27 µs/step, one direction after another, input GEMMs and launch gaps left out):
-    2 layers unidirectional   96 programs (2 layers + layer 1's projection group), 1.59 µs/step x 1026 steps
-                              = 1.64 ms vs 2.60 ms: 0.63x
-    2 layers bidirectional   128 programs, 1.52 µs/step x 2048 steps + the input projection beside layer 0's
-                             last 512 steps (0.76 µs more each: its 4.2 MB of L2 reads) = 3.51 ms vs 5.21 ms: 0.67x
+    2 layers unidirectional   96 programs (2 layers + layer 1's projection group), 1.52 µs/step x 1026 steps
+                              = 1.56 ms vs 2.60 ms: 0.60x
+    2 layers bidirectional   128 programs, 1.42 µs/step x 2048 steps + the input projection beside layer 0's
+                             last 512 steps (0.76 µs more each: its 4.2 MB of L2 reads) = 3.29 ms vs 5.21 ms: 0.63x
 (the target was ≤ 0.6x; 0.74x and 0.90x before H became a constant, the layers ≥ 1 got their input projected
-ahead and gates_x came as 32-bit words. Where the time goes: a step issues 931 (unidirectional) or 995
-(bidirectional) instructions per warp against the single layer's 735: the h read from y or h0 with a select,
-the three-counter wait, the unpacking of gates_x; and it moves the L2 bytes of every group running at once.
-Next: the single layer's h exchange slots.) Forward and backward compile without spills in the loop with
-triton 3.6, 80 / 144 KB (unidirectional forward / backward) and 160 / 224 KB (bidirectional) of shared memory;
-triton 3.9 spills 184-193 local accesses in the bidirectional forward's projection loop.
+ahead, gates_x came as 32-bit words and h through exchange slots. Where the time goes: a step issues 798 / 805
+instructions per warp against the single layer's 735 (the three-counter wait, the unpacking of gates_x) and
+moves the L2 bytes of every group running at once; the bidirectional projection reads every input row once per
+program of the layer, 0.39 ms of L2 traffic in all: fewer bytes need h multicast within a cluster.) Forward and
+backward compile without spills in the loop with triton 3.6, 80 / 144 KB (unidirectional forward / backward)
+and 160 / 224 KB (bidirectional) of shared memory; triton 3.9 spills 194 local accesses in the bidirectional
+forward's projection loop.
 Known risks: (1) all programs of all groups must be co-resident (cooperative launch: the driver refuses rather
 than hangs); (2) the waits are the epoch counters of kernels/triton_barrier.py read across groups: correct by
 the same release/acquire argument, but only a GPU tests memory ordering; (3) fp16/bf16 exchange dz between
@@ -261,6 +262,7 @@ def _stack_fwd_kernel(
     p_bar,       # [2·L·D] int64, zero: per group its counter of finished program-steps and a time-out flag
     p_seed,      # [1] int64 (DROPOUT): the mask's seed, drawn by torch's generator (a tensor: see lstm_gpu/stack.py)
     p_gxu,       # [L-1, T, B, D·4H] input dtype (PRE_X): x·W_ihᵀ + b of layers 1 … L-1, projected in the kernel
+    p_hx,        # [L·D, 2, B, H]: how a group's programs exchange h, generation g in slot g % 2, h0 in slot 0
     # sizes
     T, B, L,
     H: tl.constexpr,     # a constant: offsets inside a row become immediates (kernels/triton_lstm.py measured why)
@@ -346,6 +348,8 @@ def _stack_fwd_kernel(
     b_ho = _w(p_w + 3 * H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
 
     b_c = tl.load(p_c0 + o_s, mask=m_bu, other=0.).to(ACC)
+    b_hc = tl.load(p_h0 + o_s, mask=m_bu, other=0.)            # the carried h (frozen past a row's end)
+    p_hxg = p_hx + i_g * 2 * B * H                              # this group's two exchange slots
     b_len = tl.load(p_len + o_b, mask=m_b, other=0)
     seed = tl.load(p_seed) if DROPOUT else 0
     WORDS: tl.constexpr = (H % 2 == 0) and (p_gx.dtype.element_ty.primitive_bitwidth == 16)
@@ -365,13 +369,11 @@ def _stack_fwd_kernel(
             n_below = tl.where((i_l > 0) & (not PRE_X), NPG, 0)
             _wait(p_bar, i_g, NPG * s, i_below, n_below * (t + 1), i_below + D - 1,
                   n_below * tl.where(D == 2, T - t, t + 1), TIMEOUT)
-        # h_{t-1} as step t sees it: y at the row's previous live step (a frozen row re-reads its last output),
-        # h0 before its first step (forward: t = 0; reverse: t = len - 1)
-        src = tl.where(rev, tl.zeros_like(b_len) + t + 1, tl.minimum(tl.zeros_like(b_len) + t - 1, b_len - 1))
-        has = tl.where(rev, src < b_len, src >= 0)
-        o_h = ((i_l * T + src).to(tl.int64) * B + o_b) * DH + i_d * H
-        b_h = (_rows(p_y, o_h, m_b & has, H, H, BLOCK_H, BLOCK_H, SPLIT_H)
-               + _rows(p_h0, (i_g * B + o_b) * H, m_b & (~has), H, H, BLOCK_H, BLOCK_H, SPLIT_H))
+        # h_{t-1}: the group's carried h of generation s (slot s % 2; h0 in slot 0, copied by the launcher).
+        # Generation s + 2 overwrites it only after every program of the group has waited for step s + 1,
+        # which each reached after reading generation s (kernels/triton_lstm.py's exchange: read from y and
+        # h0 with a select, it took 2 loads and 130-190 more instructions a step, sm_90, triton 3.6).
+        b_h = _rows(p_hxg + (s % 2) * B * H, o_b * H, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H)
         X: tl.constexpr = p_gx.dtype.element_ty
         b_zi = _unpack_gx(b_gi, X, ACC, WORDS) + _hw(b_h, b_hi, USE_DOT, PRECISION)
         b_zf = _unpack_gx(b_gf, X, ACC, WORDS) + _hw(b_h, b_hf, USE_DOT, PRECISION)
@@ -390,6 +392,8 @@ def _stack_fwd_kernel(
         b_alive = (t < b_len)[:, None]
         b_c = tl.where(b_alive, b_f * b_c + b_i * b_g, b_c)    # frozen past the row's end
         b_out = tl.where(b_alive, b_o * _tanh(b_c), 0.)
+        b_hc = tl.where(b_alive, b_out.to(b_hc.dtype), b_hc)
+        tl.store(p_hxg + ((s + 1) % 2) * B * H + o_b[:, None] * H + o_u[None, :], b_hc, mask=m_bu)
         o_y = o_t[:, None] * DH + i_d * H + o_u[None, :]
         tl.store(p_y + o_y, b_out.to(p_y.dtype.element_ty), mask=m_bu)
         if DROPOUT:                                             # the copy the layer above reads
@@ -411,14 +415,7 @@ def _stack_fwd_kernel(
 
     m_bu = tl.where(proj, False, m_bu)                          # a projection program has no state to write
     tl.store(p_cn + o_s, b_c.to(p_cn.dtype.element_ty), mask=m_bu)
-    # h_n: the carried h of each row, as the step after the last one would see it (own units: no wait)
-    t_end = tl.where(rev, -1, T)
-    src = tl.where(rev, tl.zeros_like(b_len) + t_end + 1, tl.minimum(tl.zeros_like(b_len) + t_end - 1, b_len - 1))
-    has = tl.where(rev, src < b_len, src >= 0)
-    o_h = (((i_l * T + src).to(tl.int64) * B + o_b) * DH + i_d * H)[:, None] + o_u[None, :]
-    b_hy = tl.load(p_y + o_h, mask=m_bu & has[:, None], other=0.)
-    b_h0 = tl.load(p_h0 + o_s, mask=m_bu & (~has)[:, None], other=0.)
-    tl.store(p_hn + o_s, b_hy + b_h0, mask=m_bu)
+    tl.store(p_hn + o_s, b_hc, mask=m_bu)                       # h_n: the carried h
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -631,12 +628,14 @@ def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, s
     pipe = cfg.proj_groups > 0      # unidirectional: projection groups feed layers ≥ 1 (kernel, PIPE)
     gxu = torch.empty(L - 1, T, B, D * G, dtype=dtype, device=device) if pre_x or pipe else gx0
     bar = barrier_state(device, L * D + cfg.proj_groups)
+    h_exchange = torch.empty(L * D, 2, B, H, dtype=dtype, device=device)
+    h_exchange[:, 0].copy_(h0)      # generation 0 (so the first synchronisation inside is step 0's)
     meta = _meta(cfg, L, D, dtype)
     with host.device_guard(device):
         _stack_fwd_kernel[(cfg.num_programs,)](
             gx0, w_ih, w_hh, unused if bias is None else bias, h0, c0, lens, y, y if x is None else x, h_n, c_n,
             unused if gates is None else gates, unused if cells is None else cells, bar, _seed(seed, drop, lens),
-            gxu, T, B, L, H, float(dropout),
+            gxu, h_exchange, T, B, L, H, float(dropout),
             SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), SAVE=save, DROPOUT=drop, HAS_BIAS=bias is not None,
             PRE_X=pre_x, PIPE=pipe,
             **meta, **_launch_options(cfg, device))
