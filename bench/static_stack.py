@@ -18,8 +18,9 @@ multiplies by the steps of the schedule:
                      layer ≥ 1 (where the SMs allow), T + 2(L-1) steps of the slower of a layer's step and a
                      projection step, all groups' L2 bytes adding up
     bidirectional    L·T steps (both directions of a layer side by side, the layers one after another); a layer
-                     ≥ 1 projects its input (x_t·W_ihᵀ, two t per iteration) while the layer below runs its
-                     last T - T//2 steps, so each of those steps costs max(the step with the projection's L2
+                     ≥ 1 projects its input (x_t·W_ihᵀ) while the layer below runs: program pairs a half row
+                     each beside every step of it (or, an odd number of programs, two rows each beside its
+                     last T - T//2 steps), so each of those steps costs max(the step with the projection's L2
                      bytes added, a projection iteration)
     per layer today  L·D·T steps of the single-layer kernel (bench/static.py's inference forward row), one
                      direction after the other
@@ -197,13 +198,18 @@ def profile(B: int, H: int, T: int, dtype: str, L: int, bidirectional: bool) -> 
         m["step_us"] = max(m["step_us"], pre_us)
     stack_us = steps * m["step_us"]
     if projection is not None and not pipe:
-        # every program of a layer ≥ 1 reads two input rows (B × D·H) per iteration; an iteration runs beside
-        # each of the layer below's last T - T//2 steps
-        pre_bytes = D * cfg.programs_per_group * 2 * B * D * H * (torch.finfo(dt).bits // 8)
+        # every program of a layer ≥ 1 reads, per iteration, two input rows (B × D·H) beside each of the layer
+        # below's last T - T//2 steps, or (program pairs, projection_halves = 2) one half row beside each of
+        # its T steps
+        x = torch.finfo(dt).bits // 8
+        if cfg.projection_halves == 2:
+            pre_bytes, iterations = D * cfg.programs_per_group * B * H * x, T
+        else:
+            pre_bytes, iterations = D * cfg.programs_per_group * 2 * B * D * H * x, T - T // 2
         pre_us = static.model(read_step(code, projection), warps=cfg.num_warps, programs=cfg.num_programs,
                               grid_bytes=0)["step_us"]
         beside = max(m["step_us"] + pre_bytes / static.PARAMS["L2_BW"] * 1e6, pre_us)
-        stack_us += (L - 1) * (T - T // 2) * (beside - m["step_us"])
+        stack_us += (L - 1) * iterations * (beside - m["step_us"])
     (single,) = static.case_rows(B, H, T, dtype, "fwd")
     layer_steps = L * D * T
     f, b = resources(fwd), resources(bwd)

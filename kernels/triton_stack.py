@@ -13,17 +13,15 @@ Modeled (python -m bench.static_stack; MODELED FROM sm_90 CODE, NOT MEASURED, tr
 assumed latencies), B16 H512 T1024 fp16 inference forward, against today's per-layer launches (bench.static's
 single-layer row, 1.27 µs/step, one direction after another, input GEMMs and launch gaps left out):
     2 layers unidirectional   96 programs (2 layers + layer 1's projection group), 1.52 µs/step x 1026 steps
-                              = 1.56 ms vs 2.60 ms: 0.60x
-    2 layers bidirectional   128 programs, 1.42 µs/step x 2048 steps + the input projection beside layer 0's
-                             last 512 steps (0.76 µs more each: its 4.2 MB of L2 reads) = 3.29 ms vs 5.21 ms: 0.63x
-(the target was ≤ 0.6x; 0.74x and 0.90x before H became a constant, the layers ≥ 1 got their input projected
-ahead, gates_x came as 32-bit words and h through exchange slots. Where the time goes: a step issues 798 / 805
-instructions per warp against the single layer's 735 (the three-counter wait, the unpacking of gates_x) and
-moves the L2 bytes of every group running at once; the bidirectional projection reads every input row once per
-program of the layer, 0.39 ms of L2 traffic in all: fewer bytes need h multicast within a cluster.) Forward and
-backward compile without spills in the loop with triton 3.6, 80 / 144 KB (unidirectional forward / backward)
-and 160 / 224 KB (bidirectional) of shared memory; triton 3.9 spills 194 local accesses in the bidirectional
-forward's projection loop.
+                              = 1.56 ms vs 2.60 ms: 0.599x
+    2 layers bidirectional   128 programs, 1.43 µs/step x 2048 steps + the input projection beside each of
+                             layer 0's steps (0.19 µs more each: its 1 MB of L2 reads) = 3.12 ms vs 5.21 ms: 0.600x
+(the target was ≤ 0.6x: met, by a hair, in the model; 0.74x and 0.90x before H became a constant, the layers
+≥ 1 got their input projected ahead (program pairs splitting the rows, bidirectional), gates_x came as 32-bit
+words and h through exchange slots. Where the time goes: a step issues 798 / 828 instructions per warp against
+the single layer's 735 (the three-counter wait, the unpacking of gates_x) and moves the L2 bytes of every group
+running at once.) Forward and backward compile without spills in the loop (triton 3.6 and 3.9), 80 / 144 KB
+(unidirectional forward / backward) and 144 / 224 KB (bidirectional) of shared memory.
 Known risks: (1) all programs of all groups must be co-resident (cooperative launch: the driver refuses rather
 than hangs); (2) the waits are the epoch counters of kernels/triton_barrier.py read across groups: correct by
 the same release/acquire argument, but only a GPU tests memory ordering; (3) fp16/bf16 exchange dz between
@@ -66,8 +64,10 @@ instead of today's 2·L·T (directions one after another), with no launch and no
 schedule can start layer l+1 earlier: every one of its steps reads both directions of layer l at that t. So its
 programs, idle until then, project its whole input meanwhile (forward, PRE_X): x_t·W_ihᵀ + b for time t once
 both directions below have it (counter(l-1, fwd) ≥ NPG·k and counter(l-1, rev) ≥ NPG·k with k = max(t+1, T-t)),
-into a buffer its recurrence then reads like layer 0's gates_x, with no x·W_ihᵀ in its steps and no wait for
-the layer below. Every slot is written once (y, dz are [L, T, ...]), so no wait guards a reuse.
+or, with an even number of programs, in program pairs that split each row in its two halves, one per direction
+below, each half as soon as that direction has it, for twice the units (every row read half as often); then
+one arrival each, and the recurrence reads the result like layer 0's gates_x (its waits count that arrival),
+with no x·W_ihᵀ in its steps and no wait for the layer below. Every slot is written once (y, dz are [L, T, ...]), so no wait guards a reuse.
 On CPU, with one program per group, the interpreter runs the programs one by one in program-id order: forward
 numbers the groups from the bottom layer up, backward from the top layer down, so each program only waits for
 groups that ran before it (or for itself) and the sequential run completes.
@@ -181,18 +181,21 @@ def _keep(o_y, seed, drop):
 
 @triton.jit
 def _load_gx(p_gx, p_gxu, t, i_l, i_d, o_b, o_u, m_bu, T, B, H: tl.constexpr, D: tl.constexpr, GXU: tl.constexpr,
-             WORDS: tl.constexpr):
+             WORDS: tl.constexpr, PART: tl.constexpr = 0, HALVES: tl.constexpr = 1):
     """gates_x[t] = x_t·W_ihᵀ + b for own units, the four gates: layer 0's from the GEMM outside (p_gx) and, GXU, a
     layer ≥ 1's from what it (bidirectional) or its projection group (unidirectional) projected (p_gxu:
-    [L-1, T, B, D·4H]); zeros for a layer ≥ 1 without GXU (it adds x_t·W_ihᵀ in its loop) and for a t outside
+    [L-1, HALVES, T, B, D·4H]: HALVES = 2, the layer's gates_x is the sum of PART 0 and 1; layer 0 has no PART 1);
+    zeros for a layer ≥ 1 without GXU (it adds x_t·W_ihᵀ in its loop) and for a t outside
     0 … T-1 (the prefetch after the last step). The loop issues it for the next step after its arrival and before
     its wait, whose round trip its latency overlaps, and ``_unpack_gx`` converts it after the wait. WORDS (16-bit,
     H even): loaded as 32-bit words, two units each ([BB, HT/2]): loaded as 16-bit values, sm_90 repacked the
     halves right after the load, so the program waited for the load there, before its poll (modeled 0.14 µs a
     step, B16 H512 fp16, triton 3.6). .cg: a projection group (another SM) may have just written it."""
     if GXU:
-        p_gx = tl.where(i_l == 0, p_gx, p_gxu + (i_l - 1).to(tl.int64) * T * B * (4 * D * H))
+        p_gx = tl.where(i_l == 0, p_gx, p_gxu + ((i_l - 1) * HALVES + PART).to(tl.int64) * T * B * (4 * D * H))
         m_gx = tl.where((t >= 0) & (t < T), m_bu, False)
+        if PART > 0:
+            m_gx = tl.where(i_l > 0, m_gx, False)
     else:
         m_gx = tl.where((i_l == 0) & (t >= 0) & (t < T), m_bu, False)
     o_gx = (t.to(tl.int64) * B + o_b)[:, None] * (4 * D * H) + i_d * 4 * H + o_u[None, :]
@@ -243,6 +246,25 @@ def _project(p_x, p_gxu, t, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, 
     tl.store(p + 3 * H, (_hw(b_x, b_xo, USE_DOT, PRECISION) + b_bo).to(X), mask=m_bu)
 
 
+@triton.jit
+def _project_half(p_x, p_gxu, t, k_h, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg,
+                  b_bo, D: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
+                  PRECISION: tl.constexpr):
+    """Half k_h of gates_x[t] of a bidirectional layer ≥ 1 for units o_u: the half x_t[:, k_h·H : (k_h+1)·H] of
+    its input (direction k_h of the layer below) times the same columns of W_ih (+ b in half 0), into
+    p_gxu [L-1, 2, T, B, D·4H] at (l-1, k_h, t); the recurrence adds the two halves (``_load_gx``)."""
+    DH = D * H
+    o_t = ((i_l - 1) * T + t).to(tl.int64) * B + o_b
+    b_x = _rows(p_x + k_h * H, o_t * DH, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT)
+    o_r = (((i_l - 1) * 2 + k_h) * T + t).to(tl.int64) * B + o_b
+    p = p_gxu + o_r[:, None] * (4 * DH) + i_d * 4 * H + o_u[None, :]
+    X = p_gxu.dtype.element_ty
+    tl.store(p, (_hw(b_x, b_xi, USE_DOT, PRECISION) + b_bi).to(X), mask=m_bu)
+    tl.store(p + H, (_hw(b_x, b_xf, USE_DOT, PRECISION) + b_bf).to(X), mask=m_bu)
+    tl.store(p + 2 * H, (_hw(b_x, b_xg, USE_DOT, PRECISION) + b_bg).to(X), mask=m_bu)
+    tl.store(p + 3 * H, (_hw(b_x, b_xo, USE_DOT, PRECISION) + b_bo).to(X), mask=m_bu)
+
+
 @triton.jit(do_not_specialize=["T"])
 def _stack_fwd_kernel(
     # pointers (all contiguous)
@@ -273,6 +295,7 @@ def _stack_fwd_kernel(
     SPLIT_X: tl.constexpr,      # tl.dot chunks of the x·W_ihᵀ reduction (K = D·BLOCK_H)
     MULTI: tl.constexpr,        # L > 1: programs of layers ≥ 1 exist
     PRE_X: tl.constexpr,        # layers ≥ 1 project their whole input before their recurrence (bidirectional)
+    HALVES: tl.constexpr,       # PRE_X with NPG even: program pairs split the input row in halves (else 1)
     PIPE: tl.constexpr,         # projection groups feed the layers ≥ 1, a step ahead (unidirectional)
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, SAVE: tl.constexpr,
     DROPOUT: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -304,12 +327,26 @@ def _stack_fwd_kernel(
         upper = i_l > 0
         i_w = tl.maximum(i_g - D, 0)                            # (layer - 1, direction) in [L-1, D, ...]
         p_w = p_wih + i_w * 4 * H * DH
-        b_xi = _w(p_w, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
-        b_xf = _w(p_w + H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
-        b_xg = _w(p_w + 2 * H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
-        b_xo = _w(p_w + 3 * H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
-        m_bias = tl.where(upper, (o_u < H) & HAS_BIAS, False)
-        p_bb = p_bias + i_w * 4 * H + o_u
+        if HALVES == 2:     # the projection's share of a program pair: 2·HT units, half the input row (k_h)
+            k_h = i_p % 2
+            o_u2 = (i_p // 2) * (2 * HT) + tl.arange(0, 2 * HT)
+            m_bu2 = m_b[:, None] & (o_u2 < H)[None, :]
+            p_w += k_h * H
+            b_xi = _w(p_w, 1, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+            b_xf = _w(p_w + H * DH, 1, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+            b_xg = _w(p_w + 2 * H * DH, 1, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT,
+                      ACC)
+            b_xo = _w(p_w + 3 * H * DH, 1, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT,
+                      ACC)
+            m_bias = tl.where(upper & (k_h == 0), (o_u2 < H) & HAS_BIAS, False)   # b in half 0 only
+            p_bb = p_bias + i_w * 4 * H + o_u2
+        else:
+            b_xi = _w(p_w, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+            b_xf = _w(p_w + H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+            b_xg = _w(p_w + 2 * H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+            b_xo = _w(p_w + 3 * H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+            m_bias = tl.where(upper, (o_u < H) & HAS_BIAS, False)
+            p_bb = p_bias + i_w * 4 * H + o_u
         b_bi = tl.load(p_bb, mask=m_bias, other=0.).to(ACC)[None, :]
         b_bf = tl.load(p_bb + H, mask=m_bias, other=0.).to(ACC)[None, :]
         b_bg = tl.load(p_bb + 2 * H, mask=m_bias, other=0.).to(ACC)[None, :]
@@ -321,15 +358,33 @@ def _stack_fwd_kernel(
         # soon as both directions have it. After k of its steps in each direction the layer below has t < k
         # (forward) and t ≥ T-k (reverse), so from k = T//2 + 1 on each k brings t = k-1 and t = T-k.
         # The recurrence then reads gates_x like layer 0 (no x·W_ihᵀ in its loop) and W_ih can leave the chip.
+        # HALVES = 2: a program pair splits the row instead, each half as soon as its direction below has it
+        # (half 0, forward: t = k-1 after k steps; half 1, reverse: t = T-k), for 2·HT units: every row is read
+        # half as often (B16 H512: 1 MB of L2 reads per step of the layer below instead of 4.2 MB per step over
+        # its last T/2), and the two halves add up when the recurrence reads them.
+        # Then one arrival: the layer's gates_x is written (by other programs too, HALVES = 2), so its
+        # recurrence waits for one arrival more than its steps.
         if upper:
             i_below = i_g - i_d - D                             # group (l-1, forward)
-            for k in tl.range(T // 2 + 1, T + 1, num_stages=1):
-                _wait(p_bar, i_g, 0, i_below, NPG * k, i_below + 1, NPG * k, TIMEOUT)
-                _project(p_x, p_gxu, k - 1, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi,
-                         b_bf, b_bg, b_bo, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
-                _project(p_x, p_gxu, T - k, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi,
-                         b_bf, b_bg, b_bo, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
-        tl.debug_barrier()                                      # its gates_x stores precede its own loads
+            b0 = NPG * (i_l > 1).to(tl.int32)                   # a layer ≥ 1 below arrived once before its steps
+            if HALVES == 2:
+                for k in tl.range(1, T + 1, num_stages=1):
+                    _wait(p_bar, i_g, 0, i_below + k_h, b0 + NPG * k, i_below + k_h, 0, TIMEOUT)
+                    _project_half(p_x, p_gxu, tl.where(k_h == 0, k - 1, T - k), k_h, i_l, i_d, o_b, m_b, o_u2,
+                                  m_bu2, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg, b_bo, D, BLOCK_H, SPLIT_H,
+                                  USE_DOT, PRECISION)
+            else:
+                for k in tl.range(T // 2 + 1, T + 1, num_stages=1):
+                    _wait(p_bar, i_g, 0, i_below, b0 + NPG * k, i_below + 1, b0 + NPG * k, TIMEOUT)
+                    _project(p_x, p_gxu, k - 1, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo,
+                             b_bi, b_bf, b_bg, b_bo, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
+                    _project(p_x, p_gxu, T - k, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo,
+                             b_bi, b_bf, b_bg, b_bo, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
+            _arrive(p_bar + 2 * i_g)
+            _wait(p_bar, i_g, NPG, i_g, 0, i_g, 0, TIMEOUT)    # before the first prefetch of gates_x
+        off = upper.to(tl.int32)                                # arrivals before the recurrence's steps
+    else:
+        off = 0
     if PIPE:
         # Unidirectional: a projection group per layer ≥ 1 computes its x_t·W_ihᵀ + b as soon as the layer below
         # has h_t, a step ahead of the layer, whose step then has one reduction, h·W_hhᵀ, as layer 0's: the
@@ -354,7 +409,10 @@ def _stack_fwd_kernel(
     seed = tl.load(p_seed) if DROPOUT else 0
     WORDS: tl.constexpr = (H % 2 == 0) and (p_gx.dtype.element_ty.primitive_bitwidth == 16)
     b_gi, b_gf, b_gg, b_go = _load_gx(p_gx, p_gxu, tl.where(rev, T - 1, 0), i_l, i_d, o_b, o_u, m_bu, T, B, H, D,
-                                      PRE_X or PIPE, WORDS)
+                                      PRE_X or PIPE, WORDS, 0, HALVES)
+    if HALVES == 2:
+        b_hi2, b_hf2, b_hg2, b_ho2 = _load_gx(p_gx, p_gxu, tl.where(rev, T - 1, 0), i_l, i_d, o_b, o_u, m_bu, T, B, H,
+                                              D, PRE_X, WORDS, 1, HALVES)
     for s in tl.range(tl.where(proj, 0, T), num_stages=1):     # num_stages=1: no load hoisted above a wait
         t = tl.where(rev, T - 1 - s, s)
         o_t = ((i_l * T + t).to(tl.int64) * B + o_b)            # row (l, t, b) of y, gates, cells
@@ -367,7 +425,7 @@ def _stack_fwd_kernel(
         else:
             i_below = tl.maximum(i_g - i_d - D, 0)              # group (l-1, forward)
             n_below = tl.where((i_l > 0) & (not PRE_X), NPG, 0)
-            _wait(p_bar, i_g, NPG * s, i_below, n_below * (t + 1), i_below + D - 1,
+            _wait(p_bar, i_g, NPG * (s + off), i_below, n_below * (t + 1), i_below + D - 1,
                   n_below * tl.where(D == 2, T - t, t + 1), TIMEOUT)
         # h_{t-1}: the group's carried h of generation s (slot s % 2; h0 in slot 0, copied by the launcher).
         # Generation s + 2 overwrites it only after every program of the group has waited for step s + 1,
@@ -379,6 +437,11 @@ def _stack_fwd_kernel(
         b_zf = _unpack_gx(b_gf, X, ACC, WORDS) + _hw(b_h, b_hf, USE_DOT, PRECISION)
         b_zg = _unpack_gx(b_gg, X, ACC, WORDS) + _hw(b_h, b_hg, USE_DOT, PRECISION)
         b_zo = _unpack_gx(b_go, X, ACC, WORDS) + _hw(b_h, b_ho, USE_DOT, PRECISION)
+        if HALVES == 2:                                         # the input's second half
+            b_zi += _unpack_gx(b_hi2, X, ACC, WORDS)
+            b_zf += _unpack_gx(b_hf2, X, ACC, WORDS)
+            b_zg += _unpack_gx(b_hg2, X, ACC, WORDS)
+            b_zo += _unpack_gx(b_ho2, X, ACC, WORDS)
         if MULTI and not (PRE_X or PIPE):
             if upper:
                 o_x = (((i_l - 1) * T + t).to(tl.int64) * B + o_b) * DH
@@ -411,7 +474,10 @@ def _stack_fwd_kernel(
         # waits for DRAM right after the load: before the arrival that held up every program's step) and
         # before the wait, whose round trip it overlaps
         b_gi, b_gf, b_gg, b_go = _load_gx(p_gx, p_gxu, tl.where(rev, t - 1, t + 1), i_l, i_d, o_b, o_u, m_bu, T, B,
-                                          H, D, PRE_X or PIPE, WORDS)
+                                          H, D, PRE_X or PIPE, WORDS, 0, HALVES)
+        if HALVES == 2:
+            b_hi2, b_hf2, b_hg2, b_ho2 = _load_gx(p_gx, p_gxu, tl.where(rev, t - 1, t + 1), i_l, i_d, o_b, o_u, m_bu,
+                                                  T, B, H, D, PRE_X, WORDS, 1, HALVES)
 
     m_bu = tl.where(proj, False, m_bu)                          # a projection program has no state to write
     tl.store(p_cn + o_s, b_c.to(p_cn.dtype.element_ty), mask=m_bu)
@@ -626,7 +692,8 @@ def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, s
     unused = torch.empty(1, dtype=acc, device=device)
     pre_x = L > 1 and D == 2        # bidirectional: layers ≥ 1 project their input while the layer below runs
     pipe = cfg.proj_groups > 0      # unidirectional: projection groups feed layers ≥ 1 (kernel, PIPE)
-    gxu = torch.empty(L - 1, T, B, D * G, dtype=dtype, device=device) if pre_x or pipe else gx0
+    halves = cfg.projection_halves if pre_x else 1                     # program pairs split the input row
+    gxu = torch.empty(L - 1, halves, T, B, D * G, dtype=dtype, device=device) if pre_x or pipe else gx0
     bar = barrier_state(device, L * D + cfg.proj_groups)
     h_exchange = torch.empty(L * D, 2, B, H, dtype=dtype, device=device)
     h_exchange[:, 0].copy_(h0)      # generation 0 (so the first synchronisation inside is step 0's)
@@ -637,7 +704,7 @@ def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, s
             unused if gates is None else gates, unused if cells is None else cells, bar, _seed(seed, drop, lens),
             gxu, h_exchange, T, B, L, H, float(dropout),
             SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), SAVE=save, DROPOUT=drop, HAS_BIAS=bias is not None,
-            PRE_X=pre_x, PIPE=pipe,
+            PRE_X=pre_x, PIPE=pipe, HALVES=halves,
             **meta, **_launch_options(cfg, device))
     if meta["TIMEOUT"]:
         raise_if_timed_out(bar, "stack forward")

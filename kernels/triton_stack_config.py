@@ -64,6 +64,12 @@ class StackConfig:
     def backward_programs(self) -> int:
         return self.programs_per_group * self.groups
 
+    @property
+    def projection_halves(self) -> int:
+        """Bidirectional layers ≥ 1: 2 where the programs of a group pair up to project each input row in its
+        two halves (an even number of them), else 1 (each program projects whole rows for its own units)."""
+        return 2 if self.programs_per_group % 2 == 0 else 1
+
     def split(self, nseg: int) -> int:
         """K chunks of a reduction over ``nseg`` segments of block_h (independent tensor-core accumulators);
         1 on the broadcast path."""
@@ -108,8 +114,8 @@ def gpu_config(*, B: int, H: int, L: int, D: int, dtype: torch.dtype, n_sm: int)
     npg = -(-H // ht)
     # Unidirectional: a group of its own projects each layer ≥ 1's input, x_t·W_ihᵀ + b, a step ahead of it,
     # where the SMs allow (modeled B16 H512 T1024 fp16, 2 layers: 0.72x -> 0.67x of per-layer launches, 96
-    # programs: the layers' step loses its second reduction; 0.63x with gates_x read as 32-bit words); else
-    # the layers ≥ 1 project in their own loop.
+    # programs: the layers' step loses its second reduction; 0.60x with the later changes); else the layers
+    # ≥ 1 project in their own loop.
     proj = L - 1 if D == 1 and npg * (2 * L - 1) <= n_sm else 0
     return StackConfig(ht=ht, block_h=block_h, block_b=block_b, use_dot=use_dot, precision=fp32_precision(),
                        num_warps=num_warps, programs_per_group=npg, groups=L * D, kc=kc, proj_groups=proj)

@@ -239,23 +239,37 @@ def _projection_one_step_early(real, npg):
     return wait
 
 
+def _projection_not_awaited(real, npg):
+    """The real wait, except that a bidirectional layer ≥ 1 does not wait for its group's projection to be
+    complete before its recurrence (the wait whose three counters are its own)."""
+    def wait(p_bar, g_a, n_a, g_b, n_b, g_c, n_c, TIMEOUT):
+        done = (g_a == g_b) & (g_b == g_c) & (n_b == 0)
+        return real(p_bar, g_a, tl.where(done, 0, n_a), g_b, n_b, g_c, n_c, TIMEOUT)
+    return wait
+
+
 @needs_triton
-def test_bidirectional_projection_waits_for_both_directions_below():
-    """A bidirectional layer ≥ 1 projecting an input row before the layer below has written it, in a
-    many-program run (two programs per group), gives wrong outputs or a hang report, never a pass (6 of 6
-    runs caught it while it was written)."""
-    n, L, D = 8, 2, 2
-    H = stack_h(n, L=L, D=D, dtype=torch.float64)
+@pytest.mark.parametrize("n,mutation", [(8, _projection_one_step_early), (12, _projection_one_step_early),
+                                        (8, _projection_not_awaited)],
+                         ids=["pairs-split-rows-early", "whole-rows-early", "pairs-not-awaited"])
+def test_bidirectional_projection_waits_for_what_it_reads(n, mutation):
+    """A bidirectional layer ≥ 1 projecting an input row before the layer below has written it, or reading its
+    gates_x before its group's projection is complete, in a many-program run, gives wrong outputs or a hang
+    report, never a pass (each caught in every run while written: 6 of 6 and 3 of 3). n = 8: two programs per
+    group, so program pairs split the rows in halves; n = 12: three, whole rows."""
+    L, D = 2, 2
+    H = stack_h(n, L=L, D=D, dtype=torch.float64, start=9 if n == 12 else 2)
+    npg = n // (L * D)
     start = time.monotonic()
     try:
-        with mock.patch.object(triton_stack, "_wait", _projection_one_step_early(triton_stack._wait, n // (L * D))):
+        with mock.patch.object(triton_stack, "_wait", mutation(triton_stack._wait, npg)):
             stack_vs_torch(L=L, bidirectional=True, dtype=torch.float64, T=12, H=H,
                            context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
     except (AssertionError, ProgramsHung) as e:
         verdict = type(e).__name__
     else:
         verdict = "right"
-    assert verdict != "right", "the projection's early wait went unnoticed"
+    assert verdict != "right", f"the mutated projection wait ({mutation.__name__}) went unnoticed"
     assert time.monotonic() - start < 4 * MUTATION_DEADLINE + 20
 
 
@@ -304,7 +318,8 @@ def test_waits_ask_only_for_what_a_step_reads(bidirectional):
     layer 1's projection group, layer 1): the projection waits for layer 0 done with t; layer 1, before its loop,
     for the projection of t = 0 and at step t for the projection of t + 1 (its prefetch), never for layer 0.
     Bidirectional: layer 1 first projects its input, time t once both directions of layer 0 have it (after
-    k = T//2 + 1 … T of their steps: t = k-1 and T-k), then runs its steps waiting for its own group only."""
+    k = T//2 + 1 … T of their steps: t = k-1 and T-k; one program per group, so no program pairs splitting the
+    row), arrives once, then runs its steps waiting for its own group only."""
     from triton.runtime import interpreter
     T, D = 4, 2 if bidirectional else 1
     calls, real = [], triton_stack._wait
@@ -328,10 +343,13 @@ def test_waits_ask_only_for_what_a_step_reads(bidirectional):
     for g in range(2 * D):
         layer = g // D
         steps = by_program[g]
-        if layer == 1:
-            projection, steps = steps[:T - T // 2], steps[T - T // 2:]
+        if layer == 1:      # the projection, its one arrival, then every step asks for one arrival more
+            projection, done, steps = steps[:T - T // 2], steps[T - T // 2], steps[T - T // 2 + 1:]
             assert projection == [(g, 0, 0, k, 1, k) for k in range(T // 2 + 1, T + 1)]
-        assert steps == [(g, s, 0, 0, 1, 0) for s in range(T)]   # no count asked of layer 0's groups (0, 1)
+            assert done == (g, 1, g, 0, g, 0)
+            assert steps == [(g, s + 1, 0, 0, 1, 0) for s in range(T)]
+        else:               # no count asked of layer 0's groups (0, 1)
+            assert steps == [(g, s, 0, 0, 1, 0) for s in range(T)]
 
 
 # ----------------------------------------------------------------------------------------------------
