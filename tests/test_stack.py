@@ -195,6 +195,24 @@ def test_stack_many_programs_vs_torch_lstm(n, L, bidirectional, dtype, packed, b
 MUTATION_DEADLINE = 6.0
 
 
+def _mutation_verdict(run, attempts=2):
+    """Run a mutated many-program case (``run``) up to ``attempts`` times: the name of the first failure it
+    causes (AssertionError: a wrong or NaN output; ProgramsHung: the harness's hang report), or "right". A
+    mutated wait is a race, caught when a reader gets in before a writer, which threads on 2 cores do not
+    always arrange (one run in about 40 of these tests slipped through once): two tries make a miss about
+    1 in 1600, and hide no real bug (the unmutated kernels face the deterministic tests)."""
+    start = time.monotonic()
+    verdict = "right"
+    for _ in range(attempts):
+        try:
+            run()
+        except (AssertionError, ProgramsHung) as e:
+            verdict = type(e).__name__
+            break
+    assert time.monotonic() - start < attempts * (4 * MUTATION_DEADLINE + 20)
+    return verdict
+
+
 def _no_wait(*args, **kwargs):
     return None
 
@@ -214,17 +232,12 @@ def test_broken_waits_are_caught(kind, n):
     L, D = 2, 1
     H = stack_h(n, L=L, D=D, dtype=torch.float64)
     mutation = _no_wait if kind == "no_wait" else _one_step_early(triton_stack._wait)
-    start = time.monotonic()
-    try:
+
+    def run():
         with mock.patch.object(triton_stack, "_wait", mutation):
             stack_vs_torch(L=L, bidirectional=False, dtype=torch.float64, T=4, H=H,
                            context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
-    except (AssertionError, ProgramsHung) as e:
-        verdict = type(e).__name__
-    else:
-        verdict = "right"
-    assert verdict != "right", f"the mutated wait ({kind}) went unnoticed"
-    assert time.monotonic() - start < 4 * MUTATION_DEADLINE + 20
+    assert _mutation_verdict(run) != "right", f"the mutated wait ({kind}) went unnoticed"
 
 
 def _projection_one_step_early(real, npg):
@@ -260,17 +273,12 @@ def test_bidirectional_projection_waits_for_what_it_reads(n, mutation):
     L, D = 2, 2
     H = stack_h(n, L=L, D=D, dtype=torch.float64, start=9 if n == 12 else 2)
     npg = n // (L * D)
-    start = time.monotonic()
-    try:
+
+    def run():
         with mock.patch.object(triton_stack, "_wait", mutation(triton_stack._wait, npg)):
             stack_vs_torch(L=L, bidirectional=True, dtype=torch.float64, T=12, H=H,
                            context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
-    except (AssertionError, ProgramsHung) as e:
-        verdict = type(e).__name__
-    else:
-        verdict = "right"
-    assert verdict != "right", f"the mutated projection wait ({mutation.__name__}) went unnoticed"
-    assert time.monotonic() - start < 4 * MUTATION_DEADLINE + 20
+    assert _mutation_verdict(run) != "right", f"the mutated projection wait ({mutation.__name__}) went unnoticed"
 
 
 def _projection_group_one_step_early(real, npg):
@@ -296,18 +304,13 @@ def test_layer_waits_for_its_projection_group():
     def slow_project(*args):
         time.sleep(0.05)
         return real_project(*args)
-    start = time.monotonic()
-    try:
+
+    def run():
         with mock.patch.object(triton_stack, "_wait", _projection_group_one_step_early(triton_stack._wait, 2)), \
                 mock.patch.object(triton_stack, "_project", slow_project):
             stack_vs_torch(L=L, bidirectional=False, dtype=torch.float64, T=12, H=H,
                            context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
-    except (AssertionError, ProgramsHung) as e:
-        verdict = type(e).__name__
-    else:
-        verdict = "right"
-    assert verdict != "right", "the layer's early wait for its projection group went unnoticed"
-    assert time.monotonic() - start < 4 * MUTATION_DEADLINE + 20
+    assert _mutation_verdict(run) != "right", "the layer's early wait for its projection group went unnoticed"
 
 
 @needs_triton
