@@ -80,6 +80,10 @@ class StackRow:
     per_layer_steps: int
     per_layer_us: float
     ratio: float
+    bwd_step_us: float = 0.0        # training: the backward's step (two polls: the layer above, then its own group)
+    train_stack_us: float = 0.0     # training forward (gates and cells saved) + backward
+    train_per_layer_us: float = 0.0
+    train_ratio: float = 0.0
     triton: str = ""
     source: str = "modeled from sm_90 code, not measured"
 
@@ -177,20 +181,16 @@ def resources(kernel) -> dict:
                 shared_bytes=max(usage["SHARED"], kernel.metadata.shared))
 
 
-def profile(B: int, H: int, T: int, dtype: str, L: int, bidirectional: bool) -> StackRow:
-    from lstm_gpu.kernels import triton_sm90
-    dt, D = getattr(torch, dtype), 2 if bidirectional else 1
-    cfg, launch = capture("fwd", B=B, H=H, T=T, L=L, D=D, dtype=dt)
-    fwd = triton_sm90.compile_launch(launch)
-    bwd = triton_sm90.compile_launch(capture("bwd", B=B, H=H, T=T, L=L, D=D, dtype=dt)[1])
-    code = sass.parse(triton_sm90.sass(fwd))
+def forward_us(kernel, cfg, *, B: int, H: int, T: int, L: int, D: int, dt) -> dict:
+    """The modeled forward of a compiled stack kernel: its step, the projection's share, the whole launch (µs)."""
+    code = sass.parse(triton_sm90_sass(kernel))
     main, projection = outer_loops(code)
     step = read_step(code, main)
     pipe = cfg.proj_groups > 0
     grid = step_bytes(B=B, H=H, L=L, D=D, dtype=dt, npg=cfg.programs_per_group, pipe=pipe)
     m = static.model(step, warps=cfg.num_warps, programs=cfg.num_programs, grid_bytes=grid)
     m["step_us"] += exposed_after_arrival(code, main)
-    steps = L * T if bidirectional else T + (2 if pipe else 1) * (L - 1)
+    steps = L * T if D == 2 else T + (2 if pipe else 1) * (L - 1)
     pre_us, pre_bytes = 0.0, 0
     if pipe:        # the projection groups' steps run beside the layers' (their bytes are in ``grid``)
         pre_us = static.model(read_step(code, projection), warps=cfg.num_warps, programs=cfg.num_programs,
@@ -210,8 +210,52 @@ def profile(B: int, H: int, T: int, dtype: str, L: int, bidirectional: bool) -> 
                               grid_bytes=0)["step_us"]
         beside = max(m["step_us"] + pre_bytes / static.PARAMS["L2_BW"] * 1e6, pre_us)
         stack_us += (L - 1) * iterations * (beside - m["step_us"])
+    return dict(step=step, step_us=m["step_us"], steps=steps, stack_us=stack_us, pre_us=pre_us,
+                pre_bytes=pre_bytes, grid=grid)
+
+
+def backward_us(kernel, cfg, *, B: int, H: int, T: int, L: int, D: int, dt) -> tuple[float, float]:
+    """(step µs, launch µs) of the stack's backward: each step waits for the layer above (its dz, for dy) and then
+    for its own group (dz_t, for dh), two serial polls; its L2 bytes are every program's reads of its group's
+    16-bit dz and, below the top, the layer above's, for the groups running at once (unidirectional: every
+    layer, the wavefront in reverse; bidirectional: the two directions of a layer ≥ 1's worth)."""
+    code = sass.parse(triton_sm90_sass(kernel))
+    main = max(lp for lp in sass.loops(code)
+               if any(i.op == "REDG" for i in code if lp[0] <= i.addr <= lp[1]))
+    step = sass.read_step(code, loop=main)
+    body = [i for i in code if main[0] <= i.addr <= main[1]]
+    step.sync_round_trips = sum(1 for a, b in sass.loops(body) if (a, b) != main
+                                and any(i.op == "ATOMG" for i in body if a <= i.addr <= b))
+    x = 2 if dt in (torch.float16, torch.bfloat16) else 4
+    npg = cfg.programs_per_group
+    top = npg * B * 4 * H * x + B * 4 * H * (x + 4)             # read own group's dz; write dz (fp32) and its copy
+    lower = top + npg * B * 4 * D * H * x                       # and the layer above's dz, both its directions
+    grid = (top + (L - 1) * lower) if D == 1 else 2 * (lower if L > 1 else top)
+    m = static.model(step, warps=cfg.num_warps, programs=cfg.backward_programs, grid_bytes=grid)
+    steps = L * T if D == 2 else T + L - 1
+    return m["step_us"], steps * m["step_us"]
+
+
+def triton_sm90_sass(kernel) -> str:
+    from lstm_gpu.kernels import triton_sm90
+    return triton_sm90.sass(kernel)
+
+
+def profile(B: int, H: int, T: int, dtype: str, L: int, bidirectional: bool) -> StackRow:
+    from lstm_gpu.kernels import triton_sm90
+    dt, D = getattr(torch, dtype), 2 if bidirectional else 1
+    cfg, launch = capture("fwd", B=B, H=H, T=T, L=L, D=D, dtype=dt)
+    fwd = triton_sm90.compile_launch(launch)
+    fwd_train = triton_sm90.compile_launch(capture("fwd", B=B, H=H, T=T, L=L, D=D, dtype=dt, save=True)[1])
+    bwd = triton_sm90.compile_launch(capture("bwd", B=B, H=H, T=T, L=L, D=D, dtype=dt)[1])
+    dims = dict(B=B, H=H, T=T, L=L, D=D, dt=dt)
+    inf, train = forward_us(fwd, cfg, **dims), forward_us(fwd_train, cfg, **dims)
+    bwd_step, bwd_us = backward_us(bwd, cfg, **dims)
+    step, stack_us = inf["step"], inf["stack_us"]
     (single,) = static.case_rows(B, H, T, dtype, "fwd")
+    single_fwd, single_bwd = static.case_rows(B, H, T, dtype, "fwd+bwd")
     layer_steps = L * D * T
+    train_layers = layer_steps * (single_fwd.step_us + single_bwd.step_us)
     f, b = resources(fwd), resources(bwd)
     return StackRow(
         B=B, H=H, T=T, dtype=dtype, layers=L, directions=D, programs=cfg.num_programs, warps=cfg.num_warps,
@@ -219,17 +263,20 @@ def profile(B: int, H: int, T: int, dtype: str, L: int, bidirectional: bool) -> 
         fwd_shared_bytes=f["shared_bytes"], bwd_regs=b["regs"], bwd_spill_bytes=b["spill_bytes"],
         bwd_loop_spills=b["loop_spills"], bwd_shared_bytes=b["shared_bytes"], instructions=step.instructions,
         mma=step.counts.get("mma", 0), mma_chain=step.mma_chain, sync_round_trips=step.sync_round_trips,
-        load_phases="+".join(step.load_phases), grid_bytes=grid, step_us=round(m["step_us"], 3),
-        projection_us=round(pre_us, 3), projection_bytes=pre_bytes, steps=steps,
+        load_phases="+".join(step.load_phases), grid_bytes=inf["grid"], step_us=round(inf["step_us"], 3),
+        projection_us=round(inf["pre_us"], 3), projection_bytes=inf["pre_bytes"], steps=inf["steps"],
         stack_us=round(stack_us, 1), per_layer_step_us=round(single.step_us, 3),
         per_layer_steps=layer_steps, per_layer_us=round(layer_steps * single.step_us, 1),
-        ratio=round(stack_us / (layer_steps * single.step_us), 3), triton=static._triton_version())
+        ratio=round(stack_us / (layer_steps * single.step_us), 3), bwd_step_us=round(bwd_step, 3),
+        train_stack_us=round(train["stack_us"] + bwd_us, 1), train_per_layer_us=round(train_layers, 1),
+        train_ratio=round((train["stack_us"] + bwd_us) / train_layers, 3), triton=static._triton_version())
 
 
 def markdown(rows: list[StackRow]) -> str:
     head = ("| stack (B, H, T, dtype, layers x directions) | programs x warps | fwd regs / spills in loop / smem KB | "
             "bwd regs / spills in loop / smem KB | instr / step | HMMA / chain | modeled µs/step | "
-            "projection µs / iteration | steps | modeled stack µs | per-layer today: µs/step x steps = µs | ratio |")
+            "projection µs / iteration | steps | modeled stack µs | per-layer today: µs/step x steps = µs | ratio | "
+            "training (fwd + bwd, bwd µs/step): stack / per-layer µs = ratio |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
@@ -238,7 +285,8 @@ def markdown(rows: list[StackRow]) -> str:
             f"{r.bwd_regs} / {r.bwd_loop_spills} / {r.bwd_shared_bytes // 1024} | {r.instructions} | "
             f"{r.mma} / {r.mma_chain} | {r.step_us:.2f} | {f'{r.projection_us:.2f}' if r.projection_us else '-'} | "
             f"{r.steps} | {r.stack_us:.0f} | "
-            f"{r.per_layer_step_us:.2f} x {r.per_layer_steps} = {r.per_layer_us:.0f} | **{r.ratio:.2f}** |")
+            f"{r.per_layer_step_us:.2f} x {r.per_layer_steps} = {r.per_layer_us:.0f} | **{r.ratio:.2f}** | "
+            f"{r.train_stack_us:.0f} / {r.train_per_layer_us:.0f} = {r.train_ratio:.2f} (bwd {r.bwd_step_us:.2f}) |")
     return "\n".join(lines)
 
 

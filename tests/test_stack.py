@@ -645,5 +645,6 @@ def test_static_model_csv_is_consistent():
         assert r["source"] == "modeled from sm_90 code, not measured"
         assert int(r["steps"]) == (T + 2 * (L - 1) if D == 1 else L * T) and int(r["per_layer_steps"]) == L * D * T
         assert abs(float(r["ratio"]) - float(r["stack_us"]) / float(r["per_layer_us"])) < 2e-3
+        assert abs(float(r["train_ratio"]) - float(r["train_stack_us"]) / float(r["train_per_layer_us"])) < 2e-3
         assert int(r["fwd_loop_spills"]) == int(r["bwd_loop_spills"]) == 0
         assert max(int(r["fwd_shared_bytes"]), int(r["bwd_shared_bytes"])) <= config.SHARED_BUDGET
