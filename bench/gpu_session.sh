@@ -7,7 +7,8 @@
 #       smoke      triton, then numba (separate processes): correctness grid vs the reference and cuDNN,
 #                  fwd + bwd, fp16 / bf16 / fp32, H 256/768/1024, B 1/16/64, lengths, reverse, barrier time-out on
 #       headline   reports/README.md's headline rows: cudnn, triton, numba, floor; fwd and fwd+bwd; p50 (p20-p80)
-#       stack      the one-launch stack (2 layers, uni- and bidirectional, B16 H512 fp16) against cuDNN
+#       stack      the one-launch stack (2 layers, uni- and bidirectional, B16 H512 fp16) against cuDNN and
+#                  against the same kernels launched per layer
 #       host       host time per module call (2 layers, bidirectional, T = 1), real launches
 #       quick      as much of `python -m bench --quick` (cudnn, triton, numba) as the time left allows
 #       profile    python -m bench.profile on the headline shape
@@ -90,7 +91,7 @@ for s1 in "${steps[@]}"; do
       warmup)   session warmup 150 ;;
       smoke)    session smoke 90 --backends triton; session smoke 60 --backends numba --append ;;
       headline) session headline 100 ;;
-      stack)    session stack 45 ;;
+      stack)    session stack 60 ;;
       host)     session host 30 ;;
       quick)    q=$(( $(left) - 50 )); [ "$q" -gt 10 ] && session quick "$q" || echo "=== quick: skipped (no time left)" | tee -a "$LOG" ;;
       profile)  session profile 60 ;;

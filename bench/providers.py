@@ -87,14 +87,16 @@ def setup_cudnn(shape: Shape, dtype, weights, device) -> Prepared:
     return Prepared(m, dict(m.named_parameters()), note)
 
 
-def _lstm_gpu_setup(backend: str) -> Setup:
+def _lstm_gpu_setup(backend: str, **module_kw) -> Setup:
     def setup(shape: Shape, dtype, weights, device) -> Prepared:
         import lstm_gpu
         # raises NotImplementedError (backend not written yet) or ValueError (cannot run this call)
         lstm_gpu.select_backend(backend, device=device, dtype=dtype, hidden_size=shape.hidden, batch=shape.batch)
         m = _loaded(lstm_gpu.LSTM(shape.input, shape.hidden, num_layers=shape.layers,
-                                  bidirectional=shape.bidirectional, backend=backend), weights, dtype, device)
-        return Prepared(m, dict(m.named_parameters()), f"lstm_gpu.LSTM(backend={backend!r})")
+                                  bidirectional=shape.bidirectional, backend=backend, **module_kw), weights, dtype,
+                    device)
+        kw = "".join(f", {k}={v!r}" for k, v in module_kw.items())
+        return Prepared(m, dict(m.named_parameters()), f"lstm_gpu.LSTM(backend={backend!r}{kw})")
     setup.__name__ = f"setup_{backend}"
     return setup
 
@@ -210,6 +212,7 @@ PROVIDERS: dict[str, Setup] = {
     "reference": _lstm_gpu_setup("reference"),
     "cudnn": setup_cudnn,
     "triton": _lstm_gpu_setup("triton"),
+    "triton-layers": _lstm_gpu_setup("triton", stack=False),    # one launch per layer and direction
     "triton-tagged": setup_triton_tagged,
     "numba": _lstm_gpu_setup("numba"),
     "eager": _cell_loop_setup(False),

@@ -46,7 +46,8 @@ def test_every_step_in_one_process(tmp_path, monkeypatch):
     assert times == {(p, m, str(bi)): "ok" for p in session.STACK_PROVIDERS
                      for _, _, _, _, m, _, bi in session.STACK_DRY}
     assert all(r["layers"] == "2" for r in stack if r["kernel"] == "lstm")
-    assert (data / "cpu-dry-stack.md").read_text().count("| 2 × ") == 2
+    stack_md = (data / "cpu-dry-stack.md").read_text()
+    assert stack_md.count("| 2 × ") == 2 and "one launch / per layer |" in stack_md    # issue 16's ratio, measured
     assert {r["backend"] for r in _csv(data / "cpu-dry-host.csv")} == {"reference", "triton"}
     quick = list(data.glob("cpu-*-session.csv"))
     assert len(quick) == 1 and _csv(quick[0])
