@@ -30,6 +30,10 @@ are read between the poll loop's end and the arrival (after the wait) and before
 there waits before the wait), not around the arrival as for the single-layer loop. A round issued and consumed
 after the arrival (the next step's gates_x) runs during the synchronisation's poll round trip: only what it
 takes beyond an L2 round trip counts.
+
+Training adds the forward that saves gates and cells and the backward (``backward_us``), modeled the same way
+with the backward's schedule (the same step counts, the projection of dy in the forward's place), against
+L·D·T steps of the single-layer forward and backward (bench/static.py's fwd+bwd rows).
 """
 from __future__ import annotations
 
@@ -80,7 +84,7 @@ class StackRow:
     per_layer_steps: int
     per_layer_us: float
     ratio: float
-    bwd_step_us: float = 0.0        # training: the backward's step (two polls: the layer above, then its own group)
+    bwd_step_us: float = 0.0        # training: the backward's step (one poll: its own group and its dy's projection)
     train_stack_us: float = 0.0     # training forward (gates and cells saved) + backward
     train_per_layer_us: float = 0.0
     train_ratio: float = 0.0
@@ -214,26 +218,69 @@ def forward_us(kernel, cfg, *, B: int, H: int, T: int, L: int, D: int, dt) -> di
                 pre_bytes=pre_bytes, grid=grid)
 
 
-def backward_us(kernel, cfg, *, B: int, H: int, T: int, L: int, D: int, dt) -> tuple[float, float]:
-    """(step µs, launch µs) of the stack's backward: each step waits for the layer above (its dz, for dy) and then
-    for its own group (dz_t, for dh), two serial polls; its L2 bytes are every program's reads of its group's
-    16-bit dz and, below the top, the layer above's, for the groups running at once (unidirectional: every
-    layer, the wavefront in reverse; bidirectional: the two directions of a layer ≥ 1's worth)."""
+def exposed_before_poll(code: list, loop: tuple[int, int]) -> float:
+    """µs of the rounds of loads the backward's step issues after its arrival and waits for before its poll (a
+    prefetch consumed only after the poll hides behind the poll's round trip and the exchange round after it)."""
+    lo, hi = loop
+    arrival = min(i.addr for i in code if lo <= i.addr <= hi and i.op == "REDG")
+    body = [i for i in code if lo <= i.addr <= hi]
+    poll = min(a for a, b in sass.loops(body) if (a, b) != loop and any(i.op == "ATOMG" for i in body
+                                                                        if a <= i.addr <= b))
+    tail = [i for i in body if arrival < i.addr < poll]
+    p = static.PARAMS
+    kinds = sass.load_phases(tail, poll, poll) if tail else []
+    return sum(p["DRAM"] if k == "dram" else p["L2"] for k in kinds) / (p["CLOCK_GHZ"] * 1e3)
+
+
+def backward_bytes(*, B: int, H: int, L: int, D: int, dtype: torch.dtype, npg: int, pipe: bool) -> int:
+    """L2 bytes of one backward step, the groups running at once: each group's step moves what the single-layer
+    backward's does (bench/static.py: every program reads its group's dz_t, 16-bit where exchanged so, and its
+    saved tensors and dy; writes dz); unidirectional, every layer runs at once, and ``pipe``: a projection group
+    per layer below the top reads the dz of the layer above (every program all of it) and writes dy; without,
+    each layer below the top reads it in its own loop. Bidirectional: the two directions of one layer (the
+    projection of the layer below runs beside them: see ``backward_us``)."""
+    x = torch.finfo(dtype).bits // 8
+    z = 2 if x == 2 else (8 if dtype == torch.float64 else 4)
+    group = static.step_bytes("bwd", B=B, H=H, dtype=dtype, programs=npg, low_exchange=x == 2)
+    above = npg * B * 4 * D * H * z
+    if D == 1:
+        return L * group + (L - 1) * (above + (B * H * 4 if pipe else 0))
+    return 2 * group
+
+
+def backward_us(kernel, cfg, *, B: int, H: int, T: int, L: int, D: int, dt) -> dict:
+    """The modeled backward of a compiled stack kernel, as ``forward_us``: [dz][arrive][prefetch][wait][read dz,
+    dh = dz·W_hh], one poll a step. Unidirectional with projection groups: T + 2(L-1) steps of the slower of a
+    layer's step and a projection step; bidirectional: L·T steps, a layer below the top projecting its dy
+    (dz_{l+1}·W_ih(l+1)) beside the steps of the layer above: program pairs half of it each (one direction
+    above's dz) beside every step, or two whole rows beside each of the last T - T//2."""
     code = sass.parse(triton_sm90_sass(kernel))
-    main = max(lp for lp in sass.loops(code)
-               if any(i.op == "REDG" for i in code if lp[0] <= i.addr <= lp[1]))
+    main, projection = outer_loops(code)
     step = sass.read_step(code, loop=main)
-    body = [i for i in code if main[0] <= i.addr <= main[1]]
-    step.sync_round_trips = sum(1 for a, b in sass.loops(body) if (a, b) != main
-                                and any(i.op == "ATOMG" for i in body if a <= i.addr <= b))
-    x = 2 if dt in (torch.float16, torch.bfloat16) else 4
-    npg = cfg.programs_per_group
-    top = npg * B * 4 * H * x + B * 4 * H * (x + 4)             # read own group's dz; write dz (fp32) and its copy
-    lower = top + npg * B * 4 * D * H * x                       # and the layer above's dz, both its directions
-    grid = (top + (L - 1) * lower) if D == 1 else 2 * (lower if L > 1 else top)
-    m = static.model(step, warps=cfg.num_warps, programs=cfg.backward_programs, grid_bytes=grid)
-    steps = L * T if D == 2 else T + L - 1
-    return m["step_us"], steps * m["step_us"]
+    pipe = cfg.proj_groups > 0
+    grid = backward_bytes(B=B, H=H, L=L, D=D, dtype=dt, npg=cfg.programs_per_group, pipe=pipe)
+    m = static.model(step, warps=cfg.num_warps, programs=cfg.num_programs, grid_bytes=grid)
+    step_us = m["step_us"] + exposed_before_poll(code, main)
+    steps = L * T if D == 2 else T + (2 if pipe else 1) * (L - 1)
+    pre_us, pre_bytes = 0.0, 0
+    if pipe:
+        pre_us = static.model(read_step(code, projection), warps=cfg.num_warps, programs=cfg.num_programs,
+                              grid_bytes=grid)["step_us"]
+        step_us = max(step_us, pre_us)
+    total = steps * step_us
+    if projection is not None and not pipe:
+        z = torch.finfo(dt).bits // 8 if dt in (torch.float16, torch.bfloat16) else 4
+        npg = cfg.programs_per_group
+        if cfg.projection_halves == 2:
+            pre_bytes, iterations = D * npg * B * 4 * H * z, T
+        else:
+            pre_bytes, iterations = D * npg * 2 * B * D * 4 * H * z, T - T // 2
+        pre_us = static.model(read_step(code, projection), warps=cfg.num_warps, programs=cfg.num_programs,
+                              grid_bytes=0)["step_us"]
+        beside = max(step_us + pre_bytes / static.PARAMS["L2_BW"] * 1e6, pre_us)
+        total += (L - 1) * iterations * (beside - step_us)
+    return dict(step=step, step_us=step_us, steps=steps, total_us=total, pre_us=pre_us, pre_bytes=pre_bytes,
+                grid=grid)
 
 
 def triton_sm90_sass(kernel) -> str:
@@ -250,7 +297,8 @@ def profile(B: int, H: int, T: int, dtype: str, L: int, bidirectional: bool) -> 
     bwd = triton_sm90.compile_launch(capture("bwd", B=B, H=H, T=T, L=L, D=D, dtype=dt)[1])
     dims = dict(B=B, H=H, T=T, L=L, D=D, dt=dt)
     inf, train = forward_us(fwd, cfg, **dims), forward_us(fwd_train, cfg, **dims)
-    bwd_step, bwd_us = backward_us(bwd, cfg, **dims)
+    back = backward_us(bwd, cfg, **dims)
+    bwd_step, bwd_us = back["step_us"], back["total_us"]
     step, stack_us = inf["step"], inf["stack_us"]
     (single,) = static.case_rows(B, H, T, dtype, "fwd")
     single_fwd, single_bwd = static.case_rows(B, H, T, dtype, "fwd+bwd")

@@ -20,11 +20,11 @@ single-layer row, 1.27 µs/step, one direction after another, input GEMMs and la
 ≥ 1 got their input projected ahead (program pairs splitting the rows, bidirectional), gates_x came as 32-bit
 words and h through exchange slots. Where the time goes: a step issues 798 / 828 instructions per warp against
 the single layer's 735 (the three-counter wait, the unpacking of gates_x) and moves the L2 bytes of every group
-running at once. Training models at 0.85x / 1.05x: the backward, not yet reworked, computes dy = dz_{l+1}·W_ih
-in each step below the top, polls twice a step and loads the saved gates after its wait: 3.61 / 4.95 µs per
-step against the single layer's 1.78.) Forward and backward compile without spills in the loop (triton 3.6 and
-3.9), 80 / 144 KB
-(unidirectional forward / backward) and 144 / 224 KB (bidirectional) of shared memory.
+running at once.) Training (forward saving gates and cells, then backward): 0.69x (uni) / 0.68x (bi), backward
+steps of 2.65 / 2.28 µs against the single layer's 1.78 (its dz reads: every program reads its group's whole dz,
+two or three groups at a time); 0.85x / 1.05x while the backward computed dy = dz_{l+1}·W_ih in each step below
+the top and polled twice a step (3.61 / 4.95 µs). Forward and backward compile without spills in the loop
+(triton 3.6 and 3.9), 80 / 80 KB (unidirectional forward / backward) and 144 / 144 KB (bidirectional) of shared memory.
 Known risks: (1) all programs of all groups must be co-resident (cooperative launch: the driver refuses rather
 than hangs); (2) the waits are the epoch counters of kernels/triton_barrier.py read across groups: correct by
 the same release/acquire argument, but only a GPU tests memory ordering; (3) fp16/bf16 exchange dz between
@@ -70,7 +70,15 @@ both directions below have it (counter(l-1, fwd) ≥ NPG·k and counter(l-1, rev
 or, with an even number of programs, in program pairs that split each row in its two halves, one per direction
 below, each half as soon as that direction has it, for twice the units (every row read half as often); then
 one arrival each, and the recurrence reads the result like layer 0's gates_x (its waits count that arrival),
-with no x·W_ihᵀ in its steps and no wait for the layer below. Every slot is written once (y, dz are [L, T, ...]), so no wait guards a reuse.
+with no x·W_ihᵀ in its steps and no wait for the layer below. Every slot is written once (y, dz are [L, T, ...]),
+so no wait guards a reuse.
+The backward mirrors it: dy_t of a layer below the top is dz_{l+1}[t]·W_ih(l+1) (own columns), and the same two
+levers take it out of the layer's step: unidirectional, the projection groups compute it as soon as the layer
+above has dz_t (counter(l+1) ≥ NPG·(T-t)) and the layer waits, once per step, for its own group and the
+projection of its next step's dy; bidirectional (PRE_DY), a layer's programs project its whole dy while the
+layer above runs (t once both directions above have dz_t; program pairs by direction above), arrive once, and
+their steps wait for their own group only. The saved gates and cells of the next step are loaded between the
+arrival and the wait.
 On CPU, with one program per group, the interpreter runs the programs one by one in program-id order: forward
 numbers the groups from the bottom layer up, backward from the top layer down, so each program only waits for
 groups that ran before it (or for itself) and the sequential run completes.
@@ -487,6 +495,83 @@ def _stack_fwd_kernel(
     tl.store(p_hn + o_s, b_hc, mask=m_bu)                       # h_n: the carried h
 
 
+@triton.jit
+def _project_dy(p_zr, p_dyu, t, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_ui, b_uf, b_ug, b_uo,
+                D: tl.constexpr, KX: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT_X: tl.constexpr,
+                USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """dy_l[t] = dz_{l+1}[t] · W_ih(l+1) for own columns (l < L-1: the gradient the layer above sends down to
+    layer l's output at t, before dropout), summed over the four gates of every direction above, into p_dyu
+    [L-1, 1, T, B, D·H] (accumulation dtype)."""
+    DH = D * H
+    o_z = (((i_l + 1) * T + t).to(tl.int64) * B + o_b) * (4 * DH)
+    b_dy = _hw(_rows(p_zr, o_z, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_ui, USE_DOT, PRECISION)
+    b_dy += _hw(_rows(p_zr + H, o_z, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_uf, USE_DOT, PRECISION)
+    b_dy += _hw(_rows(p_zr + 2 * H, o_z, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_ug, USE_DOT, PRECISION)
+    b_dy += _hw(_rows(p_zr + 3 * H, o_z, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_uo, USE_DOT, PRECISION)
+    o_r = (i_l * T + t).to(tl.int64) * B + o_b
+    tl.store(p_dyu + o_r[:, None] * DH + i_d * H + o_u[None, :], b_dy, mask=m_bu)
+
+
+@triton.jit
+def _project_dy_half(p_zr, p_dyu, t, k_h, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_ui, b_uf, b_ug, b_uo,
+                     D: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
+                     PRECISION: tl.constexpr):
+    """Half k_h of dy_l[t] (bidirectional, l < L-1) for units o_u: the four gates of dz of direction k_h of
+    the layer above at t times the same rows of W_ih(l+1, k_h), into p_dyu [L-1, 2, T, B, D·H] at (l, k_h, t);
+    the recurrence adds the two halves (``_load_dy``)."""
+    DH = D * H
+    o_z = (((i_l + 1) * T + t).to(tl.int64) * B + o_b) * (4 * DH)
+    p_z = p_zr + k_h * 4 * H
+    b_dy = _hw(_rows(p_z, o_z, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT), b_ui, USE_DOT, PRECISION)
+    b_dy += _hw(_rows(p_z + H, o_z, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT), b_uf, USE_DOT, PRECISION)
+    b_dy += _hw(_rows(p_z + 2 * H, o_z, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT), b_ug, USE_DOT, PRECISION)
+    b_dy += _hw(_rows(p_z + 3 * H, o_z, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT), b_uo, USE_DOT, PRECISION)
+    o_r = ((i_l * 2 + k_h) * T + t).to(tl.int64) * B + o_b
+    tl.store(p_dyu + o_r[:, None] * DH + i_d * H + o_u[None, :], b_dy, mask=m_bu)
+
+
+@triton.jit
+def _load_saved(p_gates, p_cells, p_c0, t, i_l, i_d, o_b, o_u, m_bu, o_s, rev, T, B, H, D: tl.constexpr):
+    """What a backward step at t reads of its own units from the forward: the activated gates i, f, g, o,
+    c_t and c_{t-1} (c0 at the sequence's start); zeros for a t outside 0 … T-1 (the prefetch after the last
+    step). Issued for the next step after the arrival, so its latency hides behind the wait."""
+    DH = D * H
+    m_t = tl.where((t >= 0) & (t < T), m_bu, False)
+    o_t = (i_l * T + t).to(tl.int64) * B + o_b
+    o_g = o_t[:, None] * (4 * DH) + i_d * 4 * H + o_u[None, :]
+    o_y = o_t[:, None] * DH + i_d * H + o_u[None, :]
+    prev = tl.where(rev, t + 1, t - 1)
+    in_seq = (prev >= 0) & (prev < T)
+    o_p = ((i_l * T + prev).to(tl.int64) * B + o_b)[:, None] * DH + i_d * H + o_u[None, :]
+    b_cp = (tl.load(p_cells + o_p, mask=tl.where(in_seq, m_t, False), other=0.)
+            + tl.load(p_c0 + o_s, mask=tl.where(in_seq, False, m_t), other=0.))
+    return (tl.load(p_gates + o_g, mask=m_t, other=0.), tl.load(p_gates + o_g + H, mask=m_t, other=0.),
+            tl.load(p_gates + o_g + 2 * H, mask=m_t, other=0.), tl.load(p_gates + o_g + 3 * H, mask=m_t, other=0.),
+            tl.load(p_cells + o_y, mask=m_t, other=0.), b_cp)
+
+
+@triton.jit
+def _load_dy(p_dy, p_dyu, t, i_l, i_d, o_b, o_u, m_bu, T, B, L, H, D: tl.constexpr, TOP: tl.constexpr,
+             DYU: tl.constexpr, HALVES: tl.constexpr, ACC: tl.constexpr):
+    """dy_t for own units, the sum of what is asked: TOP, the top layer's from the caller's gradient (p_dy
+    [T, B, D·H]); DYU, a lower layer's from what it (bidirectional, HALVES parts to add) or its projection group
+    (unidirectional) projected (p_dyu [L-1, HALVES, T, B, D·H]; .cg: another SM wrote it). Zeros for a t outside
+    0 … T-1, and for a lower layer without DYU (its loop computes dy)."""
+    DH = D * H
+    m_t = tl.where((t >= 0) & (t < T), m_bu, False)
+    top = i_l == L - 1
+    o = (t.to(tl.int64) * B + o_b)[:, None] * DH + i_d * H + o_u[None, :]
+    b_dy = tl.zeros(m_bu.shape, ACC)
+    if TOP:
+        b_dy += tl.load(p_dy + o, mask=tl.where(top, m_t, False), other=0.).to(ACC)
+    if DYU:
+        p_l = p_dyu + (tl.minimum(i_l, L - 2) * HALVES).to(tl.int64) * T * B * DH
+        b_dy += tl.load(p_l + o, mask=tl.where(top, False, m_t), other=0., cache_modifier=".cg")
+        if HALVES == 2:
+            b_dy += tl.load(p_l + T * B * DH + o, mask=tl.where(top, False, m_t), other=0., cache_modifier=".cg")
+    return b_dy
+
+
 @triton.jit(do_not_specialize=["T"])
 def _stack_bwd_kernel(
     # pointers (all contiguous)
@@ -503,8 +588,11 @@ def _stack_bwd_kernel(
     p_zx,        # [L, T, B, D·4H] input dtype, LOW_EXCHANGE only: dz in 16 bits, what the other programs read
     p_dh0,       # [L·D, B, H] out (accumulation dtype)
     p_dc0,       # [L·D, B, H] out (accumulation dtype)
-    p_bar,       # [2·L·D] int64, zero: per group its counter of finished program-steps and a time-out flag
+    p_bar,       # [2·(L·D + projection groups)] int64, zero: per group its counter of finished program-steps
+                 # and a time-out flag
     p_seed,      # [1] int64 (DROPOUT): the forward's seed: the same mask, regenerated
+    p_dyu,       # [L-1, HALVES, T, B, D·H] (accumulation dtype; PRE_DY or PIPE): dy of layers 0 … L-2,
+                 # projected in the kernel from the dz of the layer above
     # sizes
     T, B, L,
     H: tl.constexpr,     # a constant: offsets inside a row become immediates (kernels/triton_lstm.py measured why)
@@ -513,7 +601,11 @@ def _stack_bwd_kernel(
     D: tl.constexpr, NPG: tl.constexpr, HT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_B: tl.constexpr,
     SPLIT_H: tl.constexpr,      # tl.dot chunks of dz_gate·W_hh,gate (K = BLOCK_H)
     SPLIT_X: tl.constexpr,      # tl.dot chunks of dz_{l+1},gate·W_ih(l+1),gate (K = D·BLOCK_H: both directions)
-    MULTI: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
+    MULTI: tl.constexpr,        # L > 1: layers below the top exist
+    PRE_DY: tl.constexpr,       # layers below the top project their whole dy before their recurrence (bidirectional)
+    HALVES: tl.constexpr,       # PRE_DY with NPG even: program pairs split the projection by direction above
+    PIPE: tl.constexpr,         # projection groups feed the layers below the top, a step ahead (unidirectional)
+    USE_DOT: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
     LOW_EXCHANGE: tl.constexpr,     # exchange dz in the 16-bit input dtype (the tensor cores read it so anyway)
     DROPOUT: tl.constexpr, TIMEOUT: tl.constexpr,
 ):
@@ -521,8 +613,16 @@ def _stack_bwd_kernel(
     # memory at B16 H512 fp16 bidirectional (sm_90, triton 3.6), over an SM's 227 KB; in 16 bits, 224 KB.
     p_zr = p_zx if LOW_EXCHANGE else p_dz
     pid = tl.program_id(0)
-    i_g = L * D - 1 - pid // NPG        # top layer first: the order in which the groups wait for each other
     i_p = pid % NPG
+    if PIPE:
+        # groups [layer L-1, projection L-2, layer L-2, …, layer 0]: each projection group right before the
+        # layer it feeds, the top layer first (the order in which the groups wait for each other)
+        proj = (pid // NPG) % 2 == 1
+        i_g = L - 1 - (pid // NPG + 1) // 2         # the layer (D = 1): its own, or the one it projects for
+        i_pg = L + tl.minimum(i_g, L - 2)           # that layer's projection group (its counter)
+    else:
+        proj = False
+        i_g = L * D - 1 - pid // NPG                # top layer first
     i_l, i_d = i_g // D, i_g % D
     rev = i_d == 1
     DH = D * H
@@ -533,46 +633,98 @@ def _stack_bwd_kernel(
     o_s = (i_g * B + o_b)[:, None] * H + o_u[None, :]
     KX: tl.constexpr = D * BLOCK_H
 
-    # Loaded ONCE, gate by gate: the columns of W_hh for own units ([H, HT] each) and, below the top layer, the
-    # columns of the layer above's W_ih that multiply own units ([D·H, HT] each: that gate of both its
-    # directions). One reduction per gate, not one over all gates at once: the one-shot dz operand (K = D·4H)
-    # was staged whole in shared memory, 256 KB at B16 H512 fp16 (sm_90, triton 3.6), over the 227 KB of an SM.
+    # Below the top layer: the columns of the layer above's W_ih that multiply own units, gate by gate ([D·H, HT]
+    # each: that gate of both its directions; HALVES = 2, [H, 2·HT]: one direction, twice the units). One
+    # reduction per gate, not one over all gates at once: the one-shot dz operand (K = D·4H) was staged whole in
+    # shared memory, 256 KB at B16 H512 fp16 (sm_90, triton 3.6), over the 227 KB of an SM.
+    if MULTI:
+        lower = i_l < L - 1
+        if PIPE:
+            on_u = lower & proj                     # only the projection group computes dy
+        else:
+            on_u = lower
+        p_w = p_wih + tl.minimum(i_l, L - 2) * D * 4 * H * DH + i_d * H
+        if HALVES == 2:
+            k_h = i_p % 2                           # the direction above whose dz this program projects
+            o_u2 = (i_p // 2) * (2 * HT) + tl.arange(0, 2 * HT)
+            m_bu2 = m_b[:, None] & (o_u2 < H)[None, :]
+            p_w += k_h * 4 * H * DH
+            b_ui = _w(p_w, DH, 1, on_u, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+            b_uf = _w(p_w + H * DH, DH, 1, on_u, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+            b_ug = _w(p_w + 2 * H * DH, DH, 1, on_u, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT,
+                      ACC)
+            b_uo = _w(p_w + 3 * H * DH, DH, 1, on_u, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT,
+                      ACC)
+        else:
+            b_ui = _w(p_w, DH, 1, on_u, i_p, H, 4 * H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+            b_uf = _w(p_w + H * DH, DH, 1, on_u, i_p, H, 4 * H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+            b_ug = _w(p_w + 2 * H * DH, DH, 1, on_u, i_p, H, 4 * H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+            b_uo = _w(p_w + 3 * H * DH, DH, 1, on_u, i_p, H, 4 * H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+    if PRE_DY:
+        # Bidirectional: a layer's dy_t needs dz_{l+1}[t] of both directions above, whose backward walks ends in
+        # opposite directions, so the layer starts only once the layer above has finished (the forward's
+        # argument, mirrored). Its programs, idle until then, project its whole dy meanwhile: after k of its
+        # steps the layer above has dz at t ≥ T-k (its forward direction) and t < k (its reverse one), so from
+        # k = T//2 + 1 on each k brings t = k-1 and t = T-k; HALVES = 2: a program pair splits the reduction by
+        # direction above, each half at t = T-k (forward) or k-1 (reverse) as soon as that direction has it, for
+        # twice the units (every row of dz read half as often). Then one arrival, and the recurrence reads dy as
+        # the top layer reads the caller's (no dz·W_ih in its loop, one wait per step).
+        if lower:
+            i_above = i_g - i_d + D                             # group (l+1, forward)
+            b0 = NPG * (i_l + 1 < L - 1).to(tl.int32)           # a layer above below the top arrived once first
+            if HALVES == 2:
+                for k in tl.range(1, T + 1, num_stages=1):
+                    _wait(p_bar, i_g, 0, i_above + k_h, b0 + NPG * k, i_above + k_h, 0, TIMEOUT)
+                    _project_dy_half(p_zr, p_dyu, tl.where(k_h == 0, T - k, k - 1), k_h, i_l, i_d, o_b, m_b, o_u2,
+                                     m_bu2, T, B, H, b_ui, b_uf, b_ug, b_uo, D, BLOCK_H, SPLIT_H, USE_DOT,
+                                     PRECISION)
+            else:
+                for k in tl.range(T // 2 + 1, T + 1, num_stages=1):
+                    _wait(p_bar, i_g, 0, i_above, b0 + NPG * k, i_above + 1, b0 + NPG * k, TIMEOUT)
+                    _project_dy(p_zr, p_dyu, k - 1, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_ui, b_uf, b_ug, b_uo,
+                                D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
+                    _project_dy(p_zr, p_dyu, T - k, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_ui, b_uf, b_ug, b_uo,
+                                D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
+            _arrive(p_bar + 2 * i_g)
+            _wait(p_bar, i_g, NPG, i_g, 0, i_g, 0, TIMEOUT)    # the group's dy complete before the first read
+        off = lower.to(tl.int32)                                # arrivals before the recurrence's steps
+    else:
+        off = 0
+    if PIPE:
+        # Unidirectional: a projection group per layer below the top computes its dy_t = dz_{l+1}[t]·W_ih(l+1)
+        # as soon as the layer above has dz_t, a step ahead of the layer, whose step then has one reduction,
+        # dz·W_hh, and one wait, as the top layer's: T + 2(L-1) steps of the reverse wavefront.
+        for s in tl.range(tl.where(proj, T, 0), num_stages=1):
+            _wait(p_bar, i_pg, 0, i_g + 1, NPG * (s + 1), i_g + 1, 0, TIMEOUT)
+            _project_dy(p_zr, p_dyu, T - 1 - s, i_l, 0, o_b, m_b, o_u, m_bu, T, B, H, b_ui, b_uf, b_ug, b_uo,
+                        D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
+            _arrive(p_bar + 2 * i_pg)
+        # a layer below the top reads its first dy before its loop: its projection group done with t = T-1
+        _wait(p_bar, i_g, 0, i_pg, tl.where(lower & ~proj, NPG, 0), i_pg, 0, TIMEOUT)
+
+    # Loaded ONCE, gate by gate: the columns of W_hh for own units ([H, HT] each).
     p_w = p_whh + i_g * 4 * H * H
     b_ri = _w(p_w, H, 1, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
     b_rf = _w(p_w + H * H, H, 1, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
     b_rg = _w(p_w + 2 * H * H, H, 1, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
     b_ro = _w(p_w + 3 * H * H, H, 1, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
-    if MULTI:
-        lower = i_l < L - 1
-        p_w = p_wih + tl.minimum(i_l, L - 2) * D * 4 * H * DH + i_d * H
-        b_ui = _w(p_w, DH, 1, lower, i_p, H, 4 * H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
-        b_uf = _w(p_w + H * DH, DH, 1, lower, i_p, H, 4 * H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
-        b_ug = _w(p_w + 2 * H * DH, DH, 1, lower, i_p, H, 4 * H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
-        b_uo = _w(p_w + 3 * H * DH, DH, 1, lower, i_p, H, 4 * H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
 
     b_dh = tl.load(p_dhn + o_s, mask=m_bu, other=0.).to(ACC)
     b_dc = tl.load(p_dcn + o_s, mask=m_bu, other=0.).to(ACC)
     b_len = tl.load(p_len + o_b, mask=m_b, other=0)
     seed = tl.load(p_seed) if DROPOUT else 0
-    for s in tl.range(T, num_stages=1):
+    # the first step's reads: what it needs of the forward and its dy
+    t0 = tl.where(rev, 0, T - 1)
+    b_i, b_f, b_g, b_o, b_ct, b_cp = _load_saved(p_gates, p_cells, p_c0, t0, i_l, i_d, o_b, o_u, m_bu, o_s, rev, T,
+                                                 B, H, D)
+    b_dy = _load_dy(p_dy, p_dyu, t0, i_l, i_d, o_b, o_u, m_bu, T, B, L, H, D, True, PRE_DY or PIPE, HALVES, ACC)
+    for s in tl.range(tl.where(proj, 0, T), num_stages=1):     # num_stages=1: no load hoisted above a wait
         t = tl.where(rev, s, T - 1 - s)                         # the opposite order to forward
         o_t = ((i_l * T + t).to(tl.int64) * B + o_b)
         o_y = o_t[:, None] * DH + i_d * H + o_u[None, :]
         o_g = o_t[:, None] * (4 * DH) + i_d * 4 * H + o_u[None, :]
-        # what this step reads of its own units, before the waits: saved gates, c_t, c_{t-1} (or c0)
-        b_i = tl.load(p_gates + o_g, mask=m_bu, other=0.)
-        b_f = tl.load(p_gates + o_g + H, mask=m_bu, other=0.)
-        b_g = tl.load(p_gates + o_g + 2 * H, mask=m_bu, other=0.)
-        b_o = tl.load(p_gates + o_g + 3 * H, mask=m_bu, other=0.)
-        b_ct = tl.load(p_cells + o_y, mask=m_bu, other=0.)
-        prev = tl.where(rev, t + 1, t - 1)
-        in_seq = (prev >= 0) & (prev < T)
-        o_p = ((i_l * T + prev).to(tl.int64) * B + o_b)[:, None] * DH + i_d * H + o_u[None, :]
-        b_cp = (tl.load(p_cells + o_p, mask=tl.where(in_seq, m_bu, False), other=0.)
-                + tl.load(p_c0 + o_s, mask=tl.where(in_seq, False, m_bu), other=0.))
-
-        if MULTI:
-            if lower:                                           # dy_t = dz_{l+1}[t] · W_ih(l+1), own columns
+        if MULTI and not (PRE_DY or PIPE):
+            if lower:       # dy_t = dz_{l+1}[t] · W_ih(l+1), own columns, in the loop (no room for a projection)
                 # the layer above done with t: its forward direction (walking T-1 … 0) after T-t of its steps,
                 # its reverse direction (0 … T-1) after t+1
                 i_above = i_g - i_d + D                         # group (l+1, forward)
@@ -584,14 +736,8 @@ def _stack_bwd_kernel(
                 b_dy += _hw(_rows(p_zu + H, o_zu, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_uf, USE_DOT, PRECISION)
                 b_dy += _hw(_rows(p_zu + 2 * H, o_zu, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_ug, USE_DOT, PRECISION)
                 b_dy += _hw(_rows(p_zu + 3 * H, o_zu, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_uo, USE_DOT, PRECISION)
-                if DROPOUT:
-                    b_dy = tl.where(_keep(o_y, seed, drop), b_dy / (1. - drop), 0.)
-            else:
-                b_dy = tl.load(p_dy + (t * B + o_b)[:, None] * DH + i_d * H + o_u[None, :], mask=m_bu,
-                               other=0.).to(ACC)
-        else:
-            b_dy = tl.load(p_dy + (t * B + o_b)[:, None] * DH + i_d * H + o_u[None, :], mask=m_bu,
-                           other=0.).to(ACC)
+        if DROPOUT:                                             # a lower layer's output was dropped out
+            b_dy = tl.where(lower, tl.where(_keep(o_y, seed, drop), b_dy / (1. - drop), 0.), b_dy)
 
         b_alive = (t < b_len)[:, None]
         b_tc = _tanh(b_ct)
@@ -614,8 +760,18 @@ def _stack_bwd_kernel(
         b_dc = tl.where(b_alive, b_dct * b_f, b_dc)             # dc ← dc_t ⊙ f
         _arrive(p_bar + 2 * i_g)
 
-        if NPG > 1:
-            _wait(p_bar, i_g, NPG * (s + 1), i_g, 0, i_g, 0, TIMEOUT)     # all of own group's dz_t written
+        # the next step's reads of the forward (and of dy, where it is ready), after the arrival and before the
+        # wait, whose round trip their latency overlaps
+        t_n = tl.where(rev, t + 1, t - 1)
+        b_i, b_f, b_g, b_o, b_ct, b_cp = _load_saved(p_gates, p_cells, p_c0, t_n, i_l, i_d, o_b, o_u, m_bu, o_s,
+                                                     rev, T, B, H, D)
+        b_dy = _load_dy(p_dy, p_dyu, t_n, i_l, i_d, o_b, o_u, m_bu, T, B, L, H, D, True, PRE_DY, HALVES, ACC)
+        if PIPE:    # one wait: own group's dz_t and the projection of the next step's dy, read after it
+            _wait(p_bar, i_g, NPG * (s + 1), i_pg, tl.where(lower, NPG * tl.minimum(s + 2, T), 0), i_pg, 0,
+                  TIMEOUT)
+            b_dy += _load_dy(p_dy, p_dyu, t_n, i_l, i_d, o_b, o_u, m_bu, T, B, L, H, D, False, True, HALVES, ACC)
+        elif NPG > 1:
+            _wait(p_bar, i_g, NPG * (s + 1 + off), i_g, 0, i_g, 0, TIMEOUT)   # all of own group's dz_t written
         o_zr = o_t * (4 * DH) + i_d * 4 * H
         b_new = _hw(_rows(p_zr, o_zr, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H), b_ri, USE_DOT, PRECISION)
         b_new += _hw(_rows(p_zr + H, o_zr, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H), b_rf, USE_DOT, PRECISION)
@@ -623,6 +779,7 @@ def _stack_bwd_kernel(
         b_new += _hw(_rows(p_zr + 3 * H, o_zr, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H), b_ro, USE_DOT, PRECISION)
         b_dh = tl.where(b_alive, b_new.to(ACC), b_dh)           # dh ← dz_t · W_hh; frozen rows pass it through
 
+    m_bu = tl.where(proj, False, m_bu)                          # a projection program has no state to write
     tl.store(p_dh0 + o_s, b_dh, mask=m_bu)
     tl.store(p_dc0 + o_s, b_dc, mask=m_bu)
 
@@ -731,13 +888,18 @@ def stack_bwd(dy, dh_n, dc_n, gates, cells, c0, w_ih, w_hh, lengths, *, dropout:
     dz_exchange = torch.empty(L, T, B, D * G, dtype=dtype, device=device) if low_exchange else dz
     dh0 = torch.empty(L * D, B, H, dtype=acc, device=device)
     dc0 = torch.empty(L * D, B, H, dtype=acc, device=device)
-    bar = barrier_state(device, L * D)
+    pre_dy = L > 1 and D == 2       # bidirectional: layers below the top project their dy before their recurrence
+    pipe = cfg.proj_groups > 0      # unidirectional: projection groups feed the layers below the top
+    halves = cfg.projection_halves if pre_dy else 1
+    dyu = torch.empty(L - 1, halves, T, B, D * H, dtype=acc, device=device) if pre_dy or pipe else dz
+    bar = barrier_state(device, L * D + cfg.proj_groups)
     meta = _meta(cfg, L, D, dtype)
     with host.device_guard(device):
-        _stack_bwd_kernel[(cfg.backward_programs,)](
+        _stack_bwd_kernel[(cfg.num_programs,)](
             dy, dh_n, dc_n, gates, cells, c0.to(acc), w_hh, w_ih, lens, dz, dz_exchange, dh0, dc0, bar,
-            _seed(seed, drop, lens), T, B, L, H, float(dropout),
-            SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), LOW_EXCHANGE=low_exchange, DROPOUT=drop,
+            _seed(seed, drop, lens), dyu, T, B, L, H, float(dropout),
+            SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), PRE_DY=pre_dy, HALVES=halves, PIPE=pipe,
+            LOW_EXCHANGE=low_exchange, DROPOUT=drop,
             **meta, **_launch_options(cfg, device))
     if meta["TIMEOUT"]:
         raise_if_timed_out(bar, "stack backward")

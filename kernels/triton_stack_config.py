@@ -53,16 +53,13 @@ class StackConfig:
     programs_per_group: int     # NPG: programs of one (layer, direction), cdiv(H, HT)
     groups: int             # L·D
     kc: int                 # K per tl.dot chunk (a power of two ≤ block_h)
-    proj_groups: int = 0    # forward, unidirectional: groups that project the input of layers 1 … L-1 (L-1 or 0)
+    proj_groups: int = 0    # unidirectional: groups that project the input of layers 1 … L-1 (forward) and the
+                            # output gradient of layers 0 … L-2 (backward): L-1 or 0
 
     @property
     def num_programs(self) -> int:
-        """The forward's grid (the backward's has no projection groups): what must fit the SMs."""
+        """The grid of either pass: what must fit the SMs."""
         return self.programs_per_group * (self.groups + self.proj_groups)
-
-    @property
-    def backward_programs(self) -> int:
-        return self.programs_per_group * self.groups
 
     @property
     def projection_halves(self) -> int:

@@ -355,6 +355,122 @@ def test_waits_ask_only_for_what_a_step_reads(bidirectional):
             assert steps == [(g, s, 0, 0, 1, 0) for s in range(T)]
 
 
+@needs_triton
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_backward_waits_ask_only_for_what_a_step_reads(bidirectional):
+    """The backward's waits, recorded (one program per group), as (group waited on first, count, …), the top
+    layer's programs first. Unidirectional (programs: layer 1, layer 0's projection group, layer 0; counters:
+    layer 0, layer 1, the projection group): the projection group waits for layer 1 done with each step (its
+    dz_t); layer 0, before its loop, for the projection of t = T-1 and after each step for its own group and
+    the projection of the next step's dy, never for layer 1; layer 1 for its own group only. Bidirectional:
+    layer 0 first projects its dy, time t once both directions of layer 1 have dz_t (after k = T//2 + 1 … T of
+    their steps: t = k-1 and T-k), arrives once, then runs its steps, which ask for nothing (one program per
+    group: its own dz is its own)."""
+    from triton.runtime import interpreter
+    T = 4
+    calls, real = [], triton_stack._wait
+
+    def value(x):
+        return int(x.handle.data.reshape(-1)[0]) if hasattr(x, "handle") else int(x)
+
+    def wait(p_bar, g_a, n_a, g_b, n_b, g_c, n_c, TIMEOUT):
+        calls.append((interpreter.interpreter_builder.grid_idx[0], *(value(v) for v in (g_a, n_a, g_b, n_b, g_c, n_c))))
+        return real(p_bar, g_a, n_a, g_b, n_b, g_c, n_c, TIMEOUT)
+
+    model = lstm_gpu.LSTM(3, 5, num_layers=2, bidirectional=bidirectional, dtype=torch.float64, backend="triton")
+    y, _ = model(torch.randn(T, 2, 3, dtype=torch.float64))
+    with mock.patch.object(triton_stack, "_wait", wait):
+        y.sum().backward()
+    by_program = {pid: [c[1:] for c in calls if c[0] == pid] for pid in range(3 if not bidirectional else 4)}
+    if not bidirectional:
+        assert by_program[0] == [(1, 0, 2, 0, 2, 0)] + [(1, s + 1, 2, 0, 2, 0) for s in range(T)]
+        assert by_program[1] == [(2, 0, 1, s + 1, 1, 0) for s in range(T)] + [(0, 0, 2, 0, 2, 0)]
+        assert by_program[2] == [(0, 0, 2, 1, 2, 0)] + [(0, s + 1, 2, min(s + 2, T), 2, 0) for s in range(T)]
+        return
+    assert by_program[0] == by_program[1] == []          # the top layer's groups (3, 2): nothing to wait for
+    for pid, g in ((2, 1), (3, 0)):
+        assert by_program[pid] == [(g, 0, 2, k, 3, k) for k in range(T // 2 + 1, T + 1)] + [(g, 1, g, 0, g, 0)]
+
+
+_BACKWARD = [False]
+
+
+def _in_backward_only(mutated, real):
+    """A wait that is ``mutated`` while the stack's backward kernel runs (``_backward_flagged``), else ``real``."""
+    def wait(*args):
+        return (mutated if _BACKWARD[0] else real)(*args)
+    return wait
+
+
+@contextlib.contextmanager
+def _backward_flagged():
+    real = triton_stack.stack_bwd
+
+    def flagged(*args, **kwargs):
+        _BACKWARD[0] = True
+        try:
+            return real(*args, **kwargs)
+        finally:
+            _BACKWARD[0] = False
+    with mock.patch.object(triton_stack, "stack_bwd", flagged):
+        yield
+
+
+def _dy_projection_not_awaited(real, npg):
+    """The real wait, except that a bidirectional layer 0 (groups 0, 1 of a 2-layer stack) does not wait for its
+    group's dy projection to be complete before its recurrence (its own counter, npg: the one arrival)."""
+    def wait(p_bar, g_a, n_a, g_b, n_b, g_c, n_c, TIMEOUT):
+        done = (g_a == g_b) & (g_b == g_c) & (n_b == 0) & (n_a == npg) & (g_a < 2)
+        return real(p_bar, g_a, tl.where(done, 0, n_a), g_b, n_b, g_c, n_c, TIMEOUT)
+    return wait
+
+
+@needs_triton
+@pytest.mark.parametrize("n,bidirectional,mutation", [
+    (8, True, _projection_one_step_early), (12, True, _projection_one_step_early),
+    (8, True, _dy_projection_not_awaited), (6, False, _projection_one_step_early)],
+    ids=["pairs-split-by-direction-early", "whole-rows-early", "pairs-not-awaited", "projection-group-early"])
+def test_backward_projection_waits_for_what_it_reads(n, bidirectional, mutation):
+    """In the backward only: a layer's dy projected (dz_{l+1}·W_ih(l+1)) a step of the layer above before that
+    step's dz is written, or a bidirectional recurrence reading its dy before its group's projection is complete,
+    in a many-program run, gives wrong gradients or a hang report, never a pass. n = 8: two programs per group,
+    the pairs split the projection by direction above; n = 12: three, whole rows; n = 6: unidirectional, layer
+    0's projection group."""
+    L, D = 2, 2 if bidirectional else 1
+    H = stack_h(n, L=L, D=D, dtype=torch.float64, start=9 if n == 12 else 2)
+    npg = config.gpu_config(B=3, H=H, L=L, D=D, dtype=torch.float64, n_sm=n).programs_per_group
+    real = triton_stack._wait
+
+    def run():
+        with mock.patch.object(triton_stack, "_wait", _in_backward_only(mutation(real, npg), real)), \
+                _backward_flagged():
+            stack_vs_torch(L=L, bidirectional=bidirectional, dtype=torch.float64, T=12, H=H,
+                           context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
+    assert _mutation_verdict(run) != "right", f"the backward's mutated wait ({mutation.__name__}) went unnoticed"
+
+
+@needs_triton
+def test_layer_waits_for_its_dy_projection_group():
+    """In the backward only: a unidirectional layer 0 reading the dy of its next step before its projection group
+    wrote it (one step early), projection slowed (50 ms a call) so the layer catches up with it, gives wrong
+    gradients or a hang report, never a pass."""
+    n, L = 6, 2
+    H = stack_h(n, L=L, D=1, dtype=torch.float64)
+    real, real_project = triton_stack._wait, triton_stack._project_dy
+
+    def slow_project(*args):
+        time.sleep(0.05)
+        return real_project(*args)
+
+    def run():
+        mutated = _in_backward_only(_projection_group_one_step_early(real, 2), real)
+        with mock.patch.object(triton_stack, "_wait", mutated), _backward_flagged(), \
+                mock.patch.object(triton_stack, "_project_dy", slow_project):
+            stack_vs_torch(L=L, bidirectional=False, dtype=torch.float64, T=12, H=H,
+                           context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
+    assert _mutation_verdict(run) != "right", "the layer's early wait for its dy projection group went unnoticed"
+
+
 # ----------------------------------------------------------------------------------------------------
 # One launch per pass for the recurrence of the whole stack
 # ----------------------------------------------------------------------------------------------------
@@ -587,7 +703,7 @@ def _reason(H, L, bidirectional, dtype=torch.float16, B=16, n_sm=132, precision=
 def test_gpu_config_of_the_modeled_stacks():
     uni = config.gpu_config(B=16, H=512, L=2, D=1, dtype=torch.float16, n_sm=132)
     assert (uni.ht, uni.programs_per_group, uni.num_programs, uni.block_b, uni.num_warps) == (16, 32, 96, 16, 4)
-    assert (uni.proj_groups, uni.backward_programs) == (1, 64)      # layer 1's projection group: forward only
+    assert uni.proj_groups == 1         # layer 1's projection group (forward), layer 0's (backward)
     assert (uni.split(1), uni.split(1), uni.split(4)) == (4, 4, 16)
     bi = config.gpu_config(B=16, H=512, L=2, D=2, dtype=torch.float16, n_sm=132)
     assert (bi.ht, bi.num_programs) == (16, 128)
