@@ -274,7 +274,8 @@ def _read_csv(path: Path) -> list[dict]:
 def _kernel_row(label: str, r: dict) -> str:
     g = lambda k, d="?": r.get(k) if r.get(k) not in (None, "") else d   # noqa: E731
     us = lambda k: f"{float(g(k, 'nan')):.2f}"                          # noqa: E731
-    path = "tl.dot" if int(g("mma", 0)) else "broadcast"
+    # tensor cores issue HMMA; tl.dot in IEEE fp32 (FMAs, the reduction inside each thread) no shuffles at all
+    path = "tl.dot" if int(g("mma", 0)) else "tl.dot, FMA" if int(g("shfl", 1)) == 0 else "broadcast"
     return (f"| {g('B')}, {g('H')}, {g('dtype')} | {g('direction')} | {label} ({path}) | {g('programs')} × {g('warps')} | "
             f"{g('regs')} / {g('spill_bytes')} | {g('instructions')} | {g('mma')} / {g('mma_chain')} | {g('fma')} | "
             f"{g('mufu')} | {g('shfl')} | {g('bar')} | {float(g('grid_bytes', 'nan')) / 1e6:.2f} | "

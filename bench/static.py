@@ -51,6 +51,7 @@ HEADLINE = [
     (1, 256, 1024, "float16", "fwd"),
     (16, 1024, 1024, "bfloat16", "fwd"),
     (16, 1536, 1024, "bfloat16", "fwd+bwd"),     # the largest H whose W_hh stays on chip (K as 1024 + 512)
+    (16, 512, 1024, "float32", "fwd+bwd"),       # fp32-ieee on CUDA cores: tl.dot in IEEE fp32 (FMAs)
 ]
 
 

@@ -11,10 +11,13 @@ Rules (GPU), each checked by compiling every chosen config for sm_90 (tests/test
   ``dot_shared_bytes``): H ≤ 1536 in 16 bits, K covered by at most two power-of-two pieces
   (``k_pieces``: 1536 = 1024 + 512, 224 KB of shared memory). Compiled with the run-time specialisation,
   K = 1024 takes 254 registers at 4 warps and no spills (without the divisibility hints it spilled, which
-  is why the old rule stopped at K = 256). fp32-ieee and fp64 use the register broadcast-multiply-sum, one batch
-  tile of BLOCK_B rows at a time (looped inside the program when B is larger).
+  is why the old rule stopped at K = 256). fp32-ieee takes tl.dot too, in IEEE fp32: FMAs on CUDA cores,
+  each thread reducing over all of K (no shuffles), 4 warps, K unsplit, where its sm_90 compile has no spills
+  (H ≤ 768 forward, ≤ 512 backward: FMA_MAX_H; B a multiple of 16, or forward 8 ≤ B < 16). Otherwise fp32-ieee and fp64 use the register
+  broadcast-multiply-sum, one batch tile of BLOCK_B rows at a time (looped inside the program when B is larger;
+  five shuffle levels per output).
 - HT (hidden units per program, all four gates) is the smallest power of two that keeps the grid
-  cdiv(H, HT) ≤ the SM count (one program per SM); ≥ 4, and ≥ 16 on the dot path (N of each gate's dot).
+  cdiv(H, HT) ≤ the SM count (one program per SM); ≥ 4, and ≥ 16 on the tensor cores (N of each gate's dot).
 - Dot path (see ``gpu_config``): 16-row batch tiles; 16-bit: 4 warps, tf32: 8 warps; K in chunks of 64,
   at most 8 (the tail piece in as many chunks as the first). The 16-bit forward takes 32-row tiles at 8 warps where a batch group has 32 rows or more.
 - Batch groups (both paths): SMs the unit split leaves idle take part of the batch. groups =
@@ -61,6 +64,37 @@ DOT_SHARED_BUDGET = 225 * 1024              # bytes: the W_hh slice + one staged
                                             # (the 227 KB a block may have, less the 1 KB static the sm_90
                                             # compiles show beside it and a margin)
 DOT_KC = 128                                # K per tl.dot chunk: K/128 independent accumulators
+# fp32-ieee on CUDA cores: tl.dot in IEEE fp32 (FMAs, each thread reducing over all of K: no shuffles) where
+# the sm_90 compile keeps the loop free of spills: H ≤ 768 forward (triton 3.6, the GPU machine's; 512 with
+# 3.9), H ≤ 512 backward (H = 768
+# backward spilled 92-5160 local accesses per step in every variant tried: HT 8/16, 4/8 warps, K as 1024,
+# 512 + 256 or 256 + 512), and a batch that is a multiple of 16 rows, or forward one tile of ≥ FMA_MIN_ROWS
+# (rows masked off in the backward, B = 8, 12, 20, spilled 31-86 accesses per step; in the forward's
+# several tiles, B = 20 at H = 768, 220). Modeled B16 H768 forward 20.63 -> 4.14 µs/step, B16 H512 backward
+# 13.41 -> 5.81. Fewer rows: the broadcast path (tl.dot computes 16 rows whatever the batch: B4 H512
+# forward 2.58 against 2.36 µs/step).
+FMA_MIN_ROWS = 8
+FMA_MAX_H = {"fwd": 768, "bwd": 512}
+FMA_MAX_H_OTHER_TRITON = 512    # forward, a triton other than 3.6 (3.9 spilled 600 accesses per step at H = 768)
+
+
+def _triton_version() -> str:
+    """The triton in use (imported, or else installed: this module is plain host code and imports none)."""
+    import sys
+    from importlib import metadata
+    if "triton" in sys.modules:
+        return getattr(sys.modules["triton"], "__version__", "")
+    try:
+        return metadata.version("triton")
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def fma_max_h(backward: bool) -> int:
+    """The largest H the FMA tl.dot path takes: what compiled without spills with the installed triton."""
+    if backward or _triton_version().startswith("3.6"):
+        return FMA_MAX_H["bwd" if backward else "fwd"]
+    return FMA_MAX_H_OTHER_TRITON
 
 
 @dataclass(frozen=True)
@@ -173,11 +207,14 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     ht_dot = min(max(16, _pow2(-(-H // n_sm))), max(16, _pow2(H)))
     half = dtype in (torch.float16, torch.bfloat16)     # 16-bit operands (else tf32: 32-bit operands)
     dot_k, dot_tail = k_pieces(H)
-    use_dot = tensor_cores and dot_shared_bytes(ht_dot, dot_k, 16, dtype, dot_tail) <= DOT_SHARED_BUDGET
+    use_mma = tensor_cores and dot_shared_bytes(ht_dot, dot_k, 16, dtype, dot_tail) <= DOT_SHARED_BUDGET
+    fma = (dtype == torch.float32 and not tensor_cores and H <= fma_max_h(backward)
+           and (B % 16 == 0 or (not backward and FMA_MIN_ROWS <= B < 16)))
+    use_dot = use_mma or fma
     k_tail = dot_tail if use_dot else 0
     if use_dot:
         block_k = dot_k
-    ht = ht_dot if use_dot else min(max(4, _pow2(-(-H // n_sm))), _pow2(H))
+    ht = ht_dot if use_mma else min(max(4, _pow2(-(-H // n_sm))), _pow2(H))
     num_programs = -(-H // ht)
     words = LSTMConfig(ht, block_k, 1, use_dot, precision, 4, num_programs, k_tail=k_tail).w_words(dtype)
     # 4 warps while the weights take ≤ 128 registers per thread, else 8 (16 warps would cap every thread
@@ -195,8 +232,9 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
         # - Both: K in chunks of 64, at most 8 (B16 H768 fp16 forward 1.46 -> 1.45 µs/step against chunks of
         #   128; 16 chunks spilled at H = 1536).
         block_b = 16                                    # M ≥ 16 for tl.dot on triton 3.6
-        num_warps = 4 if half else 8
-        k_split = min(8, max(1, block_k // (DOT_KC // 2)))
+        num_warps = 4 if half or fma else 8
+        # FMA: K in one chunk (2-8 chunks spilled 171-1069 accesses per step at B16 H768)
+        k_split = 1 if fma else min(8, max(1, block_k // (DOT_KC // 2)))
     else:
         tiny = words <= 32 * 32 * 4                     # ≤ 32 weight registers per thread at 4 warps
         if tiny:

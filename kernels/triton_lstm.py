@@ -2,7 +2,8 @@
 
 Supports: one layer, one direction per call (reverse too), no projection (proj_size = 0), packed
 sequences (per-sequence ``lengths``, any order), float16, bfloat16 and float32 with tf32 on tensor cores
-(tl.dot), float32-ieee and float64 on CUDA cores (a register broadcast-multiply-sum). H ≤ 1536 in 16 bits,
+(tl.dot), float32-ieee and float64 on CUDA cores (tl.dot in IEEE fp32 where it compiles without spills, else a
+register broadcast-multiply-sum). H ≤ 1536 in 16 bits,
 ≤ 1024 in fp32, ≤ 528 in fp64, on a 132-SM H100: the whole W_hh must stay on chip, spread over the programs (``triton_config``
 has the rules and says the limit when a call does not fit).
 Tested on: the Triton CPU interpreter (TRITON_INTERPRET=1: one program, and every program of a grid at
@@ -19,9 +20,11 @@ before the time loop (the smem figure of the sm_90 compile says it does, a GPU r
 (the static profiler counts them; 4 warps were chosen over 8 for that reason); (5) fp16/bf16 exchange h
 (and dz, backward) between programs in 16 bits, as cuDNN's fp16 GEMMs consume them, while the reference
 carries them in fp32: a small, tolerated difference (the tensor cores would round dz to 16 bits anyway,
-so exchanging it in 16 bits changes no result and halves the bytes); (6) fp32-ieee and fp64 keep the
-broadcast path (B/BLOCK_B passes over registers per step, shuffle reductions): tl.dot in IEEE fp32 (FMA)
-and fp64 (DMMA) compiled with 248-4416 bytes of spills on sm_90 (triton 3.6) and was not adopted.
+so exchanging it in 16 bits changes no result and halves the bytes); (6) fp32-ieee runs tl.dot in IEEE fp32
+(FMAs on CUDA cores, the reduction inside each thread) only where that compiled without spills (H ≤ 768
+forward, ≤ 512 backward, B a multiple of 16 or a forward tile of 8-15 rows, at HT 4-8, 4 warps, K unsplit; at
+HT 16, in K chunks or with rows masked off it spilled 31-5160 local accesses per step); elsewhere fp32-ieee and fp64 keep the broadcast path (B/BLOCK_B passes over registers
+per step, shuffle reductions): fp64 tl.dot (DMMA) spilled 193-1220 accesses per step (triton 3.6).
 
 Dimension legend
     T  time steps          B  batch            H  hidden units          G = 4H  gates (i, f, g, o)

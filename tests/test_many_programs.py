@@ -176,6 +176,25 @@ def test_triton_layer(n, dtype, dot, B, reverse, k_split, monkeypatch):
 
 
 @needs_triton
+@pytest.mark.parametrize("n,B,reverse", [(3, 16, True), (2, 9, False), pytest.param(4, 32, False, marks=pytest.mark.slow)],
+                         ids=str)
+def test_triton_layer_fp32_ieee_fma(n, B, reverse, monkeypatch):
+    """fp32-ieee: tl.dot in IEEE fp32 (FMAs on CUDA cores, the reduction inside each thread) in 16-row tiles, HT =
+    4, forward and backward where B is a multiple of 16 (B = 16: one tile; 32: two), the forward alone for a tile
+    of 9 rows (the backward then on the broadcast path); every output and gradient vs the reference at fp32
+    tolerance."""
+    monkeypatch.setattr(triton_config, "FP32_PRECISION", "ieee")
+    H = triton_h(n, B, torch.float32)
+    for backward in (False, True):
+        cfg = triton_config.gpu_config(B=B, H=H, dtype=torch.float32, n_sm=n, backward=backward)
+        fma = not backward or B % 16 == 0
+        assert cfg.use_dot == fma and cfg.num_programs == n, cfg
+        if fma:
+            assert (cfg.precision, cfg.ht, cfg.block_b, cfg.k_split) == ("ieee", 4, 16, 1), cfg
+    check_layer("triton", n, 4, B, H, torch.float32, lengths_for(4, B), reverse)
+
+
+@needs_triton
 @pytest.mark.parametrize("n,B,reverse,tiles", [(4, 64, True, 1), pytest.param(2, 64, False, 2, marks=pytest.mark.slow)],
                          ids=str)
 def test_triton_layer_32_row_tiles(n, B, reverse, tiles, monkeypatch):

@@ -436,15 +436,25 @@ def test_backward_projection_waits_for_what_it_reads(n, bidirectional, mutation)
     in a many-program run, gives wrong gradients or a hang report, never a pass. n = 8: two programs per group,
     the pairs split the projection by direction above; n = 12: three, whole rows; n = 6: unidirectional, layer
     0's projection group."""
-    L, D = 2, 2 if bidirectional else 1
+    L, D, T = 2, 2 if bidirectional else 1, 12
     H = stack_h(n, L=L, D=D, dtype=torch.float64, start=9 if n == 12 else 2)
     npg = config.gpu_config(B=3, H=H, L=L, D=D, dtype=torch.float64, n_sm=n).programs_per_group
-    real = triton_stack._wait
+    real, real_half = triton_stack._wait, triton_stack._project_dy_half
+
+    def half_1_late(*args):
+        """The half a direction's first step reads from the partner, the last the partner projects, 0.3 s late
+        (forward: half 1 of t = T-1; reverse: half 0 of t = 0): left to run free, the pairs finished together
+        and the mutation went unnoticed in 3 of 6 runs; with the forward's half alone, in 1 of 14."""
+        value = lambda x: int(x.handle.data.reshape(-1)[0]) if hasattr(x, "handle") else int(x)   # noqa: E731
+        t, k_h, i_d = value(args[2]), value(args[3]), value(args[5])
+        if (k_h, t) == ((1, T - 1) if i_d == 0 else (0, 0)):
+            time.sleep(0.3)
+        return real_half(*args)
 
     def run():
         with mock.patch.object(triton_stack, "_wait", _in_backward_only(mutation(real, npg), real)), \
-                _backward_flagged():
-            stack_vs_torch(L=L, bidirectional=bidirectional, dtype=torch.float64, T=12, H=H,
+                mock.patch.object(triton_stack, "_project_dy_half", half_1_late), _backward_flagged():
+            stack_vs_torch(L=L, bidirectional=bidirectional, dtype=torch.float64, T=T, H=H,
                            context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
     assert _mutation_verdict(run) != "right", f"the backward's mutated wait ({mutation.__name__}) went unnoticed"
 

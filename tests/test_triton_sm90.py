@@ -33,6 +33,7 @@ pytestmark = [pytestmark, pytest.mark.slow]     # a module fixture compiles ever
 
 HS = [64, 128, 256, 512, 768, 1024, 1280, 1536, 2048]      # 768, 1280, 1536: K in two pieces on the tl.dot path
 BS = [1, 2, 4, 8, 16, 64, 256]
+FMA_BS = [20]       # fp32-ieee (the FMA tl.dot path): several tiles, the last partly masked
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 N_SM = 132
 SHARED_LIMIT = 227 * 1024
@@ -49,7 +50,7 @@ INVARIANT_RELOADS = 2
 # broadcast config, K in one piece and in two (tail read with, or after, the first piece; 32-row tiles with a
 # tail), and the first size refused.
 if not STRICT:
-    HS = [64, 768, 1024, 1280, 1536, 2048]
+    HS = [64, 512, 768, 1024, 1280, 1536, 2048]     # 512: the FMA path's largest H there
 
 
 def dispatcher_jobs():
@@ -64,15 +65,19 @@ def dispatcher_jobs():
             for dtype in DTYPES:
                 if precision == "tf32" and dtype != torch.float32:
                     continue
+                fma_dtype = dtype == torch.float32 and precision == "ieee"
                 for H in HS:
-                    for B in BS:
+                    for B in BS + (FMA_BS if fma_dtype else []):
                         if tc.unsupported_reason(device=CUDA, dtype=dtype, hidden_size=H, proj_size=0, batch=B,
                                                  n_sm=N_SM):
                             refused.add((H, str(dtype)))
                             continue
                         for direction, save in (("fwd", True), ("fwd", False), ("bwd", True)):
                             cfg = tc.gpu_config(B=B, H=H, dtype=dtype, n_sm=N_SM, backward=direction == "bwd")
-                            spec = (B == 1, B <= cfg.block_b)   # B % 16 changes vector widths, not resources
+                            # B % 16 changed vector widths, not resources, except on the FMA path (fp32-ieee
+                            # tl.dot), where rows masked off spilled: compiled both ways there
+                            fma = cfg.use_dot and fma_dtype
+                            spec = (B == 1, B <= cfg.block_b, fma and B % 16 == 0)
                             key = (direction, save, dtype, precision, cfg, spec)
                             if key not in seen:
                                 seen.add(key)
