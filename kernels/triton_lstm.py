@@ -263,9 +263,13 @@ def _load_w_gate(p_w, gate, i_p, H, K0, HT: tl.constexpr, BLOCK_K: tl.constexpr,
 
 @triton.jit
 def _dot(b_a, b_w, PRECISION: tl.constexpr):
-    """a · w on the tensor cores, fp32 accumulation; with K in chunks ([K_SPLIT, BB, K/K_SPLIT] ·
-    [K_SPLIT, K/K_SPLIT, HT]) one independent accumulator per chunk: [K_SPLIT, BB, HT]."""
-    return tl.dot(b_a.to(b_w.dtype), b_w, input_precision=PRECISION, out_dtype=tl.float32)
+    """a · w on the tensor cores (in IEEE fp32: FMAs), fp32 accumulation (fp64 for fp64); with K in chunks
+    ([K_SPLIT, BB, K/K_SPLIT] · [K_SPLIT, K/K_SPLIT, HT]) one independent accumulator per chunk:
+    [K_SPLIT, BB, HT]."""
+    if b_w.dtype == tl.float64:
+        return tl.dot(b_a.to(b_w.dtype), b_w, input_precision="ieee", out_dtype=tl.float64)
+    else:
+        return tl.dot(b_a.to(b_w.dtype), b_w, input_precision=PRECISION, out_dtype=tl.float32)
 
 
 @triton.jit
