@@ -496,20 +496,27 @@ def _stack_fwd_kernel(
 
 
 @triton.jit
-def _project_dy(p_zr, p_dyu, t, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_ui, b_uf, b_ug, b_uo,
-                D: tl.constexpr, KX: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT_X: tl.constexpr,
-                USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+def _dy(p_zr, t, i_l, o_b, m_b, T, B, H, b_ui, b_uf, b_ug, b_uo, D: tl.constexpr, KX: tl.constexpr,
+        BLOCK_H: tl.constexpr, SPLIT_X: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     """dy_l[t] = dz_{l+1}[t] · W_ih(l+1) for own columns (l < L-1: the gradient the layer above sends down to
-    layer l's output at t, before dropout), summed over the four gates of every direction above, into p_dyu
-    [L-1, 1, T, B, D·H] (accumulation dtype)."""
+    layer l's output at t, before dropout), summed over the four gates of every direction above: [BB, HT]."""
     DH = D * H
     o_z = (((i_l + 1) * T + t).to(tl.int64) * B + o_b) * (4 * DH)
     b_dy = _hw(_rows(p_zr, o_z, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_ui, USE_DOT, PRECISION)
     b_dy += _hw(_rows(p_zr + H, o_z, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_uf, USE_DOT, PRECISION)
     b_dy += _hw(_rows(p_zr + 2 * H, o_z, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_ug, USE_DOT, PRECISION)
     b_dy += _hw(_rows(p_zr + 3 * H, o_z, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_uo, USE_DOT, PRECISION)
+    return b_dy
+
+
+@triton.jit
+def _project_dy(p_zr, p_dyu, t, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_ui, b_uf, b_ug, b_uo,
+                D: tl.constexpr, KX: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT_X: tl.constexpr,
+                USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """``_dy`` into p_dyu [L-1, 1, T, B, D·H] (accumulation dtype), where the layer's recurrence reads it."""
+    b_dy = _dy(p_zr, t, i_l, o_b, m_b, T, B, H, b_ui, b_uf, b_ug, b_uo, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
     o_r = (i_l * T + t).to(tl.int64) * B + o_b
-    tl.store(p_dyu + o_r[:, None] * DH + i_d * H + o_u[None, :], b_dy, mask=m_bu)
+    tl.store(p_dyu + o_r[:, None] * (D * H) + i_d * H + o_u[None, :], b_dy, mask=m_bu)
 
 
 @triton.jit
@@ -730,12 +737,8 @@ def _stack_bwd_kernel(
                 i_above = i_g - i_d + D                         # group (l+1, forward)
                 _wait(p_bar, i_above, NPG * (T - t), i_above + D - 1, NPG * tl.where(D == 2, t + 1, T - t),
                       i_above, 0, TIMEOUT)
-                p_zu = p_zr + ((i_l + 1) * T + t).to(tl.int64) * B * (4 * DH)
-                o_zu = o_b * (4 * DH)
-                b_dy = _hw(_rows(p_zu, o_zu, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_ui, USE_DOT, PRECISION)
-                b_dy += _hw(_rows(p_zu + H, o_zu, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_uf, USE_DOT, PRECISION)
-                b_dy += _hw(_rows(p_zu + 2 * H, o_zu, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_ug, USE_DOT, PRECISION)
-                b_dy += _hw(_rows(p_zu + 3 * H, o_zu, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_uo, USE_DOT, PRECISION)
+                b_dy = _dy(p_zr, t, i_l, o_b, m_b, T, B, H, b_ui, b_uf, b_ug, b_uo, D, KX, BLOCK_H, SPLIT_X, USE_DOT,
+                           PRECISION)
         if DROPOUT:                                             # a lower layer's output was dropped out
             b_dy = tl.where(lower, tl.where(_keep(o_y, seed, drop), b_dy / (1. - drop), 0.), b_dy)
 
