@@ -668,8 +668,8 @@ def _stack_bwd_kernel(
             b_ug = _w(p_w + 2 * H * DH, DH, 1, on_u, i_p, H, 4 * H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
             b_uo = _w(p_w + 3 * H * DH, DH, 1, on_u, i_p, H, 4 * H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
     if PRE_DY:
-        # Bidirectional: a layer's dy_t needs dz_{l+1}[t] of both directions above, whose backward walks ends in
-        # opposite directions, so the layer starts only once the layer above has finished (the forward's
+        # Bidirectional: a layer's dy_t needs dz_{l+1}[t] of both directions above, whose backward walks reach
+        # t = 0 and t = T-1 last, so the layer starts only once the layer above has finished (the forward's
         # argument, mirrored). Its programs, idle until then, project its whole dy meanwhile: after k of its
         # steps the layer above has dz at t ≥ T-k (its forward direction) and t < k (its reverse one), so from
         # k = T//2 + 1 on each k brings t = k-1 and t = T-k; HALVES = 2: a program pair splits the reduction by
