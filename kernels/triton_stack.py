@@ -400,8 +400,11 @@ def _stack_fwd_kernel(
         # Unidirectional: a projection group per layer ≥ 1 computes its x_t·W_ihᵀ + b as soon as the layer below
         # has h_t, a step ahead of the layer, whose step then has one reduction, h·W_hhᵀ, as layer 0's: the
         # wavefront gets a stage per layer (T + 2(L-1) steps) and its slowest step is a single layer's.
+        # The group's own previous step is awaited too (one poll either way): the group moves in lockstep, so its
+        # counter at NPG·k means "all of it done with k steps"; without it one program could run two steps ahead of
+        # a partner and bring the count to NPG alone (caught on CPU with one projection program held back).
         for t in tl.range(tl.where(proj, T, 0), num_stages=1):
-            _wait(p_bar, i_pg, 0, i_g - 1, NPG * (t + 1), i_g - 1, 0, TIMEOUT)
+            _wait(p_bar, i_pg, NPG * t, i_g - 1, NPG * (t + 1), i_g - 1, 0, TIMEOUT)
             _project(p_x, p_gxu, t, i_l, 0, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg,
                      b_bo, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
             _arrive(p_bar + 2 * i_pg)
@@ -701,8 +704,9 @@ def _stack_bwd_kernel(
         # Unidirectional: a projection group per layer below the top computes its dy_t = dz_{l+1}[t]·W_ih(l+1)
         # as soon as the layer above has dz_t, a step ahead of the layer, whose step then has one reduction,
         # dz·W_hh, and one wait, as the top layer's: T + 2(L-1) steps of the reverse wavefront.
+        # As the forward's: the group's own previous step awaited too, so its counter counts whole steps.
         for s in tl.range(tl.where(proj, T, 0), num_stages=1):
-            _wait(p_bar, i_pg, 0, i_g + 1, NPG * (s + 1), i_g + 1, 0, TIMEOUT)
+            _wait(p_bar, i_pg, NPG * s, i_g + 1, NPG * (s + 1), i_g + 1, 0, TIMEOUT)
             _project_dy(p_zr, p_dyu, T - 1 - s, i_l, 0, o_b, m_b, o_u, m_bu, T, B, H, b_ui, b_uf, b_ug, b_uo,
                         D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
             _arrive(p_bar + 2 * i_pg)

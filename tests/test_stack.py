@@ -318,8 +318,9 @@ def test_layer_waits_for_its_projection_group():
 def test_waits_ask_only_for_what_a_step_reads(bidirectional):
     """The forward's waits, recorded (one program per group), as (group waited on first, count, …): every step
     waits for its own group's previous step; layer 0 for no other group. Unidirectional (programs: layer 0,
-    layer 1's projection group, layer 1): the projection waits for layer 0 done with t; layer 1, before its loop,
-    for the projection of t = 0 and at step t for the projection of t + 1 (its prefetch), never for layer 0.
+    layer 1's projection group, layer 1): the projection waits for layer 0 done with t and its own group done
+    with t - 1; layer 1, before its loop, for the projection of t = 0 and at step t for the projection of t + 1
+    (its prefetch), never for layer 0.
     Bidirectional: layer 1 first projects its input, time t once both directions of layer 0 have it (after
     k = T//2 + 1 … T of their steps: t = k-1 and T-k; one program per group, so no program pairs splitting the
     row), arrives once, then runs its steps waiting for its own group only."""
@@ -340,7 +341,7 @@ def test_waits_ask_only_for_what_a_step_reads(bidirectional):
     by_program = {pid: [c[1:] for c in calls if c[0] == pid] for pid in range(3 if not bidirectional else 4)}
     if not bidirectional:       # counters: layer 0, layer 1, then layer 1's projection group (2)
         assert by_program[0] == [(0, 0, 2, 0, 2, 0)] + [(0, s, 2, 0, 2, 0) for s in range(T)]
-        assert by_program[1] == [(2, 0, 0, t + 1, 0, 0) for t in range(T)] + [(1, 0, 2, 0, 2, 0)]
+        assert by_program[1] == [(2, t, 0, t + 1, 0, 0) for t in range(T)] + [(1, 0, 2, 0, 2, 0)]
         assert by_program[2] == [(1, 0, 2, 1, 2, 0)] + [(1, s, 2, min(s + 2, T), 2, 0) for s in range(T)]
         return
     for g in range(2 * D):
@@ -361,7 +362,7 @@ def test_backward_waits_ask_only_for_what_a_step_reads(bidirectional):
     """The backward's waits, recorded (one program per group), as (group waited on first, count, …), the top
     layer's programs first. Unidirectional (programs: layer 1, layer 0's projection group, layer 0; counters:
     layer 0, layer 1, the projection group): the projection group waits for layer 1 done with each step (its
-    dz_t); layer 0, before its loop, for the projection of t = T-1 and after each step for its own group and
+    dz_t) and for itself done with the step before; layer 0, before its loop, for the projection of t = T-1 and after each step for its own group and
     the projection of the next step's dy, never for layer 1; layer 1 for its own group only. Bidirectional:
     layer 0 first projects its dy, time t once both directions of layer 1 have dz_t (after k = T//2 + 1 … T of
     their steps: t = k-1 and T-k), arrives once, then runs its steps, which ask for nothing (one program per
@@ -384,7 +385,7 @@ def test_backward_waits_ask_only_for_what_a_step_reads(bidirectional):
     by_program = {pid: [c[1:] for c in calls if c[0] == pid] for pid in range(3 if not bidirectional else 4)}
     if not bidirectional:
         assert by_program[0] == [(1, 0, 2, 0, 2, 0)] + [(1, s + 1, 2, 0, 2, 0) for s in range(T)]
-        assert by_program[1] == [(2, 0, 1, s + 1, 1, 0) for s in range(T)] + [(0, 0, 2, 0, 2, 0)]
+        assert by_program[1] == [(2, s, 1, s + 1, 1, 0) for s in range(T)] + [(0, 0, 2, 0, 2, 0)]
         assert by_program[2] == [(0, 0, 2, 1, 2, 0)] + [(0, s + 1, 2, min(s + 2, T), 2, 0) for s in range(T)]
         return
     assert by_program[0] == by_program[1] == []          # the top layer's groups (3, 2): nothing to wait for
@@ -479,6 +480,37 @@ def test_layer_waits_for_its_dy_projection_group():
             stack_vs_torch(L=L, bidirectional=False, dtype=torch.float64, T=12, H=H,
                            context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
     assert _mutation_verdict(run) != "right", "the layer's early wait for its dy projection group went unnoticed"
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+@pytest.mark.parametrize("pass_", ["forward", "backward"])
+def test_projection_group_moves_in_lockstep(pass_, dtype):
+    """A unidirectional projection group's counter is read as "all of it done with k steps" (NPG·k arrivals), so
+    no program of the group may run two steps ahead of a partner. One projection program (the group's second)
+    held back 0.3 s on its first step while the other is free to go on: the layer it feeds must still read only
+    what is written. Before its programs awaited their own group's previous step, the free one brought the count
+    to NPG alone, and the layer read its partner's units unwritten (NaN): 23 failures in 84 runs with a program
+    of the group held back at one of its first 14 atomics; once in several hundred unperturbed CI-like runs."""
+    from triton.runtime import interpreter
+    n, L = 6, 2
+    H = stack_h(n, L=L, D=1, dtype=dtype)
+    cfg = config.gpu_config(B=3, H=H, L=L, D=1, dtype=dtype, n_sm=n)
+    assert (cfg.proj_groups, cfg.programs_per_group) == (1, 2)
+    held, name = 3, "_project" if pass_ == "forward" else "_project_dy"       # programs [layer, projection, layer]
+    real, calls = getattr(triton_stack, name), []
+
+    def held_back(*args):
+        if interpreter.interpreter_builder.grid_idx[0] == held:
+            calls.append(None)
+            if len(calls) == 1:
+                time.sleep(0.3)
+        return real(*args)
+
+    with mock.patch.object(triton_stack, name, held_back):
+        stack_vs_torch(L=L, bidirectional=False, dtype=dtype, T=6, H=H,
+                       context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
+    assert len(calls) == 6, "the held-back program is not the projection group's second"
 
 
 # ----------------------------------------------------------------------------------------------------
