@@ -165,7 +165,7 @@ _ACTIVE = threading.Lock()
 
 @contextlib.contextmanager
 def concurrent_programs(n: int, *, deadline: float = DEFAULT_DEADLINE, stagger: bool = True,
-                        backends=("triton", "numba")):
+                        backends=("triton", "numba"), hold: tuple[int, int, float] | None = None):
     """Run CPU calls of the triton and numba backends with ``n`` programs / blocks, all at once.
 
     Inside the ``with`` block every launch of the Triton kernels (interpreter) and of the Numba kernels
@@ -183,6 +183,11 @@ def concurrent_programs(n: int, *, deadline: float = DEFAULT_DEADLINE, stagger: 
     that does not wait can go unnoticed (each program happens to write its slot before the others read
     it); staggered, such a barrier lets program 0 run on into slots the later programs have not written
     (NaN in the tests' NaN-filled outputs), every time. After the first barrier they all run at once.
+    ``hold``: (program, k, seconds), triton only: in every launch, that program stops ``seconds`` at its k-th
+    synchronisation (k = 1: its first atomic or volatile load), the others running on, as a program on a slow
+    or descheduled SM would. A wait that counts arrivals without knowing whose they are (a group whose
+    programs do not wait for each other, one running two steps ahead of a partner) lets a reader in before the
+    held program's write: the stack's projection groups did, caught only by holding one back.
     ``backends``: which of "triton", "numba" to patch; each needs its CPU mode (TRITON_INTERPRET=1 /
     NUMBA_ENABLE_CUDASIM=1) and the version in ``SUPPORTED``, else ``UnsupportedVersion`` /
     ``RuntimeError`` says why (``unavailable_reason`` gives the same text without raising).
@@ -192,6 +197,8 @@ def concurrent_programs(n: int, *, deadline: float = DEFAULT_DEADLINE, stagger: 
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
+    if hold is not None and not (len(hold) == 3 and 0 <= hold[0] < n and hold[1] >= 1 and hold[2] >= 0):
+        raise ValueError(f"hold must be (program in 0 … {n - 1}, k ≥ 1, seconds ≥ 0), got {hold!r}")
     for backend in backends:
         why = unavailable_reason(backend)
         if why is not None:
@@ -201,7 +208,7 @@ def concurrent_programs(n: int, *, deadline: float = DEFAULT_DEADLINE, stagger: 
     patches = _Patches()
     try:
         if "triton" in backends:
-            _patch_triton(patches, n, deadline, stagger)
+            _patch_triton(patches, n, deadline, stagger, hold)
         if "numba" in backends:
             _patch_numba(patches, n, deadline, stagger)
         yield
@@ -311,7 +318,7 @@ class _Launch:
 _tls = threading.local()            # in a program thread: .launch (the _Launch), .grid_idx
 
 
-def _patch_triton(patches: _Patches, n: int, deadline: float, stagger: bool) -> None:
+def _patch_triton(patches: _Patches, n: int, deadline: float, stagger: bool, hold=None) -> None:
     from triton.runtime import interpreter as interp
 
     from .kernels import triton_config, triton_lstm, triton_stack, triton_stack_config
@@ -350,15 +357,19 @@ def _patch_triton(patches: _Patches, n: int, deadline: float, stagger: bool) -> 
 
     # 3. The abort: a stopped program raises at its next memory access (every wait loop reads memory).
     #    The stagger: a program's first atomic or volatile load (its first synchronisation) lets the next start.
+    #    The hold: the held program stops at its k-th synchronisation (after letting the next one start).
     def guarded(method, sync):
         def check_then_call(self, *args, **kwargs):
             launch = getattr(_tls, "launch", None)
             if launch is not None:
                 if launch.abort.is_set():
                     raise _Aborted()
-                if not _tls.synced and sync(*args, **kwargs):
-                    _tls.synced = True
-                    launch.open_next(_tls.program)
+                if sync(*args, **kwargs):
+                    _tls.synced += 1
+                    if _tls.synced == 1:
+                        launch.open_next(_tls.program)
+                    if hold is not None and (_tls.program, _tls.synced) == tuple(hold[:2]):
+                        launch.abort.wait(hold[2])
             result = method(self, *args, **kwargs)
             if launch is not None and sync(*args, **kwargs):
                 time.sleep(0)       # yield the GIL: a program polling at the barrier does not hold it for
@@ -400,7 +411,7 @@ def _threaded_grid_call(interp, deadline: float, stagger: bool):
             def program(i, point):
                 if not launch.await_turn(i):               # aborted before its turn: never run
                     return launch.finished(i)
-                _tls.launch, _tls.program, _tls.synced = launch, i, False
+                _tls.launch, _tls.program, _tls.synced = launch, i, 0
                 interp.interpreter_builder.set_grid_idx(*(int(v) for v in point))
                 mine = {k: v if k in self.constexprs else interp._implicit_cvt(v) for k, v in call_args.items()}
                 try:

@@ -120,9 +120,9 @@ def reference_layer(inp, lengths, reverse):
 NAMES = ["y", "h_n", "c_n", "gates", "cells", "dgates", "dh0", "dc0"]
 
 
-def check_layer(backend, n, T, B, H, dtype, lengths, reverse):
+def check_layer(backend, n, T, B, H, dtype, lengths, reverse, hold=None):
     inp = make_inputs(T, B, H, dtype)
-    with concurrent_programs(n):
+    with concurrent_programs(n, hold=hold):
         out, grads = run_layer(backend, inp, lengths, reverse)
     ref, ref_grads = reference_layer(inp, lengths, reverse)
     tol, gtol = TOL[dtype]
@@ -230,6 +230,16 @@ def test_triton_layer_tagged_exchange(n, dtype, dot, B, reverse, k_split, monkey
     launcher uses it): every output and gradient."""
     _with_tagged_h(monkeypatch)
     _triton_case(n, dtype, dot, B, reverse, k_split, monkeypatch)
+
+
+@needs_triton
+def test_triton_layer_with_a_program_held_back():
+    """Each program in turn held back 0.2 s at its first synchronisation, the others running on (2 units x 2
+    batch groups, each group its own counter): every output and gradient as the reference's."""
+    n, B, dtype = 4, 20, torch.float16
+    H = triton_h(n, B, dtype)
+    for program in range(n):
+        check_layer("triton", n, 4, B, H, dtype, lengths_for(4, B), False, hold=(program, 1, 0.2))
 
 
 def test_first_cases_split_the_batch_in_groups():
@@ -467,6 +477,27 @@ def test_interpreter_atomics_and_program_ids_under_threads():
     with concurrent_programs(8, backends=("triton",)):
         count[(8,)](total, mine, 1000)
     assert total.item() == 8 * 1000 and mine.tolist() == [1000] * 8
+
+
+@needs_triton
+def test_hold_stops_one_program_at_its_kth_synchronisation():
+    """``hold=(1, 1, 0.3)``: program 1 stops at its first atomic after letting program 2 start, so the tickets of
+    one shared counter go 0 (program 0), 1 (program 2), 2 (program 1); a hold that names no program is refused."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def ticket(p_next, p_ticket):
+        i_p = tl.program_id(0)
+        tl.store(p_ticket + i_p, tl.atomic_add(p_next, 1, sem="relaxed"))
+
+    counter, tickets = torch.zeros(1, dtype=torch.int32), torch.full((3,), -1, dtype=torch.int32)
+    with concurrent_programs(3, hold=(1, 1, 0.3), backends=("triton",)):
+        ticket[(3,)](counter, tickets)
+    assert tickets.tolist() == [0, 2, 1]
+    with pytest.raises(ValueError, match="hold"):
+        with concurrent_programs(3, hold=(3, 1, 0.1), backends=("triton",)):
+            pass
 
 
 @needs_triton

@@ -513,6 +513,22 @@ def test_projection_group_moves_in_lockstep(pass_, dtype):
     assert len(calls) == 6, "the held-back program is not the projection group's second"
 
 
+@needs_triton
+@pytest.mark.parametrize("n,bidirectional,dtype", [(6, False, torch.float16), (8, True, torch.float64),
+                                                   pytest.param(12, True, torch.float64, marks=pytest.mark.slow)],
+                         ids=["projection-groups", "pairs", "whole-rows"])
+def test_any_program_held_back_changes_nothing(n, bidirectional, dtype):
+    """Each program of a 2-layer stack in turn held back 0.2 s at its first synchronisation
+    (``concurrent_programs(hold=...)``), forward and backward, the others running on: every output and gradient
+    as nn.LSTM's. A wait that counts arrivals without knowing whose they are fails here (the projection groups'
+    did, caught in every run with program 3 held back)."""
+    D = 2 if bidirectional else 1
+    H = stack_h(n, L=2, D=D, dtype=dtype, start=9 if n == 12 else 2)
+    for program in range(n):
+        stack_vs_torch(L=2, bidirectional=bidirectional, dtype=dtype, T=4, H=H,
+                       context=lambda: concurrent_programs(n, hold=(program, 1, 0.2), backends=("triton",)))
+
+
 # ----------------------------------------------------------------------------------------------------
 # One launch per pass for the recurrence of the whole stack
 # ----------------------------------------------------------------------------------------------------
