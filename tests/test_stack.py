@@ -612,19 +612,24 @@ def test_dropout_rate_and_scaling():
 
 
 @needs_triton
-@pytest.mark.parametrize("bidirectional", [False, True])
-def test_dropout_gradients_against_the_same_mask(bidirectional):
+@pytest.mark.parametrize("bidirectional,n", [(False, None), (True, None), (False, 6), (True, 8)],
+                         ids=["uni", "bi", "uni-projection-group", "bi-pairs"])
+def test_dropout_gradients_against_the_same_mask(bidirectional, n):
     """Training with dropout: y, h_n, c_n and every gradient equal a reference of single-layer nn.LSTMs whose
-    inputs are dropped with the kernel's mask (read from its dropped-out copy, regenerated from the seed)."""
-    p, T, B, I, H, L = 0.4, 4, 3, 3, 5, 3
+    inputs are dropped with the kernel's mask (read from its dropped-out copy, regenerated from the seed). n: one
+    program per group (3 layers), or 2 layers under ``concurrent_programs(n)``, two programs per group (the
+    dropped-out copy written by one group's programs, read by a projection group or by program pairs)."""
+    p, T, B, I = 0.4, 4, 3, 3
     D = 2 if bidirectional else 1
+    L, H = (3, 5) if n is None else (2, stack_h(n, L=2, D=D, dtype=torch.float64))
+    context = contextlib.nullcontext if n is None else lambda: concurrent_programs(n, backends=("triton",))
     torch.manual_seed(0)
     ours = lstm_gpu.LSTM(I, H, num_layers=L, bidirectional=bidirectional, dropout=p, dtype=torch.float64,
                          backend="triton", stack=True).train()
     x = torch.randn(T, B, I, dtype=torch.float64)
     torch.manual_seed(7)
     got = run_model(ours, x, torch.zeros(L * D, B, H, dtype=torch.float64),
-                    torch.zeros(L * D, B, H, dtype=torch.float64), None, False)
+                    torch.zeros(L * D, B, H, dtype=torch.float64), None, False, context)
     torch.manual_seed(7)
     seed = torch.randint(2 ** 31 - 1, (1,))                     # what lstm_gpu.stack drew
     ws = _stacked(ours, x)
