@@ -241,12 +241,13 @@ def test_broken_waits_are_caught(kind, n):
 
 
 def _projection_one_step_early(real, npg):
-    """The real wait, except that a bidirectional layer ≥ 1 projects time t one step of the layer below (npg
-    program-steps) too early (its projection waits are the only ones with targets for other groups but none for
-    its own). One program-step early was caught 2 times in 3 (T = 12): the programs of layer 0 finish a step
-    close together, so the reader rarely gets in between."""
+    """The real wait, except that a projection asks one step of the group it reads (npg program-steps) too
+    little. Its waits are the ones with a target for another group and none for its own (a bidirectional layer
+    projecting its input or dy), or, a unidirectional projection group (its counter after the layers'), a target
+    for a group before its own. One program-step early was caught 2 times in 3 (T = 12): the programs of layer 0
+    finish a step close together, so the reader rarely gets in between."""
     def wait(p_bar, g_a, n_a, g_b, n_b, g_c, n_c, TIMEOUT):
-        early = (n_a == 0) & (n_b > 0)
+        early = ((n_a == 0) | (g_b < g_a)) & (n_b > 0)
         return real(p_bar, g_a, n_a, g_b, tl.where(early, n_b - npg, n_b), g_c, tl.where(early, n_c - npg, n_c),
                     TIMEOUT)
     return wait
