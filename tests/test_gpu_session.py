@@ -20,12 +20,61 @@ def _csv(path):
         return list(csv.DictReader(f))
 
 
-def test_every_step_in_one_process(tmp_path, monkeypatch):
-    """python -m bench.session all --dry: versions, warm-up (a process pool), smoke, headline, host time,
-    quick, profile; every output file where the shell script expects it."""
+def test_smoke_stops_starting_cases_when_out_of_time(tmp_path, monkeypatch):
     monkeypatch.setenv("OUT", str(tmp_path))
+    ctx = session.Ctx(True, tmp_path / "data", limit=0)
+    rows = session.step_smoke(ctx)
+    assert rows and all(r["status"] == "not run" for r in rows)
+
+
+def test_warmup_covers_the_shapes_the_later_steps_launch():
+    tasks = session.warmup_tasks(dry=False)
+    smoke = {(t["dtype"], t["B"], t["H"]) for t in tasks if t["kind"] == "smoke"}
+    assert len(smoke) == 29 and ("bf16", 64, 1024) in smoke and ("bf16", 16, 1536) in smoke   # 27 + H = 1536
+    bench = {(t["dtype"], t["B"], t["H"], t["T"]) for t in tasks if t["kind"] == "bench"}
+    assert {(d, b, h, t) for b, h, t, d, _ in session.HEADLINE_GPU} <= bench
+    assert ("fp32-tf32", 1, 256, 1024) in bench                          # a --quick shape
+    tagged = {(t["dtype"], t["B"], t["H"], t["T"]) for t in tasks if t.get("tagged")}    # headline's 16-bit rows only
+    assert tagged == {(d, b, h, t) for b, h, t, d, _ in session.HEADLINE_GPU if d in ("fp16", "bf16")}
+    stack = {(t["dtype"], t["B"], t["H"], t["T"], t["L"], t["bi"]) for t in tasks if t["kind"] == "stack"}
+    assert stack == {(d, b, h, t, L, bi) for b, h, t, d, _, L, bi in session.STACK_GPU}
+    assert [t["kind"] for t in tasks][:29] == ["smoke"] * 29            # in the order they are needed
+
+
+@pytest.fixture(scope="module")
+def dry_session(tmp_path_factory):
+    """bash bench/gpu_session.sh with no step, dry: the whole session, each step in its own process under its
+    own time limit (run once for the tests below: about 45 s here)."""
+    out = tmp_path_factory.mktemp("session")
+    env = dict(os.environ, OUT=str(out), LSTM_GPU_SESSION_DRY="1", LSTM_GPU_SESSION_BUDGET="400",
+               PYTHON=sys.executable, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    r = subprocess.run(["bash", str(REPO / "bench" / "gpu_session.sh")], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=600)
+    return out, r
+
+
+@pytest.mark.slow
+def test_the_shell_script_dry(dry_session):
+    """The files the device tool brings back in $OUT, every step logged with its limit, none killed."""
+    tmp_path, r = dry_session
+    log = (tmp_path / "session.log").read_text()
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for name in ("versions", "warmup", "smoke", "headline", "stack", "host", "quick", "profile"):
+        assert f"=== {name} (limit" in log, name
+    assert "TIME LIMIT" not in log and "=== session done" in log
+    for name in ("session.log", "versions.json", "smoke.csv", "headline.csv", "headline.md", "host.csv"):
+        assert (tmp_path / name).is_file(), name
+    assert len(_csv(tmp_path / "smoke.csv")) == 4
+    assert len([p for p in tmp_path.iterdir() if p.is_file()]) <= 8       # the device tool brings back 8 files
+
+
+@pytest.mark.slow
+def test_every_step_writes_its_files(dry_session):
+    """What each step of the dry session wrote (versions, warm-up through a process pool, smoke, headline,
+    stack, host time, quick, profile): every file where the README and the dispatch table expect it."""
+    tmp_path, r = dry_session
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = tmp_path / "data"
-    assert session.main(["all", "--dry", "--data", str(data)]) == 0
     versions = json.loads((data / "cpu-dry-versions.json").read_text())
     for key in ("gpu", "sm_count", "driver", "torch_cuda", "cudnn", "torch", "triton", "numba", "numba_cuda",
                 "git_sha", "machine"):
@@ -53,43 +102,3 @@ def test_every_step_in_one_process(tmp_path, monkeypatch):
     assert len(quick) == 1 and _csv(quick[0])
     assert (data / "cpu-dry-profile.md").read_text().startswith("# Where the time goes")
     assert not list((REPO / "reports").rglob("cpu-dry-*")), "a dry run must not write under reports/"
-
-
-def test_smoke_stops_starting_cases_when_out_of_time(tmp_path, monkeypatch):
-    monkeypatch.setenv("OUT", str(tmp_path))
-    ctx = session.Ctx(True, tmp_path / "data", limit=0)
-    rows = session.step_smoke(ctx)
-    assert rows and all(r["status"] == "not run" for r in rows)
-
-
-def test_warmup_covers_the_shapes_the_later_steps_launch():
-    tasks = session.warmup_tasks(dry=False)
-    smoke = {(t["dtype"], t["B"], t["H"]) for t in tasks if t["kind"] == "smoke"}
-    assert len(smoke) == 29 and ("bf16", 64, 1024) in smoke and ("bf16", 16, 1536) in smoke   # 27 + H = 1536
-    bench = {(t["dtype"], t["B"], t["H"], t["T"]) for t in tasks if t["kind"] == "bench"}
-    assert {(d, b, h, t) for b, h, t, d, _ in session.HEADLINE_GPU} <= bench
-    assert ("fp32-tf32", 1, 256, 1024) in bench                          # a --quick shape
-    tagged = {(t["dtype"], t["B"], t["H"], t["T"]) for t in tasks if t.get("tagged")}    # headline's 16-bit rows only
-    assert tagged == {(d, b, h, t) for b, h, t, d, _ in session.HEADLINE_GPU if d in ("fp16", "bf16")}
-    stack = {(t["dtype"], t["B"], t["H"], t["T"], t["L"], t["bi"]) for t in tasks if t["kind"] == "stack"}
-    assert stack == {(d, b, h, t, L, bi) for b, h, t, d, _, L, bi in session.STACK_GPU}
-    assert [t["kind"] for t in tasks][:29] == ["smoke"] * 29            # in the order they are needed
-
-
-@pytest.mark.slow
-def test_the_shell_script_dry(tmp_path):
-    """bash bench/gpu_session.sh with no step: the whole session, each step in its own process under its
-    own time limit, the files the device tool brings back in $OUT."""
-    env = dict(os.environ, OUT=str(tmp_path), LSTM_GPU_SESSION_DRY="1", LSTM_GPU_SESSION_BUDGET="400",
-               PYTHON=sys.executable, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
-    r = subprocess.run(["bash", str(REPO / "bench" / "gpu_session.sh")], cwd=REPO, env=env, capture_output=True,
-                       text=True, timeout=600)
-    log = (tmp_path / "session.log").read_text()
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for name in ("versions", "warmup", "smoke", "headline", "stack", "host", "quick", "profile"):
-        assert f"=== {name} (limit" in log, name
-    assert "TIME LIMIT" not in log and "=== session done" in log
-    for name in ("session.log", "versions.json", "smoke.csv", "headline.csv", "headline.md", "host.csv"):
-        assert (tmp_path / name).is_file(), name
-    assert len(_csv(tmp_path / "smoke.csv")) == 4
-    assert len([p for p in tmp_path.iterdir() if p.is_file()]) <= 8       # the device tool brings back 8 files
