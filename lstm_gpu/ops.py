@@ -7,7 +7,8 @@ Both are opaque to torch.compile (their fake functions give exact output shapes)
 concrete backend name ("reference", "triton", "numba"), and are tied together by
 ``register_autograd``. The input projection and its gradients (dx, dW_ih, db) are ordinary PyTorch
 GEMMs around the op, in lstm_gpu/functional.py. ``gates`` and ``cells`` are the tensors backward needs;
-they are empty when ``save`` is False (inference).
+they are empty when ``save`` is False (inference). Under ``create_graph=True`` the reference backend's
+backward is itself differentiable (double backward); the kernel backends' is not, and says so.
 """
 from __future__ import annotations
 
@@ -77,13 +78,18 @@ def _setup_context(ctx, inputs, output):
     else:
         ctx.missing_saved = False
     ctx.reverse, ctx.backend, ctx.has_proj = reverse, backend, w_hr is not None
-    ctx.save_for_backward(gates, cells, h0, c0, y, w_hh, w_hr, lengths)
+    # the reference backend (what runs on the CPU) also keeps its input, so that its gradients can be
+    # differentiated again (create_graph=True), as torch's own CPU LSTM allows
+    ctx.save_for_backward(gates, cells, h0, c0, y, w_hh, w_hr, lengths,
+                          gates_x if backend == "reference" else None)
 
 
 def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
     if ctx.missing_saved:
         raise RuntimeError("lstm_gpu::layer_fwd was called with save=False, so it cannot be differentiated")
-    gates, cells, h0, c0, y, w_hh, w_hr, lengths = ctx.saved_tensors
+    if torch.is_grad_enabled() and ctx.backend == "reference":
+        return _differentiable_backward(ctx, dy, dh_n, dc_n)
+    gates, cells, h0, c0, y, w_hh, w_hr, lengths, _ = ctx.saved_tensors
     dy = torch.zeros_like(y) if dy is None else dy
     dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
     dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
@@ -92,7 +98,36 @@ def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
     return dgates, dh0, dc0, dw_hh, (dw_hr if ctx.has_proj else None), None, None, None, None
 
 
+def _differentiable_backward(ctx, dy, dh_n, dc_n):
+    """Backward under create_graph=True on the reference backend: the gradients as a graph of their own
+    (double backward: gradient penalties, Hessian-vector products), by re-running the reference forward
+    under autograd from the saved inputs and differentiating it. Slower than ``layer_bwd``; only then."""
+    _, _, h0, c0, _, w_hh, w_hr, lengths, gates_x = ctx.saved_tensors
+    inputs = (gates_x, h0, c0, w_hh, w_hr)
+    wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+    with torch.enable_grad():
+        y, h_n, c_n, _, _ = reference.forward(gates_x, h0, c0, w_hh, w_hr, lengths, ctx.reverse, save=False)
+    pairs = [(out, g) for out, g in ((y, dy), (h_n, dh_n), (c_n, dc_n)) if g is not None]
+    grads = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted], [g for _, g in pairs],
+                                create_graph=True, allow_unused=True)
+    result = [None] * 9
+    for i, g in zip(wanted, grads):
+        result[i] = g
+    return tuple(result)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        f"lstm_gpu: the {ctx.backend!r} backend's gradients cannot be differentiated again (double backward; "
+        "torch's cuDNN LSTM has none either); backend='reference' supports it")
+
+
+def _setup_bwd_context(ctx, inputs, output):
+    ctx.backend = inputs[-1]
+
+
 layer_fwd.register_autograd(_backward, setup_context=_setup_context)
+layer_bwd.register_autograd(_no_double_backward, setup_context=_setup_bwd_context)
 
 
 # Autocast: like torch's own LSTM, the op runs in the autocast dtype (bfloat16 or float16, whichever the

@@ -57,6 +57,41 @@ def test_outputs_and_gradients_match_nn_lstm(I, H, kwargs, T, B, with_hx):
         assert_close(our_g[name], ref_g[name], TOL, what=f"grad {name}")
 
 
+@pytest.mark.parametrize("kwargs,packed", [({}, False), ({"num_layers": 2, "bidirectional": True}, True),
+                                           ({"proj_size": 2, "batch_first": True}, False)])
+def test_double_backward_matches_nn_lstm(kwargs, packed):
+    """Gradients of gradients (a gradient penalty, create_graph=True), as torch's CPU LSTM gives them: the
+    reference backend differentiates its backward again; every parameter, the input and h0 / c0."""
+    ref, ours = twin_lstms(3, 4, **kwargs)
+    bf = kwargs.get("batch_first", False)
+    T, B, L = 5, 3, kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
+    x = torch.randn((B, T, 3) if bf else (T, B, 3), dtype=torch.float64)
+    P = kwargs.get("proj_size") or 4
+    hx = (torch.randn(L, B, P, dtype=torch.float64), torch.randn(L, B, 4, dtype=torch.float64))
+    results = []
+    for m in (ref, ours):
+        xi, h0, c0 = (t.clone().requires_grad_() for t in (x, *hx))
+        inp = pack_padded_sequence(xi, torch.tensor([5, 2, 4]), batch_first=bf, enforce_sorted=False) if packed else xi
+        y, (h, c) = m(inp, (h0, c0))
+        y = pad_packed_sequence(y, batch_first=bf)[0] if packed else y
+        wrt = [xi, h0, c0, *m.parameters()]
+        first = torch.autograd.grad(y.square().sum() + (h.sum(-1) * c.sum(-1)).sum(), wrt, create_graph=True)
+        results.append(torch.autograd.grad(sum(g.square().sum() for g in first), wrt))
+    for i, (got, want) in enumerate(zip(results[1], results[0])):
+        assert_close(got, want, 1e-9, what=f"second-order gradient {i}")
+
+
+def test_double_backward_of_a_kernel_backend_says_where_it_is_supported():
+    """A kernel backend computes first-order gradients under create_graph=True (equal to torch's), but
+    differentiating them again raises an error naming the backend, not a silent zero or a bare autograd one."""
+    ref, ours = twin_lstms(3, 4, backend="triton")
+    x = torch.randn(4, 2, 3, dtype=torch.float64, requires_grad=True)
+    grads = [torch.autograd.grad(m(x)[0].square().sum(), x, create_graph=True)[0] for m in (ref, ours)]
+    assert_close(grads[1], grads[0], TOL, what="first-order gradient under create_graph")
+    with pytest.raises(RuntimeError, match="'triton' backend's gradients cannot be differentiated again"):
+        torch.autograd.grad(grads[1].sum(), x)
+
+
 @pytest.mark.parametrize("kwargs", [{}, {"num_layers": 2, "bidirectional": True}, {"proj_size": 2}])
 def test_unbatched_input(kwargs):
     ref, ours = twin_lstms(3, 4, **kwargs)
