@@ -110,7 +110,13 @@ def _backward(ctx, dy_all, dh_n, dc_n, _dgates, _dcells, _dx):
     return (dz[0], dw_ih, dw_hh, dbias, dh0.to(h0.dtype), dc0.to(c0.dtype), None, None, None, None)
 
 
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError("lstm_gpu: the one-launch stack's gradients (backend 'triton') cannot be differentiated "
+                       "again (double backward; torch's cuDNN LSTM has none either); backend='reference' supports it")
+
+
 stack_fwd.register_autograd(_backward, setup_context=_setup_context)
+stack_bwd.register_autograd(_no_double_backward)
 
 
 def stack(x: Tensor, weights: list[list[Tensor | None]], h0: Tensor, c0: Tensor, lengths: Tensor | None, *,

@@ -90,6 +90,11 @@ def test_double_backward_of_a_kernel_backend_says_where_it_is_supported():
     assert_close(grads[1], grads[0], TOL, what="first-order gradient under create_graph")
     with pytest.raises(RuntimeError, match="'triton' backend's gradients cannot be differentiated again"):
         torch.autograd.grad(grads[1].sum(), x)
+    stacked = lstm_gpu.LSTM(3, 4, num_layers=2, backend="triton", stack=True).double()
+    assert stacked.backend_for(x).startswith("triton")
+    g, = torch.autograd.grad(stacked(x)[0].square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="stack's gradients .* cannot be differentiated again"):
+        torch.autograd.grad(g.sum(), x)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"num_layers": 2, "bidirectional": True}, {"proj_size": 2}])
