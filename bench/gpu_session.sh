@@ -30,6 +30,8 @@ OUT=${OUT:-/tmp/gpu-session}
 DRY=${LSTM_GPU_SESSION_DRY:-0}
 BUDGET=${LSTM_GPU_SESSION_BUDGET:-540}
 mkdir -p "$OUT"
+# the GPU machine's Python with torch is "python3" (its image has no promise of a plain "python")
+PY=${PYTHON:-$(command -v python3 || command -v python)}
 export OUT PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 LOG="$OUT/session.log"
 if [ "$DRY" = 1 ]; then
@@ -75,7 +77,7 @@ session() {   # session STEP LIMIT [ARGS...]: one step of bench/session.py, soft
     local remain; remain=$(left)
     [ "$limit" -gt "$remain" ] && limit=$remain
     local dry=(); [ "$DRY" = 1 ] && dry=(--dry --data "$DATA")
-    step "$name" "$limit" python -m bench.session "$name" "${dry[@]}" --limit $(( limit > 10 ? limit - 5 : limit )) "$@"
+    step "$name" "$limit" "$PY" -m bench.session "$name" "${dry[@]}" --limit $(( limit > 10 ? limit - 5 : limit )) "$@"
 }
 
 versions() {
@@ -96,16 +98,16 @@ for s1 in "${steps[@]}"; do
       quick)    q=$(( $(left) - 50 )); [ "$q" -gt 10 ] && session quick "$q" || echo "=== quick: skipped (no time left)" | tee -a "$LOG" ;;
       profile)  session profile 60 ;;
       # the older steps, each a call of its own
-      verify) step verify 300 python -m lstm_gpu ;;
-      tests) step tests 540 python -m pytest -m gpu -q -x --durations=15 -p no:cacheprovider ;;
-      tests-triton) step tests-triton 540 python -m pytest -m gpu -q --durations=10 -p no:cacheprovider \
+      verify) step verify 300 "$PY" -m lstm_gpu ;;
+      tests) step tests 540 "$PY" -m pytest -m gpu -q -x --durations=15 -p no:cacheprovider ;;
+      tests-triton) step tests-triton 540 "$PY" -m pytest -m gpu -q --durations=10 -p no:cacheprovider \
                       tests/test_triton_gpu.py ;;
-      tests-numba) step tests-numba 540 python -m pytest -m gpu -q --durations=10 -p no:cacheprovider \
+      tests-numba) step tests-numba 540 "$PY" -m pytest -m gpu -q --durations=10 -p no:cacheprovider \
                      tests/test_numba_gpu.py ;;
-      tests-rest) step tests-rest 540 python -m pytest -m gpu -q --durations=10 -p no:cacheprovider tests \
+      tests-rest) step tests-rest 540 "$PY" -m pytest -m gpu -q --durations=10 -p no:cacheprovider tests \
                     --ignore=tests/test_triton_gpu.py --ignore=tests/test_numba_gpu.py ;;
-      bench) step bench 560 python -m bench --quick ;;
-      charlm) step charlm 300 python -m bench.train_charlm --device cuda --backends nn,cudnn,triton,numba \
+      bench) step bench 560 "$PY" -m bench --quick ;;
+      charlm) step charlm 300 "$PY" -m bench.train_charlm --device cuda --backends nn,cudnn,triton,numba \
                 --steps 200 --json reports/data/gpu-charlm.json --plot reports/charlm-gpu.png ;;
       *) echo "unknown step $s1" | tee -a "$LOG" ;;
     esac
