@@ -50,6 +50,28 @@ def test_inductor_compiles_a_model_with_the_lstm():
     assert_close(compiled, eager, 1e-5, what="inductor")
 
 
+def test_auto_under_compile_is_one_opaque_op_with_dynamic_length():
+    """auto on the CPU runs torch's own LSTM eagerly, but under torch.compile the reference op: torch's LSTM
+    would be unrolled step by step into the graph and recompiled for every sequence length."""
+    torch.manual_seed(0)
+    ref, ours = torch.nn.LSTM(3, 4, num_layers=2), lstm_gpu.LSTM(3, 4, num_layers=2)
+    ours.load_state_dict(ref.state_dict())
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    compiled = torch.compile(ours, fullgraph=True, backend=record)
+    for step, T in enumerate((5, 9)):
+        x = torch.randn(T, 2, 3)
+        torch._dynamo.mark_dynamic(x, 0)
+        with torch.compiler.set_stance("fail_on_recompile" if step else "default"):
+            assert_close(compiled(x)[0], ref(x)[0], 1e-5, what=f"output T={T}")
+    ops = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    assert sum("lstm_gpu.layer_fwd" in o for o in ops) == 2 and not any("lstm" in o and "lstm_gpu" not in o
+                                                                        for o in ops), ops
+
+
 def test_nn_lstm_itself_cannot_compile_fullgraph():
     """The reason lstm_gpu.LSTM is built on RNNBase: if this starts passing, the README can say so."""
     compiled = torch.compile(torch.nn.LSTM(3, 4), fullgraph=True, backend="eager")

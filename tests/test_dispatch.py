@@ -125,15 +125,15 @@ def test_shipped_table_matches_the_committed_gpu_measurements():
         "run `python -m bench.dispatch_table` after adding GPU measurements")
 
 
-def test_without_measurements_auto_is_cudnn_on_cuda_and_reference_on_cpu():
+def test_without_measurements_auto_is_torch_lstm_on_cuda_and_on_cpu():
     dispatch.set_table(dispatch.Table([]))
     try:
         c = lstm_gpu.select_backend("auto", device="cuda", dtype=torch.float16, hidden_size=768, explain=True)
         assert c.backend == "cudnn" and c.row is None and "no GPU measurement" in c.reason
-        assert lstm_gpu.select_backend("auto", device="cpu", dtype=torch.float32, hidden_size=8) == "reference"
+        assert lstm_gpu.select_backend("auto", device="cpu", dtype=torch.float32, hidden_size=8) == "cudnn"
         m = lstm_gpu.LSTM(4, 8)
         c = m.backend_for(torch.randn(3, 2, 4), explain=True)
-        assert c.backend == "reference" and "cpu" in c.reason
+        assert c.backend == "cudnn" and "cpu" in c.reason and c.row is None
         assert lstm_gpu.select_backend("triton", device="cpu", dtype=torch.float32, hidden_size=8,
                                        explain=True).reason == "named explicitly"
     finally:
