@@ -135,9 +135,14 @@ layer_bwd.register_autograd(_no_double_backward, setup_context=_setup_bwd_contex
 _lib = torch.library.Library("lstm_gpu", "FRAGMENT")
 
 
+AUTOCAST_DEVICES = ("cpu", "cuda")     # where the op has an autocast kernel (below)
+
+
 def autocast_enabled(device_type: str) -> bool:
-    """torch.is_autocast_enabled, False for device types autocast does not know (meta: it would raise)."""
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    """torch.is_autocast_enabled on the devices the op casts for, False elsewhere (meta: it would raise).
+    Not torch.amp.is_autocast_available: torch 2.11's Dynamo cannot trace it, and every fullgraph compile of
+    lstm_gpu.LSTM failed there (seen with torch 2.11 on the CPU; 2.13 traces it)."""
+    return device_type in AUTOCAST_DEVICES and torch.is_autocast_enabled(device_type)
 
 
 def autocast_cast(device_type: str, *tensors):
@@ -157,6 +162,6 @@ def _autocast_kernel(device_type: str):
     return kernel
 
 
-for _device_type in ("cpu", "cuda"):
+for _device_type in AUTOCAST_DEVICES:
     _lib.impl("layer_fwd", _autocast_kernel(_device_type),
               "Autocast" + torch._C._dispatch_key_for_device(_device_type), with_keyset=True)

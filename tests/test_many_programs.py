@@ -242,6 +242,7 @@ def test_triton_layer_with_a_program_held_back():
         check_layer("triton", n, 4, B, H, dtype, lengths_for(4, B), False, hold=(program, 1, 0.2))
 
 
+@needs_triton
 def test_first_cases_split_the_batch_in_groups():
     """The first two cases above run 2 units x 2 batch groups (each group its own step counter)."""
     for n, dtype, dot, B, _, k_split in TRITON_CASES[:2]:
