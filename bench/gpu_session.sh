@@ -5,7 +5,8 @@
 #       versions   GPU, SMs, driver, CUDA, cuDNN, torch, triton, numba, numba-cuda, git sha
 #       warmup     compile every Triton config the later steps launch, in parallel processes
 #       smoke      triton, then numba (separate processes): correctness grid vs the reference and cuDNN,
-#                  fwd + bwd, fp16 / bf16 / fp32, H 256/768/1024, B 1/16/64, lengths, reverse, barrier time-out on
+#                  fwd + bwd, fp16 / bf16 / fp32, H 256/768/1024, B 1/16/64, lengths, reverse, two with a
+#                  projection, barrier time-out on
 #       headline   reports/README.md's headline rows: cudnn, triton, numba, floor; fwd and fwd+bwd; p50 (p20-p80)
 #       stack      the one-launch stack (2 layers, uni- and bidirectional, B16 H512 fp16) against cuDNN and
 #                  against the same kernels launched per layer

@@ -45,6 +45,7 @@ BARRIER_TIMEOUT_POLLS = 10_000_000          # smoke: a barrier that waits longer
 SMOKE_COLUMNS = ["backend", "dtype", "batch", "hidden", "seq_len", "variant", "status", "ratio", "worst",
                  "cudnn_ratio", "seconds", "error", "gpu", "git_sha"]
 SMOKE_VARIANTS = ("plain", "lengths+reverse")
+PROJ_VARIANT = "proj+lengths+rev"   # lengths+reverse with proj_size = H/2 (the kernels run it folded into W_hh)
 
 
 @dataclass(frozen=True)
@@ -54,17 +55,21 @@ class Grid:
     batch: tuple
     seq_len: int
     extra: tuple = ()       # (dtype, hidden, batch) cases after the product
+    proj: tuple = ()        # (dtype, hidden, batch) cases of the above that also run PROJ_VARIANT
 
     def cases(self) -> list[tuple]:
         """(dtype, hidden, batch) of every case, in the order they run: the product, then ``extra``."""
         return [(d, H, B) for d in self.dtypes for H in self.hidden for B in self.batch] + list(self.extra)
 
+    def variants(self, case: tuple) -> tuple:
+        return SMOKE_VARIANTS + ((PROJ_VARIANT,) if case in self.proj else ())
+
 
 # The 16-bit H = 1536 cases (K in two pieces, 224 KB of shared memory per program) come last: the grid runs
 # in order under a time limit, and they are the newest and slowest
 SMOKE_GPU = Grid(dtypes=("fp16", "bf16", "fp32-ieee"), hidden=(256, 768, 1024), batch=(1, 16, 64), seq_len=65,
-                 extra=(("fp16", 1536, 16), ("bf16", 1536, 16)))
-SMOKE_DRY = Grid(dtypes=("fp32-ieee",), hidden=(8,), batch=(2,), seq_len=3)
+                 extra=(("fp16", 1536, 16), ("bf16", 1536, 16)), proj=(("fp16", 768, 16), ("fp32-ieee", 256, 16)))
+SMOKE_DRY = Grid(dtypes=("fp32-ieee",), hidden=(8,), batch=(2,), seq_len=3, proj=(("fp32-ieee", 8, 2),))
 # reports/README.md's headline rows: (batch, hidden, seq_len, dtype, mode)
 HEADLINE_GPU = [(16, 768, 1024, "fp16", "fwd"), (16, 768, 1024, "fp16", "fwd+bwd"), (16, 768, 1024, "bf16", "fwd"),
                 (64, 1024, 1024, "fp32-tf32", "fwd"), (1, 256, 1024, "fp16", "fwd")]
@@ -158,6 +163,7 @@ def run_variant(model, variant: str, x, dy, lengths) -> dict:
 
     plain: unidirectional, full length; also an inference (no_grad) forward, compared as ``y_infer``.
     lengths+reverse: bidirectional over an unsorted PackedSequence (the reverse direction, lengths masking).
+    PROJ_VARIANT: the same with proj_size = H // 2.
     """
     import torch
     from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -179,26 +185,31 @@ def run_variant(model, variant: str, x, dy, lengths) -> dict:
     return out
 
 
+def _shape(H: int, variant: str) -> dict:
+    return dict(bidirectional=variant != "plain", proj_size=H // 2 if variant == PROJ_VARIANT else 0)
+
+
 def _model(kind: str, H: int, variant: str, weights: dict, dtype, device):
     import torch
     import lstm_gpu
-    bi = variant != "plain"
     if kind == "cudnn":
-        m = torch.nn.LSTM(H, H, bidirectional=bi)
+        m = torch.nn.LSTM(H, H, **_shape(H, variant))
     else:
-        m = lstm_gpu.LSTM(H, H, bidirectional=bi, backend=kind)
+        m = lstm_gpu.LSTM(H, H, backend=kind, **_shape(H, variant))
     m = m.to(device=device, dtype=dtype)
-    m.load_state_dict({k: v.to(dtype) for k, v in weights[bi].items()})
+    m.load_state_dict({k: v.to(dtype) for k, v in weights[variant].items()})
     return m
 
 
 def _weights(H: int, seed: int = 0) -> dict:
+    """nn.LSTM's initial weights for each variant, from one seed."""
     import torch
     out = {}
-    for bi in (False, True):
+    for variant in SMOKE_VARIANTS + (PROJ_VARIANT,):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            out[bi] = {k: v.detach().clone() for k, v in torch.nn.LSTM(H, H, bidirectional=bi).state_dict().items()}
+            lstm = torch.nn.LSTM(H, H, **_shape(H, variant))
+            out[variant] = {k: v.detach().clone() for k, v in lstm.state_dict().items()}
     return out
 
 
@@ -206,7 +217,7 @@ def _oracle(H, variant, weights, dtype, x, dy, lengths, device) -> dict:
     """The reference recurrence on the dtype-rounded weights and input, upcast (fp64 on CPU, fp32 IEEE on GPU)."""
     import torch
     odt = torch.float64 if device.type == "cpu" else torch.float32
-    rounded = {bi: {k: v.to(dtype).to(odt) for k, v in w.items()} for bi, w in weights.items()}
+    rounded = {variant: {k: v.to(dtype).to(odt) for k, v in w.items()} for variant, w in weights.items()}
     m = _model("reference", H, variant, rounded, odt, device)
     return run_variant(m, variant, x.to(odt), dy.to(odt), lengths)
 
@@ -260,7 +271,7 @@ def step_smoke(ctx: Ctx, backends=("triton", "numba"), fresh: bool = True) -> li
             x = torch.randn(T, B, H, generator=g, device=device).to(dtype)
             dy = torch.randn(T, B, 2 * H, generator=g, device=device).to(dtype)
             lengths = _lengths(B, T)
-            for variant in SMOKE_VARIANTS:
+            for variant in grid.variants((dtype_name, H, B)):
                 ref = cudnn_ratio = None
                 for backend in backends:
                     row = dict(base, backend=backend, variant=variant)
@@ -358,7 +369,7 @@ def warm_one(task: dict) -> tuple[dict, float, str]:
             weights = _weights(H)
             x = torch.randn(T, B, H, device=device).to(dtype)
             dy = torch.randn(T, B, 2 * H, device=device).to(dtype)
-            for variant in SMOKE_VARIANTS:
+            for variant in SMOKE_VARIANTS:     # PROJ_VARIANT launches the same kernels (W_hr folded into W_hh)
                 run_variant(_model("triton", H, variant, weights, dtype, device), variant, x, dy, _lengths(B, T))
         elif task["kind"] == "stack":
             os.environ.pop("LSTM_GPU_BARRIER_TIMEOUT", None)

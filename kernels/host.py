@@ -20,9 +20,10 @@ def cpu_emulation(backend: str) -> bool:
     return os.environ.get(ENV_FOR_CPU[backend], "0") == "1"
 
 
-def common_unsupported(backend: str, *, device: torch.device, dtype: torch.dtype, proj_size: int,
+def common_unsupported(backend: str, *, device: torch.device, dtype: torch.dtype,
                        dtypes: tuple[torch.dtype, ...]) -> str | None:
-    """Reasons shared by both kernel backends for refusing a call, or None."""
+    """Reasons shared by both kernel backends for refusing a call, or None. (Projections are no reason: the
+    kernels run an LSTM with one folded into its recurrent weight, lstm_gpu/functional.py.)"""
     if device.type == "cpu":
         if not cpu_emulation(backend):
             var = ENV_FOR_CPU[backend]
@@ -31,8 +32,6 @@ def common_unsupported(backend: str, *, device: torch.device, dtype: torch.dtype
                     f"input to CUDA, or use backend='reference'")
     elif device.type != "cuda":
         return f"the {backend} kernels run on CUDA devices, got device {device}"
-    if proj_size:
-        return "proj_size > 0 (LSTM with projections) is not implemented in the fused kernels"
     if dtype not in dtypes:
         return f"dtype {dtype} is not supported (supported: {', '.join(str(d) for d in dtypes)})"
     return None

@@ -9,7 +9,7 @@ the kernels compile for sm_90 with real Numba-CUDA typing and ptxas, with no spi
 
 The backend contract is lstm_gpu/reference.py's, tensor for tensor:
 
-    unsupported(*, device, dtype, hidden_size, proj_size, batch) -> str | None
+    unsupported(*, device, dtype, hidden_size, batch) -> str | None
     forward(gates_x, h0, c0, w_hh, w_hr, lengths, reverse, save) -> y, h_n, c_n, gates, cells
     backward(dy, dh_n, dc_n, gates, cells, h0, c0, y, w_hh, w_hr, lengths, reverse)
         -> dgates, dh0, dc0, None        (dW_hh is one GEMM done by the caller; no projection)
@@ -259,14 +259,11 @@ def plan(kind: str, dtype: torch.dtype, H: int, B: int, device_index: int | None
 # ---------------------------------------------------------------------------------------------------
 # The backend contract
 # ---------------------------------------------------------------------------------------------------
-def unsupported(*, device: torch.device, dtype: torch.dtype, hidden_size: int, proj_size: int,
-                batch: int) -> str | None:
-    if dtype == torch.bfloat16 and not proj_size:
-        reason = common_unsupported("numba", device=device, dtype=torch.float32, proj_size=proj_size,
-                                    dtypes=SUPPORTED_DTYPES)
+def unsupported(*, device: torch.device, dtype: torch.dtype, hidden_size: int, batch: int) -> str | None:
+    if dtype == torch.bfloat16:
+        reason = common_unsupported("numba", device=device, dtype=torch.float32, dtypes=SUPPORTED_DTYPES)
         return reason or BF16_REASON
-    reason = common_unsupported("numba", device=device, dtype=dtype, proj_size=proj_size,
-                                dtypes=SUPPORTED_DTYPES)
+    reason = common_unsupported("numba", device=device, dtype=dtype, dtypes=SUPPORTED_DTYPES)
     if reason is not None:
         return reason
     if device.type == "cuda":
@@ -306,7 +303,7 @@ def _launch(kind, dtype, tensors, scalars, H, B, device):
 
 def forward(gates_x, h0, c0, w_hh, w_hr=None, lengths=None, reverse=False, save=True):
     if w_hr is not None:
-        raise ValueError("backend='numba' has no projection (proj_size > 0) support")
+        raise ValueError("the numba kernels take no W_hr: lstm_gpu.functional folds a projection into W_hh")
     T, B, G = gates_x.shape
     H = G // 4
     dt, acc = gates_x.dtype, acc_dtype(gates_x.dtype)
@@ -326,7 +323,7 @@ def forward(gates_x, h0, c0, w_hh, w_hr=None, lengths=None, reverse=False, save=
 
 def backward(dy, dh_n, dc_n, gates, cells, h0, c0, y, w_hh, w_hr=None, lengths=None, reverse=False):
     if w_hr is not None:
-        raise ValueError("backend='numba' has no projection (proj_size > 0) support")
+        raise ValueError("the numba kernels take no W_hr: lstm_gpu.functional folds a projection into W_hh")
     T, B, G = gates.shape
     H = G // 4
     dt, acc = y.dtype, gates.dtype

@@ -31,8 +31,13 @@ orders the other threads of each program against the one thread doing the atomic
 other programs must then be loaded bypassing L1 (``cache_modifier=".cg"``), and the time loop must be
 ``tl.range(..., num_stages=1)`` so the software pipeliner cannot hoist next step's loads above it.
 """
+from typing import TYPE_CHECKING
+
 import triton
 import triton.language as tl
+
+if TYPE_CHECKING:
+    import torch
 
 
 @triton.jit

@@ -290,9 +290,9 @@ def fits_on_chip(cfg: LSTMConfig, dtype: torch.dtype) -> str | None:
     return None
 
 
-def unsupported_reason(*, device: torch.device, dtype: torch.dtype, hidden_size: int, proj_size: int,
-                       batch: int, n_sm: int | None = None) -> str | None:
-    reason = host.common_unsupported("triton", device=device, dtype=dtype, proj_size=proj_size, dtypes=DTYPES)
+def unsupported_reason(*, device: torch.device, dtype: torch.dtype, hidden_size: int, batch: int,
+                       n_sm: int | None = None) -> str | None:
+    reason = host.common_unsupported("triton", device=device, dtype=dtype, dtypes=DTYPES)
     if reason is not None:
         return reason
     if device.type != "cuda":

@@ -1,6 +1,6 @@
 """Persistent fused LSTM recurrence in Triton: forward and backward, one launch for all T steps each.
 
-Supports: one layer, one direction per call (reverse too), no projection (proj_size = 0), packed
+Supports: one layer, one direction per call (reverse too), no projection (lstm_gpu/functional.py folds one into W_hh), packed
 sequences (per-sequence ``lengths``, any order), float16, bfloat16 and float32 with tf32 on tensor cores
 (tl.dot), float32-ieee and float64 on CUDA cores (tl.dot in IEEE fp32 where it compiles without spills, else a
 register broadcast-multiply-sum). H ≤ 1536 in 16 bits,
@@ -807,15 +807,13 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
 # Backend entry points (lstm_gpu/backends.py): the contract of lstm_gpu/reference.py
 # ----------------------------------------------------------------------------------------------------
 
-def unsupported(*, device: torch.device, dtype: torch.dtype, hidden_size: int, proj_size: int,
-                batch: int) -> str | None:
-    """Why this backend cannot run a call of this shape, or None if it can."""
-    return unsupported_reason(device=torch.device(device), dtype=dtype, hidden_size=hidden_size,
-                              proj_size=proj_size, batch=batch)
+def unsupported(*, device: torch.device, dtype: torch.dtype, hidden_size: int, batch: int) -> str | None:
+    """Why this backend cannot run an LSTM of this shape, or None if it can."""
+    return unsupported_reason(device=torch.device(device), dtype=dtype, hidden_size=hidden_size, batch=batch)
 
 
-def _check(dtype, device, H, P, B):
-    reason = unsupported(device=device, dtype=dtype, hidden_size=H, proj_size=0 if P == H else P, batch=B)
+def _check(dtype, device, H, B):
+    reason = unsupported(device=device, dtype=dtype, hidden_size=H, batch=B)
     if reason is not None:
         raise ValueError(f"backend='triton' cannot run this call: {reason}")
 
@@ -823,18 +821,18 @@ def _check(dtype, device, H, P, B):
 def forward(gates_x, h0, c0, w_hh, w_hr, lengths, reverse, save):
     """y [T,B,H], h_n [B,H], c_n [B,H], gates [T,B,4H] | None, cells [T,B,H] | None (see reference.py)."""
     if w_hr is not None:
-        raise ValueError("backend='triton' cannot run this call: proj_size > 0 is not implemented")
+        raise ValueError("the triton kernels take no W_hr: lstm_gpu.functional folds a projection into W_hh")
     T, B, G = gates_x.shape
-    _check(gates_x.dtype, gates_x.device, G // 4, h0.shape[-1], B)
+    _check(gates_x.dtype, gates_x.device, G // 4, B)
     return lstm_fwd(gates_x, h0, c0, w_hh, lengths, reverse, save)
 
 
 def backward(dy, dh_n, dc_n, gates, cells, h0, c0, y, w_hh, w_hr, lengths, reverse):
     """dgates [T,B,4H], dh0 [B,H], dc0 [B,H] (accumulation dtype), dw_hr = None (no projection)."""
     if w_hr is not None:
-        raise ValueError("backend='triton' cannot run this call: proj_size > 0 is not implemented")
+        raise ValueError("the triton kernels take no W_hr: lstm_gpu.functional folds a projection into W_hh")
     T, B, G = gates.shape
-    _check(dy.dtype, dy.device, G // 4, h0.shape[-1], B)
+    _check(dy.dtype, dy.device, G // 4, B)
     dgates, dh0, dc0 = lstm_bwd(dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), gates.contiguous(),
                                 cells.contiguous(), c0.contiguous(), w_hh.contiguous(), lengths, reverse)
     return dgates, dh0, dc0, None

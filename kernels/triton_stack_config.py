@@ -131,7 +131,9 @@ def unsupported_reason(*, device: torch.device, dtype: torch.dtype, hidden_size:
                        bidirectional: bool, batch: int, proj_size: int = 0, n_sm: int | None = None) -> str | None:
     """Why the one-launch stack cannot run this call, or None. Every reason means: per-layer launches instead."""
     from . import host
-    reason = host.common_unsupported("triton", device=device, dtype=dtype, proj_size=proj_size, dtypes=DTYPES)
+    if proj_size:
+        return "proj_size > 0: the one-launch stack has no projection (the per-layer launches fold it into W_hh)"
+    reason = host.common_unsupported("triton", device=device, dtype=dtype, dtypes=DTYPES)
     if reason is not None:
         return reason
     if device.type != "cuda":

@@ -46,12 +46,12 @@ def kernel_module(backend: str) -> ModuleType:
 
 
 def unsupported_reason(backend: str, *, device: torch.device, dtype: torch.dtype, hidden_size: int,
-                       proj_size: int, batch: int) -> str | None:
-    """Why ``backend`` cannot run a call of this shape, or None if it can."""
+                       proj_size: int = 0, batch: int = 1) -> str | None:
+    """Why ``backend`` cannot run a call of this shape, or None if it can. A projection changes nothing for the
+    kernels: they run the LSTM of ``hidden_size`` units that carries it folded into W_hh (lstm_gpu/functional.py)."""
     if backend in ("reference", "cudnn"):
         return None
-    return kernel_module(backend).unsupported(device=device, dtype=dtype, hidden_size=hidden_size,
-                                              proj_size=proj_size, batch=batch)
+    return kernel_module(backend).unsupported(device=device, dtype=dtype, hidden_size=hidden_size, batch=batch)
 
 
 def hidden_size_limit(backend: str, *, device: torch.device | str, dtype: torch.dtype, proj_size: int = 0,
@@ -132,7 +132,7 @@ def _auto(device: torch.device, dtype: torch.dtype, hidden_size: int, proj_size:
         return Choice("cudnn", f"auto on {device.type}: torch's own LSTM (the reference recurrence took "
                       "2-8x its time here; the kernels run on CUDA)")
     if proj_size:
-        return Choice("cudnn", "proj_size > 0: the kernels have no projection, cuDNN")
+        return Choice("cudnn", "proj_size > 0: no GPU measurement of the kernels with a projection, cuDNN")
     choice = dispatch.measured_choice(device, dtype, batch=batch, hidden_size=hidden_size, seq_len=seq_len)
     if choice.backend == "cudnn":
         return choice

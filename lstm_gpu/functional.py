@@ -77,10 +77,44 @@ def layer(input: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor |
     if bias_ih is not None:
         bias = bias_ih + bias_hh
     gates_x = F.linear(input, weight_ih, bias)
+    if weight_hr is not None and backend != "reference":
+        return _folded_projection(gates_x, h0, c0, weight_hh, weight_hr, lengths, reverse, backend)
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (gates_x, h0, c0, weight_hh, weight_hr))
     y, h_n, c_n, _, _ = ops.layer_fwd(gates_x, h0, c0, weight_hh, weight_hr, lengths, reverse, backend, save)
     return y, (h_n, c_n)
+
+
+def _folded_projection(gates_x: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, weight_hr: Tensor,
+                       lengths: Tensor | None, reverse: bool, backend: str) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """An LSTM with projections (proj_size P) on the kernels, which run LSTMs without: the projection folded
+    into the recurrent weight.
+
+        r_t = o ⊙ tanh(c_t)   (H wide)      h_t = r_t · W_hrᵀ   (P wide)
+        h_{t-1} · W_hhᵀ = r_{t-1} · (W_hh · W_hr)ᵀ
+
+    so the kernel runs an ordinary LSTM of H units carrying r, with W_eff = W_hh · W_hr [4H, H] as its recurrent
+    weight: still ONE grid barrier per step (carrying h, the projection would be a second reduction over all H
+    units, a second barrier every step). h0 has no r behind it: it enters as h0 · W_hhᵀ added to the gates of
+    each sequence's first step (t = 0, or its last valid step walking in reverse), with r_{-1} = 0. After the
+    recurrence y = r · W_hrᵀ and h_n = r_n · W_hrᵀ are GEMMs (padding stays zero: r is zero there). All of it
+    is differentiable PyTorch around the op, so autograd chains the gradients of W_hh, W_hr and h0.
+    The price: W_eff is [4H, H] on chip instead of [4H, P], and each step exchanges r (H wide) instead of h.
+    """
+    T, B, _ = gates_x.shape
+    rows = torch.arange(B, device=gates_x.device)
+    if not reverse:
+        first = torch.zeros_like(rows)
+    elif lengths is None:
+        first = torch.full_like(rows, T - 1)
+    else:
+        first = lengths - 1
+    gates_x.index_put_((first, rows), F.linear(h0, weight_hh), accumulate=True)   # fresh from F.linear: no copy
+    w_eff = weight_hh @ weight_hr
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in (gates_x, c0, w_eff))
+    r, r_n, c_n, _, _ = ops.layer_fwd(gates_x, h0.new_zeros(B, weight_hr.shape[1]), c0, w_eff, None, lengths,
+                                      reverse, backend, save)
+    return F.linear(r, weight_hr), (F.linear(r_n, weight_hr), c_n)
 
 
 def _reverse_index(T: int, lengths: Tensor | None, B: int, device) -> Tensor:

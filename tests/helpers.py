@@ -30,17 +30,20 @@ def grads_of(module, tensors):
     return g
 
 
-def packed_bidirectional_vs_torch(backend, *, T, B, I, H, lengths, dtype, tol, context=contextlib.nullcontext):
+def packed_bidirectional_vs_torch(backend, *, T, B, I, H, lengths, dtype, tol, context=contextlib.nullcontext,
+                                  proj_size=0, device="cpu"):
     """lstm_gpu.LSTM(backend=...) vs torch.nn.LSTM: 2 layers, bidirectional, unsorted packed input, given
     h0/c0; y, h_n, c_n and the gradients of x, h0, c0 and every parameter within ``tol``. ``context()``
     wraps only our module's forward and backward (e.g. ``lstm_gpu.testing.concurrent_programs(n)``). The layers
     run one launch per layer and direction (stack=False): tests/test_stack.py tests the one-launch stack."""
     torch.manual_seed(0)
-    ref = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True, dtype=dtype)
-    ours = lstm_gpu.LSTM(I, H, num_layers=2, bidirectional=True, dtype=dtype, backend=backend, stack=False)
+    ref = torch.nn.LSTM(I, H, num_layers=2, bidirectional=True, dtype=dtype, proj_size=proj_size, device=device)
+    ours = lstm_gpu.LSTM(I, H, num_layers=2, bidirectional=True, dtype=dtype, proj_size=proj_size, device=device,
+                         backend=backend, stack=False)
     ours.load_state_dict(ref.state_dict())
-    x = torch.randn(T, B, I, dtype=dtype)
-    h0, c0 = torch.randn(4, B, H, dtype=dtype), torch.randn(4, B, H, dtype=dtype)
+    x = torch.randn(T, B, I, dtype=dtype, device=device)
+    h0 = torch.randn(4, B, proj_size or H, dtype=dtype, device=device)
+    c0 = torch.randn(4, B, H, dtype=dtype, device=device)
     results = []
     for model in (ref, ours):
         xi, h0i, c0i = (t.clone().requires_grad_() for t in (x, h0, c0))

@@ -64,7 +64,7 @@ def test_the_shell_script_dry(dry_session):
     assert "TIME LIMIT" not in log and "=== session done" in log
     for name in ("session.log", "versions.json", "smoke.csv", "headline.csv", "headline.md", "host.csv"):
         assert (tmp_path / name).is_file(), name
-    assert len(_csv(tmp_path / "smoke.csv")) == 4
+    assert len(_csv(tmp_path / "smoke.csv")) == 6     # 2 backends x (2 variants + the projection)
     assert len([p for p in tmp_path.iterdir() if p.is_file()]) <= 8       # the device tool brings back 8 files
 
 
@@ -81,7 +81,7 @@ def test_every_step_writes_its_files(dry_session):
         assert key in versions
     smoke = _csv(data / "cpu-dry-smoke.csv")
     assert {(r["backend"], r["variant"]) for r in smoke} == {(b, v) for b in ("triton", "numba")
-                                                             for v in session.SMOKE_VARIANTS}
+                                                             for v in session.SMOKE_VARIANTS + (session.PROJ_VARIANT,)}
     assert all(r["status"] == "ok" and float(r["ratio"]) <= 1 for r in smoke), smoke
     headline = _csv(data / "cpu-dry-headline.csv")
     times = {(r["provider"], r["mode"]): r["status"] for r in headline if r["metric"] == "time"}

@@ -278,5 +278,5 @@ def test_numba_repeated_launch_does_not_redo_compile_occupancy_or_opt_in(fake_gp
 def test_numba_unsupported_plans_on_the_input_device(fake_gpu):
     fake_gpu.current.index = 0
     assert numba_lstm.unsupported(device=torch.device("cuda", 1), dtype=torch.float32, hidden_size=256,
-                                  proj_size=0, batch=2) is None
+                                  batch=2) is None
     assert {k[-1] for k in numba_lstm._LAUNCHES} == {1}

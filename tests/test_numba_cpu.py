@@ -103,26 +103,26 @@ def test_block_slicing_with_a_partial_last_block(monkeypatch):
 def test_unsupported_reasons():
     cpu = torch.device("cpu")
     ask = lambda **kw: numba_lstm.unsupported(**{**dict(device=cpu, dtype=torch.float32,  # noqa: E731
-                                                        hidden_size=8, proj_size=0, batch=2), **kw})
+                                                        hidden_size=8, batch=2), **kw})
     assert ask() is None
     assert "bfloat16" in ask(dtype=torch.bfloat16)
-    assert "proj_size" in ask(proj_size=4)
     assert "NUMBA_ENABLE_CUDASIM" in ask(device=torch.device("cuda"))
     with pytest.raises(ValueError, match="bfloat16"):
         lstm_gpu.select_backend("numba", device="cpu", dtype=torch.bfloat16, hidden_size=8)
 
 
-def test_module_matches_torch_lstm_with_gradients():
+@pytest.mark.parametrize("proj", [0, 3], ids=["no-proj", "proj"])
+def test_module_matches_torch_lstm_with_gradients(proj):
     """End to end: lstm_gpu.LSTM(backend="numba") vs torch.nn.LSTM, packed unsorted lengths and a
-    bidirectional layer, every output and gradient."""
+    bidirectional layer, every output and gradient; with a projection too (folded into W_hh)."""
     torch.manual_seed(0)
     I, Tm, Bm = 3, 4, 2
-    ref = torch.nn.LSTM(I, H, bidirectional=True).double()
-    ours = lstm_gpu.LSTM(I, H, bidirectional=True, backend="numba").double()
+    ref = torch.nn.LSTM(I, H, bidirectional=True, proj_size=proj).double()
+    ours = lstm_gpu.LSTM(I, H, bidirectional=True, proj_size=proj, backend="numba").double()
     ours.load_state_dict(ref.state_dict())
     assert ours.backend_for(torch.zeros(Tm, Bm, I, dtype=torch.float64)) == "numba"
     x = torch.randn(Tm, Bm, I, dtype=torch.float64)
-    hx = (torch.randn(2, Bm, H, dtype=torch.float64), torch.randn(2, Bm, H, dtype=torch.float64))
+    hx = (torch.randn(2, Bm, proj or H, dtype=torch.float64), torch.randn(2, Bm, H, dtype=torch.float64))
     lengths = torch.tensor([2, 4])
     rnn = torch.nn.utils.rnn
 

@@ -17,6 +17,7 @@ import torch
 
 import lstm_gpu
 from lstm_gpu.kernels import numba_lstm
+from helpers import packed_bidirectional_vs_torch
 
 pytestmark = pytest.mark.gpu
 
@@ -140,14 +141,14 @@ def test_compiled_resources_registers_spills_shared_memory():
 
 def test_too_large_is_refused_with_the_limit():
     reason = numba_lstm.unsupported(device=torch.device("cuda"), dtype=torch.float32, hidden_size=4096,
-                                    proj_size=0, batch=8)
+                                    batch=8)
     assert reason is not None and "limit" in reason, reason
     x = torch.randn(3, 8, 16, device="cuda")
     w_ih, w_hh = torch.randn(4 * 4096, 16, device="cuda"), torch.randn(4 * 4096, 4096, device="cuda")
     with pytest.raises(ValueError, match="limit"):
         lstm_gpu.lstm(x, w_ih, w_hh, backend="numba")
     assert "bfloat16" in numba_lstm.unsupported(device=torch.device("cuda"), dtype=torch.bfloat16,
-                                                hidden_size=256, proj_size=0, batch=8)
+                                                hidden_size=256, batch=8)
 
 
 def test_side_stream_gives_the_same_bits():
@@ -184,3 +185,11 @@ def test_1000_back_to_back_launches_do_not_hang():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     r = subprocess.run([sys.executable, "-c", _BACK_TO_BACK], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "1000 launches ok" in r.stdout, r.stdout[-2000:] + r.stderr[-4000:]
+
+
+def test_projection_folded_into_w_hh_vs_cudnn():
+    """proj_size > 0 on the GPU: the kernel runs the LSTM with W_hr folded into W_hh (lstm_gpu/functional.py),
+    many programs; 2 layers, bidirectional, packed unsorted, h0/c0: every output and gradient against nn.LSTM
+    (cuDNN) in float64."""
+    packed_bidirectional_vs_torch("numba", T=33, B=5, I=16, H=128, proj_size=64, lengths=torch.tensor([33, 2, 17, 1, 30]),
+                                  dtype=torch.float64, tol=1e-9, device="cuda")

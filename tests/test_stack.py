@@ -23,7 +23,7 @@ from lstm_gpu import stack as stack_op
 from lstm_gpu import testing
 from lstm_gpu.kernels import triton_stack_config as config
 from lstm_gpu.testing import ProgramsHung, concurrent_programs
-from helpers import assert_close
+from helpers import assert_close, twin_lstms
 
 TRITON_SKIP = testing.unavailable_reason("triton")
 needs_triton = pytest.mark.skipif(TRITON_SKIP is not None, reason=str(TRITON_SKIP))
@@ -751,6 +751,22 @@ def test_backend_for_says_which():
         assert choice.backend == "triton" and words in choice.reason, choice
     with pytest.raises(ValueError, match="stack must be"):
         lstm_gpu.LSTM(3, 5, stack="yes")
+
+
+@needs_triton
+def test_a_projection_runs_per_layer_and_stack_true_says_why():
+    """The one-launch stack has no projection: stack="auto" runs the per-layer launches (each folds W_hr into
+    W_hh) and matches nn.LSTM; stack=True raises, naming proj_size."""
+    ref, ours = twin_lstms(3, 5, num_layers=2, proj_size=2, backend="triton")
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    choice = ours.backend_for(x, explain=True)
+    assert choice.backend == "triton" and "per-layer launches (proj_size > 0" in choice.reason, choice
+    (y, (h, c)), (y_ref, (h_ref, c_ref)) = ours(x), ref(x)
+    for name, a, b in (("y", y, y_ref), ("h_n", h, h_ref), ("c_n", c, c_ref)):
+        assert_close(a, b, 1e-12, what=name)
+    ours.stack = True
+    with pytest.raises(ValueError, match="stack=True cannot run this call in one launch: proj_size > 0"):
+        ours(x)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -226,28 +226,24 @@ def test_grid_barrier_waiting_for_a_missing_program_times_out():
 
 def test_unsupported_reasons(monkeypatch):
     cpu = torch.device("cpu")
-    assert triton_lstm.unsupported(device=cpu, dtype=torch.float32, hidden_size=8, proj_size=0, batch=2) is None
-    assert "proj_size" in triton_lstm.unsupported(device=cpu, dtype=torch.float32, hidden_size=8, proj_size=4,
-                                                  batch=2)
-    assert "bfloat16" in triton_lstm.unsupported(device=cpu, dtype=torch.bfloat16, hidden_size=8, proj_size=0,
-                                                 batch=2)
-    assert "int" in triton_lstm.unsupported(device=cpu, dtype=torch.int32, hidden_size=8, proj_size=0, batch=2)
+    assert triton_lstm.unsupported(device=cpu, dtype=torch.float32, hidden_size=8, batch=2) is None
+    assert "bfloat16" in triton_lstm.unsupported(device=cpu, dtype=torch.bfloat16, hidden_size=8, batch=2)
+    assert "int" in triton_lstm.unsupported(device=cpu, dtype=torch.int32, hidden_size=8, batch=2)
     cuda = torch.device("cuda")
-    why = triton_config.unsupported_reason(device=cuda, dtype=torch.float32, hidden_size=4096, proj_size=0,
-                                           batch=8, n_sm=132)
+    why = triton_config.unsupported_reason(device=cuda, dtype=torch.float32, hidden_size=4096, batch=8, n_sm=132)
     assert why is not None and "4096" in why and "budget" in why
-    assert triton_config.unsupported_reason(device=cuda, dtype=torch.float32, hidden_size=512, proj_size=0,
-                                            batch=8, n_sm=132) is None
+    assert triton_config.unsupported_reason(device=cuda, dtype=torch.float32, hidden_size=512, batch=8, n_sm=132) is None
     # auto picks triton on CUDA when it can run the call, cuDNN otherwise
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(triton_config, "sm_count", lambda device: 132)
     assert select_backend("auto", device="cuda", dtype=torch.float32, hidden_size=512, batch=8) == "cudnn"
     assert select_backend("auto", device="cuda", dtype=torch.float32, hidden_size=4096, batch=8) == "cudnn"
     assert select_backend("auto", device="cuda", dtype=torch.float32, hidden_size=512, proj_size=8) == "cudnn"
+    # named, a projection runs (folded into W_hh): the limits are hidden_size's
+    assert select_backend("triton", device="cuda", dtype=torch.float32, hidden_size=512, proj_size=8) == "triton"
     with pytest.raises(ValueError, match="budget"):
         select_backend("triton", device="cuda", dtype=torch.float32, hidden_size=4096, batch=8)
-    assert unsupported_reason("triton", device=cuda, dtype=torch.float16, hidden_size=256, proj_size=0,
-                              batch=64) is None
+    assert unsupported_reason("triton", device=cuda, dtype=torch.float16, hidden_size=256, batch=64) is None
 
 
 def test_fp32_precision_setting(monkeypatch):
@@ -260,11 +256,13 @@ def test_fp32_precision_setting(monkeypatch):
     assert triton_config.fp32_precision() == "ieee"
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-def test_module_vs_torch_lstm_bidirectional_packed(dtype):
-    """lstm_gpu.LSTM(backend="triton") vs torch.nn.LSTM: 2 layers, bidirectional, unsorted packed input."""
+@pytest.mark.parametrize("dtype,proj", [(torch.float64, 0), (torch.float32, 0), (torch.float64, 4), (torch.float32, 2)],
+                         ids=["float64", "float32", "float64-proj", "float32-proj"])
+def test_module_vs_torch_lstm_bidirectional_packed(dtype, proj):
+    """lstm_gpu.LSTM(backend="triton") vs torch.nn.LSTM: 2 layers, bidirectional, unsorted packed input; with a
+    projection too (the kernels run it folded into W_hh, lstm_gpu/functional.py)."""
     packed_bidirectional_vs_torch("triton", T=5, B=3, I=4, H=6, lengths=torch.tensor([3, 5, 2]), dtype=dtype,
-                                  tol=1e-10 if dtype == torch.float64 else 2e-5)
+                                  tol=1e-10 if dtype == torch.float64 else 2e-5, proj_size=proj)
 
 def test_k_pieces_cover_h_with_little_padding():
     """K on the tl.dot path: a power of two, or a power of two and a smaller power-of-two tail (at least a

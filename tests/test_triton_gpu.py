@@ -20,6 +20,7 @@ import torch
 import lstm_gpu
 from lstm_gpu import reference
 from lstm_gpu.kernels import triton_config, triton_lstm
+from helpers import packed_bidirectional_vs_torch
 
 pytestmark = pytest.mark.gpu
 DEV = "cuda"
@@ -67,7 +68,7 @@ def max_err(a, b):
 @pytest.mark.parametrize("B", [1, 8, 64])
 @pytest.mark.parametrize("H", [256, 512, 1024, 1536])     # 1536: 16-bit only, K as 1024 + 512
 def test_vs_reference_and_torch(H, B, T, dtype):
-    why = triton_lstm.unsupported(device=torch.device(DEV), dtype=dtype, hidden_size=H, proj_size=0, batch=B)
+    why = triton_lstm.unsupported(device=torch.device(DEV), dtype=dtype, hidden_size=H, batch=B)
     if why:
         pytest.skip(why)
     cfg = triton_config.choose_config(B=B, H=H, dtype=dtype, device=torch.device(DEV))
@@ -179,3 +180,11 @@ def test_cuda_graph_replay():
         graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(y, want)
+
+
+def test_projection_folded_into_w_hh_vs_cudnn():
+    """proj_size > 0 on the GPU: the kernel runs the LSTM with W_hr folded into W_hh (lstm_gpu/functional.py),
+    many programs; 2 layers, bidirectional, packed unsorted, h0/c0: every output and gradient against nn.LSTM
+    (cuDNN) in float64."""
+    packed_bidirectional_vs_torch("triton", T=33, B=5, I=16, H=128, proj_size=64, lengths=torch.tensor([33, 2, 17, 1, 30]),
+                                  dtype=torch.float64, tol=1e-9, device=DEV)

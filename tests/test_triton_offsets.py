@@ -7,7 +7,6 @@ offset. Removing a ``.to(tl.int64)`` from a kernel makes this test fail. The rea
 """
 import json
 import os
-import re
 import subprocess
 import sys
 

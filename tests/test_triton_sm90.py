@@ -68,7 +68,7 @@ def dispatcher_jobs():
                 fma_dtype = dtype == torch.float32 and precision == "ieee"
                 for H in HS:
                     for B in BS + (FMA_BS if fma_dtype else []):
-                        if tc.unsupported_reason(device=CUDA, dtype=dtype, hidden_size=H, proj_size=0, batch=B,
+                        if tc.unsupported_reason(device=CUDA, dtype=dtype, hidden_size=H, batch=B,
                                                  n_sm=N_SM):
                             refused.add((H, str(dtype)))
                             continue
