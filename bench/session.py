@@ -141,11 +141,24 @@ def step_versions(ctx: Ctx) -> dict:
         env["numba_cuda_dist"] = md.version("numba-cuda")
     except Exception:  # noqa: BLE001
         env["numba_cuda_dist"] = None
+    env["numba_cudadevrt"] = _cudadevrt()
     env["machine"] = machine_line(env)
     ctx.path("versions.json").write_text(json.dumps(env, indent=2, default=str))
     log(envmod.banner(env))
     log(f"machine: {env['machine']}")
+    log(f"numba's libcudadevrt.a (grid.sync links against it): {env['numba_cudadevrt']}")
     return env
+
+
+def _cudadevrt() -> str:
+    """Where numba finds the static CUDA device runtime that a kernel with grid.sync links against: when it
+    finds none, every numba kernel fails to link, and this line says so before the tests do."""
+    try:
+        from numba.cuda.cudadrv import libs
+        path = libs.get_cudalib("cudadevrt", static=True)
+    except Exception as e:  # noqa: BLE001 - recorded
+        return f"unknown ({type(e).__name__}: {e})"
+    return path if os.path.exists(path) else f"NOT FOUND (numba looked for {path})"
 
 
 # ---- the smoke grid ----------------------------------------------------------------------------

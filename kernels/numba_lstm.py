@@ -39,12 +39,15 @@ Configuration rules (``plan``):
 """
 from __future__ import annotations
 
+import ctypes
 import math
 import sys
+import warnings
 
 import numpy as np
 import torch
 from numba import cuda
+from numba.core.errors import NumbaPerformanceWarning
 
 from . import numba_kernels
 from .host import common_unsupported, device_index, lengths_or_full
@@ -131,8 +134,10 @@ def allow_shared(kernel, nbytes: int, drv=None) -> None:
     numba-cuda has no API for CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, so this calls the driver as
     numba's own ``set_shared_memory_carveout`` does, on whichever handle this numba-cuda hands out: a
     CUkernel (numba-cuda >= 0.24 loads modules as libraries: ``cuKernelSetAttribute`` per device) or a
-    CUfunction (older versions, and the ctypes binding: ``cuFuncSetAttribute``). Calling the wrong one
+    CUfunction (older versions: ``cuFuncSetAttribute``; with numba's ctypes binding, whose wrapper has no
+    prototype for it and raises AttributeError, straight from the driver library). Calling the wrong one
     fails every plan above 48 KB. ``drv``: numba's driver module (tests pass a fake). Unverified on a GPU.
+    The attribute is the compiled kernel's, one value per device for every plan: ``gpu_launch`` sets it once.
     """
     if nbytes <= DEFAULT_SMEM:
         return
@@ -147,8 +152,14 @@ def allow_shared(kernel, nbytes: int, drv=None) -> None:
     kernel_type = getattr(binding, "CUkernel", None)
     if kernel_type is not None and isinstance(handle, kernel_type):
         drv.driver.cuKernelSetAttribute(attr, int(nbytes), handle, cufunc.device.id)
-    else:
+    elif binding is not None:
         drv.driver.cuFuncSetAttribute(handle, attr, int(nbytes))
+    else:
+        fn = drv.driver.lib.cuFuncSetAttribute
+        fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int], ctypes.c_int
+        rc = fn(handle, attr, int(nbytes))
+        if rc != 0:
+            raise RuntimeError(f"cuFuncSetAttribute(MAX_DYNAMIC_SHARED_SIZE_BYTES, {nbytes}) failed: CUresult {rc}")
 
 
 def _shared_bytes(kind, dtype, H, B, ht):
@@ -202,7 +213,9 @@ class GpuLaunch:
             if len(self.configs) >= self.MAX_STREAMS:
                 self.configs.clear()
             p = self.plan
-            lc = self.kernel[p.blocks, p.threads, cuda.external_stream(stream_handle), p.shared]
+            with warnings.catch_warnings():     # "grid size N will likely result in GPU under-utilization"
+                warnings.simplefilter("ignore", NumbaPerformanceWarning)   # (below 128 blocks): sized so on purpose
+                lc = self.kernel[p.blocks, p.threads, cuda.external_stream(stream_handle), p.shared]
             self.configs[stream_handle] = lc
         return lc
 
@@ -230,16 +243,16 @@ def gpu_launch(kind: str, dtype: torch.dtype, H: int, B: int, index: int) -> Gpu
             fwd, bwd = kernels_for(dtype)
             kernel = fwd if kind == "fwd" else bwd
             overload = kernel.compile(signature(kind, dtype))
-
-            def co_resident(shared):
-                allow_shared(overload, shared)          # the occupancy query needs the opt-in first
-                return overload.max_cooperative_grid_blocks(THREADS, shared)
-
+            # The opt-in before any occupancy query (which counts 0 blocks above it), to the most this GPU
+            # allows: numba compiles ONE overload per dtype for every H and B, and the attribute is that
+            # kernel's, so setting each plan's own size would lower the limit under a larger plan cached
+            # before, whose next launch then fails (B=64, then B=1, then B=64 again)
+            allow_shared(overload, dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN - overload.shared_mem_per_block)
             p = choose_grid(kind, dtype, H, B, sms=dev.MULTIPROCESSOR_COUNT,
                             smem_limit=dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
-                            static_smem=overload.shared_mem_per_block, co_resident=co_resident)
+                            static_smem=overload.shared_mem_per_block,
+                            co_resident=lambda shared: overload.max_cooperative_grid_blocks(THREADS, shared))
             if isinstance(p, Plan):
-                allow_shared(overload, p.shared)        # the chosen grid's own opt-in, once
                 launch = GpuLaunch(kernel, overload, p, index)
             else:
                 launch = p
@@ -270,6 +283,10 @@ def unsupported(*, device: torch.device, dtype: torch.dtype, hidden_size: int, b
         if numba_kernels.SIMULATOR:
             return ("NUMBA_ENABLE_CUDASIM=1 is set, so numba runs its CPU simulator: CUDA tensors "
                     "cannot be used; unset it, or use CPU tensors")
+        if torch.compiler.is_compiling():
+            # Dynamo cannot trace numba's driver probes (cuda.is_available ends in a Cython call) nor a
+            # compile; the op plans again when it runs and raises the same reasons there
+            return None
         if not cuda.is_available():
             return "numba-cuda finds no usable CUDA driver/GPU"
         for kind in ("fwd", "bwd"):

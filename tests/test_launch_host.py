@@ -141,8 +141,23 @@ def test_shared_memory_opt_in_on_a_cufunction_handle():
 
 
 def test_shared_memory_opt_in_with_the_ctypes_binding():
-    """numba's ctypes binding (no cuda.bindings): a plain pointer handle, the driver API's enum value 8."""
-    drv, calls = _fake_drv(None)
+    """numba's ctypes binding (no cuda.bindings): a plain pointer handle, the driver API's enum value 8, called
+    in the driver library itself: the ctypes wrapper has no prototype for cuFuncSetAttribute and raises
+    AttributeError for it (numba.cuda.cudadrv.drvapi.API_PROTOTYPES)."""
+    calls = []
+
+    class Lib:
+        @staticmethod
+        def cuFuncSetAttribute(*args):
+            calls.append(("cuFuncSetAttribute", *args))
+            return 0
+
+    class Driver:                                    # numba's ctypes Driver: names outside its prototypes raise
+        lib = Lib
+
+        def __getattr__(self, name):
+            raise AttributeError(name)
+    drv = types.SimpleNamespace(binding=None, driver=Driver())
     numba_lstm.allow_shared(_kernel_with_handle(0xABC), 60_000, drv=drv)
     assert calls == [("cuFuncSetAttribute", 0xABC, 8, 60_000)]
 
@@ -167,20 +182,33 @@ class FakeNumbaGPU:
         fake = self
 
         class Overload:
+            """As numba's: ONE per signature (so per dtype, for every H and B), its dynamic shared-memory
+            limit one value per device (the driver attribute the last opt-in set); a query or launch above it
+            gets 0 co-resident blocks / fails, as the occupancy calculator and the driver do."""
             shared_mem_per_block = 0
+
+            def __init__(self):
+                self.opted_in = {}                  # device -> CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+
+            def limit(self):
+                return max(48 * 1024, self.opted_in.get(fake.context, 0))
 
             def max_cooperative_grid_blocks(self, threads, shared):
                 fake.counts["occupancy"] += 1
-                return fake.SMS
+                return fake.SMS if shared <= self.limit() else 0
 
             def launch(self, args, griddim, blockdim, stream, sharedmem):
+                assert sharedmem <= self.limit(), f"launch with {sharedmem} B, opted in to {self.limit()} B"
                 fake.launches.append(dict(context=fake.context, args=args, grid=griddim, block=blockdim,
                                           stream=stream, shared=sharedmem))
 
         class Dispatcher:
+            def __init__(self):
+                self.overloads = {}
+
             def compile(self, sig):
                 fake.counts["compile"] += 1
-                return Overload()
+                return self.overloads.setdefault(sig, Overload())
 
             def __getitem__(self, cfg):
                 blocks, threads, stream, shared = cfg
@@ -216,6 +244,8 @@ class FakeNumbaGPU:
 
     def allow_shared(self, kernel, nbytes, drv=None):
         self.counts["opt_in"] += 1
+        if nbytes > 48 * 1024:
+            kernel.opted_in[self.context] = nbytes
 
 
 @pytest.fixture
@@ -280,3 +310,30 @@ def test_numba_unsupported_plans_on_the_input_device(fake_gpu):
     assert numba_lstm.unsupported(device=torch.device("cuda", 1), dtype=torch.float32, hidden_size=256,
                                   batch=2) is None
     assert {k[-1] for k in numba_lstm._LAUNCHES} == {1}
+
+
+def test_numba_a_smaller_plan_does_not_lower_the_opt_in_of_a_larger_one(fake_gpu):
+    """numba compiles one kernel per dtype for every shape, and the shared-memory opt-in is that kernel's: fp16
+    H = 1024 at B = 64 (74 KB), then a plan at B = 1 (64 KB), then B = 64 again must still launch (opting in
+    to each plan's own size lowered the limit under the cached B = 64 plan: its launch failed)."""
+    dev = torch.device("cuda", 0)
+    H = 1024
+    big = numba_lstm.plan("fwd", torch.float16, H, 64, 0)
+    assert big.shared > numba_lstm.plan("fwd", torch.float16, H, 1, 0).shared > 48 * 1024
+    numba_lstm._launch("fwd", torch.float16, _fwd_tensors(B=64, H=H), [False, True], H, 64, dev)
+    overload = fake_gpu.kernels[0].compile(numba_lstm.signature("fwd", torch.float16))
+    for key, launch in numba_lstm._LAUNCHES.items():
+        with fake_gpu.cuda.gpus[key[-1]]:
+            assert overload.max_cooperative_grid_blocks(256, launch.plan.shared) >= launch.plan.blocks, key
+    assert len(fake_gpu.launches) == 1
+
+
+def test_numba_unsupported_does_not_probe_the_driver_while_torch_compile_traces(fake_gpu, monkeypatch):
+    """Dynamo cannot trace numba's driver probes (cuda.is_available ends in a Cython call): while it traces,
+    ``unsupported`` answers without them; the op plans again when it runs."""
+    def untraceable():
+        raise AssertionError("numba's driver probed while torch.compile traces")
+    monkeypatch.setattr(fake_gpu.cuda, "is_available", untraceable)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert numba_lstm.unsupported(device=torch.device("cuda", 0), dtype=torch.float32, hidden_size=256, batch=2) is None
+    assert numba_lstm._LAUNCHES == {}

@@ -124,9 +124,11 @@ def test_compiled_resources_registers_spills_shared_memory():
             regs, local, static = k.regs_per_thread, k.local_mem_per_thread, k.shared_mem_per_block
             print(f"\n{kind} {dtype}: {regs} registers/thread, {local} B local/thread, {static} B static shared, "
                   f"max {k.max_threads_per_block} threads/block")
-            assert local == 0, f"{kind} {dtype}: {local} bytes of local memory per thread (spills or stack)"
+            # linked for sm_90 on a CPU (nvlink, cudadevrt): "16 stack" (the frame of grid.sync's call into
+            # cudadevrt, as a 6-line kernel with grid.sync shows) and a 1 KB .nv.shared section; not spills
+            assert local <= 16, f"{kind} {dtype}: {local} bytes of local memory per thread (spills?)"
             assert regs * numba_lstm.THREADS <= 65536 and k.max_threads_per_block >= numba_lstm.THREADS
-            assert static == 0, f"{kind} {dtype}: unexpected static shared memory {static} B"
+            assert static <= 1024, f"{kind} {dtype}: unexpected static shared memory {static} B"
             for H in (256, 512, 1024):
                 for B in (1, 8, 64):
                     p = numba_lstm.plan(kind, dtype, H, B, torch.cuda.current_device())
