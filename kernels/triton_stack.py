@@ -578,7 +578,7 @@ def _load_dy(p_dy, p_dyu, t, i_l, i_d, o_b, o_u, m_bu, T, B, L, H, D: tl.constex
         p_l = p_dyu + (tl.minimum(i_l, L - 2) * HALVES).to(tl.int64) * T * B * DH
         b_dy += tl.load(p_l + o, mask=tl.where(top, False, m_t), other=0., cache_modifier=".cg")
         if HALVES == 2:
-            b_dy += tl.load(p_l + T * B * DH + o, mask=tl.where(top, False, m_t), other=0., cache_modifier=".cg")
+            b_dy += tl.load(p_l + tl.cast(T, tl.int64) * B * DH + o, mask=tl.where(top, False, m_t), other=0., cache_modifier=".cg")
     return b_dy
 
 
@@ -845,6 +845,8 @@ def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, s
     L, D, G, H = w_hh.shape
     T, B, _ = gx0.shape
     dtype, device = gx0.dtype, gx0.device
+    if gx0.element_size() == 2 and gx0.data_ptr() % 4:
+        gx0 = gx0.clone()           # the kernel reads 16-bit gates_x as 32-bit words: a 4-byte aligned base
     acc = torch.float64 if dtype == torch.float64 else torch.float32
     cfg = config or choose_config(B=B, H=H, L=L, D=D, dtype=dtype, device=device)
     lens = host.lengths_or_full(lengths, T, B, device)
