@@ -176,13 +176,14 @@ def loop_local_accesses(kernel, ops=("LDL", "STL")) -> int:
 
 def main(argv=None) -> int:
     """Compile every case given as a JSON line on stdin ({direction, B, H, T, dtype, [config], [precision],
-    [reverse], [save]}); one JSON result line each."""
+    [reverse], [save], [timeout]: LSTM_GPU_BARRIER_TIMEOUT, the debug mode}); one JSON result line each."""
     from . import triton_config
     for line in sys.stdin:
         if not line.strip():
             continue
         job = json.loads(line)
         triton_config.FP32_PRECISION = job.get("precision")
+        os.environ["LSTM_GPU_BARRIER_TIMEOUT"] = str(job.get("timeout", 0))
         case = dict(B=job["B"], H=job["H"], T=job.get("T", 64), dtype=getattr(torch, job["dtype"]),
                     reverse=job.get("reverse", False))
         if "config" in job:
