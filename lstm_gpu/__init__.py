@@ -9,8 +9,8 @@ if _os.path.isfile(_os.path.join(_root, "kernels", "host.py")) and _root not in 
 from .backends import BACKENDS, select_backend
 from .checks import LSTMArgumentError
 from .functional import lstm
-from .module import LSTM, convert
+from .module import LSTM, convert, to_torch
 from . import ops  # noqa: F401  (registers the lstm_gpu:: custom ops)
 
-__all__ = ["LSTM", "lstm", "convert", "select_backend", "BACKENDS", "LSTMArgumentError"]
+__all__ = ["LSTM", "lstm", "convert", "to_torch", "select_backend", "BACKENDS", "LSTMArgumentError"]
 __version__ = "0.1.0"

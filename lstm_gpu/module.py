@@ -1,4 +1,4 @@
-"""``lstm_gpu.LSTM``: a drop-in replacement for ``torch.nn.LSTM``, and ``convert`` to swap it in.
+"""``lstm_gpu.LSTM``: a drop-in replacement for ``torch.nn.LSTM``, ``convert`` to swap it in, ``to_torch`` back.
 
 Built on ``nn.RNNBase`` (mode "LSTM"), so parameters, their names, init and state_dict are exactly
 nn.LSTM's, and so is the repr but for its name and backend: ``lstm_gpu.LSTM(10, 20, backend='auto')``.
@@ -6,6 +6,8 @@ Not a subclass of nn.LSTM: torch.compile's Dynamo refuses every nn.LSTM/GRU/RNN 
 using this module must compile with ``fullgraph=True``.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +57,15 @@ class LSTM(nn.RNNBase):
         # "lstm_gpu.LSTM(10, 20, backend='auto')": print(model) shows that convert() swapped it in.
         # Not via _get_name(): torch.fx uses that as an identifier.
         return "lstm_gpu." + super().__repr__()
+
+    def __prepare_scriptable__(self) -> nn.LSTM:
+        """``torch.jit.script``: TorchScript cannot compile this module's Python dispatch (nor run the kernels), so
+        scripting it (alone or inside a model) scripts the ``nn.LSTM`` sharing its parameters: torch's own LSTM,
+        cuDNN on CUDA and ATen on the CPU, what ``backend="cudnn"`` runs."""
+        if self.backend not in ("auto", "cudnn"):
+            warnings.warn(f"torch.jit.script of lstm_gpu.LSTM(backend={self.backend!r}) scripts torch.nn.LSTM with "
+                          "the same parameters: the scripted module runs torch's LSTM, not the kernels", stacklevel=2)
+        return to_torch(self)
 
     def backend_for(self, input: Tensor | PackedSequence, *, explain: bool = False) -> str | Choice:
         """The concrete backend that ``forward(input)`` runs ("auto" resolved). ``explain=True``: a
@@ -252,11 +263,26 @@ def convert(model: nn.Module, *, backend: str = "auto") -> nn.Module:
     return model
 
 
+def to_torch(module: LSTM) -> nn.LSTM:
+    """The ``torch.nn.LSTM`` sharing ``module``'s parameters (the same Parameter objects), in its train/eval mode.
+
+        >>> import torch, lstm_gpu
+        >>> ours = lstm_gpu.LSTM(4, 8)
+        >>> lstm_gpu.to_torch(ours).weight_hh_l0 is ours.weight_hh_l0
+        True
+    """
+    return _twin(module, nn.LSTM)
+
+
 def _from_torch(old: nn.LSTM, backend: str) -> LSTM:
-    new = LSTM(old.input_size, old.hidden_size, num_layers=old.num_layers, bias=old.bias,
-               batch_first=old.batch_first, dropout=old.dropout, bidirectional=old.bidirectional,
-               proj_size=old.proj_size, device="meta", backend=backend)
-    for name in old._flat_weights_names:
-        setattr(new, name, getattr(old, name))
-    new.train(old.training)
+    return _twin(old, LSTM, backend=backend)
+
+
+def _twin(src: nn.RNNBase, cls, **kwargs):
+    """A ``cls`` (nn.LSTM or LSTM) of ``src``'s shape holding ``src``'s Parameter objects, in its train/eval mode."""
+    new = cls(src.input_size, src.hidden_size, num_layers=src.num_layers, bias=src.bias, batch_first=src.batch_first,
+              dropout=src.dropout, bidirectional=src.bidirectional, proj_size=src.proj_size, device="meta", **kwargs)
+    for name in src._flat_weights_names:
+        setattr(new, name, getattr(src, name))
+    new.train(src.training)
     return new

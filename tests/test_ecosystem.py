@@ -1,6 +1,7 @@
-"""Autocast, streaming inference and serialisation (CPU parts; the CUDA parts are in test_ecosystem_gpu.py)."""
+"""Autocast, streaming inference, serialisation and TorchScript (CPU parts; the CUDA parts are in test_ecosystem_gpu.py)."""
 import io
 
+import pytest
 import torch
 
 import lstm_gpu
@@ -71,3 +72,35 @@ def test_nn_lstm_checkpoint_loads_into_lstm_gpu_model():
     ours.load_state_dict(torch.load(buf))
     x = torch.randn(5, 2, 4, dtype=torch.float64)
     assert_close(ours(x), theirs(x), 1e-12, what="output after loading an nn.LSTM checkpoint")
+
+
+class _Tagger(torch.nn.Module):
+    """A model with an lstm_gpu.LSTM inside, as a user would script it (TorchScript reads its source)."""
+
+    def __init__(self, backend="auto"):
+        super().__init__()
+        self.lstm = lstm_gpu.LSTM(3, 5, num_layers=2, batch_first=True, proj_size=2, backend=backend).double()
+        self.out = torch.nn.Linear(2, 4).double()
+
+    def forward(self, x):
+        y, (h, c) = self.lstm(x)
+        return self.out(y) + c.sum()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+def test_torch_jit_script_scripts_the_nn_lstm_sharing_the_parameters():
+    """TorchScript cannot compile the backend dispatch: torch.jit.script of a model holding an lstm_gpu.LSTM
+    scripts the torch.nn.LSTM sharing its parameters (torch's LSTM, what backend="cudnn" runs): the same outputs
+    as nn.LSTM, gradients into the same parameters; an explicit kernel backend warns that it is not what runs."""
+    model = _Tagger()
+    scripted = torch.jit.script(model)
+    ref = torch.nn.LSTM(3, 5, num_layers=2, batch_first=True, proj_size=2).double()
+    ref.load_state_dict(model.lstm.state_dict())
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    y_ref, (_, c_ref) = ref(x)
+    assert_close(scripted(x), model.out(y_ref) + c_ref.sum(), 1e-12, what="scripted model")
+    scripted(x).sum().backward()
+    assert model.lstm.weight_hh_l0.grad is not None and model.lstm.weight_hr_l1.grad is not None
+    assert lstm_gpu.to_torch(model.lstm).weight_ih_l1 is model.lstm.weight_ih_l1
+    with pytest.warns(UserWarning, match="scripted module runs torch's LSTM, not the kernels"):
+        torch.jit.script(_Tagger(backend="reference"))
