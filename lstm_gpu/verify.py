@@ -29,6 +29,7 @@ CASES = [  # name, module kwargs, packed
     ("1 layer", dict(), False),
     ("2 layers, bidirectional, h0/c0", dict(num_layers=2, bidirectional=True), False),
     ("packed, variable lengths", dict(bidirectional=True), True),
+    ("projection (proj_size 6), packed", dict(bidirectional=True, proj_size=6), True),
 ]
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
 
@@ -53,7 +54,8 @@ def check(backend: str, dtype: torch.dtype, device: str, kwargs: dict, packed: b
     ours.load_state_dict(ref.state_dict())
     L = kwargs.get("num_layers", 1) * (2 if kwargs.get("bidirectional") else 1)
     x = torch.randn(T, B, I, device=device, dtype=dtype)
-    hx = (torch.randn(L, B, H, device=device, dtype=dtype), torch.randn(L, B, H, device=device, dtype=dtype))
+    P = kwargs.get("proj_size") or H
+    hx = (torch.randn(L, B, P, device=device, dtype=dtype), torch.randn(L, B, H, device=device, dtype=dtype))
     lengths = torch.tensor([T, 2, T - 2]) if packed else None
     try:
         ours.backend_for(x)

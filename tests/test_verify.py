@@ -9,7 +9,7 @@ import lstm_gpu.verify
 def test_main_job_passes_for_reference_and_cudnn(capsys):
     assert lstm_gpu.verify.main(["--backends", "reference,cudnn"]) == 0
     out = capsys.readouterr().out
-    assert "MISMATCH" not in out and out.count(" ok ") == 12
+    assert "MISMATCH" not in out and out.count(" ok ") == 2 * 2 * len(lstm_gpu.verify.CASES)   # 2 backends x 2 dtypes
     assert out.rstrip().endswith("2 backends checked (reference, cudnn), 0 skipped (none)")
 
 
