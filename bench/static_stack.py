@@ -179,6 +179,8 @@ def step_bytes(*, B: int, H: int, L: int, D: int, dtype: torch.dtype, npg: int, 
 
 def resources(kernel) -> dict:
     from lstm_gpu.kernels import triton_sm90
+    if getattr(kernel.metadata, "global_scratch_size", 0):      # its launch would fail: no triton.set_allocator
+        raise ValueError(f"{kernel.name} needs {kernel.metadata.global_scratch_size} bytes of Triton's global scratch")
     usage = triton_sm90.resource_usage(kernel)
     return dict(regs=usage["REG"], spill_bytes=usage["STACK"] + usage["LOCAL"],
                 loop_spills=triton_sm90.loop_local_accesses(kernel),

@@ -160,7 +160,8 @@ def report(direction: str, **case) -> dict:
     usage.update(direction=direction, dtype=str(case["dtype"]).replace("torch.", ""), shared_meta=kernel.metadata.shared,
                  config=cfg.__dict__, grid=list(launch.grid),
                  per_sm=co_resident(usage["REG"], shared, cfg.num_warps), loop_local=loop_local_accesses(kernel),
-                 loop_local_stores=loop_local_accesses(kernel, ops=("STL",)))
+                 loop_local_stores=loop_local_accesses(kernel, ops=("STL",)),
+                 global_scratch=getattr(kernel.metadata, "global_scratch_size", 0) or 0)
     return usage
 
 
