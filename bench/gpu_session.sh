@@ -86,6 +86,22 @@ versions() {
     session versions 60
 }
 
+cudadevrt() {   # numba links every kernel that uses grid.sync against libcudadevrt.a, found through conda, CUDA_HOME
+    # or NVIDIA's wheels; none of them found, every numba kernel fails to link: point CUDA_HOME at the toolkit
+    [ "$DRY" = 1 ] || [ -n "${CUDA_HOME:-}" ] && return 0
+    if ! "$PY" -c "import os, sys; from numba.cuda.cudadrv import libs
+sys.exit(not os.path.exists(libs.get_cudalib('cudadevrt', static=True)))" 2>/dev/null; then
+        for d in /usr/local/cuda "$(dirname "$(dirname "$(command -v nvcc 2>/dev/null || echo /none/bin/nvcc)")")"; do
+            if [ -f "$d/lib64/libcudadevrt.a" ]; then
+                export CUDA_HOME=$d
+                echo "=== numba found no libcudadevrt.a: CUDA_HOME=$d" | tee -a "$LOG"
+                break
+            fi
+        done
+    fi
+}
+
+cudadevrt
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(versions warmup smoke headline stack host quick profile)
 for s1 in "${steps[@]}"; do
