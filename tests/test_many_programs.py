@@ -320,9 +320,10 @@ def test_numba_module_vs_torch_lstm(n, dtype):
 # Mutations: a broken barrier must be caught (wrong values or a reported deadlock), within seconds
 # ----------------------------------------------------------------------------------------------------
 
-def _outcome(backend, n, H, dtype, mutation, phase, B=3, T=4, tol=1e-9):
+def _outcome(backend, n, H, dtype, mutation, phase, B=3, T=4, tol=1e-9, hold=None):
     """What the forward ("fwd") or the backward ("bwd", after a correct forward) gives with the mutated
-    barrier: "hung", "error: ...", "wrong: ..." (off the reference by more than ``tol``) or "right"."""
+    barrier: "hung", "error: ...", "wrong: ..." (off the reference by more than ``tol``) or "right".
+    ``hold``: as ``concurrent_programs``'s, for the mutated launch only."""
     inp = make_inputs(T, B, H, dtype)
     lengths = lengths_for(T, B)
     ref, ref_grads = reference_layer(inp, lengths, False)
@@ -334,7 +335,7 @@ def _outcome(backend, n, H, dtype, mutation, phase, B=3, T=4, tol=1e-9):
         names, wants = NAMES[:5], ref
     start = time.monotonic()
     try:
-        with concurrent_programs(n, deadline=MUTATION_DEADLINE), mutation:
+        with concurrent_programs(n, deadline=MUTATION_DEADLINE, hold=hold), mutation:
             if phase == "bwd":
                 got = run_backward(backend, inp, out, lengths, False)
             else:
@@ -403,14 +404,17 @@ def _tagged_exchange_mutation(kind):
 def test_triton_broken_tagged_exchange_is_caught(kind, monkeypatch):
     """fp16 on tensor cores exchanges h with its generation tag and no step counter: a reader that does
     not wait for the tag reads words not yet written (or from an older step); one that never accepts
-    them hangs."""
+    them hangs. The last program is held back 1 s at its first read of h, so the readers that do not wait
+    read its words before it writes them, every time: staggered starts alone left this to the thread
+    scheduler, and a loaded CI machine once ran the broken reader in an order that happened to be right."""
     _with_tagged_h(monkeypatch)
     n, dtype = 3, torch.float16
     H = triton_h(n, 3, dtype)
     assert triton_config.gpu_config(B=3, H=H, dtype=dtype, n_sm=n).use_dot
     tol = TOL[dtype][0]
     assert _outcome("triton", n, H, dtype, contextlib.nullcontext(), "fwd", tol=tol) == "right"
-    verdict = _outcome("triton", n, H, dtype, _tagged_exchange_mutation(kind), "fwd", tol=tol)
+    hold = (n - 1, 1, 1.0) if kind == "no_wait" else None
+    verdict = _outcome("triton", n, H, dtype, _tagged_exchange_mutation(kind), "fwd", tol=tol, hold=hold)
     assert verdict == {"no_wait": "wrong: y, h_n, c_n, gates, cells", "never_done": "hung"}[kind], verdict
 
 
