@@ -37,11 +37,15 @@ def stub_launches() -> list[str]:
     import torch
     stubbed = []
     try:
-        from lstm_gpu.kernels import triton_lstm
-        for name in ("_lstm_fwd_kernel", "_lstm_bwd_kernel"):
-            if hasattr(triton_lstm, name):
-                setattr(triton_lstm, name, _StubLaunch())
-                stubbed.append(f"triton_lstm.{name}")
+        from lstm_gpu.kernels import triton_lstm, triton_stack
+        # the one-launch stack's too: a 2-layer bidirectional module on backend="triton" launches it (left
+        # running, the interpreter's 240 ms a call were reported as host time)
+        for module, names in ((triton_lstm, ("_lstm_fwd_kernel", "_lstm_bwd_kernel")),
+                              (triton_stack, ("_stack_fwd_kernel", "_stack_bwd_kernel"))):
+            for name in names:
+                if hasattr(module, name):
+                    setattr(module, name, _StubLaunch())
+                    stubbed.append(f"{module.__name__.rsplit('.', 1)[-1]}.{name}")
     except Exception as e:  # noqa: BLE001 - backend not importable here: nothing to stub
         print(f"triton not stubbed: {e}", file=sys.stderr)
     try:

@@ -114,3 +114,25 @@ def test_host_overhead_script_runs():
     assert {(r["backend"], r["variant"]) for r in rows} == {(b, v) for b in ("reference", "cudnn")
                                                            for v in host_overhead.VARIANTS}
     assert all(r["p50_us"] > 0 for r in rows)
+
+
+def test_host_overhead_stubs_every_triton_launch(monkeypatch):
+    """With launches stubbed, a triton module call (2 layers, bidirectional: the one-launch stack) runs no
+    kernel in the interpreter: left unstubbed, the stack's kernel ran there and its 240 ms a call were reported
+    as host time."""
+    interpreter = pytest.importorskip("triton.runtime.interpreter")
+    from bench import host_overhead
+    from lstm_gpu.kernels import numba_lstm, triton_lstm, triton_stack
+    for module, names in ((triton_lstm, ("_lstm_fwd_kernel", "_lstm_bwd_kernel")),
+                          (triton_stack, ("_stack_fwd_kernel", "_stack_bwd_kernel"))):
+        for name in names:
+            monkeypatch.setattr(module, name, getattr(module, name))      # restored after the test
+    monkeypatch.setattr(numba_lstm, "_KERNELS", dict(numba_lstm._KERNELS))
+
+    def ran(*args, **kwargs):
+        raise AssertionError("a Triton kernel ran in the interpreter")
+    monkeypatch.setattr(interpreter.GridExecutor, "__call__", ran)
+    host_overhead.stub_launches()
+    _, call = host_overhead.make_case("triton", torch.device("cpu"))
+    for variant in host_overhead.VARIANTS:
+        call(variant)
