@@ -79,10 +79,17 @@ def layer(input: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor |
     gates_x = F.linear(input, weight_ih, bias)
     if weight_hr is not None and backend != "reference":
         return _folded_projection(gates_x, h0, c0, weight_hh, weight_hr, lengths, reverse, backend)
-    save = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (gates_x, h0, c0, weight_hh, weight_hr))
+    save = needs_saving(gates_x, h0, c0, weight_hh, weight_hr)
     y, h_n, c_n, _, _ = ops.layer_fwd(gates_x, h0, c0, weight_hh, weight_hr, lengths, reverse, backend, save)
     return y, (h_n, c_n)
+
+
+def needs_saving(*tensors: Tensor | None) -> bool:
+    """Whether the forward keeps what backward needs (``save``): autograd will differentiate it. Always while
+    torch.jit.trace records: a trace bakes the flag in as a constant, and the traced module must train (its
+    check re-traced without gradients and found the graphs different)."""
+    return torch.jit.is_tracing() or (torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                                                      for t in tensors))
 
 
 def _folded_projection(gates_x: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, weight_hr: Tensor,
@@ -111,7 +118,7 @@ def _folded_projection(gates_x: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tenso
         first = lengths - 1
     gates_x.index_put_((first, rows), F.linear(h0, weight_hh), accumulate=True)   # fresh from F.linear: no copy
     w_eff = weight_hh @ weight_hr
-    save = torch.is_grad_enabled() and any(t.requires_grad for t in (gates_x, c0, w_eff))
+    save = needs_saving(gates_x, c0, w_eff)
     r, r_n, c_n, _, _ = ops.layer_fwd(gates_x, h0.new_zeros(B, weight_hr.shape[1]), c0, w_eff, None, lengths,
                                       reverse, backend, save)
     return F.linear(r, weight_hr), (F.linear(r_n, weight_hr), c_n)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import reference
+from .functional import needs_saving
 
 
 def _kernels():
@@ -143,7 +144,6 @@ def stack(x: Tensor, weights: list[list[Tensor | None]], h0: Tensor, c0: Tensor,
     # sync, and torch.compile traces it (as a host int it was a .item(): a graph break, or with fullgraph an
     # unbacked int in the graph).
     seed = torch.randint(2 ** 31 - 1, (1,), device=x.device) if drop > 0 else None
-    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                           for t in (gates_x0, w_ih, w_hh, bias, h0, c0))
+    save = needs_saving(gates_x0, w_ih, w_hh, bias, h0, c0)
     y, h_n, c_n, _, _, _ = stack_fwd(gates_x0, w_ih, w_hh, bias, h0, c0, lengths, drop, seed, save)
     return y[-1], h_n, c_n

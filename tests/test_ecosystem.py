@@ -104,3 +104,22 @@ def test_torch_jit_script_scripts_the_nn_lstm_sharing_the_parameters():
     assert lstm_gpu.to_torch(model.lstm).weight_ih_l1 is model.lstm.weight_ih_l1
     with pytest.warns(UserWarning, match="scripted module runs torch's LSTM, not the kernels"):
         torch.jit.script(_Tagger(backend="reference"))
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton", "numba"])
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_torch_jit_trace_checks_and_trains(backend):
+    """torch.jit.trace of the module on each kernel backend: its own check passes (it re-traces without
+    gradients; the forward's "save for backward" flag, a Python bool, is a constant in the graph and differed:
+    it is always on while tracing), the traced module gives nn.LSTM's output, and trains (the gradients of
+    nn.LSTM's parameters)."""
+    ref, ours = twin_lstms(3, 5, num_layers=2, bidirectional=True, backend=backend)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    traced = torch.jit.trace(ours, (x,))                 # check_trace=True: raises on differing graphs
+    y, (h, c) = traced(x)
+    y_ref, (h_ref, c_ref) = ref(x)
+    assert_close(y, y_ref, 1e-10, what="traced y")
+    (y.sum() + c.sum()).backward()
+    (y_ref.sum() + c_ref.sum()).backward()
+    for name, p in ref.named_parameters():
+        assert_close(getattr(ours, name).grad, p.grad, 1e-9, what=f"traced grad of {name}")

@@ -123,10 +123,10 @@ def test_host_overhead_stubs_every_triton_launch(monkeypatch):
     interpreter = pytest.importorskip("triton.runtime.interpreter")
     from bench import host_overhead
     from lstm_gpu.kernels import numba_lstm, triton_lstm, triton_stack
-    for module, names in ((triton_lstm, ("_lstm_fwd_kernel", "_lstm_bwd_kernel")),
+    for mod, names in ((triton_lstm, ("_lstm_fwd_kernel", "_lstm_bwd_kernel")),
                           (triton_stack, ("_stack_fwd_kernel", "_stack_bwd_kernel"))):
         for name in names:
-            monkeypatch.setattr(module, name, getattr(module, name))      # restored after the test
+            monkeypatch.setattr(mod, name, getattr(mod, name))      # restored after the test
     monkeypatch.setattr(numba_lstm, "_KERNELS", dict(numba_lstm._KERNELS))
 
     def ran(*args, **kwargs):
