@@ -124,7 +124,7 @@ def test_host_overhead_stubs_every_triton_launch(monkeypatch):
     from bench import host_overhead
     from lstm_gpu.kernels import numba_lstm, triton_lstm, triton_stack
     for mod, names in ((triton_lstm, ("_lstm_fwd_kernel", "_lstm_bwd_kernel")),
-                          (triton_stack, ("_stack_fwd_kernel", "_stack_bwd_kernel"))):
+                       (triton_stack, ("_stack_fwd_kernel", "_stack_bwd_kernel"))):
         for name in names:
             monkeypatch.setattr(mod, name, getattr(mod, name))      # restored after the test
     monkeypatch.setattr(numba_lstm, "_KERNELS", dict(numba_lstm._KERNELS))
