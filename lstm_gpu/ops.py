@@ -9,6 +9,10 @@ concrete backend name ("reference", "triton", "numba"), and are tied together by
 GEMMs around the op, in lstm_gpu/functional.py. ``gates`` and ``cells`` are the tensors backward needs;
 they are empty when ``save`` is False (inference). Under ``create_graph=True`` the reference backend's
 backward is itself differentiable (double backward); the kernel backends' is not, and says so.
+
+The ops trust their arguments (shapes, dtypes, devices, lengths in range): they are the layers' unchecked
+path, entered after ``lstm_gpu.lstm`` or ``lstm_gpu.LSTM`` validated the whole call once (checks.py), so a
+2-layer bidirectional call is not checked four times over. Call those, not the ops, with untrusted input.
 """
 from __future__ import annotations
 
