@@ -7,11 +7,13 @@ using this module must compile with ``fullgraph=True``.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import checks, ops
@@ -275,14 +277,28 @@ def to_torch(module: LSTM) -> nn.LSTM:
 
 
 def _from_torch(old: nn.LSTM, backend: str) -> LSTM:
-    return _twin(old, LSTM, backend=backend)
+    check_backend_name(backend)
+    return _twin(old, LSTM, backend=backend, stack="auto")
 
 
-def _twin(src: nn.RNNBase, cls, **kwargs):
-    """A ``cls`` (nn.LSTM or LSTM) of ``src``'s shape holding ``src``'s Parameter objects, in its train/eval mode."""
-    new = cls(src.input_size, src.hidden_size, num_layers=src.num_layers, bias=src.bias, batch_first=src.batch_first,
-              dropout=src.dropout, bidirectional=src.bidirectional, proj_size=src.proj_size, device="meta", **kwargs)
-    for name in src._flat_weights_names:
-        setattr(new, name, getattr(src, name))
-    new.train(src.training)
+_OWN_ATTRIBUTES = ("backend", "stack")        # what lstm_gpu.LSTM adds to nn.RNNBase's state
+
+
+def _twin(src: nn.RNNBase, cls, **attributes):
+    """A ``cls`` (nn.LSTM or LSTM) holding ``src``'s state: the same Parameter objects, buffers and submodules, the
+    same hooks (a user's forward hook, pruning's or the old weight_norm's pre-hook, each recomputing a weight from
+    its parts), in ``src``'s train/eval mode. Copying the weights alone dropped the hooks without a word, and failed
+    on a reparametrized weight (a computed tensor, not a Parameter). A module reparametrized with
+    torch.nn.utils.parametrize has a generated class holding one property per parametrized tensor: the twin gets
+    the same properties on a subclass of ``cls``."""
+    if parametrize.is_parametrized(src):
+        properties = {k: v for k, v in vars(type(src)).items() if k not in ("__module__", "__doc__", "__qualname__")}
+        cls = type("Parametrized" + cls.__name__, (cls,), properties)
+    new = cls.__new__(cls)
+    state = {k: v for k, v in vars(src).items() if k not in _OWN_ATTRIBUTES}
+    for k in ("_parameters", "_buffers", "_non_persistent_buffers_set", "_modules"):
+        state[k] = copy.copy(state[k])          # the same entries; assigning one later changes one module only
+    vars(new).update(state)                     # the hook dicts are shared: a handle's remove() reaches the twin
+    vars(new).update(attributes)
+    new._init_flat_weights()                    # its own lists of weights (RNNBase updates them in place)
     return new

@@ -1,6 +1,8 @@
 """lstm_gpu.convert: swaps every nn.LSTM for lstm_gpu.LSTM, sharing the parameters."""
+import pytest
 import torch
 from torch import nn
+from torch.nn.utils import prune
 
 import lstm_gpu
 from helpers import assert_close
@@ -58,3 +60,56 @@ def test_print_shows_the_swap_and_the_backend():
     assert "(0): lstm_gpu.LSTM(10, 20, backend='auto')" in str(model)
     assert repr(lstm_gpu.convert(nn.LSTM(3, 4, num_layers=2), backend="reference")) == \
         "lstm_gpu.LSTM(3, 4, num_layers=2, backend='reference')"
+
+
+def _weight_norm(m):
+    nn.utils.parametrizations.weight_norm(m, "weight_hh_l0")
+
+
+def _old_weight_norm(m):
+    with pytest.warns(FutureWarning):
+        nn.utils.weight_norm(m, "weight_hh_l0")          # a forward pre-hook recomputes the weight
+
+
+def _pruned(m):
+    prune.l1_unstructured(m, "weight_ih_l0", 0.5)   # a buffer (mask), a parameter and a pre-hook
+
+
+@pytest.mark.parametrize("reparametrize", [_weight_norm, _old_weight_norm, _pruned], ids=lambda f: f.__name__[1:])
+@pytest.mark.parametrize("backend", ["reference", "triton", "numba"])
+def test_convert_keeps_a_reparametrized_weight(reparametrize, backend):
+    """An nn.LSTM with a reparametrized weight (weight_norm as parametrization or as hook, pruning), as AWD-LSTM
+    style models have: convert keeps the reparametrization (the computed weight was copied, and convert failed),
+    and the outputs and the gradients of the underlying parameters are nn.LSTM's."""
+    def make():                     # not deepcopy: torch cannot copy a module with the old weight_norm
+        torch.manual_seed(0)
+        m = nn.LSTM(3, 4, num_layers=2).double()
+        reparametrize(m)
+        return m
+    ref, ours = make(), lstm_gpu.convert(make(), backend=backend)
+    assert isinstance(ours, lstm_gpu.LSTM) and ours.backend == backend
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    for m in (ref, ours):
+        y, (h, c) = m(x)
+        (y.pow(2).sum() + c.sum()).backward()
+    assert_close(ours(x)[0], ref(x)[0], 1e-10, what="y")
+    ours_params = dict(ours.named_parameters())
+    assert dict(ref.named_parameters()).keys() == ours_params.keys()
+    for name, p in ref.named_parameters():
+        assert_close(ours_params[name].grad, p.grad, 1e-9, what=f"grad of {name}")
+    back = lstm_gpu.to_torch(ours)
+    assert_close(back(x)[0], ref(x)[0], 1e-12, what="to_torch")
+
+
+def test_convert_keeps_hooks_and_their_handles():
+    """Hooks registered on the nn.LSTM fire on the converted module, and their handles still remove them."""
+    m = nn.LSTM(3, 4)
+    calls = []
+    pre = m.register_forward_pre_hook(lambda mod, args: calls.append("pre"))
+    m.register_forward_hook(lambda mod, args, out: calls.append(type(mod).__name__))
+    ours = lstm_gpu.convert(m, backend="reference")
+    ours(torch.randn(2, 1, 3))
+    assert calls == ["pre", "LSTM"] and isinstance(ours, lstm_gpu.LSTM)
+    pre.remove()
+    ours(torch.randn(2, 1, 3))
+    assert calls == ["pre", "LSTM", "LSTM"]
