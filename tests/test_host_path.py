@@ -136,3 +136,19 @@ def test_host_overhead_stubs_every_triton_launch(monkeypatch):
     _, call = host_overhead.make_case("triton", torch.device("cpu"))
     for variant in host_overhead.VARIANTS:
         call(variant)
+
+
+@pytest.mark.parametrize("backend", ["triton", "numba"])
+@pytest.mark.parametrize("layers,bidirectional,proj_size", [(1, False, 0), (2, True, 0), (2, False, 3)])
+def test_kernel_backends_run_on_the_meta_device_as_nn_lstm_does(backend, layers, bidirectional, proj_size):
+    """Shape inference and deferred initialisation run models on the meta device; nn.LSTM runs there, and so do
+    the kernel backends (the ops' fake functions: nothing is computed), forward and backward, with nn.LSTM's
+    shapes. They refused meta as "not a CUDA device"."""
+    kwargs = dict(num_layers=layers, bidirectional=bidirectional, proj_size=proj_size)
+    ours = lstm_gpu.LSTM(4, 8, backend=backend, **kwargs).to("meta")
+    ref = torch.nn.LSTM(4, 8, **kwargs).to("meta")
+    x = torch.randn(5, 3, 4, device="meta", requires_grad=True)
+    got, want = ours(x), ref(x)
+    assert [t.shape for t in (got[0], *got[1])] == [t.shape for t in (want[0], *want[1])]
+    got[0].sum().backward()
+    assert x.grad.shape == x.shape and ours.weight_hh_l0.grad.shape == ours.weight_hh_l0.shape
