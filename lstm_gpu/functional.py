@@ -80,7 +80,7 @@ def layer(input: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor |
     if weight_hr is not None and backend != "reference":
         return _folded_projection(gates_x, h0, c0, weight_hh, weight_hr, lengths, reverse, backend)
     save = needs_saving(gates_x, h0, c0, weight_hh, weight_hr)
-    y, h_n, c_n, _, _ = ops.layer_fwd(gates_x, h0, c0, weight_hh, weight_hr, lengths, reverse, backend, save)
+    y, h_n, c_n, _, _ = ops.layer(gates_x, h0, c0, weight_hh, weight_hr, lengths, reverse, backend, save)
     return y, (h_n, c_n)
 
 
@@ -119,7 +119,7 @@ def _folded_projection(gates_x: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tenso
     gates_x.index_put_((first, rows), F.linear(h0, weight_hh), accumulate=True)   # fresh from F.linear: no copy
     w_eff = weight_hh @ weight_hr
     save = needs_saving(gates_x, c0, w_eff)
-    r, r_n, c_n, _, _ = ops.layer_fwd(gates_x, h0.new_zeros(B, weight_hr.shape[1]), c0, w_eff, None, lengths,
+    r, r_n, c_n, _, _ = ops.layer(gates_x, h0.new_zeros(B, weight_hr.shape[1]), c0, w_eff, None, lengths,
                                       reverse, backend, save)
     return F.linear(r, weight_hr), (F.linear(r_n, weight_hr), c_n)
 

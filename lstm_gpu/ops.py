@@ -88,17 +88,18 @@ def _setup_context(ctx, inputs, output):
                           gates_x if backend == "reference" else None)
 
 
-def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
+def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcells, functorch=False):
     if ctx.missing_saved:
         raise RuntimeError("lstm_gpu::layer_fwd was called with save=False, so it cannot be differentiated")
-    if torch.is_grad_enabled() and ctx.backend == "reference":
+    if torch.is_grad_enabled() and ctx.backend == "reference" and not functorch:
         return _differentiable_backward(ctx, dy, dh_n, dc_n)
+    layer_bwd_fn = _FunctorchLayerBwd.apply if functorch else layer_bwd
     gates, cells, h0, c0, y, w_hh, w_hr, lengths, _ = ctx.saved_tensors
     dy = torch.zeros_like(y) if dy is None else dy
     dh_n = torch.zeros_like(h0) if dh_n is None else dh_n
     dc_n = torch.zeros_like(c0) if dc_n is None else dc_n
-    dgates, dh0, dc0, dw_hh, dw_hr = layer_bwd(dy, dh_n, dc_n, gates, cells, h0, c0, y, w_hh, w_hr,
-                                               lengths, ctx.reverse, ctx.backend)
+    dgates, dh0, dc0, dw_hh, dw_hr = layer_bwd_fn(dy, dh_n, dc_n, gates, cells, h0, c0, y, w_hh, w_hr,
+                                                  lengths, ctx.reverse, ctx.backend)
     return dgates, dh0, dc0, dw_hh, (dw_hr if ctx.has_proj else None), None, None, None, None
 
 
@@ -132,6 +133,65 @@ def _setup_bwd_context(ctx, inputs, output):
 
 layer_fwd.register_autograd(_backward, setup_context=_setup_context)
 layer_bwd.register_autograd(_no_double_backward, setup_context=_setup_bwd_context)
+
+
+# torch.func transforms (grad, vjp, jacrev, vmap of grad: per-sample gradients). The autograd.Function that
+# register_autograd generates has no setup_context staticmethod, which functorch requires of every Function it
+# differentiates, so torch.func.grad through the op raised (pytorch/pytorch#168393, #179652, open in torch
+# 2.13). Under a transform the op runs inside these Functions instead: the same setup_context and backward,
+# first order only on every backend. (The reference's differentiable backward, re-run under
+# torch.autograd.grad inside a transform, gave jacrev(jacrev(f)) silently wrong second derivatives: off by 0.4.)
+class _FunctorchLayerFwd(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(gates_x, h0, c0, w_hh, w_hr, lengths, reverse, backend, save):
+        return layer_fwd(gates_x, h0, c0, w_hh, w_hr, lengths, reverse, backend, save)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_context(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _backward(ctx, *grads, functorch=True)
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(
+            "lstm_gpu: forward-mode AD (torch.func.jvp, jacfwd, hessian) is not supported; reverse mode is "
+            "(grad, vjp, jacrev, vmap of grad: first derivatives)")
+
+
+class _FunctorchLayerBwd(torch.autograd.Function):
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(*args):
+        return layer_bwd(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _setup_bwd_context(ctx, inputs, output)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError("lstm_gpu: inside torch.func transforms the gradients cannot be differentiated again "
+                           "(jacrev of jacrev, grad of grad); torch.autograd.grad(..., create_graph=True) with "
+                           "backend='reference' can")
+
+
+def functorch_active() -> bool:
+    """Whether a torch.func transform (grad, vjp, vmap, ...) is running (False while torch.compile traces)."""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
+def layer(gates_x: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None, lengths: Tensor | None,
+          reverse: bool, backend: str, save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``layer_fwd`` with its autograd, under torch.func transforms too."""
+    if functorch_active():
+        return _FunctorchLayerFwd.apply(gates_x, h0, c0, w_hh, w_hr, lengths, reverse, backend, save)
+    return layer_fwd(gates_x, h0, c0, w_hh, w_hr, lengths, reverse, backend, save)
 
 
 # Autocast: like torch's own LSTM, the op runs in the autocast dtype (bfloat16 or float16, whichever the

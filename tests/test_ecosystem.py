@@ -123,3 +123,46 @@ def test_torch_jit_trace_checks_and_trains(backend):
     (y_ref.sum() + c_ref.sum()).backward()
     for name, p in ref.named_parameters():
         assert_close(getattr(ours, name).grad, p.grad, 1e-9, what=f"traced grad of {name}")
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton", "numba"])
+@pytest.mark.parametrize("layers,bidirectional,proj_size", [(2, True, 0), (1, False, 3)], ids=["2-bi", "proj"])
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+def test_torch_func_grad_and_per_sample_gradients(backend, layers, bidirectional, proj_size):
+    """torch.func.grad over functional_call, and vmap of it (per-sample gradients, as DP-SGD takes them), equal
+    nn.LSTM's. The ops' generated autograd.Function has no setup_context, which functorch requires: grad raised
+    (pytorch/pytorch#168393); under a transform the op now runs inside Functions that have one."""
+    from torch.func import functional_call, grad, vmap
+    ref, ours = twin_lstms(3, 4, num_layers=layers, bidirectional=bidirectional, proj_size=proj_size,
+                           backend=backend)
+    params = {k: v.detach() for k, v in ours.named_parameters()}
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+
+    def loss(module):
+        return lambda p, x: functional_call(module, p, (x,))[0].pow(2).sum()
+    got, want = grad(loss(ours))(params, x), grad(loss(ref))(params, x)
+    for k in params:
+        assert_close(got[k], want[k], 1e-10, what=f"torch.func.grad of {k}")
+    per_sample = vmap(grad(lambda p, x: loss(ours)(p, x.unsqueeze(1))), in_dims=(None, 1))(params, x)
+    for i in range(x.shape[1]):
+        want = grad(loss(ref))(params, x[:, i:i + 1])
+        for k in params:
+            assert_close(per_sample[k][i], want[k], 1e-10, what=f"per-sample gradient {i} of {k}")
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_torch_func_second_derivatives_raise_instead_of_being_wrong(backend):
+    """Second derivatives inside torch.func transforms are refused with a message saying what works (the
+    reference's differentiable backward re-run inside a transform gave jacrev(jacrev(f)) off by 0.4), and
+    forward mode (hessian = jacfwd(jacrev)) says it is not supported."""
+    from torch.func import functional_call, hessian, jacrev
+    ours = lstm_gpu.LSTM(2, 2, backend=backend).double()
+    x = torch.randn(3, 2, 2, dtype=torch.float64)
+
+    def f(b):
+        return functional_call(ours, {"bias_hh_l0": b}, (x,))[0].pow(2).sum()
+    b = ours.bias_hh_l0.detach()
+    with pytest.raises(RuntimeError, match="cannot be differentiated again"):
+        jacrev(jacrev(f))(b)
+    with pytest.raises(NotImplementedError, match="forward-mode AD"):
+        hessian(f)(b)
