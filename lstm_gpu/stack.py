@@ -120,6 +120,21 @@ stack_fwd.register_autograd(_backward, setup_context=_setup_context)
 stack_bwd.register_autograd(_no_double_backward)
 
 
+class _SameWeightsAtBackward(torch.autograd.Function):
+    """The identity on ``stacked``, saving the parameters: autograd's version check then raises at backward if one
+    of them was changed in place after the forward (optimizer.step() before backward()), as it does for nn.LSTM.
+    The stack runs on stacked copies, so without it such gradients were silently those of the old weights."""
+
+    @staticmethod
+    def forward(ctx, stacked, *weights):
+        ctx.save_for_backward(*weights)
+        return stacked.view_as(stacked)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (grad,) + (None,) * len(ctx.saved_tensors)      # reading saved_tensors is the version check
+
+
 def stack(x: Tensor, weights: list[list[Tensor | None]], h0: Tensor, c0: Tensor, lengths: Tensor | None, *,
           bidirectional: bool, dropout: float, training: bool) -> tuple[Tensor, Tensor, Tensor]:
     """The whole stack on arguments already checked (``lstm_gpu.LSTM`` calls it): ``x`` [T, B, I] time-major,
@@ -145,5 +160,7 @@ def stack(x: Tensor, weights: list[list[Tensor | None]], h0: Tensor, c0: Tensor,
     # unbacked int in the graph).
     seed = torch.randint(2 ** 31 - 1, (1,), device=x.device) if drop > 0 else None
     save = needs_saving(gates_x0, w_ih, w_hh, bias, h0, c0)
+    if save:
+        w_hh = _SameWeightsAtBackward.apply(w_hh, *[w for ws in weights for w in ws if w is not None])
     y, h_n, c_n, _, _, _ = stack_fwd(gates_x0, w_ih, w_hh, bias, h0, c0, lengths, drop, seed, save)
     return y[-1], h_n, c_n

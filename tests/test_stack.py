@@ -844,3 +844,17 @@ def test_static_model_csv_is_consistent():
         assert abs(float(r["train_ratio"]) - float(r["train_stack_us"]) / float(r["train_per_layer_us"])) < 2e-3
         assert int(r["fwd_loop_spills"]) == int(r["bwd_loop_spills"]) == 0
         assert max(int(r["fwd_shared_bytes"]), int(r["bwd_shared_bytes"])) <= config.SHARED_BUDGET
+
+
+@needs_triton
+@pytest.mark.parametrize("name", ["weight_hh_l0", "weight_ih_l1", "bias_ih_l0"])
+def test_a_weight_changed_in_place_before_backward_raises(name):
+    """optimizer.step() before backward(): nn.LSTM raises at backward (its weights are saved); the stack runs on
+    stacked copies, so its gradients were silently those of the old weights. Now it raises too."""
+    model = lstm_gpu.LSTM(3, 4, num_layers=2, backend="triton", stack=True).double()
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    y, _ = model(x)
+    with torch.no_grad():
+        getattr(model, name).add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
