@@ -19,6 +19,7 @@ from types import ModuleType
 import torch
 
 from . import dispatch
+from .checks import LSTMArgumentError
 from .dispatch import Choice
 
 BACKENDS = ("auto", "reference", "cudnn", "triton", "numba")
@@ -26,7 +27,7 @@ BACKENDS = ("auto", "reference", "cudnn", "triton", "numba")
 
 def check_backend_name(backend: str) -> None:
     if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        raise LSTMArgumentError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
 def kernel_module(backend: str) -> ModuleType:

@@ -61,6 +61,9 @@ def check_lengths(lengths, T: int, B: int) -> Tensor | None:
         fail(f"lengths must have shape ({B},) (one length per sequence), got {_shape(lengths)}")
     if torch.compiler.is_compiling():
         return None
+    if lengths.device.type == "meta":
+        fail("lengths are on the meta device, which holds no values: give them on the CPU (as PackedSequence keeps "
+             "them) or on the input's device")
     host = lengths.to(device="cpu", dtype=torch.int64)
     if B:
         lo, hi = int(host.min()), int(host.max())
@@ -85,22 +88,22 @@ def lengths_to_device(lengths: Tensor | None, device: torch.device) -> Tensor | 
     return lengths.to(device=device, dtype=torch.int64)
 
 
-def check_layer_args(input, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths) -> tuple[int, int, Tensor | None]:
+def check_layer_args(input, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths, reverse=False
+                     ) -> tuple[int, int, Tensor | None]:
     """Checks the arguments of one layer; returns (hidden size H, output size P, host lengths or None)."""
     check_input(input)
     T, B, I = input.shape
     if not isinstance(w_hh, Tensor) or w_hh.dim() != 2 or w_hh.shape[0] % 4 or w_hh.shape[0] == 0:
         fail(f"weight_hh must be a [4*hidden_size, hidden_size] tensor, got "
              f"{_shape(w_hh) if isinstance(w_hh, Tensor) else type(w_hh).__name__}")
-    H = w_hh.shape[0] // 4
-    P = H
-    if w_hr is not None:
-        if not isinstance(w_hr, Tensor) or w_hr.dim() != 2:
-            fail("weight_hr must be a [proj_size, hidden_size] tensor")
-        P = w_hr.shape[0]
-        check_tensor("weight_hr", w_hr, (P, H), input)
-    check_tensor("weight_ih", w_ih, (4 * H, I), input)
+    H, P = w_hh.shape[0] // 4, w_hh.shape[1]
+    if w_hr is None:
+        if P != H:      # before weight_ih's check, which would blame weight_ih for a transposed weight_hh
+            fail(f"weight_hh must be [4*hidden_size, hidden_size] (without weight_hr), got {_shape(w_hh)}")
+    else:
+        check_tensor("weight_hr", w_hr, (P, H), input)     # [proj_size, hidden_size]; weight_hh [4H, proj_size]
     check_tensor("weight_hh", w_hh, (4 * H, P), input)
+    check_tensor("weight_ih", w_ih, (4 * H, I), input)
     if (b_ih is None) != (b_hh is None):
         fail("bias_ih and bias_hh must be given together or both be None")
     if b_ih is not None:
@@ -110,5 +113,7 @@ def check_layer_args(input, w_ih, w_hh, b_ih, b_hh, h0, c0, w_hr, lengths) -> tu
         check_tensor("h0", h0, (B, P), input)
     if c0 is not None:
         check_tensor("c0", c0, (B, H), input)
+    if not isinstance(reverse, bool):       # a truthy "False" would run the recurrence backwards
+        fail(f"reverse must be a bool, got {type(reverse).__name__} {reverse!r}")
     host_lengths = None if lengths is None else check_lengths(lengths, T, B)
     return H, P, host_lengths

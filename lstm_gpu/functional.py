@@ -23,7 +23,7 @@ def lstm(input: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | 
         input: [T, B, I] (time-major).
         weight_ih: [4H, I]; weight_hh: [4H, P]; bias_ih, bias_hh: [4H] or None. Gate order i, f, g, o.
         h0: [B, P], c0: [B, H]; zeros when None. P = H, or the projection size with ``weight_hr`` [P, H].
-        lengths: [B] int, per-sequence lengths, non-increasing (as in a PackedSequence), each in 1..T.
+        lengths: [B] int, per-sequence lengths, each in 1..T, in any order; the padding past them is never read.
             Past its length a sequence's state is frozen and its output is zero.
         reverse: walk each sequence backwards in time (the reverse half of a bidirectional LSTM).
         backend: "auto", "reference", "cudnn", "triton" or "numba" (see ``lstm_gpu.select_backend``).
@@ -44,12 +44,16 @@ def lstm(input: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | 
         input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr = ops.autocast_cast(
             input.device.type, input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr)
     H, P, host_lengths = checks.check_layer_args(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr,
-                                                 lengths)
+                                                 lengths, reverse)
     T, B, _ = input.shape
     chosen = select_backend(backend, device=input.device, dtype=input.dtype, hidden_size=H,
                             proj_size=P if weight_hr is not None else 0, batch=B, seq_len=T)
     if lengths is not None:
         lengths = checks.lengths_to_device(lengths, input.device)      # no sync (pinned, non-blocking)
+        # Padding never reaches the output, but x·W_ihᵀ runs over it, and autograd's dW_ih = dgatesᵀ·x took
+        # 0·NaN = NaN from a NaN or inf there (torch's packed LSTM never reads it): zeroed, as PackedSequence pads.
+        steps = torch.arange(T, device=input.device)[:, None, None]
+        input = input.masked_fill(steps >= lengths[None, :, None], 0)
     return layer(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, host_lengths,
                  reverse, chosen)
 
@@ -67,8 +71,8 @@ def layer(input: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor |
         h0 = input.new_zeros(B, weight_hh.shape[1])
     if c0 is None:
         c0 = input.new_zeros(B, weight_hh.shape[0] // 4)
-    if B == 0 and backend != "cudnn":   # nothing to compute: no kernel launch for an empty batch
-        backend = "reference"
+    if B == 0 and (backend != "cudnn" or lengths is not None):   # nothing to compute: no kernel launch
+        backend = "reference"                                     # (and torch cannot pack an empty batch)
     if backend == "cudnn":
         return _torch_lstm(input, weight_ih, weight_hh, bias_ih, bias_hh, h0, c0, weight_hr, lengths, reverse,
                            host_lengths)

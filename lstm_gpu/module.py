@@ -46,7 +46,7 @@ class LSTM(nn.RNNBase):
     def __init__(self, *args, backend: str = "auto", stack: bool | str = "auto", **kwargs):
         super().__init__("LSTM", *args, **kwargs)
         check_backend_name(backend)
-        if stack not in ("auto", True, False):
+        if not (isinstance(stack, bool) or stack == "auto"):     # not 0 / 1: the module tests `is True`
             raise ValueError(f"stack must be 'auto', True or False, got {stack!r}")
         self.backend = backend
         self.stack = stack
@@ -72,12 +72,12 @@ class LSTM(nn.RNNBase):
     def backend_for(self, input: Tensor | PackedSequence, *, explain: bool = False) -> str | Choice:
         """The concrete backend that ``forward(input)`` runs ("auto" resolved). ``explain=True``: a
         ``Choice`` (backend, reason, and the dispatch-table row that decided, or None: no measurement)."""
-        data = input.data if isinstance(input, PackedSequence) else input
-        if isinstance(input, PackedSequence):
-            batch, seq_len = int(input.batch_sizes[0]), len(input.batch_sizes)
-        else:
-            batch = 1 if data.dim() == 2 else data.shape[0 if self.batch_first else 1]
-            seq_len = data.shape[1 if self.batch_first and data.dim() == 3 else 0]
+        self._update_flat_weights()
+        x, batch, _ = self._time_major(input)         # checked as forward checks it
+        return self._choose(input, x, batch, explain)
+
+    def _choose(self, input, x: Tensor, batch: int, explain: bool) -> str | Choice:
+        data, seq_len = x, (len(input.batch_sizes) if isinstance(input, PackedSequence) else x.shape[0])
         dtype = data.dtype
         if ops.autocast_enabled(data.device.type) and dtype != torch.float64:
             dtype = torch.get_autocast_dtype(data.device.type)      # the layers run in the autocast dtype
@@ -109,23 +109,13 @@ class LSTM(nn.RNNBase):
     def forward(self, input, hx=None):
         self._update_flat_weights()
         packed = isinstance(input, PackedSequence)
-        sorted_indices = unsorted_indices = None
-        unbatched = False
+        x, B, unbatched = self._time_major(input)
         if packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            checks.check_input(data, "input.data (PackedSequence)", ndim=2)
-            x, B = data, int(batch_sizes[0])
         else:
-            if not isinstance(input, Tensor) or input.dim() not in (2, 3):
-                checks.fail("input must be a 2-D (unbatched: [L, input_size]) or 3-D (batched) tensor or a "
-                            f"PackedSequence, got {_describe(input)}")
-            unbatched = input.dim() == 2
-            x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
-            checks.check_input(x)
-            B = x.shape[1]
-        self._check_input_size(x)
+            sorted_indices = unsorted_indices = None
         h0, c0 = self._initial_state(hx, x, B, unbatched, sorted_indices)
-        chosen = self.backend_for(input)
+        chosen = self._choose(input, x, B, explain=False)
 
         run = self._run_layers
         if chosen == "triton" and B and self._stack_reason(x.device, self._run_dtype(x), B) is None:
@@ -204,6 +194,25 @@ class LSTM(nn.RNNBase):
         return x, torch.stack(h_n), torch.stack(c_n)
 
     # ---- checks --------------------------------------------------------------------------------
+    def _time_major(self, input) -> tuple[Tensor, int, bool]:
+        """(x, batch size, unbatched) of a forward input, checked: x is [T, B, I] time-major, or a PackedSequence's
+        data [N, I]."""
+        if isinstance(input, PackedSequence):
+            checks.check_input(input.data, "input.data (PackedSequence)", ndim=2)
+            if input.batch_sizes.numel() == 0:
+                checks.fail("input (PackedSequence) has no time steps: batch_sizes is empty")
+            x, B, unbatched = input.data, int(input.batch_sizes[0]), False
+        else:
+            if not isinstance(input, Tensor) or input.dim() not in (2, 3):
+                checks.fail("input must be a 2-D (unbatched: [L, input_size]) or 3-D (batched) tensor or a "
+                            f"PackedSequence, got {_describe(input)}")
+            unbatched = input.dim() == 2
+            x = input.unsqueeze(1) if unbatched else (input.transpose(0, 1) if self.batch_first else input)
+            checks.check_input(x)
+            B = x.shape[1]
+        self._check_input_size(x)
+        return x, B, unbatched
+
     def _check_input_size(self, x: Tensor) -> None:
         if x.shape[-1] != self.input_size:
             checks.fail(f"input.size(-1) must be equal to input_size: expected {self.input_size}, "

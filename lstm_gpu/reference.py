@@ -63,7 +63,7 @@ def weight_grad_hh(dgates: Tensor, y: Tensor, h0: Tensor, lengths: Tensor | None
     """dW_hh = Σ_t dz_tᵀ · h_{t-1}: one GEMM over all T·B rows."""
     h_prev = previous_hidden(y, h0, lengths, reverse)
     T, B, G = dgates.shape
-    return dgates.reshape(T * B, G).t().to(h_prev.dtype) @ h_prev.reshape(T * B, -1)
+    return dgates.reshape(T * B, G).t().to(h_prev.dtype) @ h_prev.reshape(T * B, h_prev.shape[-1])   # B = 0 too
 
 
 def forward(gates_x: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None = None,

@@ -61,9 +61,9 @@ def test_device_mismatch_is_named():
 
 
 def test_bad_backend_name():
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises(LSTMArgumentError, match="backend"):
         lstm_gpu.LSTM(3, 4, backend="cudnnn")
-    with pytest.raises(ValueError, match="backend"):
+    with pytest.raises(LSTMArgumentError, match="backend"):
         lstm_gpu.lstm(torch.randn(2, 1, 3), torch.randn(16, 3), torch.randn(16, 4), backend="fast")
 
 
@@ -98,6 +98,11 @@ def test_bad_lengths(lengths, words):
     (dict(h0=torch.randn(3, 4)), "h0"),
     (dict(c0=torch.randn(2, 4, dtype=torch.float64)), "c0"),
     (dict(weight_hr=torch.randn(2, 5)), "weight_hr"),
+    (dict(weight_hh=torch.randn(4, 16)), "weight_hh"),                     # transposed: named, not weight_ih
+    (dict(weight_hh=torch.randn(16, 2), weight_hr=torch.randn(4, 2)), "weight_hr"),      # weight_hr transposed
+    (dict(reverse="False"), "reverse must be a bool"),                    # truthy: it ran backwards on cudnn
+    (dict(reverse=None), "reverse must be a bool"),
+    (dict(lengths=torch.tensor([4, 2], device="meta")), "meta"),
 ])
 def test_bad_functional_arguments(kwargs, words):
     x, w_ih, w_hh = _layer()
@@ -108,6 +113,10 @@ def test_bad_functional_arguments(kwargs, words):
 
 
 def test_kernel_backend_without_emulation_on_cpu_says_why(monkeypatch):
+    # imported with emulation on first: imported under the patched variables, they stayed compiled-for-GPU for
+    # every later test of the session (the whole suite imports them at collection; a file run alone did not)
+    pytest.importorskip("lstm_gpu.kernels.triton_lstm")
+    pytest.importorskip("lstm_gpu.kernels.numba_lstm")
     for backend, var in (("triton", "TRITON_INTERPRET"), ("numba", "NUMBA_ENABLE_CUDASIM")):
         monkeypatch.setenv(var, "0")
         with pytest.raises((ValueError, NotImplementedError), match=backend):
@@ -132,3 +141,21 @@ def test_explicit_triton_names_the_hidden_size_limit_of_the_targeted_device(monk
     # CPU (TRITON_INTERPRET=1): one program holds all of W_hh, so no hidden-size limit
     assert lstm_gpu.select_backend("triton", device="cpu", dtype=torch.float32, hidden_size=2000) == "triton"
     assert lstm_gpu.backends.hidden_size_limit("triton", device="cpu", dtype=torch.float32) is None
+
+
+@pytest.mark.parametrize("stack", [0, 1, "yes", None])
+def test_stack_must_be_a_bool_or_auto(stack):
+    """0 and 1 passed a `stack in ("auto", True, False)` check, but the module tests `is True`: stack=1 ran per
+    layer without the error stack=True gives, stack=0 ran the one launch."""
+    with pytest.raises(ValueError, match="stack"):
+        lstm_gpu.LSTM(3, 4, backend="triton", stack=stack)
+
+
+@pytest.mark.parametrize("x,words", [
+    (None, "tensor"), ([[1.0]], "tensor"), (torch.randn(3, **f64), "2-D"), (torch.randn(5, 2, 7, **f64), "input_size"),
+    (torch.randn(0, 2, 3, **f64), "time steps"), (torch.randn(5, 2, 3), "dtype"),
+])
+def test_backend_for_checks_its_input_as_forward_does(x, words):
+    """backend_for answered for inputs that forward refuses, or raised from inside (AttributeError, IndexError)."""
+    with pytest.raises(LSTMArgumentError, match=words):
+        module().backend_for(x)

@@ -131,3 +131,40 @@ def test_op_autocast_runs_in_the_autocast_dtype():
     assert gates.dtype == cells.dtype == torch.float32       # saved state stays in the accumulation dtype
     y.float().sum().backward()
     assert w_hh.grad.dtype == torch.float32 and gates_x.grad.dtype == torch.float32
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("backend", ["reference", "cudnn", "triton", "numba"])
+def test_padding_never_reaches_a_gradient(backend, reverse):
+    """NaN or inf in the padding (t >= lengths[b]) of lstm(): outputs and every gradient as with zero padding.
+    x·W_ihᵀ ran over the padding and autograd's dW_ih = dgatesᵀ·x took 0·NaN: weight_ih.grad was all NaN on the
+    reference, triton and numba (torch's packed LSTM, "cudnn", never reads the padding)."""
+    T, B, I, H = 4, 3, 3, 4
+    lengths = torch.tensor([4, 1, 2])
+    pad = torch.arange(T)[:, None] >= lengths[None, :]
+    results = []
+    for fill in (0.0, float("nan"), float("inf")):
+        torch.manual_seed(0)
+        x = torch.randn(T, B, I, dtype=torch.float64).masked_fill(pad[..., None], fill).requires_grad_()
+        w = [torch.randn(4 * H, n, dtype=torch.float64, requires_grad=True) for n in (I, H)]
+        y, (h, c) = lstm_gpu.lstm(x, *w, lengths=lengths, reverse=reverse, backend=backend)
+        (y.sum() + h.sum() + c.sum()).backward()
+        results.append([y, h, c, x.grad.masked_fill(pad[..., None], 0), w[0].grad, w[1].grad])
+    for filled in results[1:]:
+        for name, got, want in zip(["y", "h_n", "c_n", "dx", "dW_ih", "dW_hh"], filled, results[0]):
+            assert_close(got, want, 1e-12, what=f"{name} with non-finite padding")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cudnn", "triton", "numba"])
+def test_an_empty_batch_runs_forward_and_backward(backend):
+    """B = 0: empty outputs and zero gradients, as nn.LSTM gives (the weight gradient's reshape of 0 rows to
+    [0, -1] raised), also with lengths (torch cannot pack an empty batch: "cudnn" raised)."""
+    m = lstm_gpu.LSTM(3, 4, num_layers=2, bidirectional=True, backend=backend).double()
+    y, (h, c) = m(torch.randn(5, 0, 3, dtype=torch.float64))
+    assert y.shape == (5, 0, 8) and h.shape == (4, 0, 4)
+    (y.sum() + h.sum() + c.sum()).backward()
+    assert all(p.grad is not None and not p.grad.any() for p in m.parameters())
+    w = (torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 4, dtype=torch.float64))
+    y, _ = lstm_gpu.lstm(torch.randn(5, 0, 3, dtype=torch.float64), *w, lengths=torch.zeros(0, dtype=torch.int64),
+                         backend=backend)
+    assert y.shape == (5, 0, 4)
