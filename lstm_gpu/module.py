@@ -93,6 +93,8 @@ class LSTM(nn.RNNBase):
     def _stack_reason(self, device: torch.device, dtype: torch.dtype, batch: int) -> str | None:
         """Why the "triton" backend runs this call layer by layer instead of the whole stack in one launch, or
         None. ``stack=True`` turns a reason into an error."""
+        if not (isinstance(self.stack, bool) or self.stack == "auto"):      # set after construction
+            checks.fail(f"stack must be 'auto', True or False, got {self.stack!r}")
         if self.stack is False:
             return "stack=False"
         if self.stack == "auto" and self.num_layers == 1 and not self.bidirectional:

@@ -149,6 +149,10 @@ def test_stack_must_be_a_bool_or_auto(stack):
     layer without the error stack=True gives, stack=0 ran the one launch."""
     with pytest.raises(ValueError, match="stack"):
         lstm_gpu.LSTM(3, 4, backend="triton", stack=stack)
+    m = lstm_gpu.LSTM(3, 4, num_layers=2, backend="triton")
+    m.stack = stack                                     # set after construction: refused when it is read
+    with pytest.raises(LSTMArgumentError, match="stack"):
+        m(torch.randn(2, 1, 3))
 
 
 @pytest.mark.parametrize("x,words", [
