@@ -73,3 +73,23 @@ def test_compile_fullgraph_with_kernel_backends(backend):
         y, _ = compiled(x)
         y.sum().backward()
         assert_close(y, ref(x)[0], 1e-4, what=f"compiled {backend} T={T}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_torch_func_per_sample_gradients_on_cuda(backend):
+    """vmap of torch.func.grad (per-sample gradients) through the kernels on CUDA, against nn.LSTM's per sample
+    (the CPU test runs the emulators)."""
+    from torch.func import functional_call, grad, vmap
+    skip_unless_runs_on_cuda(backend)
+    ref, ours = twin_lstms(16, 64, num_layers=2, bidirectional=True, backend=backend, dtype=torch.float32)
+    ref, ours = ref.cuda(), ours.cuda()
+    params = {k: v.detach() for k, v in ours.named_parameters()}
+    x = torch.randn(12, 3, 16, device="cuda")
+
+    def loss(module):
+        return lambda p, x: functional_call(module, p, (x.unsqueeze(1),))[0].square().sum()
+    got = vmap(grad(loss(ours)), in_dims=(None, 1))(params, x)
+    for i in range(x.shape[1]):
+        want = grad(loss(ref))(params, x[:, i])
+        for k in params:
+            assert_close(got[k][i], want[k], 1e-3, rtol=1e-4, what=f"per-sample gradient {i} of {k}")
