@@ -23,7 +23,8 @@ def lstm(input: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor | 
         input: [T, B, I] (time-major).
         weight_ih: [4H, I]; weight_hh: [4H, P]; bias_ih, bias_hh: [4H] or None. Gate order i, f, g, o.
         h0: [B, P], c0: [B, H]; zeros when None. P = H, or the projection size with ``weight_hr`` [P, H].
-        lengths: [B] int, per-sequence lengths, each in 1..T, in any order; the padding past them is never read.
+        lengths: [B] int, per-sequence lengths, each in 1..T, in any order; the padding past them is never read
+            (it is zeroed first, in a copy of the input: a NaN there reached dW_ih through x·W_ihᵀ).
             Past its length a sequence's state is frozen and its output is zero.
         reverse: walk each sequence backwards in time (the reverse half of a bidirectional LSTM).
         backend: "auto", "reference", "cudnn", "triton" or "numba" (see ``lstm_gpu.select_backend``).
@@ -81,23 +82,26 @@ def layer(input: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias_ih: Tensor |
     if bias_ih is not None:
         bias = bias_ih + bias_hh
     gates_x = F.linear(input, weight_ih, bias)
+    save = needs_saving(input, weight_ih, bias_ih, bias_hh, h0, c0, weight_hh, weight_hr)   # the leaves, not gates_x
     if weight_hr is not None and backend != "reference":
-        return _folded_projection(gates_x, h0, c0, weight_hh, weight_hr, lengths, reverse, backend)
-    save = needs_saving(gates_x, h0, c0, weight_hh, weight_hr)
+        return _folded_projection(gates_x, h0, c0, weight_hh, weight_hr, lengths, reverse, backend, save)
     y, h_n, c_n, _, _ = ops.layer(gates_x, h0, c0, weight_hh, weight_hr, lengths, reverse, backend, save)
     return y, (h_n, c_n)
 
 
 def needs_saving(*tensors: Tensor | None) -> bool:
-    """Whether the forward keeps what backward needs (``save``): autograd will differentiate it. Always while
-    torch.jit.trace records: a trace bakes the flag in as a constant, and the traced module must train (its
-    check re-traced without gradients and found the graphs different)."""
-    return torch.jit.is_tracing() or (torch.is_grad_enabled() and any(t is not None and t.requires_grad
-                                                                      for t in tensors))
+    """Whether the forward keeps what backward needs (``save``): autograd will differentiate it. Asked of the
+    leaves (parameters, input, state), not of tensors computed from them: under no_grad those never require it. While
+    torch.jit.trace records, from ``requires_grad`` alone: a trace bakes the flag in as a constant, and its check
+    re-traces without gradients (the grad mode made the two graphs differ); a model traced with trainable
+    parameters trains, one traced frozen saves nothing."""
+    wanted = any(t is not None and t.requires_grad for t in tensors)
+    return wanted if torch.jit.is_tracing() else torch.is_grad_enabled() and wanted
 
 
 def _folded_projection(gates_x: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tensor, weight_hr: Tensor,
-                       lengths: Tensor | None, reverse: bool, backend: str) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                       lengths: Tensor | None, reverse: bool, backend: str, save: bool
+                       ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
     """An LSTM with projections (proj_size P) on the kernels, which run LSTMs without: the projection folded
     into the recurrent weight.
 
@@ -122,7 +126,6 @@ def _folded_projection(gates_x: Tensor, h0: Tensor, c0: Tensor, weight_hh: Tenso
         first = lengths - 1
     gates_x.index_put_((first, rows), F.linear(h0, weight_hh), accumulate=True)   # fresh from F.linear: no copy
     w_eff = weight_hh @ weight_hr
-    save = needs_saving(gates_x, c0, w_eff)
     r, r_n, c_n, _, _ = ops.layer(gates_x, h0.new_zeros(B, weight_hr.shape[1]), c0, w_eff, None, lengths,
                                       reverse, backend, save)
     return F.linear(r, weight_hr), (F.linear(r_n, weight_hr), c_n)

@@ -181,15 +181,21 @@ class _FunctorchLayerBwd(torch.autograd.Function):
                            "backend='reference' can")
 
 
-def functorch_active() -> bool:
-    """Whether a torch.func transform (grad, vjp, vmap, ...) is running (False while torch.compile traces)."""
-    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+def autograd_transform_active() -> bool:
+    """Whether a torch.func transform that differentiates (grad, vjp, jacrev, jvp) is running, alone or under
+    vmap (False while torch.compile traces). Not any transform: under functionalize (no rule for a Python
+    Function) and a plain vmap the op's own registrations serve, as before."""
+    if torch.compiler.is_compiling() or not torch._C._are_functorch_transforms_active():
+        return False                                        # the common case: one C call
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    return any(i.key() in (TransformType.Grad, TransformType.Jvp) for i in retrieve_all_functorch_interpreters())
 
 
 def layer(gates_x: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None, lengths: Tensor | None,
           reverse: bool, backend: str, save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``layer_fwd`` with its autograd, under torch.func transforms too."""
-    if functorch_active():
+    if autograd_transform_active():
         return _FunctorchLayerFwd.apply(gates_x, h0, c0, w_hh, w_hr, lengths, reverse, backend, save)
     return layer_fwd(gates_x, h0, c0, w_hh, w_hr, lengths, reverse, backend, save)
 

@@ -122,8 +122,9 @@ stack_bwd.register_autograd(_no_double_backward)
 
 class _SameWeightsAtBackward(torch.autograd.Function):
     """The identity on ``stacked``, saving the parameters: autograd's version check then raises at backward if one
-    of them was changed in place after the forward (optimizer.step() before backward()), as it does for nn.LSTM.
-    The stack runs on stacked copies, so without it such gradients were silently those of the old weights."""
+    of them was changed in place after the forward (optimizer.step() before backward()), as it does for nn.LSTM
+    (eager, without autocast: under autocast both save the cast copies, and compiled graphs do not check). The
+    stack runs on stacked copies, so without it such gradients were silently those of the old weights."""
 
     @staticmethod
     def forward(ctx, stacked, *weights):
@@ -159,8 +160,8 @@ def stack(x: Tensor, weights: list[list[Tensor | None]], h0: Tensor, c0: Tensor,
     # sync, and torch.compile traces it (as a host int it was a .item(): a graph break, or with fullgraph an
     # unbacked int in the graph).
     seed = torch.randint(2 ** 31 - 1, (1,), device=x.device) if drop > 0 else None
-    save = needs_saving(gates_x0, w_ih, w_hh, bias, h0, c0)
-    if save:
+    save = needs_saving(x, h0, c0, *[w for ws in weights for w in ws])     # the leaves, not the stacked copies
+    if save and not torch._C._are_functorch_transforms_active():    # a Function without setup_context
         w_hh = _SameWeightsAtBackward.apply(w_hh, *[w for ws in weights for w in ws if w is not None])
     y, h_n, c_n, _, _, _ = stack_fwd(gates_x0, w_ih, w_hh, bias, h0, c0, lengths, drop, seed, save)
     return y[-1], h_n, c_n

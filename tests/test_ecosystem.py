@@ -106,14 +106,15 @@ def test_torch_jit_script_scripts_the_nn_lstm_sharing_the_parameters():
         torch.jit.script(_Tagger(backend="reference"))
 
 
+@pytest.mark.parametrize("proj_size", [0, 2])
 @pytest.mark.parametrize("backend", ["reference", "triton", "numba"])
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
-def test_torch_jit_trace_checks_and_trains(backend):
+def test_torch_jit_trace_checks_and_trains(backend, proj_size):
     """torch.jit.trace of the module on each kernel backend: its own check passes (it re-traces without
     gradients; the forward's "save for backward" flag, a Python bool, is a constant in the graph and differed:
     it is always on while tracing), the traced module gives nn.LSTM's output, and trains (the gradients of
     nn.LSTM's parameters)."""
-    ref, ours = twin_lstms(3, 5, num_layers=2, bidirectional=True, backend=backend)
+    ref, ours = twin_lstms(3, 5, num_layers=2, bidirectional=True, proj_size=proj_size, backend=backend)
     x = torch.randn(4, 2, 3, dtype=torch.float64)
     traced = torch.jit.trace(ours, (x,))                 # check_trace=True: raises on differing graphs
     y, (h, c) = traced(x)
@@ -166,3 +167,28 @@ def test_torch_func_second_derivatives_raise_instead_of_being_wrong(backend):
         jacrev(jacrev(f))(b)
     with pytest.raises(NotImplementedError, match="forward-mode AD"):
         hessian(f)(b)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton", "numba"])
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+def test_functionalize_and_plain_vmap_keep_working(backend):
+    """Only the differentiating transforms take the Function path: under functionalize (no rule for a Python
+    Function: "NYI: Functionalize rule for custom_function_call") and a plain vmap the ops serve as before, the
+    one-launch stack included; under grad the stack steps aside for the layer op."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.func import functional_call, functionalize, grad, vmap
+    ref, ours = twin_lstms(3, 4, num_layers=2, bidirectional=True, backend=backend)
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    graph = make_fx(functionalize(lambda x: ours(x)[0]))(x)
+    assert_close(graph(x), ref(x)[0], 1e-10, what="functionalized")
+    y = vmap(lambda xi: ours(xi.unsqueeze(1))[0][:, 0], in_dims=1, out_dims=1)(x)
+    assert_close(y, ref(x)[0], 1e-10, what="vmap over the batch")
+    if backend == "triton":
+        reasons = []
+        params = {k: v.detach() for k, v in ours.named_parameters()}
+
+        def f(p):
+            reasons.append(ours.backend_for(x, explain=True).reason)
+            return functional_call(ours, p, (x,))[0].sum()
+        grad(f)(params)
+        assert "per-layer launches (inside a torch.func transform" in reasons[0], reasons
