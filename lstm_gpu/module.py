@@ -101,7 +101,7 @@ class LSTM(nn.RNNBase):
             return "one layer, one direction: the single-layer kernel is one launch already"
         why = stack_unsupported(device=device, dtype=dtype, hidden_size=self.hidden_size, num_layers=self.num_layers,
                                 bidirectional=self.bidirectional, batch=batch, proj_size=self.proj_size)
-        if why is None and ops.functorch_active():
+        if why is None and ops.autograd_transform_active():
             why = "inside a torch.func transform: the layer op runs there, the stack's op does not"
         if why is not None and self.stack is True:
             raise ValueError(f"stack=True cannot run this call in one launch: {why}")
@@ -286,32 +286,38 @@ def to_torch(module: LSTM) -> nn.LSTM:
         >>> lstm_gpu.to_torch(ours).weight_hh_l0 is ours.weight_hh_l0
         True
     """
-    return _twin(module, nn.LSTM)
+    return _twin(module, nn.LSTM, share_hooks=False)
 
 
 def _from_torch(old: nn.LSTM, backend: str) -> LSTM:
     check_backend_name(backend)
-    return _twin(old, LSTM, backend=backend, stack="auto")
+    return _twin(old, LSTM, share_hooks=True, backend=backend, stack="auto")
 
 
 _OWN_ATTRIBUTES = ("backend", "stack")        # what lstm_gpu.LSTM adds to nn.RNNBase's state
+_NOT_CARRIED = _OWN_ATTRIBUTES + ("_compiled_call_impl",)   # nn.LSTM.compile()'s forward would run, not the kernels
 
 
-def _twin(src: nn.RNNBase, cls, **attributes):
+def _twin(src: nn.RNNBase, cls, share_hooks: bool, **attributes):
     """A ``cls`` (nn.LSTM or LSTM) holding ``src``'s state: the same Parameter objects, buffers and submodules, the
     same hooks (a user's forward hook, pruning's or the old weight_norm's pre-hook, each recomputing a weight from
     its parts), in ``src``'s train/eval mode. Copying the weights alone dropped the hooks without a word, and failed
     on a reparametrized weight (a computed tensor, not a Parameter). A module reparametrized with
     torch.nn.utils.parametrize has a generated class holding one property per parametrized tensor: the twin gets
-    the same properties on a subclass of ``cls``."""
+    the same properties on a subclass of ``cls``. ``share_hooks``: the same hook dicts (``convert``: the module
+    replaces ``src``, and the handles of hooks registered on ``src`` still remove them), or copies (``to_torch``: a
+    hook registered on the twin, pruning it for one, leaves ``src`` alone)."""
     if parametrize.is_parametrized(src):
         properties = {k: v for k, v in vars(type(src)).items() if k not in ("__module__", "__doc__", "__qualname__")}
         cls = type("Parametrized" + cls.__name__, (cls,), properties)
     new = cls.__new__(cls)
-    state = {k: v for k, v in vars(src).items() if k not in _OWN_ATTRIBUTES}
-    for k in ("_parameters", "_buffers", "_non_persistent_buffers_set", "_modules"):
-        state[k] = copy.copy(state[k])          # the same entries; assigning one later changes one module only
-    vars(new).update(state)                     # the hook dicts are shared: a handle's remove() reaches the twin
+    state = {k: v for k, v in vars(src).items() if k not in _NOT_CARRIED}
+    for k, v in state.items():
+        if k in ("_parameters", "_buffers", "_non_persistent_buffers_set", "_modules") or (
+                k.endswith("_hooks") or "_hooks_" in k) and not share_hooks:
+            state[k] = copy.copy(v)             # the same entries; adding or assigning one later: one module only
+    vars(new).update(state)
     vars(new).update(attributes)
-    new._init_flat_weights()                    # its own lists of weights (RNNBase updates them in place)
+    with torch.no_grad():                       # a parametrized weight computed with a graph: deepcopy refuses it
+        new._init_flat_weights()                # its own lists of weights (RNNBase updates them in place)
     return new

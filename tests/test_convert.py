@@ -1,4 +1,6 @@
 """lstm_gpu.convert: swaps every nn.LSTM for lstm_gpu.LSTM, sharing the parameters."""
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -110,6 +112,37 @@ def test_convert_keeps_hooks_and_their_handles():
     ours = lstm_gpu.convert(m, backend="reference")
     ours(torch.randn(2, 1, 3))
     assert calls == ["pre", "LSTM"] and isinstance(ours, lstm_gpu.LSTM)
+    m.register_forward_hook(lambda mod, args, out: calls.append(mod is ours))     # the converted module runs
     pre.remove()
     ours(torch.randn(2, 1, 3))
-    assert calls == ["pre", "LSTM", "LSTM"]
+    assert calls == ["pre", "LSTM", "LSTM", True]
+
+
+def test_to_torch_leaves_the_module_alone():
+    """A hook registered on to_torch's twin, or pruning it, does not reach the lstm_gpu module (its pre-hook looked
+    for the twin's mask on the module: AttributeError)."""
+    ours = lstm_gpu.LSTM(3, 4, backend="reference")
+    twin = lstm_gpu.to_torch(ours)
+    calls = []
+    twin.register_forward_hook(lambda *a: calls.append("twin"))
+    prune.l1_unstructured(twin, "weight_ih_l0", 0.5)
+    ours(torch.randn(2, 1, 3))
+    twin(torch.randn(2, 1, 3))
+    assert calls == ["twin"]
+
+
+def test_convert_after_compile_runs_the_kernels_and_deepcopies():
+    """nn.LSTM.compile() sets a compiled forward on the instance: carried over, the converted module ran the
+    compiled nn.LSTM, never its own forward. And a converted weight-normed module deep-copies (its weight list
+    held a tensor with a graph)."""
+    m = nn.LSTM(3, 4)
+    m.compile()
+    ours = lstm_gpu.convert(m, backend="reference")
+    seen = []
+    ours.register_forward_pre_hook(lambda mod, args: seen.append(type(mod)))
+    ours(torch.randn(2, 1, 3))
+    assert seen == [lstm_gpu.LSTM] and "_compiled_call_impl" not in vars(ours)
+    normed = lstm_gpu.convert(nn.utils.parametrizations.weight_norm(nn.LSTM(3, 4), "weight_hh_l0"),
+                              backend="reference")
+    x = torch.randn(2, 1, 3)
+    assert_close(copy.deepcopy(normed)(x)[0], normed(x)[0], 0.0, what="deep copy")
