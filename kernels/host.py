@@ -30,7 +30,9 @@ def common_unsupported(backend: str, *, device: torch.device, dtype: torch.dtype
             return (f"CPU tensors need {var}=1 set before the {backend} module is first imported "
                     f"(the {backend} kernels then run emulated on CPU); otherwise move the model and "
                     f"input to CUDA, or use backend='reference'")
-    elif device.type not in ("cuda", "meta"):     # meta: shapes only (the ops' fake functions), as nn.LSTM allows
+    elif device.type == "meta":     # shapes only (the ops' fake functions), any floating dtype, as nn.LSTM allows
+        return None
+    elif device.type != "cuda":
         return f"the {backend} kernels run on CUDA devices, got device {device}"
     if dtype not in dtypes:
         return f"dtype {dtype} is not supported (supported: {', '.join(str(d) for d in dtypes)})"

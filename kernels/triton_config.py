@@ -295,8 +295,8 @@ def unsupported_reason(*, device: torch.device, dtype: torch.dtype, hidden_size:
     reason = host.common_unsupported("triton", device=device, dtype=dtype, dtypes=DTYPES)
     if reason is not None:
         return reason
-    if device.type != "cuda":
-        if dtype == torch.bfloat16:
+    if device.type != "cuda":      # the interpreter (CPU), or meta (shapes only: the dtypes a GPU runs)
+        if dtype == torch.bfloat16 and device.type == "cpu":
             return "bfloat16 is not supported by the Triton CPU interpreter (it stores bf16 as raw uint16)"
         return None
     if n_sm is None:

@@ -133,9 +133,12 @@ def test_host_overhead_stubs_every_triton_launch(monkeypatch):
         raise AssertionError("a Triton kernel ran in the interpreter")
     monkeypatch.setattr(interpreter.GridExecutor, "__call__", ran)
     host_overhead.stub_launches()
-    _, call = host_overhead.make_case("triton", torch.device("cpu"))
+    m, call = host_overhead.make_case("triton", torch.device("cpu"))
+    assert "one launch for all" in m.backend_for(torch.randn(1, 2, 16), explain=True).reason
     for variant in host_overhead.VARIANTS:
-        call(variant)
+        y, _ = call(variant)
+        if variant == "train":
+            (y.data if hasattr(y, "batch_sizes") else y).sum().backward()    # the backward's launch too
 
 
 @pytest.mark.parametrize("backend", ["triton", "numba"])
@@ -152,3 +155,6 @@ def test_kernel_backends_run_on_the_meta_device_as_nn_lstm_does(backend, layers,
     assert [t.shape for t in (got[0], *got[1])] == [t.shape for t in (want[0], *want[1])]
     got[0].sum().backward()
     assert x.grad.shape == x.shape and ours.weight_hh_l0.grad.shape == ours.weight_hh_l0.shape
+    if backend == "triton":             # a GPU runs bfloat16 (the interpreter does not: meta is not the CPU)
+        y, _ = ours.to(torch.bfloat16)(x.detach().to(torch.bfloat16))
+        assert y.dtype == torch.bfloat16 and y.shape == want[0].shape

@@ -412,8 +412,8 @@ def test_triton_broken_tagged_exchange_is_caught(kind, monkeypatch):
     H = triton_h(n, 3, dtype)
     assert triton_config.gpu_config(B=3, H=H, dtype=dtype, n_sm=n).use_dot
     tol = TOL[dtype][0]
-    assert _outcome("triton", n, H, dtype, contextlib.nullcontext(), "fwd", tol=tol) == "right"
     hold = (n - 1, 1, 1.0) if kind == "no_wait" else None
+    assert _outcome("triton", n, H, dtype, contextlib.nullcontext(), "fwd", tol=tol, hold=hold) == "right"
     verdict = _outcome("triton", n, H, dtype, _tagged_exchange_mutation(kind), "fwd", tol=tol, hold=hold)
     assert verdict == {"no_wait": "wrong: y, h_n, c_n, gates, cells", "never_done": "hung"}[kind], verdict
 
