@@ -101,8 +101,8 @@ class LSTM(nn.RNNBase):
             return "one layer, one direction: the single-layer kernel is one launch already"
         why = stack_unsupported(device=device, dtype=dtype, hidden_size=self.hidden_size, num_layers=self.num_layers,
                                 bidirectional=self.bidirectional, batch=batch, proj_size=self.proj_size)
-        if why is None and ops.autograd_transform_active():
-            why = "inside a torch.func transform: the layer op runs there, the stack's op does not"
+        if why is None and ops.transform_active():
+            why = "inside a torch.func transform: the layer op has the rules (autograd, batching) the stack's has not"
         if why is not None and self.stack is True:
             raise ValueError(f"stack=True cannot run this call in one launch: {why}")
         return why

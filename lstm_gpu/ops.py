@@ -192,6 +192,11 @@ def autograd_transform_active() -> bool:
     return any(i.key() in (TransformType.Grad, TransformType.Jvp) for i in retrieve_all_functorch_interpreters())
 
 
+def transform_active() -> bool:
+    """Whether any torch.func transform is running (vmap, grad, functionalize, ...; False while compiling)."""
+    return not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active()
+
+
 def layer(gates_x: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, w_hr: Tensor | None, lengths: Tensor | None,
           reverse: bool, backend: str, save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``layer_fwd`` with its autograd, under torch.func transforms too."""
@@ -235,3 +240,69 @@ def _autocast_kernel(device_type: str):
 for _device_type in AUTOCAST_DEVICES:
     _lib.impl("layer_fwd", _autocast_kernel(_device_type),
               "Autocast" + torch._C._dispatch_key_for_device(_device_type), with_keyset=True)
+
+
+# Batching rules (torch.func.vmap, e.g. per-sample gradients: vmap(grad(loss))): the vmapped dimension folded into
+# the batch, so N samples of B sequences are ONE launch of N·B sequences, not N launches (torch's fallback loops).
+# The sequences of an LSTM batch are independent, so only the weight gradient, a sum over the batch, is taken per
+# sample here. Batched weights (an ensemble) and projections on the reference backend take the loop.
+def _fold(t: Tensor | None, d: int | None, n: int, seq_dim: bool) -> Tensor | None:
+    """``t`` with the vmapped dimension ``d`` (None: not batched) merged into its batch dimension (dim 1 of a
+    [T, B, ...] tensor when ``seq_dim``, else dim 0 of [B, ...])."""
+    if t is None or t.numel() == 0 and t.dim() == 1:       # None, or the empty stand-in of an unsaved tensor
+        return t
+    t = t.unsqueeze(0).expand(n, *t.shape) if d is None else t.movedim(d, 0)
+    if seq_dim:
+        return t.transpose(0, 1).reshape(t.shape[1], n * t.shape[2], *t.shape[3:])
+    return t.reshape(n * t.shape[1], *t.shape[2:])
+
+
+def _unfold(t: Tensor, n: int, seq_dim: bool) -> tuple[Tensor, int | None]:
+    if t.numel() == 0 and t.dim() == 1:
+        return t, None
+    if seq_dim:
+        return t.view(t.shape[0], n, t.shape[1] // n, *t.shape[2:]), 1
+    return t.view(n, t.shape[0] // n, *t.shape[1:]), 0
+
+
+def _each_sample(op, info, in_dims, args):
+    """The op once per sample (what torch's fallback does): for batched weights."""
+    outs = []
+    for i in range(info.batch_size):
+        outs.append(op(*[a if d is None else a.select(d, i) for a, d in zip(args, in_dims)]))
+    return tuple(torch.stack(o) for o in zip(*outs)), (0,) * len(outs[0])
+
+
+def _layer_fwd_vmap(info, in_dims, gates_x, h0, c0, w_hh, w_hr, lengths, reverse, backend, save):
+    args = (gates_x, h0, c0, w_hh, w_hr, lengths, reverse, backend, save)
+    if in_dims[3] is not None or in_dims[4] is not None:
+        return _each_sample(layer_fwd, info, in_dims, args)
+    n, (d_gx, d_h0, d_c0, _, _, d_len) = info.batch_size, in_dims[:6]
+    y, h_n, c_n, gates, cells = layer_fwd(_fold(gates_x, d_gx, n, True), _fold(h0, d_h0, n, False),
+                                          _fold(c0, d_c0, n, False), w_hh, w_hr, _fold(lengths, d_len, n, False),
+                                          reverse, backend, save)
+    outs = [_unfold(y, n, True), _unfold(h_n, n, False), _unfold(c_n, n, False), _unfold(gates, n, True),
+            _unfold(cells, n, True)]
+    return tuple(o for o, _ in outs), tuple(d for _, d in outs)
+
+
+def _layer_bwd_vmap(info, in_dims, dy, dh_n, dc_n, gates, cells, h0, c0, y, w_hh, w_hr, lengths, reverse, backend):
+    args = (dy, dh_n, dc_n, gates, cells, h0, c0, y, w_hh, w_hr, lengths, reverse, backend)
+    if in_dims[8] is not None or in_dims[9] is not None or w_hr is not None:
+        return _each_sample(layer_bwd, info, in_dims, args)
+    n = info.batch_size
+    seq = (True, False, False, True, True, False, False, True)
+    folded = [_fold(a, d, n, s) for a, d, s in zip(args[:8], in_dims[:8], seq)]
+    lengths_f = _fold(lengths, in_dims[10], n, False)
+    dgates, dh0, dc0, _, dw_hr = layer_bwd(*folded, w_hh, None, lengths_f, reverse, backend)
+    # dW_hh = Σ_t,b dz_tᵀ · h_{t-1} per sample (the op's is the sum over all N·B sequences)
+    h_prev = reference.previous_hidden(folded[7], folded[5], lengths_f, reverse)
+    T, NB, G = dgates.shape
+    dw_hh = torch.einsum("tnbg,tnbp->ngp", dgates.view(T, n, NB // n, G), h_prev.view(T, n, NB // n, -1)
+                         .to(dgates.dtype)).to(w_hh.dtype)
+    outs = [_unfold(dgates, n, True), _unfold(dh0, n, False), _unfold(dc0, n, False), (dw_hh, 0), (dw_hr, None)]
+    return tuple(o for o, _ in outs), tuple(d for _, d in outs)
+
+
+layer_fwd.register_vmap(_layer_fwd_vmap)
+layer_bwd.register_vmap(_layer_bwd_vmap)

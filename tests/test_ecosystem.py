@@ -192,3 +192,44 @@ def test_functionalize_and_plain_vmap_keep_working(backend):
             return functional_call(ours, p, (x,))[0].sum()
         grad(f)(params)
         assert "per-layer launches (inside a torch.func transform" in reasons[0], reasons
+
+
+@pytest.mark.parametrize("backend", ["triton", "numba"])
+def test_per_sample_gradients_are_one_launch_per_layer_and_direction(backend, monkeypatch):
+    """vmap folds the samples into the batch (the ops' batching rules): N samples are one launch per layer and
+    direction, forward and backward, not N (torch's fallback loops), with each sample's own dW_hh."""
+    from torch.func import functional_call, grad, vmap
+    kernels = lstm_gpu.backends.kernel_module(backend)
+    calls = []
+    for name in ("forward", "backward"):
+        real = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, real=real, name=name, **k: calls.append(name) or real(*a, **k))
+    ref, ours = twin_lstms(3, 4, num_layers=2, bidirectional=True, backend=backend)
+    params = {k: v.detach() for k, v in ours.named_parameters()}
+    x = torch.randn(4, 5, 3, dtype=torch.float64)
+
+    def loss(module):
+        return lambda p, xi: functional_call(module, p, (xi.unsqueeze(1),))[0].pow(2).sum()
+    per_sample = vmap(grad(loss(ours)), in_dims=(None, 1))(params, x)
+    assert calls.count("forward") == 4 and calls.count("backward") == 4, calls
+    for i in range(5):
+        want = grad(loss(ref))(params, x[:, i])
+        for k in params:
+            assert_close(per_sample[k][i], want[k], 1e-10, what=f"sample {i}: {k}")
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")
+def test_vmap_over_an_ensemble_of_weights():
+    """Batched weights (vmap over stacked parameters: an ensemble) take the per-sample path: each member's output
+    and gradients are its own nn.LSTM's."""
+    from torch.func import functional_call, grad, stack_module_state, vmap
+    models = [twin_lstms(3, 4, backend="triton", seed=s) for s in range(3)]
+    params, _ = stack_module_state([ours for _, ours in models])
+    params = {k: v.detach() for k, v in params.items()}
+    x = torch.randn(4, 2, 3, dtype=torch.float64)
+    base = models[0][1]
+    grads = vmap(grad(lambda p: functional_call(base, p, (x,))[0].pow(2).sum()))(params)
+    for i, (ref, _) in enumerate(models):
+        ref(x)[0].pow(2).sum().backward()
+        for k, p in ref.named_parameters():
+            assert_close(grads[k][i], p.grad, 1e-10, what=f"member {i}: {k}")
