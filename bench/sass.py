@@ -162,23 +162,31 @@ def _source_regs(ins: Instr) -> set[int]:
 
 
 def load_phases(body: list[Instr], sync_at: int, poll_end: int) -> list[str]:
-    """The serial rounds of global loads a step waits for: loads issued and consumed between the loop's
-    start and the synchronisation (one round), and between the synchronisation and the loop's end
-    (another). A load issued before the synchronisation and consumed only after it (a prefetch for the
-    next step) waits for nothing. A round is "l2" when all its loads are .cg (STRONG.GPU: data another
-    program just wrote, an L2 hit), else "dram" (streamed data: gates_x, saved activations, dy). Volatile
-    loads (a tagged exchange polling the data) are the synchronisation's round trip, not a round here."""
+    """The serial rounds of global loads a step waits for, on each side of the synchronisation (between the
+    loop's start and it, and between it and the loop's end). Within a side, a round is the loads issued
+    since the last wait: the first instruction that reads a register one of them writes waits for them,
+    and a load issued after that wait is a round of its own (its request leaves only once the earlier data
+    came back: h in pieces, each staged and consumed before the next piece's load is issued, is one L2 round
+    trip per piece). A load consumed only after its side (a prefetch for the next step) waits for nothing. A
+    round is "l2" when all its loads are .cg (STRONG.GPU: data another program just wrote, an L2 hit), else
+    "dram" (streamed data: gates_x, saved activations, dy). Volatile loads (a tagged exchange polling the
+    data) are the synchronisation's round trip, not a round here."""
     phases = []
     for lo, hi in ((body[0].addr, sync_at), (poll_end, body[-1].addr)):
-        kinds = set()
-        for i, ld in enumerate(body):
-            if ld.op != "LDG" or not lo <= ld.addr < hi or _is_data_poll(ld):
-                continue
-            regs = _dest_regs(ld)
-            if any(regs & _source_regs(use) for use in body[i + 1:] if use.addr < hi):
-                kinds.add("l2" if _is_strong(ld) else "dram")
-        if kinds:
-            phases.append("dram" if "dram" in kinds else "l2")
+        side = [(i, ins) for i, ins in enumerate(body) if lo <= ins.addr < hi]
+        used_here = lambda i, regs: any(regs & _source_regs(u) for u in body[i + 1:] if u.addr < hi)  # noqa: E731
+        pending: list[tuple[set, str]] = []            # loads of the open round: (registers, kind)
+        for i, ins in side:
+            srcs = _source_regs(ins)
+            if pending and any(regs & srcs for regs, _ in pending):      # waits: the open round is done
+                phases.append("dram" if any(k == "dram" for _, k in pending) else "l2")
+                pending = []
+            if ins.op == "LDG" and not _is_data_poll(ins):
+                regs = _dest_regs(ins)
+                if used_here(i, regs):
+                    pending.append((regs, "l2" if _is_strong(ins) else "dram"))
+        if pending:                                     # consumed only by what a later round's wait covers
+            phases.append("dram" if any(k == "dram" for _, k in pending) else "l2")
     return phases
 
 

@@ -17,9 +17,10 @@ trips of the step synchronisation, registers / spills / shared memory, programs.
 
     sync     = fences · FENCE + round_trips · L2        (read from the synchronisation's own code)
     exchange = tiles · Σ rounds (L2 or DRAM) + grid bytes / L2_BW
-                 (the serial rounds of loads the step waits for, ``sass.load_phases``: the exchange of h or
-                  dz is an L2 round; unprefetched streamed data a DRAM one; bytes from ``step_bytes``)
-    compute  = max(instructions · ceil(warps / 4) / ISSUE, mma_chain · MMA)
+                 (the serial rounds of loads the step waits for, ``sass.load_phases``: a load issued after
+                  the wait for an earlier one is a round of its own; the exchange of h or dz is an L2
+                  round; unprefetched streamed data a DRAM one; bytes from ``step_bytes``)
+    compute  = max(instructions · ceil(warps / 4) / ISSUE, mma_chain · MMA, MMAs · ceil(warps / 4) · MMA_ISSUE)
     step     = sync + exchange + compute                (cycles; µs = cycles / CLOCK)
 """
 from __future__ import annotations
@@ -40,6 +41,9 @@ PARAMS = dict(
     L2=450,               # cycles: an L2 hit on a line another SM just wrote (300-500 assumed)
     DRAM=700,             # cycles: a load of streamed data (gates_x, saved activations, dy) from DRAM
     MMA=33,               # cycles: a dependent HMMA.16816 waiting on the previous accumulator
+    MMA_ISSUE=4,          # cycles per HMMA.16816 (or .1688 tf32) per SM sub-partition at the tensor cores' dense
+                          # peak (989 TFLOPS fp16 = 132 SMs x 4 x 512 FMA per cycle at 1.83 GHz); mma.sync may
+                          # reach less on Hopper, so this is a floor
     FENCE=450,            # cycles: MEMBAR.GPU waits for the program's outstanding stores to reach L2
     L2_BW=5.5e12,         # bytes/s: L2 bandwidth of the whole chip
 )
@@ -123,7 +127,8 @@ def model(step, *, warps: int, programs: int, grid_bytes: int, params: dict = PA
     rounds = sum(p["DRAM"] if kind == "dram" else p["L2"] for kind in step.load_phases)
     exchange = step.tile_trips * rounds + grid / p["L2_BW"] * p["CLOCK_GHZ"] * 1e9
     issue = step.instructions * math.ceil(warps / 4) / p["ISSUE"]
-    compute = max(issue, step.mma_chain * step.tile_trips * p["MMA"])
+    tensor = step.counts.get("mma", 0) * math.ceil(warps / 4) * p["MMA_ISSUE"]
+    compute = max(issue, step.mma_chain * step.tile_trips * p["MMA"], tensor)
     us = lambda cycles: cycles / (p["CLOCK_GHZ"] * 1e3)   # noqa: E731
     return dict(bytes_per_program=per_program, grid_bytes=grid, sync_us=us(sync), exchange_us=us(exchange),
                 compute_us=us(compute), step_us=us(sync + exchange + compute))

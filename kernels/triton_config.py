@@ -20,6 +20,9 @@ Rules (GPU), each checked by compiling every chosen config for sm_90 (tests/test
   cdiv(H, HT) ≤ the SM count (one program per SM); ≥ 4, and ≥ 16 on the tensor cores (N of each gate's dot).
 - Dot path (see ``gpu_config``): 16-row batch tiles; 16-bit: 4 warps, tf32: 8 warps; K in chunks of 64,
   at most 8 (the tail piece in as many chunks as the first). The 16-bit forward takes 32-row tiles at 8 warps where a batch group has 32 rows or more.
+  The forward fuses the four gates into one dot per piece of K (``fused_pieces``: at most 4 pieces) wherever
+  the weights and all of h's pieces fit the shared-memory budget (not H = 1536); the backward issues the
+  loads of dz_t for the four gates at once where their tiles fit beside the weights (``dz_one_round``).
 - Batch groups (both paths): SMs the unit split leaves idle take part of the batch. groups =
   min(SMs // unit programs, batch tiles), the tiles shared out evenly, no group empty; each group runs
   the unit split on its own rows with its own step counter, so num_programs = unit programs × groups.
@@ -64,6 +67,7 @@ DOT_SHARED_BUDGET = 225 * 1024              # bytes: the W_hh slice + one staged
                                             # (the 227 KB a block may have, less the 1 KB static the sm_90
                                             # compiles show beside it and a margin)
 DOT_KC = 128                                # K per tl.dot chunk: K/128 independent accumulators
+FUSED_MAX_PIECES = 4                        # the fused forward's pieces of K (kernels/triton_lstm.py has four)
 # fp32-ieee on CUDA cores: tl.dot in IEEE fp32 (FMAs, each thread reducing over all of K: no shuffles) where
 # the sm_90 compile keeps the loop free of spills: H ≤ 768 forward (triton 3.6, the GPU machine's; 512 with
 # 3.9), H ≤ 512 backward (H = 768
@@ -113,11 +117,21 @@ class LSTMConfig:
     k_tail: int = 0         # tl.dot: a second, smaller power-of-two piece of K after block_k (0: none), so
                             # block_k + k_tail covers H with less padding: H = 1536 as 1024 + 512, not 2048;
                             # in k_split chunks too, whose products add to the first piece's chunk by chunk
+    dz_one_round: bool = False      # backward, tl.dot: the loads of dz_t for all four gates issued together
+    pieces: int = 0         # forward, tl.dot: the four gates in one dot per piece of K, K = pieces x block_k
+                            # (0: per gate, in k_split chunks)
 
     @property
     def k_total(self) -> int:
-        """The K covered on chip: block_k + k_tail (≥ H; the rest is masked padding)."""
-        return self.block_k + self.k_tail
+        """The K covered on chip: pieces x block_k, or block_k + k_tail (≥ H; the rest is masked padding)."""
+        return self.pieces * self.block_k if self.pieces else self.block_k + self.k_tail
+
+    def shared_bytes(self, dtype: torch.dtype) -> int:
+        """Shared memory of the tl.dot path (``dot_shared_bytes``): the fused forward stages all of h's
+        pieces at once (one wait for all of them), the per-gate path one piece at a time."""
+        if self.pieces:
+            return dot_shared_bytes(self.ht, self.k_total, self.block_b, dtype)
+        return dot_shared_bytes(self.ht, self.block_k, self.block_b, dtype, self.k_tail, 4 if self.dz_one_round else 1)
 
     def rows_per_group(self, B: int) -> int:
         return self.group_rows or B
@@ -163,16 +177,22 @@ def _pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def interpreter_config(*, B: int, H: int, dtype: torch.dtype, use_dot: bool | None = None) -> LSTMConfig:
-    """The one-program configuration the CPU interpreter runs (no barrier: programs run one by one)."""
+def interpreter_config(*, B: int, H: int, dtype: torch.dtype, use_dot: bool | None = None,
+                       backward: bool = False) -> LSTMConfig:
+    """The one-program configuration the CPU interpreter runs (no barrier: programs run one by one): the
+    GPU's paths, the forward's tensor-core dot fused over the gates (``fused_pieces``) as on the GPU."""
     k = max(16, _pow2(H))
     if use_dot is None:
         use_dot = dtype in (torch.float16, torch.bfloat16)
     bb = 16 if use_dot else min(4, _pow2(B))
     block_k, k_tail = k_pieces(H) if use_dot else (k, 0)
+    k_split, pieces = max(1, block_k // DOT_KC) if use_dot else 1, 0
+    tensor_cores = dtype in (torch.float16, torch.bfloat16) or fp32_precision() != "ieee"
+    if use_dot and tensor_cores and not backward:
+        (pieces, block_k), k_tail, k_split = fused_pieces(H), 0, 1
     return LSTMConfig(ht=k, block_k=block_k, block_b=bb, use_dot=use_dot, precision=fp32_precision(),
-                      num_warps=4, num_programs=1, k_split=max(1, block_k // DOT_KC) if use_dot else 1,
-                      tagged_h=tagged_h(), k_tail=k_tail)
+                      num_warps=4, num_programs=1, k_split=k_split, tagged_h=tagged_h(), k_tail=k_tail,
+                      pieces=pieces, dz_one_round=use_dot and tensor_cores and backward)
 
 
 def k_pieces(H: int) -> tuple[int, int]:
@@ -187,12 +207,26 @@ def k_pieces(H: int) -> tuple[int, int]:
     return (half, tail) if 0 < tail < half else (k, 0)
 
 
-def dot_shared_bytes(ht: int, block_k: int, block_b: int, dtype: torch.dtype, k_tail: int = 0) -> int:
+def fused_pieces(H: int) -> tuple[int, int]:
+    """K of the fused forward (the four gates in one tl.dot per piece of K): (pieces, K per piece), the
+    smallest power-of-two piece (≥ 16) that covers H in at most FUSED_MAX_PIECES pieces: 768 = 3 x 256, 1024 =
+    4 x 256, 1536 = 3 x 512, 40 = 3 x 16. A piece is its own accumulator, so the chain of dependent MMAs is
+    K per piece / 16 long."""
+    kc = 16
+    while -(-H // kc) > FUSED_MAX_PIECES:
+        kc *= 2
+    return -(-H // kc), kc
+
+
+def dot_shared_bytes(ht: int, block_k: int, block_b: int, dtype: torch.dtype, k_tail: int = 0,
+                     gates: int = 1) -> int:
     """Shared memory of the tl.dot path: the four gates' W_hh blocks (4·HT·(K + K_TAIL), staged once) and
     one operand tile of h (forward) or of one gate's dz (backward), BB·K, in the operand dtype (the tail
-    piece's smaller tile reuses it: the compiler allocates by liveness, checked on the sm_90 compiles)."""
+    piece's smaller tile reuses it: the compiler allocates by liveness, checked on the sm_90 compiles);
+    ``gates`` = 4 (backward, ``dz_one_round``): the four gates' dz tiles, tails included, staged at once."""
     elem = 2 if dtype in (torch.float16, torch.bfloat16) else 4
-    return (4 * ht * (block_k + k_tail) + block_b * block_k) * elem
+    operand = block_b * block_k if gates == 1 else gates * block_b * (block_k + k_tail)
+    return (4 * ht * (block_k + k_tail) + operand) * elem
 
 
 def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, backward: bool = False) -> LSTMConfig:
@@ -256,13 +290,31 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     # forward 4.51 -> 3.77 µs/step (one serial h load per step instead of two, half the per-tile work), B64
     # H768 fp16 3.80 -> 3.06; at 4 warps ptxas kept 1-7 values in local memory inside the time loop. The
     # backward's 32-row tiles spilled 174 accesses per step: it keeps 16-row tiles.
+    # Backward on the tensor cores: the loads of dz_t for all four gates issued together where their staged
+    # tiles fit beside the weights (H ≤ 768 at 16 bits), else gate by gate: each gate's loads left only once
+    # the previous gate's data came back, one serial L2 round trip each (sm_90 SASS, triton 3.6). Modeled
+    # (python -m bench.static): B16 H768 fp16 backward 4.13 -> 2.52 µs/step (8 rounds -> 1). Two gates at a
+    # time (H = 1024: 192 KB) kept 3 values in local memory inside the loop at B = 2 and gained 0.05 µs at 8 warps.
+    dz_one_round = use_mma and backward and dot_shared_bytes(ht, block_k, 16, dtype, k_tail, 4) <= DOT_SHARED_BUDGET
+    # Forward on the tensor cores: the four gates in one tl.dot per piece of K (``fused_pieces``) wherever
+    # all of h's pieces fit beside the weights. Modeled (python -m bench.static, triton 3.6): B16 H768 fp16
+    # inference forward 1.45 -> 1.29 µs/step, B64 H1024 bf16 3.77 -> 3.17: the per-gate dots, 8 warps on K
+    # chunks, summed their chunks across the warps through shared memory and shuffles (about half the
+    # instructions of the step: 1218 -> 674 per warp at B64 H1024), and every warp then ran the activations
+    # on a copy of the reduced tile; the fused dot spreads [BB, 4·HT] over the warps, nothing to sum across
+    # them. H = 1536 (192 KB of weights + a 48 KB h tile) does not fit: per gate, K as 1024 + 512.
+    pieces = 0
+    fused = fused_pieces(H)
+    if use_mma and not backward and dot_shared_bytes(ht, fused[0] * fused[1], 16, dtype) <= DOT_SHARED_BUDGET:
+        pieces, block_k, k_tail, k_split = fused[0], fused[1], 0, 1
     if (use_dot and half and not backward and tiles_per_group % 2 == 0
-            and dot_shared_bytes(ht, block_k, 32, dtype, k_tail) <= DOT_SHARED_BUDGET):
+            and dot_shared_bytes(ht, pieces * block_k if pieces else block_k, 32, dtype,
+                                 0 if pieces else k_tail) <= DOT_SHARED_BUDGET):
         block_b, num_warps, tiles_per_group = 32, 8, tiles_per_group // 2
     return LSTMConfig(ht=ht, block_k=block_k, block_b=block_b, use_dot=use_dot, precision=precision,
                       num_warps=num_warps, num_programs=num_programs * groups, k_split=k_split,
                       batch_groups=groups, group_rows=tiles_per_group * block_b if groups > 1 else 0,
-                      tagged_h=tagged_h(), k_tail=k_tail)
+                      tagged_h=tagged_h(), k_tail=k_tail, pieces=pieces, dz_one_round=dz_one_round)
 
 
 def sm_count(device: torch.device) -> int:
@@ -271,14 +323,14 @@ def sm_count(device: torch.device) -> int:
 
 def choose_config(*, B: int, H: int, dtype: torch.dtype, device: torch.device, backward: bool = False) -> LSTMConfig:
     if device.type != "cuda":
-        return interpreter_config(B=B, H=H, dtype=dtype)
+        return interpreter_config(B=B, H=H, dtype=dtype, backward=backward)
     return gpu_config(B=B, H=H, dtype=dtype, n_sm=sm_count(device), backward=backward)
 
 
 def fits_on_chip(cfg: LSTMConfig, dtype: torch.dtype) -> str | None:
     """Why the W_hh slice of ``cfg`` cannot stay on chip, or None."""
     if cfg.use_dot:
-        need = dot_shared_bytes(cfg.ht, cfg.block_k, cfg.block_b, dtype, cfg.k_tail)
+        need = cfg.shared_bytes(dtype)
         if need > DOT_SHARED_BUDGET:
             return (f"the W_hh slice per program ({4 * cfg.ht} rows x {cfg.k_total}) and its operand tile need "
                     f"{need} bytes of shared memory, over the budget of {DOT_SHARED_BUDGET}")

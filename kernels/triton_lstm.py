@@ -16,8 +16,9 @@ Known risks: (1) the step synchronisation deadlocks if the programs are not all 
 cooperative launch should refuse instead); (2) the configs were chosen from sm_90 compiles and a static
 model, not from measurements; (3) the compiler is trusted to stage the W_hh blocks in shared memory once
 before the time loop (the smem figure of the sm_90 compile says it does, a GPU run must confirm);
-(4) after the K-chunk sum the reduced tile is copied on every warp, so the activations run once per warp
-(the static profiler counts them; 4 warps were chosen over 8 for that reason); (5) fp16/bf16 exchange h
+(4) on the per-gate path, after the K-chunk sum the reduced tile is copied on every warp, so the activations
+run once per warp (the static profiler counts them; 4 warps were chosen over 8 for that reason; the fused
+forward has no such copy); (5) fp16/bf16 exchange h
 (and dz, backward) between programs in 16 bits, as cuDNN's fp16 GEMMs consume them, while the reference
 carries them in fp32: a small, tolerated difference (the tensor cores would round dz to 16 bits anyway,
 so exchanging it in 16 bits changes no result and halves the bytes); (6) fp32-ieee runs tl.dot in IEEE fp32
@@ -59,10 +60,20 @@ writes its slice of dz_t, waits, then reads all of dz_t. Batch groups: when the 
 and the batch has several tiles, program (p, q) of the grid (units, groups) runs units p of the rows of
 group q only; the groups are independent recurrences, each with its own step counter.
 
-Tensor cores (tl.dot path): the batch tile is padded to 16 (or 32) rows; the K = H reduction is split into
+Tensor cores (tl.dot path): the batch tile is padded to 16 (or 32) rows. Forward, fused gates (PIECES > 0):
+W_hh's rows for the program's units are one [K, 4·HT] block per piece of K, the four gates side by side
+(column 4u + gate), so each piece is ONE tl.dot into [BB, 4·HT], spread over the warps; K = H is cut in up to
+four pieces (768 = 3 x 256, 1024 = 4 x 256), each its own accumulator (a chain of K/PIECES/16 dependent
+MMAs), added in registers, then split into the gates (``_gates_of``). Every piece's h load is issued
+before the first product: one L2 round trip. Elsewhere (backward; forward at H = 1536, where h's pieces
+do not fit beside the weights) per gate: the K = H reduction is split into
 K_SPLIT chunks held as a third tensor dimension, so each chunk is its own accumulator and the longest
 chain of dependent MMAs per step is K/K_SPLIT/16 (a few instead of 48 at H = 768), then the chunks are
-summed. tl.arange needs powers of two, so K is a first power-of-two piece and, where that would pad more than
+summed across the warps (shared memory and shuffles: half the forward's instructions per step at B64
+H1024, which is why the forward fuses). The backward issues the loads of dz_t for all four gates together
+(DZ_ONE_ROUND, where their tiles fit in shared memory beside the weights): gate by gate, each load left only
+once the previous gate's data came back, eight serial L2 round trips per step at H = 768 (K in two pieces).
+tl.arange needs powers of two, so K is a first power-of-two piece and, where that would pad more than
 a quarter, a smaller tail piece (768 = 512 + 256, 1536 = 1024 + 512): less shared memory and fewer MMAs on
 zeros, and H = 1536 fits on chip (one 2048 piece would not).
 The next step's gates_x (forward) and saved gates, cells and dy (backward) are loaded before the step
@@ -273,6 +284,12 @@ def _dot(b_a, b_w, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _dot_acc(b_a, b_w, b_acc, PRECISION: tl.constexpr):
+    """b_acc + a · w on the tensor cores, fp32 accumulation (16-bit or tf32 operands)."""
+    return tl.dot(b_a.to(b_w.dtype), b_w, acc=b_acc, input_precision=PRECISION, out_dtype=tl.float32)
+
+
+@triton.jit
 def _chunk_sum(b_z):
     """The per-chunk products of ``_dot`` summed over the chunks: [BB, HT]."""
     return tl.sum(b_z, 0) if len(b_z.shape) == 3 else b_z
@@ -287,6 +304,60 @@ def _hw(b_h, b_w, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
         return _chunk_sum(_dot(b_h, b_w, PRECISION))
     else:
         return tl.sum(b_h.to(b_w.dtype)[:, None, :] * b_w[None, :, :], 2)
+
+
+@triton.jit
+def _load_w_fused(p_w, i_p, H, K0, HT: tl.constexpr, KC: tl.constexpr):
+    """Forward, fused gates: the rows of W_hh for this program's units, the four gates side by side, for
+    the piece k = K0 … K0 + KC - 1 of K: [KC, 4·HT], column 4u + gate (u the unit, gate 0..3 = i, f, g, o),
+    so one tl.dot gives all four gates and ``_gates_of`` takes them apart."""
+    o_c = tl.arange(0, 4 * HT)
+    o_u = i_p * HT + o_c // 4
+    o_k = K0 + tl.arange(0, KC)[:, None]
+    o_w = ((o_c % 4) * H + o_u)[None, :] * H + o_k
+    return tl.load(p_w + o_w, mask=(o_u < H)[None, :] & (o_k < H), other=0.)
+
+
+@triton.jit
+def _opaque_zero(R: tl.constexpr, C: tl.constexpr, T):
+    """[R, C] zeros the compiler cannot prove zero: column j is j · (0 · T). From a literal zero, Triton's combine
+    pass folds dot(a₁, w₁) + z into dot(a₁, w₁, acc=z), chaining every piece of K into one accumulator (a chain
+    of 64 dependent MMAs at H = 1024 instead of 16, sm_90 SASS, triton 3.6); from one scalar (zeros · T), ptxas
+    copied it into each accumulator's registers every step (4 moves per MMA tile, 23-32 per step per warp);
+    one value per column lives in registers of its own, read by the MMAs in place."""
+    return (tl.arange(0, R)[:, None] * C + tl.arange(0, C)[None, :]).to(tl.float32) * (0. * T)
+
+
+@triton.jit
+def _gates_of(b_z, BB: tl.constexpr, HT: tl.constexpr):
+    """[BB, 4·HT] with column 4u + gate -> the four gates' [BB, HT] (i, f, g, o)."""
+    b_ig, b_fo = tl.split(tl.reshape(b_z, [BB, HT, 2, 2]))     # gate % 2 == 0: i, g; == 1: f, o
+    b_i, b_g = tl.split(b_ig)
+    b_f, b_o = tl.split(b_fo)
+    return b_i, b_f, b_g, b_o
+
+
+@triton.jit
+def _h_w_fused(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, b_w0, b_w1, b_w2, b_w3, b_zero, KC: tl.constexpr,
+               PIECES: tl.constexpr, TAGGED: tl.constexpr, TIMEOUT: tl.constexpr, PRECISION: tl.constexpr):
+    """h_{t-1} · W_hhᵀ for the four gates at once, K in PIECES pieces of KC: one tl.dot per piece into
+    [BB, 4·HT], each piece its own accumulator (the chain of dependent MMAs is KC/16), the pieces added in
+    registers (same layout: no exchange between warps), then split into the gates."""
+    b_h0 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 0, KC, 1, TAGGED, TIMEOUT)    # every piece's load first:
+    if PIECES > 1:                                                      # one L2 round for all of h
+        b_h1 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, KC, KC, 1, TAGGED, TIMEOUT)
+    if PIECES > 2:
+        b_h2 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 2 * KC, KC, 1, TAGGED, TIMEOUT)
+    if PIECES > 3:
+        b_h3 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 3 * KC, KC, 1, TAGGED, TIMEOUT)
+    b_z = _dot_acc(b_h0, b_w0, b_zero, PRECISION)
+    if PIECES > 1:
+        b_z += _dot_acc(b_h1, b_w1, b_zero, PRECISION)
+    if PIECES > 2:
+        b_z += _dot_acc(b_h2, b_w2, b_zero, PRECISION)
+    if PIECES > 3:
+        b_z += _dot_acc(b_h3, b_w3, b_zero, PRECISION)
+    return _gates_of(b_z, o_b.shape[0], b_w0.shape[1] // 4)
 
 
 @triton.jit
@@ -384,6 +455,7 @@ def _lstm_fwd_kernel(
     K_SPLIT: tl.constexpr,       # tl.dot: K chunks, each an independent accumulator
     K_TAIL: tl.constexpr,        # tl.dot: a second, smaller piece of K after BLOCK_K (0: none), in K_SPLIT chunks too
     TAIL_AFTER: tl.constexpr,    # read h's tail piece only after the first piece's products (see ``_h_w``)
+    PIECES: tl.constexpr,        # tl.dot, fused gates: K as PIECES pieces of BLOCK_K, one [BB, 4·HT] dot each (0: off)
     GROUPED: tl.constexpr,       # more than one batch group (program_id(1) > 0 exists)
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
     TAGGED: tl.constexpr,        # h exchanged with its generation (16-bit h): no step counter
@@ -397,12 +469,21 @@ def _lstm_fwd_kernel(
     p_flag = p_bar + 2 * i_q + 1                                    # the group's time-out flag
     KS: tl.constexpr = K_SPLIT if USE_DOT else 1                    # h in K chunks for the tensor cores
 
-    # This program's rows of W_hh, gate by gate, loaded ONCE and kept on chip for all T steps.
-    b_wi = _load_w_gate(p_w, 0, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
-    b_wf = _load_w_gate(p_w, 1, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
-    b_wg = _load_w_gate(p_w, 2, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
-    b_wo = _load_w_gate(p_w, 3, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
-    if K_TAIL > 0:      # K beyond BLOCK_K, a smaller piece: H = 1536 as 1024 + 512 fits on chip, 2048 would not
+    # This program's rows of W_hh, loaded ONCE and kept on chip for all T steps: fused (PIECES > 0), the four
+    # gates side by side in PIECES pieces of K (b_wi … b_wo hold pieces 0 … 3); else gate by gate.
+    if PIECES > 0:
+        b_wi = _load_w_fused(p_w, i_p, H, 0, HT, BLOCK_K)
+        b_wf = _load_w_fused(p_w, i_p, H, BLOCK_K, HT, BLOCK_K) if PIECES > 1 else b_wi
+        b_wg = _load_w_fused(p_w, i_p, H, 2 * BLOCK_K, HT, BLOCK_K) if PIECES > 2 else b_wi
+        b_wo = _load_w_fused(p_w, i_p, H, 3 * BLOCK_K, HT, BLOCK_K) if PIECES > 3 else b_wi
+    else:
+        b_wi = _load_w_gate(p_w, 0, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
+        b_wf = _load_w_gate(p_w, 1, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
+        b_wg = _load_w_gate(p_w, 2, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
+        b_wo = _load_w_gate(p_w, 3, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, False)
+    # The pieces' accumulators start from zeros the compiler cannot prove (``_opaque_zero`` says why).
+    b_zero = _opaque_zero(BLOCK_B, 4 * HT, T)
+    if K_TAIL > 0 and PIECES == 0:      # K beyond BLOCK_K, a smaller piece: H = 1536 as 1024 + 512 fits, 2048 not
         b_ti = _load_w_gate(p_w, 0, i_p, H, BLOCK_K, HT, K_TAIL, K_SPLIT, USE_DOT, ACC, False)
         b_tf = _load_w_gate(p_w, 1, i_p, H, BLOCK_K, HT, K_TAIL, K_SPLIT, USE_DOT, ACC, False)
         b_tg = _load_w_gate(p_w, 2, i_p, H, BLOCK_K, HT, K_TAIL, K_SPLIT, USE_DOT, ACC, False)
@@ -423,9 +504,13 @@ def _lstm_fwd_kernel(
         b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, T - 1 if REVERSE else 0, T, i_p, row0, b_end, B, H, HT, BLOCK_B, ACC)
         for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above the wait
             t = T - 1 - s if REVERSE else s
-            b_ri, b_rf, b_rg, b_ro = _h_w(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, b_wi, b_wf, b_wg, b_wo, b_ti,
-                                          b_tf, b_tg, b_to, BLOCK_K, K_TAIL, TAIL_AFTER, KS, TAGGED, TIMEOUT, USE_DOT,
-                                          PRECISION)
+            if PIECES > 0:
+                b_ri, b_rf, b_rg, b_ro = _h_w_fused(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, b_wi, b_wf, b_wg,
+                                                    b_wo, b_zero, BLOCK_K, PIECES, TAGGED, TIMEOUT, PRECISION)
+            else:
+                b_ri, b_rf, b_rg, b_ro = _h_w(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, b_wi, b_wf, b_wg, b_wo,
+                                              b_ti, b_tf, b_tg, b_to, BLOCK_K, K_TAIL, TAIL_AFTER, KS, TAGGED,
+                                              TIMEOUT, USE_DOT, PRECISION)
             b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_ri, b_rf, b_rg, b_ro, b_xi, b_xf, b_xg, b_xo,
                                   b_c, b_hc, s, t, i_p, row0, b_end, B, H, SAVE, HT, BLOCK_B, TAGGED)
             b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t - 1 if REVERSE else t + 1, T, i_p, row0, b_end, B, H, HT,
@@ -454,9 +539,14 @@ def _lstm_fwd_kernel(
                 b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)
                 r0 = row0 + i_bt * BLOCK_B
                 b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT, BLOCK_B, ACC)
-                b_ri, b_rf, b_rg, b_ro = _h_w(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, b_wi, b_wf, b_wg,
-                                              b_wo, b_ti, b_tf, b_tg, b_to, BLOCK_K, K_TAIL, TAIL_AFTER, KS, TAGGED,
-                                              TIMEOUT, USE_DOT, PRECISION)
+                if PIECES > 0:
+                    b_ri, b_rf, b_rg, b_ro = _h_w_fused(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, b_wi,
+                                                        b_wf, b_wg, b_wo, b_zero, BLOCK_K, PIECES, TAGGED, TIMEOUT,
+                                                        PRECISION)
+                else:
+                    b_ri, b_rf, b_rg, b_ro = _h_w(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, b_wi, b_wf,
+                                                  b_wg, b_wo, b_ti, b_tf, b_tg, b_to, BLOCK_K, K_TAIL, TAIL_AFTER, KS,
+                                                  TAGGED, TIMEOUT, USE_DOT, PRECISION)
                 b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_ri, b_rf, b_rg, b_ro, b_xi, b_xf, b_xg,
                                       b_xo, b_c, b_hc, s, t, i_p, r0, b_end, B, H, SAVE, HT, BLOCK_B, TAGGED)
                 tl.store(p_cs + o_bj, b_c, mask=m_bj)
@@ -553,13 +643,29 @@ def _dz_w(p_zg, o_z, m_b, H, b_w, b_wt, BLOCK_K: tl.constexpr, K_SPLIT: tl.const
 @triton.jit
 def _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_ti, b_tf, b_tg, b_to, b_dh, t, r0, b_end, B, H,
                  BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, K_SPLIT: tl.constexpr, K_TAIL: tl.constexpr,
-                 USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+                 USE_DOT: tl.constexpr, PRECISION: tl.constexpr, DZ_ONE_ROUND: tl.constexpr):
     """Backward step t, part 2 (after the step synchronisation): dh ← Σ_gates dz_gate · W_gate[:, own units],
     reading all of dz_t (p_z: its [B, 4H] matrix, written by every program); returns dh."""
     o_b = r0 + tl.arange(0, BLOCK_B)
     m_b = o_b < b_end
     o_z = o_b * (4 * H)                                             # row b of dz_t: [i | f | g | o]
     KS: tl.constexpr = K_SPLIT if USE_DOT else 1
+    if DZ_ONE_ROUND:                     # all of dz_t's loads issued at once: one L2 round trip
+        z_i = _load_rows(p_z, o_z, m_b, H, 0, BLOCK_K, KS)
+        z_f = _load_rows(p_z + H, o_z, m_b, H, 0, BLOCK_K, KS)
+        z_g = _load_rows(p_z + 2 * H, o_z, m_b, H, 0, BLOCK_K, KS)
+        z_o = _load_rows(p_z + 3 * H, o_z, m_b, H, 0, BLOCK_K, KS)
+        if K_TAIL > 0:
+            t_i = _load_rows(p_z, o_z, m_b, H, BLOCK_K, K_TAIL, KS)
+            t_f = _load_rows(p_z + H, o_z, m_b, H, BLOCK_K, K_TAIL, KS)
+            t_g = _load_rows(p_z + 2 * H, o_z, m_b, H, BLOCK_K, K_TAIL, KS)
+            t_o = _load_rows(p_z + 3 * H, o_z, m_b, H, BLOCK_K, K_TAIL, KS)
+        b_new = _dot(z_i, b_wi, PRECISION) + _dot(z_f, b_wf, PRECISION)
+        b_new += _dot(z_g, b_wg, PRECISION) + _dot(z_o, b_wo, PRECISION)
+        if K_TAIL > 0:
+            b_new += _dot(t_i, b_ti, PRECISION) + _dot(t_f, b_tf, PRECISION)
+            b_new += _dot(t_g, b_tg, PRECISION) + _dot(t_o, b_to, PRECISION)
+        return tl.where((t < b_len)[:, None], _chunk_sum(b_new).to(b_dh.dtype), b_dh)
     b_new = _dz_w(p_z, o_z, m_b, H, b_wi, b_ti, BLOCK_K, KS, K_TAIL, USE_DOT, PRECISION)
     b_new += _dz_w(p_z + H, o_z, m_b, H, b_wf, b_tf, BLOCK_K, KS, K_TAIL, USE_DOT, PRECISION)
     b_new += _dz_w(p_z + 2 * H, o_z, m_b, H, b_wg, b_tg, BLOCK_K, KS, K_TAIL, USE_DOT, PRECISION)
@@ -596,6 +702,7 @@ def _lstm_bwd_kernel(
     K_TAIL: tl.constexpr,        # tl.dot: a second, smaller piece of K after BLOCK_K (0: none), in K_SPLIT chunks too
     GROUPED: tl.constexpr,       # more than one batch group (program_id(1) > 0 exists)
     LOW_EXCHANGE: tl.constexpr,  # exchange dz in the 16-bit input dtype (tensor-core path)
+    DZ_ONE_ROUND: tl.constexpr,  # tl.dot: the loads of dz_t for all four gates issued together (else gate by gate)
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
     NUM_PROGRAMS: tl.constexpr,  # programs of one batch group: they meet at the group's step counter
     ACC: tl.constexpr,
@@ -639,7 +746,7 @@ def _lstm_bwd_kernel(
                 BLOCK_B, ACC)
             step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
             b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_ti, b_tf, b_tg, b_to, b_dh, t, row0, b_end, B, H,
-                                BLOCK_K, BLOCK_B, K_SPLIT, K_TAIL, USE_DOT, PRECISION)
+                                BLOCK_K, BLOCK_B, K_SPLIT, K_TAIL, USE_DOT, PRECISION, DZ_ONE_ROUND)
         tl.store(p_dh0 + o_bj, b_dh, mask=m_bj)
         tl.store(p_dc0 + o_bj, b_dc, mask=m_bj)
     else:                                                           # dh, dc live in scratch slices
@@ -675,7 +782,7 @@ def _lstm_bwd_kernel(
                 b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)
                 b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_ti, b_tf, b_tg, b_to, b_dh, t,
                                     row0 + i_bt * BLOCK_B, b_end, B, H, BLOCK_K, BLOCK_B, K_SPLIT, K_TAIL, USE_DOT,
-                                    PRECISION)
+                                    PRECISION, DZ_ONE_ROUND)
                 tl.store(p_dhs + o_bj, b_dh, mask=m_bj)
         tl.debug_barrier()
         for i_bt in range(num_bt):
@@ -759,7 +866,7 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
             T, B, H, rows,
             REVERSE=bool(reverse), SAVE=bool(save), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b,
             ONE_TILE=one_tile, K_SPLIT=cfg.k_split, K_TAIL=cfg.k_tail, TAIL_AFTER=cfg.tail_after(dtype),
-            GROUPED=grid[1] > 1, USE_DOT=cfg.use_dot,
+            PIECES=cfg.pieces, GROUPED=grid[1] > 1, USE_DOT=cfg.use_dot,
             PRECISION=cfg.precision, TAGGED=tagged, NUM_PROGRAMS=grid[0], ACC=_TL_ACC[acc], TIMEOUT=timeout,
             **_launch_options(cfg, device))
     if timeout:
@@ -773,6 +880,8 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
     H = G // 4
     dtype, device, acc = dy.dtype, dy.device, gates.dtype
     cfg = config or choose_config(B=B, H=H, dtype=dtype, device=device, backward=True)
+    if cfg.pieces:
+        raise ValueError(f"lstm_bwd: {cfg} is a forward config (K in fused pieces); the backward's has pieces=0")
     lens = host.lengths_or_full(lengths, T, B, device)
     c0 = c0.to(acc)     # c_{t-1} of the first step, in the dtype of the saved cells: no convert in the loop
 
@@ -795,7 +904,8 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
             bar, T, B, H, rows,
             REVERSE=bool(reverse), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b, ONE_TILE=one_tile,
             K_SPLIT=cfg.k_split, K_TAIL=cfg.k_tail, GROUPED=grid[1] > 1,
-            LOW_EXCHANGE=low_exchange, USE_DOT=cfg.use_dot,
+            LOW_EXCHANGE=low_exchange, DZ_ONE_ROUND=cfg.dz_one_round and cfg.use_dot,
+            USE_DOT=cfg.use_dot,
             PRECISION=cfg.precision, NUM_PROGRAMS=grid[0], ACC=_TL_ACC[acc], TIMEOUT=timeout,
             **_launch_options(cfg, device))
     if timeout:

@@ -11,20 +11,24 @@ IT HAS NEVER RUN ON A GPU: every speed figure is modeled from sm_90 code, the wa
 hardware, bf16 numerics are untested.
 Modeled (python -m bench.static_stack; MODELED FROM sm_90 CODE, NOT MEASURED, triton 3.6, bench/static.py's
 assumed latencies), B16 H512 T1024 fp16 inference forward, against today's per-layer launches (bench.static's
-single-layer row, 1.27 µs/step, one direction after another, input GEMMs and launch gaps left out):
-    2 layers unidirectional   96 programs (2 layers + layer 1's projection group), 1.52 µs/step x 1026 steps
-                              = 1.56 ms vs 2.60 ms: 0.599x
-    2 layers bidirectional   128 programs, 1.43 µs/step x 2048 steps + the input projection beside each of
-                             layer 0's steps (0.19 µs more each: its 1 MB of L2 reads) = 3.12 ms vs 5.21 ms: 0.600x
-(the target was ≤ 0.6x: met, by a hair, in the model; 0.74x and 0.90x before H became a constant, the layers
-≥ 1 got their input projected ahead (program pairs splitting the rows, bidirectional), gates_x came as 32-bit
-words and h through exchange slots. Where the time goes: a step issues 798 / 828 instructions per warp against
-the single layer's 735 (the three-counter wait, the unpacking of gates_x) and moves the L2 bytes of every group
-running at once.) Training (forward saving gates and cells, then backward): 0.69x (uni) / 0.68x (bi), backward
-steps of 2.65 / 2.28 µs against the single layer's 1.78 (its dz reads: every program reads its group's whole dz,
-two or three groups at a time); 0.85x / 1.05x while the backward computed dy = dz_{l+1}·W_ih in each step below
-the top and polled twice a step (3.61 / 4.95 µs). Forward and backward compile without spills in the loop
-(triton 3.6 and 3.9), 80 / 80 KB (unidirectional forward / backward) and 144 / 144 KB (bidirectional) of shared memory.
+single-layer row, 1.12 µs/step, one direction after another, input GEMMs and launch gaps left out):
+    2 layers unidirectional   96 programs (2 layers + layer 1's projection group), 1.36 µs/step x 1026 steps
+                              = 1.40 ms vs 2.30 ms: 0.607x
+    2 layers bidirectional   128 programs, 1.27 µs/step x 2048 steps + the input projection beside each of
+                             layer 0's steps = 2.80 ms vs 4.60 ms: 0.610x
+(the target is ≤ 0.6x. It read 0.599x / 0.600x until the profiler counted serial load rounds and the single
+layer fused its gates (1.27 → 1.12 µs/step); the stack fuses them too: the recurrence's h·W_hhᵀ and the
+projections' x·W_ihᵀ are one tensor-core product per piece of K for the four gates (``_fused``), 798 → 509
+instructions per step per warp. Before: 0.74x and 0.90x until H became a constant, the layers ≥ 1 got their
+input projected ahead (program pairs splitting the rows, bidirectional), gates_x came as 32-bit words and h
+through exchange slots. Where the time goes: the synchronisation (0.50 µs), the L2 bytes of every group running
+at once (1.8 MB a step unidirectional) and 509 / 546 instructions per warp against the single layer's 477.)
+Training (forward saving gates and cells, then backward): 0.73x (uni) / 0.76x (bi), backward steps of 2.63 /
+2.50 µs against the single layer's 1.65 (every program reads its group's whole dz, two or three groups at a
+time); the four gates' dz loads go out together (``_dz_w``): gate by gate they were four serial L2 rounds a
+step (3.40 / 3.03 µs). Forward and backward compile without spills in the loop (triton 3.6; H 128-512, 1-4
+layers, B 1-16, fp16 and bf16), 80 / 128 KB (unidirectional forward / backward) and 144 / 192 KB
+(bidirectional) of shared memory.
 Known risks: (1) all programs of all groups must be co-resident (cooperative launch: the driver refuses rather
 than hangs); (2) the waits are the epoch counters of kernels/triton_barrier.py read across groups: correct by
 the same release/acquire argument, but only a GPU tests memory ordering; (3) fp16/bf16 exchange dz between
@@ -94,7 +98,8 @@ import triton.language as tl
 
 from . import host
 from .triton_barrier import barrier_state, barrier_timeout, raise_if_timed_out
-from .triton_lstm import _hw, _sigmoid, _tanh
+from .triton_lstm import _chunk_sum, _dot, _dot_acc, _gates_of, _hw, _opaque_zero, _sigmoid, _tanh
+from .triton_config import fused_pieces
 from .triton_stack_config import StackConfig, gpu_config, interpreter_config
 
 __all__ = ["stack_fwd", "stack_bwd", "choose_config"]
@@ -184,6 +189,49 @@ def _w(p, s_k, s_u, on, i_p, H, S, HT: tl.constexpr, K: tl.constexpr, BLOCK_H: t
 
 
 @triton.jit
+def _w_fused(p, s_u, on, i_p, H, S, HT: tl.constexpr, K0, KC: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Forward, tensor cores: the rows of the four gates for this program's units side by side, piece
+    k = K0 … K0 + KC - 1 of the reduction: [KC, 4·HT], column 4u + gate, element (k, 4u + gate) at
+    p + (gate·H + u)·s_u + seg·S + j (kernels/triton_lstm.py's ``_load_w_fused``; zeros where ``on`` is false)."""
+    o_c = tl.arange(0, 4 * HT)
+    u = i_p * HT + o_c // 4
+    o_k, m_k = _seg(K0 + tl.arange(0, KC)[:, None], H, S, BLOCK_H)
+    return tl.load(p + o_k + ((o_c % 4) * H + u)[None, :] * s_u, mask=tl.where(on, m_k & (u < H)[None, :], False),
+                   other=0.)
+
+
+@triton.jit
+def _rows_at(p, o_row, m_row, H, S, K0, KC: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Piece k = K0 … K0 + KC - 1 of ``_rows``'s left operand: [BB, KC]. Written by other programs: .cg (L2)."""
+    o_k, m_k = _seg(K0 + tl.arange(0, KC)[None, :], H, S, BLOCK_H)
+    return tl.load(p + o_row[:, None] + o_k, mask=m_row[:, None] & m_k, other=0., cache_modifier=".cg")
+
+
+@triton.jit
+def _fused(p, o_row, m_row, H, S, KC: tl.constexpr, BLOCK_H: tl.constexpr, PIECES: tl.constexpr, b_w0, b_w1, b_w2,
+           b_w3, b_zero, PRECISION: tl.constexpr):
+    """The four gates of a reduction in one tensor-core product per piece of K (b_w0 … b_w3: ``_w_fused``'s
+    pieces), each piece its own accumulator, every piece's load issued before the first product (one L2
+    round), then split into the gates: i, f, g, o as [BB, HT] (kernels/triton_lstm.py's ``_h_w_fused`` has
+    the measured reasons)."""
+    b_a0 = _rows_at(p, o_row, m_row, H, S, 0, KC, BLOCK_H)
+    if PIECES > 1:
+        b_a1 = _rows_at(p, o_row, m_row, H, S, KC, KC, BLOCK_H)
+    if PIECES > 2:
+        b_a2 = _rows_at(p, o_row, m_row, H, S, 2 * KC, KC, BLOCK_H)
+    if PIECES > 3:
+        b_a3 = _rows_at(p, o_row, m_row, H, S, 3 * KC, KC, BLOCK_H)
+    b_z = _dot_acc(b_a0, b_w0, b_zero, PRECISION)
+    if PIECES > 1:
+        b_z += _dot_acc(b_a1, b_w1, b_zero, PRECISION)
+    if PIECES > 2:
+        b_z += _dot_acc(b_a2, b_w2, b_zero, PRECISION)
+    if PIECES > 3:
+        b_z += _dot_acc(b_a3, b_w3, b_zero, PRECISION)
+    return _gates_of(b_z, o_row.shape[0], b_w0.shape[1] // 4)
+
+
+@triton.jit
 def _keep(o_y, seed, drop):
     """The dropout mask of layer output elements at offsets o_y of y ([L, T, B, D·H]): kept with probability
     1 - drop. Counter-based (Philox on the element's offset), so backward regenerates the same mask."""
@@ -242,38 +290,51 @@ def _unpack_gx(b_g, DTYPE: tl.constexpr, ACC: tl.constexpr, WORDS: tl.constexpr)
 
 @triton.jit
 def _project(p_x, p_gxu, t, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg, b_bo,
-             D: tl.constexpr, KX: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT_X: tl.constexpr, USE_DOT: tl.constexpr,
-             PRECISION: tl.constexpr):
+             b_zero, D: tl.constexpr, KX: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT_X: tl.constexpr,
+             USE_DOT: tl.constexpr, PRECISION: tl.constexpr, KCX: tl.constexpr, PX: tl.constexpr):
     """gates_x[t] = x_t · W_ihᵀ + b of a layer ≥ 1 (x_t: the layer below's output at t, both directions), own
-    units, into p_gxu [L-1, T, B, D·4H] in the input dtype (as the GEMM outside writes layer 0's)."""
+    units, into p_gxu [L-1, T, B, D·4H] in the input dtype (as the GEMM outside writes layer 0's). Tensor cores:
+    the four gates fused, PX pieces of KCX (b_xi … b_xo hold the pieces)."""
     DH = D * H
     o_t = ((i_l - 1) * T + t).to(tl.int64) * B + o_b
-    b_x = _rows(p_x, o_t * DH, m_b, H, H, KX, BLOCK_H, SPLIT_X)
+    if USE_DOT:
+        b_ri, b_rf, b_rg, b_ro = _fused(p_x, o_t * DH, m_b, H, H, KCX, BLOCK_H, PX, b_xi, b_xf, b_xg, b_xo, b_zero,
+                                        PRECISION)
+    else:
+        b_x = _rows(p_x, o_t * DH, m_b, H, H, KX, BLOCK_H, SPLIT_X)
+        b_ri, b_rf = _hw(b_x, b_xi, USE_DOT, PRECISION), _hw(b_x, b_xf, USE_DOT, PRECISION)
+        b_rg, b_ro = _hw(b_x, b_xg, USE_DOT, PRECISION), _hw(b_x, b_xo, USE_DOT, PRECISION)
     p = p_gxu + o_t[:, None] * (4 * DH) + i_d * 4 * H + o_u[None, :]
     X = p_gxu.dtype.element_ty
-    tl.store(p, (_hw(b_x, b_xi, USE_DOT, PRECISION) + b_bi).to(X), mask=m_bu)
-    tl.store(p + H, (_hw(b_x, b_xf, USE_DOT, PRECISION) + b_bf).to(X), mask=m_bu)
-    tl.store(p + 2 * H, (_hw(b_x, b_xg, USE_DOT, PRECISION) + b_bg).to(X), mask=m_bu)
-    tl.store(p + 3 * H, (_hw(b_x, b_xo, USE_DOT, PRECISION) + b_bo).to(X), mask=m_bu)
+    tl.store(p, (b_ri + b_bi).to(X), mask=m_bu)
+    tl.store(p + H, (b_rf + b_bf).to(X), mask=m_bu)
+    tl.store(p + 2 * H, (b_rg + b_bg).to(X), mask=m_bu)
+    tl.store(p + 3 * H, (b_ro + b_bo).to(X), mask=m_bu)
 
 
 @triton.jit
 def _project_half(p_x, p_gxu, t, k_h, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg,
-                  b_bo, D: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
-                  PRECISION: tl.constexpr):
+                  b_bo, b_zero, D: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
+                  PRECISION: tl.constexpr, KCH: tl.constexpr, PH: tl.constexpr):
     """Half k_h of gates_x[t] of a bidirectional layer ≥ 1 for units o_u: the half x_t[:, k_h·H : (k_h+1)·H] of
     its input (direction k_h of the layer below) times the same columns of W_ih (+ b in half 0), into
     p_gxu [L-1, 2, T, B, D·4H] at (l-1, k_h, t); the recurrence adds the two halves (``_load_gx``)."""
     DH = D * H
     o_t = ((i_l - 1) * T + t).to(tl.int64) * B + o_b
-    b_x = _rows(p_x + k_h * H, o_t * DH, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT)
+    if USE_DOT:     # fused gates, PH pieces of KCH (b_xi … b_xo hold the pieces)
+        b_ri, b_rf, b_rg, b_ro = _fused(p_x + k_h * H, o_t * DH, m_b, H, H, KCH, BLOCK_H, PH, b_xi, b_xf, b_xg, b_xo,
+                                        b_zero, PRECISION)
+    else:
+        b_x = _rows(p_x + k_h * H, o_t * DH, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT)
+        b_ri, b_rf = _hw(b_x, b_xi, USE_DOT, PRECISION), _hw(b_x, b_xf, USE_DOT, PRECISION)
+        b_rg, b_ro = _hw(b_x, b_xg, USE_DOT, PRECISION), _hw(b_x, b_xo, USE_DOT, PRECISION)
     o_r = (((i_l - 1) * 2 + k_h) * T + t).to(tl.int64) * B + o_b
     p = p_gxu + o_r[:, None] * (4 * DH) + i_d * 4 * H + o_u[None, :]
     X = p_gxu.dtype.element_ty
-    tl.store(p, (_hw(b_x, b_xi, USE_DOT, PRECISION) + b_bi).to(X), mask=m_bu)
-    tl.store(p + H, (_hw(b_x, b_xf, USE_DOT, PRECISION) + b_bf).to(X), mask=m_bu)
-    tl.store(p + 2 * H, (_hw(b_x, b_xg, USE_DOT, PRECISION) + b_bg).to(X), mask=m_bu)
-    tl.store(p + 3 * H, (_hw(b_x, b_xo, USE_DOT, PRECISION) + b_bo).to(X), mask=m_bu)
+    tl.store(p, (b_ri + b_bi).to(X), mask=m_bu)
+    tl.store(p + H, (b_rf + b_bf).to(X), mask=m_bu)
+    tl.store(p + 2 * H, (b_rg + b_bg).to(X), mask=m_bu)
+    tl.store(p + 3 * H, (b_ro + b_bo).to(X), mask=m_bu)
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -304,6 +365,8 @@ def _stack_fwd_kernel(
     D: tl.constexpr, NPG: tl.constexpr, HT: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_B: tl.constexpr,
     SPLIT_H: tl.constexpr,      # tl.dot chunks of the h·W_hhᵀ reduction (K = BLOCK_H)
     SPLIT_X: tl.constexpr,      # tl.dot chunks of the x·W_ihᵀ reduction (K = D·BLOCK_H)
+    KCH: tl.constexpr, PH: tl.constexpr,    # tensor cores, fused gates: h·W_hhᵀ in PH pieces of KCH (K = BLOCK_H)
+    KCX: tl.constexpr, PX: tl.constexpr,    # and x·W_ihᵀ in PX pieces of KCX (K = D·BLOCK_H)
     MULTI: tl.constexpr,        # L > 1: programs of layers ≥ 1 exist
     PRE_X: tl.constexpr,        # layers ≥ 1 project their whole input before their recurrence (bidirectional)
     HALVES: tl.constexpr,       # PRE_X with NPG even: program pairs split the input row in halves (else 1)
@@ -332,6 +395,9 @@ def _stack_fwd_kernel(
     m_bu = m_b[:, None] & (o_u < H)[None, :]
     o_s = (i_g * B + o_b)[:, None] * H + o_u[None, :]           # own units in [L·D, B, H]
     KX: tl.constexpr = D * BLOCK_H
+    # The fused products' accumulators start from zeros the compiler cannot prove (kernels/triton_lstm.py's
+    # ``_opaque_zero`` says why).
+    b_zero = _opaque_zero(BLOCK_B, 4 * HT, T)
 
     # Loaded ONCE, kept on chip: the rows of W_ih (layers ≥ 1) and W_hh for own units.
     if MULTI:
@@ -343,19 +409,34 @@ def _stack_fwd_kernel(
             o_u2 = (i_p // 2) * (2 * HT) + tl.arange(0, 2 * HT)
             m_bu2 = m_b[:, None] & (o_u2 < H)[None, :]
             p_w += k_h * H
-            b_xi = _w(p_w, 1, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
-            b_xf = _w(p_w + H * DH, 1, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
-            b_xg = _w(p_w + 2 * H * DH, 1, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT,
-                      ACC)
-            b_xo = _w(p_w + 3 * H * DH, 1, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT,
-                      ACC)
+            if USE_DOT:     # the four gates side by side, in PH pieces of K (b_xi … b_xo hold the pieces)
+                b_xi = _w_fused(p_w, DH, upper, i_p // 2, H, H, 2 * HT, 0, KCH, BLOCK_H)
+                b_xf = _w_fused(p_w, DH, upper, i_p // 2, H, H, 2 * HT, KCH, KCH, BLOCK_H) if PH > 1 else b_xi
+                b_xg = _w_fused(p_w, DH, upper, i_p // 2, H, H, 2 * HT, 2 * KCH, KCH, BLOCK_H) if PH > 2 else b_xi
+                b_xo = _w_fused(p_w, DH, upper, i_p // 2, H, H, 2 * HT, 3 * KCH, KCH, BLOCK_H) if PH > 3 else b_xi
+                b_zx = _opaque_zero(BLOCK_B, 8 * HT, T)
+            else:
+                b_xi = _w(p_w, 1, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+                b_xf = _w(p_w + H * DH, 1, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT,
+                          ACC)
+                b_xg = _w(p_w + 2 * H * DH, 1, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT,
+                          ACC)
+                b_xo = _w(p_w + 3 * H * DH, 1, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT,
+                          ACC)
+                b_zx = 0.
             m_bias = tl.where(upper & (k_h == 0), (o_u2 < H) & HAS_BIAS, False)   # b in half 0 only
             p_bb = p_bias + i_w * 4 * H + o_u2
         else:
-            b_xi = _w(p_w, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
-            b_xf = _w(p_w + H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
-            b_xg = _w(p_w + 2 * H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
-            b_xo = _w(p_w + 3 * H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+            if USE_DOT:     # the four gates side by side, in PX pieces of K (b_xi … b_xo hold the pieces)
+                b_xi = _w_fused(p_w, DH, upper, i_p, H, H, HT, 0, KCX, BLOCK_H)
+                b_xf = _w_fused(p_w, DH, upper, i_p, H, H, HT, KCX, KCX, BLOCK_H) if PX > 1 else b_xi
+                b_xg = _w_fused(p_w, DH, upper, i_p, H, H, HT, 2 * KCX, KCX, BLOCK_H) if PX > 2 else b_xi
+                b_xo = _w_fused(p_w, DH, upper, i_p, H, H, HT, 3 * KCX, KCX, BLOCK_H) if PX > 3 else b_xi
+            else:
+                b_xi = _w(p_w, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+                b_xf = _w(p_w + H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+                b_xg = _w(p_w + 2 * H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+                b_xo = _w(p_w + 3 * H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
             m_bias = tl.where(upper, (o_u < H) & HAS_BIAS, False)
             p_bb = p_bias + i_w * 4 * H + o_u
         b_bi = tl.load(p_bb, mask=m_bias, other=0.).to(ACC)[None, :]
@@ -382,15 +463,15 @@ def _stack_fwd_kernel(
                 for k in tl.range(1, T + 1, num_stages=1):
                     _wait(p_bar, i_g, 0, i_below + k_h, b0 + NPG * k, i_below + k_h, 0, TIMEOUT)
                     _project_half(p_x, p_gxu, tl.where(k_h == 0, k - 1, T - k), k_h, i_l, i_d, o_b, m_b, o_u2,
-                                  m_bu2, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg, b_bo, D, BLOCK_H, SPLIT_H,
-                                  USE_DOT, PRECISION)
+                                  m_bu2, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg, b_bo, b_zx, D, BLOCK_H,
+                                  SPLIT_H, USE_DOT, PRECISION, KCH, PH)
             else:
                 for k in tl.range(T // 2 + 1, T + 1, num_stages=1):
                     _wait(p_bar, i_g, 0, i_below, b0 + NPG * k, i_below + 1, b0 + NPG * k, TIMEOUT)
                     _project(p_x, p_gxu, k - 1, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo,
-                             b_bi, b_bf, b_bg, b_bo, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
+                             b_bi, b_bf, b_bg, b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX)
                     _project(p_x, p_gxu, T - k, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo,
-                             b_bi, b_bf, b_bg, b_bo, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
+                             b_bi, b_bf, b_bg, b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX)
             _arrive(p_bar + 2 * i_g)
             _wait(p_bar, i_g, NPG, i_g, 0, i_g, 0, TIMEOUT)    # before the first prefetch of gates_x
         off = upper.to(tl.int32)                                # arrivals before the recurrence's steps
@@ -406,15 +487,21 @@ def _stack_fwd_kernel(
         for t in tl.range(tl.where(proj, T, 0), num_stages=1):
             _wait(p_bar, i_pg, NPG * t, i_g - 1, NPG * (t + 1), i_g - 1, 0, TIMEOUT)
             _project(p_x, p_gxu, t, i_l, 0, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg,
-                     b_bo, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
+                     b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX)
             _arrive(p_bar + 2 * i_pg)
         # a layer ≥ 1 prefetches its first gates_x before its loop: its projection group done with t = 0
         _wait(p_bar, i_g, 0, i_pg, tl.where(upper & ~proj, NPG, 0), i_pg, 0, TIMEOUT)
     p_w = p_whh + i_g * 4 * H * H
-    b_hi = _w(p_w, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
-    b_hf = _w(p_w + H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
-    b_hg = _w(p_w + 2 * H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
-    b_ho = _w(p_w + 3 * H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    if USE_DOT:     # the four gates side by side, in PH pieces of K (b_hi … b_ho hold the pieces)
+        b_hi = _w_fused(p_w, H, True, i_p, H, H, HT, 0, KCH, BLOCK_H)
+        b_hf = _w_fused(p_w, H, True, i_p, H, H, HT, KCH, KCH, BLOCK_H) if PH > 1 else b_hi
+        b_hg = _w_fused(p_w, H, True, i_p, H, H, HT, 2 * KCH, KCH, BLOCK_H) if PH > 2 else b_hi
+        b_ho = _w_fused(p_w, H, True, i_p, H, H, HT, 3 * KCH, KCH, BLOCK_H) if PH > 3 else b_hi
+    else:
+        b_hi = _w(p_w, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+        b_hf = _w(p_w + H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+        b_hg = _w(p_w + 2 * H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+        b_ho = _w(p_w + 3 * H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
 
     b_c = tl.load(p_c0 + o_s, mask=m_bu, other=0.).to(ACC)
     b_hc = tl.load(p_h0 + o_s, mask=m_bu, other=0.)            # the carried h (frozen past a row's end)
@@ -445,12 +532,18 @@ def _stack_fwd_kernel(
         # Generation s + 2 overwrites it only after every program of the group has waited for step s + 1,
         # which each reached after reading generation s (kernels/triton_lstm.py's exchange: read from y and
         # h0 with a select, it took 2 loads and 130-190 more instructions a step, sm_90, triton 3.6).
-        b_h = _rows(p_hxg + (s % 2) * B * H, o_b * H, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H)
+        if USE_DOT:
+            b_ri, b_rf, b_rg, b_ro = _fused(p_hxg + (s % 2) * B * H, o_b * H, m_b, H, H, KCH, BLOCK_H, PH, b_hi, b_hf,
+                                            b_hg, b_ho, b_zero, PRECISION)
+        else:
+            b_h = _rows(p_hxg + (s % 2) * B * H, o_b * H, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H)
+            b_ri, b_rf = _hw(b_h, b_hi, USE_DOT, PRECISION), _hw(b_h, b_hf, USE_DOT, PRECISION)
+            b_rg, b_ro = _hw(b_h, b_hg, USE_DOT, PRECISION), _hw(b_h, b_ho, USE_DOT, PRECISION)
         X: tl.constexpr = p_gx.dtype.element_ty
-        b_zi = _unpack_gx(b_gi, X, ACC, WORDS) + _hw(b_h, b_hi, USE_DOT, PRECISION)
-        b_zf = _unpack_gx(b_gf, X, ACC, WORDS) + _hw(b_h, b_hf, USE_DOT, PRECISION)
-        b_zg = _unpack_gx(b_gg, X, ACC, WORDS) + _hw(b_h, b_hg, USE_DOT, PRECISION)
-        b_zo = _unpack_gx(b_go, X, ACC, WORDS) + _hw(b_h, b_ho, USE_DOT, PRECISION)
+        b_zi = _unpack_gx(b_gi, X, ACC, WORDS) + b_ri
+        b_zf = _unpack_gx(b_gf, X, ACC, WORDS) + b_rf
+        b_zg = _unpack_gx(b_gg, X, ACC, WORDS) + b_rg
+        b_zo = _unpack_gx(b_go, X, ACC, WORDS) + b_ro
         if HALVES == 2:                                         # the input's second half
             b_zi += _unpack_gx(b_hi2, X, ACC, WORDS)
             b_zf += _unpack_gx(b_hf2, X, ACC, WORDS)
@@ -459,11 +552,17 @@ def _stack_fwd_kernel(
         if MULTI and not (PRE_X or PIPE):
             if upper:
                 o_x = (((i_l - 1) * T + t).to(tl.int64) * B + o_b) * DH
-                b_x = _rows(p_x, o_x, m_b, H, H, KX, BLOCK_H, SPLIT_X)
-                b_zi += _hw(b_x, b_xi, USE_DOT, PRECISION) + b_bi
-                b_zf += _hw(b_x, b_xf, USE_DOT, PRECISION) + b_bf
-                b_zg += _hw(b_x, b_xg, USE_DOT, PRECISION) + b_bg
-                b_zo += _hw(b_x, b_xo, USE_DOT, PRECISION) + b_bo
+                if USE_DOT:
+                    b_ri, b_rf, b_rg, b_ro = _fused(p_x, o_x, m_b, H, H, KCX, BLOCK_H, PX, b_xi, b_xf, b_xg, b_xo,
+                                                    b_zero, PRECISION)
+                else:
+                    b_x = _rows(p_x, o_x, m_b, H, H, KX, BLOCK_H, SPLIT_X)
+                    b_ri, b_rf = _hw(b_x, b_xi, USE_DOT, PRECISION), _hw(b_x, b_xf, USE_DOT, PRECISION)
+                    b_rg, b_ro = _hw(b_x, b_xg, USE_DOT, PRECISION), _hw(b_x, b_xo, USE_DOT, PRECISION)
+                b_zi += b_ri + b_bi
+                b_zf += b_rf + b_bf
+                b_zg += b_rg + b_bg
+                b_zo += b_ro + b_bo
 
         b_i, b_f, b_g, b_o = _sigmoid(b_zi), _sigmoid(b_zf), _tanh(b_zg), _sigmoid(b_zo)
         b_alive = (t < b_len)[:, None]
@@ -499,17 +598,32 @@ def _stack_fwd_kernel(
 
 
 @triton.jit
+def _dz_w(p_z, o_z, m_b, H, S, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr, b_wi, b_wf, b_wg, b_wo,
+          USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """Σ over the four gates of dz_gate · W_gate ([BB, HT]): gate g's rows at p_z + g·H (``_rows`` with S, K).
+    On the tensor cores the four gates' loads go out together, one serial L2 round trip: loaded gate by gate,
+    each gate's loads left only once the previous gate's data was back (sm_90, triton 3.6), four round trips."""
+    if USE_DOT:
+        b_zi = _rows(p_z, o_z, m_b, H, S, K, BLOCK_H, SPLIT)
+        b_zf = _rows(p_z + H, o_z, m_b, H, S, K, BLOCK_H, SPLIT)
+        b_zg = _rows(p_z + 2 * H, o_z, m_b, H, S, K, BLOCK_H, SPLIT)
+        b_zo = _rows(p_z + 3 * H, o_z, m_b, H, S, K, BLOCK_H, SPLIT)
+        return _chunk_sum(_dot(b_zi, b_wi, PRECISION) + _dot(b_zf, b_wf, PRECISION) + _dot(b_zg, b_wg, PRECISION)
+                          + _dot(b_zo, b_wo, PRECISION))
+    b_new = _hw(_rows(p_z, o_z, m_b, H, S, K, BLOCK_H, SPLIT), b_wi, USE_DOT, PRECISION)
+    b_new += _hw(_rows(p_z + H, o_z, m_b, H, S, K, BLOCK_H, SPLIT), b_wf, USE_DOT, PRECISION)
+    b_new += _hw(_rows(p_z + 2 * H, o_z, m_b, H, S, K, BLOCK_H, SPLIT), b_wg, USE_DOT, PRECISION)
+    return b_new + _hw(_rows(p_z + 3 * H, o_z, m_b, H, S, K, BLOCK_H, SPLIT), b_wo, USE_DOT, PRECISION)
+
+
+@triton.jit
 def _dy(p_zr, t, i_l, o_b, m_b, T, B, H, b_ui, b_uf, b_ug, b_uo, D: tl.constexpr, KX: tl.constexpr,
         BLOCK_H: tl.constexpr, SPLIT_X: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     """dy_l[t] = dz_{l+1}[t] · W_ih(l+1) for own columns (l < L-1: the gradient the layer above sends down to
     layer l's output at t, before dropout), summed over the four gates of every direction above: [BB, HT]."""
     DH = D * H
     o_z = (((i_l + 1) * T + t).to(tl.int64) * B + o_b) * (4 * DH)
-    b_dy = _hw(_rows(p_zr, o_z, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_ui, USE_DOT, PRECISION)
-    b_dy += _hw(_rows(p_zr + H, o_z, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_uf, USE_DOT, PRECISION)
-    b_dy += _hw(_rows(p_zr + 2 * H, o_z, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_ug, USE_DOT, PRECISION)
-    b_dy += _hw(_rows(p_zr + 3 * H, o_z, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X), b_uo, USE_DOT, PRECISION)
-    return b_dy
+    return _dz_w(p_zr, o_z, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X, b_ui, b_uf, b_ug, b_uo, USE_DOT, PRECISION)
 
 
 @triton.jit
@@ -532,10 +646,7 @@ def _project_dy_half(p_zr, p_dyu, t, k_h, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H
     DH = D * H
     o_z = (((i_l + 1) * T + t).to(tl.int64) * B + o_b) * (4 * DH)
     p_z = p_zr + k_h * 4 * H
-    b_dy = _hw(_rows(p_z, o_z, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT), b_ui, USE_DOT, PRECISION)
-    b_dy += _hw(_rows(p_z + H, o_z, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT), b_uf, USE_DOT, PRECISION)
-    b_dy += _hw(_rows(p_z + 2 * H, o_z, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT), b_ug, USE_DOT, PRECISION)
-    b_dy += _hw(_rows(p_z + 3 * H, o_z, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT), b_uo, USE_DOT, PRECISION)
+    b_dy = _dz_w(p_z, o_z, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT, b_ui, b_uf, b_ug, b_uo, USE_DOT, PRECISION)
     o_r = ((i_l * 2 + k_h) * T + t).to(tl.int64) * B + o_b
     tl.store(p_dyu + o_r[:, None] * DH + i_d * H + o_u[None, :], b_dy, mask=m_bu)
 
@@ -780,10 +891,7 @@ def _stack_bwd_kernel(
         elif NPG > 1:
             _wait(p_bar, i_g, NPG * (s + 1 + off), i_g, 0, i_g, 0, TIMEOUT)   # all of own group's dz_t written
         o_zr = o_t * (4 * DH) + i_d * 4 * H
-        b_new = _hw(_rows(p_zr, o_zr, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H), b_ri, USE_DOT, PRECISION)
-        b_new += _hw(_rows(p_zr + H, o_zr, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H), b_rf, USE_DOT, PRECISION)
-        b_new += _hw(_rows(p_zr + 2 * H, o_zr, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H), b_rg, USE_DOT, PRECISION)
-        b_new += _hw(_rows(p_zr + 3 * H, o_zr, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H), b_ro, USE_DOT, PRECISION)
+        b_new = _dz_w(p_zr, o_zr, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H, b_ri, b_rf, b_rg, b_ro, USE_DOT, PRECISION)
         b_dh = tl.where(b_alive, b_new.to(ACC), b_dh)           # dh ← dz_t · W_hh; frozen rows pass it through
 
     m_bu = tl.where(proj, False, m_bu)                          # a projection program has no state to write
@@ -822,6 +930,14 @@ def _meta(cfg: StackConfig, L: int, D: int, dtype: torch.dtype) -> dict:
     return dict(D=D, NPG=cfg.programs_per_group, HT=cfg.ht, BLOCK_H=cfg.block_h, BLOCK_B=cfg.block_b,
                 MULTI=L > 1, USE_DOT=cfg.use_dot, PRECISION=cfg.precision, ACC=_TL_ACC[acc],
                 TIMEOUT=barrier_timeout())
+
+
+def _fused_pieces(cfg: StackConfig, D: int) -> dict:
+    """The forward's fused products (tensor cores): h·W_hhᵀ (K = BLOCK_H) and x·W_ihᵀ (K = D·BLOCK_H) each in at
+    most 4 pieces of a power of two ≥ 16 (kernels/triton_config.py's ``fused_pieces``)."""
+    ph, kch = fused_pieces(cfg.block_h)
+    px, kcx = fused_pieces(D * cfg.block_h)
+    return dict(KCH=kch, PH=ph, KCX=kcx, PX=px)
 
 
 def _seed(seed: torch.Tensor | None, drop: bool, stand_in: torch.Tensor) -> torch.Tensor:
@@ -872,7 +988,8 @@ def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, s
             gx0, w_ih, w_hh, unused if bias is None else bias, h0, c0, lens, y, y if x is None else x, h_n, c_n,
             unused if gates is None else gates, unused if cells is None else cells, bar, _seed(seed, drop, lens),
             gxu, h_exchange, T, B, L, H, float(dropout),
-            SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), SAVE=save, DROPOUT=drop, HAS_BIAS=bias is not None,
+            SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), **_fused_pieces(cfg, D), SAVE=save, DROPOUT=drop,
+            HAS_BIAS=bias is not None,
             PRE_X=pre_x, PIPE=pipe, HALVES=halves,
             **meta, **_launch_options(cfg, device))
     if meta["TIMEOUT"]:

@@ -327,7 +327,8 @@ def _patch_triton(patches: _Patches, n: int, deadline: float, stagger: bool, hol
     accepts = inspect.signature(triton_config.gpu_config).parameters
 
     def choose_config(*, B, H, dtype, device=None, **extra):
-        extra = {k: v for k, v in extra.items() if k in accepts}      # any later keyword it grows
+        if not any(p.kind is p.VAR_KEYWORD for p in accepts.values()):   # (a wrapper passes all on)
+            extra = {k: v for k, v in extra.items() if k in accepts}      # any later keyword it grows
         cfg = triton_config.gpu_config(B=B, H=H, dtype=dtype, n_sm=n, **extra)
         if cfg.num_programs != n:
             raise ValueError(f"concurrent_programs({n}): the triton config for B={B}, H={H}, {dtype} has "

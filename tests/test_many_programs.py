@@ -59,7 +59,8 @@ def triton_h(n, B, dtype, start=2, k_split=1):
     each in two chunks of 64 and 16)."""
     for H in range(start, 1025):
         cfg = triton_config.gpu_config(B=B, H=H, dtype=dtype, n_sm=n)
-        if cfg.num_programs == n and H % cfg.ht and getattr(cfg, "k_split", 1) >= k_split:
+        chunks = triton_config.gpu_config(B=B, H=H, dtype=dtype, n_sm=n, backward=True).k_split   # the forward
+        if cfg.num_programs == n and H % cfg.ht and chunks >= k_split:                  # may fuse its K pieces
             return H
     raise AssertionError(f"no H ≤ 1024 gives {n} triton programs with a masked edge tile for B={B}, {dtype}"
                          f"{f', K in {k_split} chunks' if k_split > 1 else ''}")

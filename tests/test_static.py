@@ -79,6 +79,12 @@ def test_load_rounds_and_prefetch():
     assert read(consumed, exchange).load_phases == ["dram", "l2"]
     assert read(prefetch, exchange).load_phases == ["l2"]
     assert read(exchange, []).load_phases == ["l2"]
+    # h in two pieces: the second piece's load issued only after the first piece was consumed (staged for
+    # the MMAs) is a second serial L2 round; both issued before either is consumed, one round
+    serial = exchange + ["LDG.E.STRONG.GPU R32, desc[UR8][R24.64]", "FADD R33, R32, R32"]
+    together = exchange[:1] + ["LDG.E.STRONG.GPU R32, desc[UR8][R24.64]", "FADD R31, R30, R30", "FADD R33, R32, R32"]
+    assert read([], serial).load_phases == ["l2", "l2"]
+    assert read([], together).load_phases == ["l2"]
 
 
 def test_tagged_exchange_polls_the_data():
@@ -122,6 +128,9 @@ def test_model_arithmetic():
                            warps=8, programs=2, grid_bytes=1000, params=p)
     assert exposed["exchange_us"] == pytest.approx((2 * (300 + 100) + 1000) / 1e3)
     assert m["compute_us"] == pytest.approx(1800 / 1e3)               # 900 instr x 2 warps per sub-partition
+    mma_bound = static.model(sass.Step(**{**step.__dict__, "counts": {"mma": 300, "other": 600}}), warps=8,
+                             programs=2, grid_bytes=1000, params=dict(p, MMA_ISSUE=4))
+    assert mma_bound["compute_us"] == pytest.approx(300 * 2 * 4 / 1e3)   # the tensor cores' peak rate bounds it
     assert m["step_us"] == pytest.approx(m["sync_us"] + m["exchange_us"] + m["compute_us"])
 
 

@@ -49,15 +49,15 @@ def assert_close(got, want, tol, what):
 def run_both(T, B, H, dtype, use_dot, lengths, reverse, given_state=True, block_b=None, k_split=None):
     gx, h0, c0, w, (dy, dhn, dcn) = make_inputs(T, B, H, dtype, given_state=given_state)
     lens = None if lengths is None else torch.tensor(lengths)
-    cfg = interpreter_config(B=B, H=H, dtype=dtype, use_dot=use_dot)
+    cfg, bcfg = (interpreter_config(B=B, H=H, dtype=dtype, use_dot=use_dot, backward=b) for b in (False, True))
+    if k_split is not None:             # the per-gate dot in K chunks, forward too (on a GPU: H = 1536, backward)
+        cfg = bcfg = dataclasses.replace(bcfg, k_split=k_split)
     if block_b is not None:
-        cfg = dataclasses.replace(cfg, block_b=block_b)
-    if k_split is not None:
-        cfg = dataclasses.replace(cfg, k_split=k_split)
+        cfg, bcfg = dataclasses.replace(cfg, block_b=block_b), dataclasses.replace(bcfg, block_b=block_b)
     out = triton_lstm.lstm_fwd(gx, h0, c0, w, lens, reverse, True, config=cfg)
     d64 = lambda t: t.double()  # noqa: E731
     ref = reference.forward(d64(gx), d64(h0), d64(c0), d64(w), None, lens, reverse, True)
-    grads = triton_lstm.lstm_bwd(dy, dhn, dcn, out[3], out[4], c0, w, lens, reverse, config=cfg)
+    grads = triton_lstm.lstm_bwd(dy, dhn, dcn, out[3], out[4], c0, w, lens, reverse, config=bcfg)
     ref_grads = reference.backward(d64(dy), d64(dhn), d64(dcn), ref[3], ref[4], d64(h0), d64(c0), ref[0],
                                    d64(w), None, lens, reverse)[:3]
     return out, ref, grads, ref_grads
@@ -100,8 +100,8 @@ def test_k_split_dot(dtype, k_split, reverse, tail_after, monkeypatch):
     fit: forced here by a zero shared-memory budget) after its products; unsorted lengths."""
     if tail_after:
         monkeypatch.setattr(triton_config, "DOT_SHARED_BUDGET", 0)
-    cfg = interpreter_config(B=3, H=40, dtype=dtype, use_dot=True)
-    assert (cfg.block_k, cfg.k_tail, cfg.tail_after(dtype)) == (32, 16, tail_after)
+    cfg = interpreter_config(B=3, H=40, dtype=dtype, use_dot=True, backward=True)
+    assert (cfg.block_k, cfg.k_tail, cfg.tail_after(dtype), cfg.pieces) == (32, 16, tail_after, 0)
     out, ref, grads, ref_grads = run_both(5, 3, 40, dtype, True, [2, 5, 4], reverse, k_split=k_split)
     tol, gtol = TOL[dtype]
     for name, got, want in zip(["y", "h_n", "c_n", "gates", "cells"], out, ref):
@@ -110,12 +110,61 @@ def test_k_split_dot(dtype, k_split, reverse, tail_after, monkeypatch):
         assert_close(got, want, gtol, name)
 
 
+@pytest.mark.parametrize("H,pieces", [(20, 2), (40, 3), (56, 4), (16, 1)], ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_fused_gates_forward(H, pieces, reverse):
+    """The forward's fused tensor-core dot (the four gates in one [BB, 4·HT] product per piece of K, each piece
+    its own accumulator; the GPU's forward for fp16/bf16 wherever h's pieces fit beside the weights): K in
+    1-4 pieces of 16, the last partly masked (H = 20, 40, 56), every output and gradient vs the reference,
+    unsorted lengths; and the per-gate path (pieces = 0) gives the same within fp16 rounding."""
+    cfg = interpreter_config(B=3, H=H, dtype=torch.float16, use_dot=True)
+    assert (cfg.pieces, cfg.block_k, cfg.k_split) == (pieces, 16, 1), cfg
+    out, ref, grads, ref_grads = run_both(5, 3, H, torch.float16, True, [2, 5, 4], reverse)
+    tol, gtol = TOL[torch.float16]
+    for name, got, want in zip(["y", "h_n", "c_n", "gates", "cells", "dgates", "dh0", "dc0"], out + grads,
+                               ref + ref_grads):
+        assert_close(got, want, tol if name in ("y", "h_n", "c_n", "gates", "cells") else gtol, name)
+    gx, h0, c0, w, _ = make_inputs(5, 3, H, torch.float16)
+    per_gate = interpreter_config(B=3, H=H, dtype=torch.float16, use_dot=True, backward=True)
+    other = triton_lstm.lstm_fwd(gx, h0, c0, w, torch.tensor([2, 5, 4]), reverse, True, config=per_gate)
+    for name, a, b in zip(["y", "h_n", "c_n", "gates", "cells"], out, other):
+        assert_close(a, b, tol, name)
+
+
+@pytest.mark.parametrize("one_round", [False, True], ids=["per-gate", "one-round"])
+@pytest.mark.parametrize("H", [16, 40], ids=["K16", "K32+16"])
+def test_backward_dz_loads(one_round, H):
+    """The backward's loads of dz_t issued gate by gate or all four gates at once (one serial L2 round trip each
+    on a GPU), K in one piece or a first piece and a tail: every gradient vs the reference."""
+    gx, h0, c0, w, (dy, dhn, dcn) = make_inputs(5, 3, H, torch.float16)
+    lens = torch.tensor([2, 5, 4])
+    out = triton_lstm.lstm_fwd(gx, h0, c0, w, lens, True, True)
+    bcfg = interpreter_config(B=3, H=H, dtype=torch.float16, backward=True)
+    assert bcfg.dz_one_round and bcfg.k_tail == (16 if H == 40 else 0), bcfg
+    grads = triton_lstm.lstm_bwd(dy, dhn, dcn, out[3], out[4], c0, w, lens, True,
+                                 config=dataclasses.replace(bcfg, dz_one_round=one_round))
+    d64 = lambda t: t.double()  # noqa: E731
+    ref = reference.forward(d64(gx), d64(h0), d64(c0), d64(w), None, lens, True, True)
+    ref_grads = reference.backward(d64(dy), d64(dhn), d64(dcn), ref[3], ref[4], d64(h0), d64(c0), ref[0], d64(w),
+                                   None, lens, True)[:3]
+    for name, got, want in zip(["dgates", "dh0", "dc0"], grads, ref_grads):
+        assert_close(got, want, TOL[torch.float16][1], name)
+
+
+def test_backward_refuses_a_forward_config():
+    cfg = interpreter_config(B=3, H=20, dtype=torch.float16, use_dot=True)
+    gx, h0, c0, w, (dy, dhn, dcn) = make_inputs(2, 3, 20, torch.float16)
+    out = triton_lstm.lstm_fwd(gx, h0, c0, w, None, False, True, config=cfg)
+    with pytest.raises(ValueError, match="forward config"):
+        triton_lstm.lstm_bwd(dy, dhn, dcn, out[3], out[4], c0, w, config=cfg)
+
+
 @pytest.mark.parametrize("B,H", [(1, 20), (3, 20), (16, 20), (3, 40)], ids=str)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_tagged_h_exchange(B, H, reverse):
     """fp16 on tensor cores with h exchanged in words tagged with its generation (``tagged_h``, no step
-    counter): every output and gradient vs the reference, unsorted lengths, given h0/c0; H = 40 reads h in
-    two pieces of K (32 + 16), each polled for its generation."""
+    counter): every output vs the reference, unsorted lengths, given h0/c0, on the fused forward; H = 40
+    reads h in three pieces of K (16 each, the last half masked), each polled for its generation."""
     T = 5
     lengths = ([3, 5, 1, 4, 2] * 4)[:B] if B > 1 else [4]
     gx, h0, c0, w, (dy, dhn, dcn) = make_inputs(T, B, H, torch.float16)
@@ -139,12 +188,11 @@ def test_batch_groups(dtype, use_dot, B, rows, reverse):
     T, H = 5, 12
     gx, h0, c0, w, (dy, dhn, dcn) = make_inputs(T, B, H, dtype)
     lens = torch.tensor(lengths)
-    cfg = dataclasses.replace(interpreter_config(B=B, H=H, dtype=dtype, use_dot=use_dot), num_programs=2,
-                              batch_groups=2, group_rows=rows)
-    if not use_dot:
-        cfg = dataclasses.replace(cfg, block_b=2)
+    cfg, bcfg = (dataclasses.replace(interpreter_config(B=B, H=H, dtype=dtype, use_dot=use_dot, backward=b),
+                                     num_programs=2, batch_groups=2, group_rows=rows, block_b=16 if use_dot else 2)
+                 for b in (False, True))
     out = triton_lstm.lstm_fwd(gx, h0, c0, w, lens, reverse, True, config=cfg)
-    grads = triton_lstm.lstm_bwd(dy, dhn, dcn, out[3], out[4], c0, w, lens, reverse, config=cfg)
+    grads = triton_lstm.lstm_bwd(dy, dhn, dcn, out[3], out[4], c0, w, lens, reverse, config=bcfg)
     d64 = lambda t: t.double()  # noqa: E731
     ref = reference.forward(d64(gx), d64(h0), d64(c0), d64(w), None, lens, reverse, True)
     ref_grads = reference.backward(d64(dy), d64(dhn), d64(dcn), ref[3], ref[4], d64(h0), d64(c0), ref[0], d64(w),
