@@ -201,6 +201,25 @@ def _w_fused(p, s_u, on, i_p, H, S, HT: tl.constexpr, K0, KC: tl.constexpr, BLOC
 
 
 @triton.jit
+def _w4(p, s_u, on, i_p, H, S, HT: tl.constexpr, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr,
+        KC: tl.constexpr, PIECES: tl.constexpr, USE_DOT: tl.constexpr, ACC: tl.constexpr):
+    """The four weight blocks of a reduction over K for this program's units, loaded once: on the tensor cores
+    the fused pieces (``_w_fused``: PIECES of KC, the unused ones repeat the first), else gate by gate (``_w``,
+    gate g's rows at p + g·H·s_u)."""
+    if USE_DOT:
+        b_0 = _w_fused(p, s_u, on, i_p, H, S, HT, 0, KC, BLOCK_H)
+        b_1 = _w_fused(p, s_u, on, i_p, H, S, HT, KC, KC, BLOCK_H) if PIECES > 1 else b_0
+        b_2 = _w_fused(p, s_u, on, i_p, H, S, HT, 2 * KC, KC, BLOCK_H) if PIECES > 2 else b_0
+        b_3 = _w_fused(p, s_u, on, i_p, H, S, HT, 3 * KC, KC, BLOCK_H) if PIECES > 3 else b_0
+    else:
+        b_0 = _w(p, 1, s_u, on, i_p, H, S, HT, K, BLOCK_H, SPLIT, USE_DOT, ACC)
+        b_1 = _w(p + H * s_u, 1, s_u, on, i_p, H, S, HT, K, BLOCK_H, SPLIT, USE_DOT, ACC)
+        b_2 = _w(p + 2 * H * s_u, 1, s_u, on, i_p, H, S, HT, K, BLOCK_H, SPLIT, USE_DOT, ACC)
+        b_3 = _w(p + 3 * H * s_u, 1, s_u, on, i_p, H, S, HT, K, BLOCK_H, SPLIT, USE_DOT, ACC)
+    return b_0, b_1, b_2, b_3
+
+
+@triton.jit
 def _rows_at(p, o_row, m_row, H, S, K0, KC: tl.constexpr, BLOCK_H: tl.constexpr):
     """Piece k = K0 … K0 + KC - 1 of ``_rows``'s left operand: [BB, KC]. Written by other programs: .cg (L2)."""
     o_k, m_k = _seg(K0 + tl.arange(0, KC)[None, :], H, S, BLOCK_H)
@@ -409,34 +428,13 @@ def _stack_fwd_kernel(
             o_u2 = (i_p // 2) * (2 * HT) + tl.arange(0, 2 * HT)
             m_bu2 = m_b[:, None] & (o_u2 < H)[None, :]
             p_w += k_h * H
-            if USE_DOT:     # the four gates side by side, in PH pieces of K (b_xi … b_xo hold the pieces)
-                b_xi = _w_fused(p_w, DH, upper, i_p // 2, H, H, 2 * HT, 0, KCH, BLOCK_H)
-                b_xf = _w_fused(p_w, DH, upper, i_p // 2, H, H, 2 * HT, KCH, KCH, BLOCK_H) if PH > 1 else b_xi
-                b_xg = _w_fused(p_w, DH, upper, i_p // 2, H, H, 2 * HT, 2 * KCH, KCH, BLOCK_H) if PH > 2 else b_xi
-                b_xo = _w_fused(p_w, DH, upper, i_p // 2, H, H, 2 * HT, 3 * KCH, KCH, BLOCK_H) if PH > 3 else b_xi
-                b_zx = _opaque_zero(BLOCK_B, 8 * HT, T)
-            else:
-                b_xi = _w(p_w, 1, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
-                b_xf = _w(p_w + H * DH, 1, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT,
-                          ACC)
-                b_xg = _w(p_w + 2 * H * DH, 1, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT,
-                          ACC)
-                b_xo = _w(p_w + 3 * H * DH, 1, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT,
-                          ACC)
-                b_zx = 0.
+            b_xi, b_xf, b_xg, b_xo = _w4(p_w, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, KCH, PH,
+                                         USE_DOT, ACC)      # tensor cores: the fused pieces, not the gates
+            b_zx = _opaque_zero(BLOCK_B, 8 * HT, T)
             m_bias = tl.where(upper & (k_h == 0), (o_u2 < H) & HAS_BIAS, False)   # b in half 0 only
             p_bb = p_bias + i_w * 4 * H + o_u2
         else:
-            if USE_DOT:     # the four gates side by side, in PX pieces of K (b_xi … b_xo hold the pieces)
-                b_xi = _w_fused(p_w, DH, upper, i_p, H, H, HT, 0, KCX, BLOCK_H)
-                b_xf = _w_fused(p_w, DH, upper, i_p, H, H, HT, KCX, KCX, BLOCK_H) if PX > 1 else b_xi
-                b_xg = _w_fused(p_w, DH, upper, i_p, H, H, HT, 2 * KCX, KCX, BLOCK_H) if PX > 2 else b_xi
-                b_xo = _w_fused(p_w, DH, upper, i_p, H, H, HT, 3 * KCX, KCX, BLOCK_H) if PX > 3 else b_xi
-            else:
-                b_xi = _w(p_w, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
-                b_xf = _w(p_w + H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
-                b_xg = _w(p_w + 2 * H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
-                b_xo = _w(p_w + 3 * H * DH, 1, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, USE_DOT, ACC)
+            b_xi, b_xf, b_xg, b_xo = _w4(p_w, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, KCX, PX, USE_DOT, ACC)
             m_bias = tl.where(upper, (o_u < H) & HAS_BIAS, False)
             p_bb = p_bias + i_w * 4 * H + o_u
         b_bi = tl.load(p_bb, mask=m_bias, other=0.).to(ACC)[None, :]
@@ -492,16 +490,8 @@ def _stack_fwd_kernel(
         # a layer ≥ 1 prefetches its first gates_x before its loop: its projection group done with t = 0
         _wait(p_bar, i_g, 0, i_pg, tl.where(upper & ~proj, NPG, 0), i_pg, 0, TIMEOUT)
     p_w = p_whh + i_g * 4 * H * H
-    if USE_DOT:     # the four gates side by side, in PH pieces of K (b_hi … b_ho hold the pieces)
-        b_hi = _w_fused(p_w, H, True, i_p, H, H, HT, 0, KCH, BLOCK_H)
-        b_hf = _w_fused(p_w, H, True, i_p, H, H, HT, KCH, KCH, BLOCK_H) if PH > 1 else b_hi
-        b_hg = _w_fused(p_w, H, True, i_p, H, H, HT, 2 * KCH, KCH, BLOCK_H) if PH > 2 else b_hi
-        b_ho = _w_fused(p_w, H, True, i_p, H, H, HT, 3 * KCH, KCH, BLOCK_H) if PH > 3 else b_hi
-    else:
-        b_hi = _w(p_w, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
-        b_hf = _w(p_w + H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
-        b_hg = _w(p_w + 2 * H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
-        b_ho = _w(p_w + 3 * H * H, 1, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, USE_DOT, ACC)
+    b_hi, b_hf, b_hg, b_ho = _w4(p_w, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, KCH, PH, USE_DOT,
+                                 ACC)      # tensor cores: the fused pieces, not the gates
 
     b_c = tl.load(p_c0 + o_s, mask=m_bu, other=0.).to(ACC)
     b_hc = tl.load(p_h0 + o_s, mask=m_bu, other=0.)            # the carried h (frozen past a row's end)

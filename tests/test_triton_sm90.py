@@ -9,6 +9,7 @@ without the divisibility hints the code read here would never run). ``cuobjdump
 loop (no LDL/STL there with triton 3.6, the GPU machine's; other versions at most a reload or two of a value
 spilled before the loop; a stack frame used only outside it costs nothing per step),
 ≤ 255 registers, ≤ 227 KB of shared memory, and a grid that fits co-resident on 132 SMs.
+The one-launch stack's kernels (kernels/triton_stack.py) likewise, for the modeled cases (``STACK_CASES``).
 The compiles run in subprocesses with TRITON_INTERPRET unset (conftest.py sets it for this process).
 This says nothing about speed, and the limits are ptxas's, not a run's.
 """
@@ -166,4 +167,39 @@ def test_every_config_compiles_for_sm90_without_spills(compiled):
         per_sm = co_resident(r["REG"], shared, cfg["num_warps"])
         if per_sm * N_SM < cfg["num_programs"]:
             problems.append(f"{name}: {cfg['num_programs']} programs, only {per_sm} per SM x {N_SM} SMs fit")
+    assert not problems, "\n".join(problems)
+
+
+# The one-launch stack (kernels/triton_stack.py): its forward and backward as bench/static_stack.py launches them
+# (the stack launcher on meta tensors, Triton's run-time specialisation), the modeled cases and an odd number of
+# programs per group (the bidirectional projection without program pairs): no local memory inside any loop,
+# ≤ 255 registers, ≤ 227 KB of shared memory. The CPU tests run it under the interpreter, which accepts code the
+# compiler refuses (a jit function returning tuples of different layouts from two branches did).
+STACK_CASES = [(16, 512, 2, 1, "float16", "fwd"), (16, 512, 2, 1, "float16", "bwd"), (16, 512, 2, 2, "float16", "fwd"),
+               (16, 512, 2, 2, "float16", "bwd"), (8, 272, 2, 2, "bfloat16", "fwd")]
+_STACK_SCRIPT = """
+import json, sys, torch
+from bench import sass, static_stack
+from lstm_gpu.kernels import triton_sm90
+for B, H, L, D, dtype, direction in json.loads(sys.argv[1]):
+    cfg, launch = static_stack.capture(direction, B=B, H=H, T=64, L=L, D=D, dtype=getattr(torch, dtype), save=True)
+    k = triton_sm90.compile_launch(launch)
+    code = sass.parse(triton_sm90.sass(k))
+    local = sum(1 for lo, hi in sass.loops(code) for i in code if lo <= i.addr <= hi and i.op in ("LDL", "STL"))
+    u = triton_sm90.resource_usage(k)
+    print(json.dumps(dict(case=[B, H, L, D, dtype, direction], REG=u["REG"], LOCAL=u["LOCAL"], loop_local=local,
+                          shared=k.metadata.shared + u["SHARED"])))
+"""
+
+
+def test_stack_kernels_compile_for_sm90_without_spills():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", _STACK_SCRIPT, json.dumps(STACK_CASES)], cwd=root,
+                       env=env, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert [x["case"] for x in results] == [list(c) for c in STACK_CASES]
+    problems = [f"{x['case']}: {x}" for x in results
+                if x["loop_local"] or x["LOCAL"] or x["REG"] > 255 or x["shared"] > SHARED_LIMIT]
     assert not problems, "\n".join(problems)
