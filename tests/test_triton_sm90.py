@@ -192,6 +192,9 @@ for B, H, L, D, dtype, direction in json.loads(sys.argv[1]):
 """
 
 
+@pytest.mark.skipif(not STRICT, reason="the GPU machine's triton (3.6) is what compiles it: .ci/run runs this file "
+                                       "with 3.6 too (with 3.9 the bidirectional projection without program pairs, "
+                                       "H = 272, spilled 146 accesses per step)")
 def test_stack_kernels_compile_for_sm90_without_spills():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
