@@ -175,8 +175,8 @@ def test_every_config_compiles_for_sm90_without_spills(compiled):
 # programs per group (the bidirectional projection without program pairs): no local memory inside any loop,
 # ≤ 255 registers, ≤ 227 KB of shared memory. The CPU tests run it under the interpreter, which accepts code the
 # compiler refuses (a jit function returning tuples of different layouts from two branches did).
-STACK_CASES = [(16, 512, 2, 1, "float16", "fwd"), (16, 512, 2, 1, "float16", "bwd"), (16, 512, 2, 2, "float16", "fwd"),
-               (16, 512, 2, 2, "float16", "bwd"), (8, 272, 2, 2, "bfloat16", "fwd")]
+STACK_CASES = [(16, 512, 2, 1, "float16", "fwd"), (16, 512, 2, 2, "float16", "fwd"), (16, 512, 2, 2, "float16", "bwd"),
+               (8, 272, 2, 2, "bfloat16", "fwd")]     # bench.static_stack compiles the unidirectional backward
 _STACK_SCRIPT = """
 import json, sys, torch
 from bench import sass, static_stack
