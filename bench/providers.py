@@ -208,12 +208,31 @@ def setup_triton_tagged(shape: Shape, dtype, weights, device) -> Prepared:
     return Prepared(forward, prep.params, "lstm_gpu.LSTM(backend='triton'), forward h exchange tagged")
 
 
+def setup_triton_per_gate(shape: Shape, dtype, weights, device) -> Prepared:
+    """The triton backend with the forward's tensor-core product per gate (``triton_config.FUSED_GATES`` off):
+    the path the fused dot replaced, modeled slower (B16 H768 fp16 forward 1.29 vs 1.45 µs/step); the first GPU
+    measurement checks the model. Tensor cores only (16-bit)."""
+    from lstm_gpu.kernels import triton_config
+    if dtype not in (torch.float16, torch.bfloat16):
+        raise Unsupported("the per-gate tensor-core forward is measured at 16 bits only")
+    prep = _lstm_gpu_setup("triton")(shape, dtype, weights, device)
+
+    def forward(x: Tensor):
+        saved, triton_config.FUSED_GATES = triton_config.FUSED_GATES, False
+        try:
+            return prep.forward(x)
+        finally:
+            triton_config.FUSED_GATES = saved
+    return Prepared(forward, prep.params, "lstm_gpu.LSTM(backend='triton'), forward tl.dot per gate")
+
+
 PROVIDERS: dict[str, Setup] = {
     "reference": _lstm_gpu_setup("reference"),
     "cudnn": setup_cudnn,
     "triton": _lstm_gpu_setup("triton"),
     "triton-layers": _lstm_gpu_setup("triton", stack=False),    # one launch per layer and direction
     "triton-tagged": setup_triton_tagged,
+    "triton-per-gate": setup_triton_per_gate,
     "numba": _lstm_gpu_setup("numba"),
     "eager": _cell_loop_setup(False),
     "compiled": _cell_loop_setup(True),

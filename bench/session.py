@@ -83,8 +83,9 @@ STACK_DRY = [(2, 8, 4, "fp32-ieee", "fwd+bwd", 2, False), (2, 8, 4, "fp32-ieee",
 STACK_PROVIDERS = ("cudnn", "triton", "triton-layers")
 HEADLINE_PROVIDERS = ("cudnn", "triton", "numba")
 # 16-bit headline rows also time the forward with the tagged h exchange (no step counter), which the static
-# model rates slower at B16 H768: a measurement decides between the two (kernels/triton_lstm.py, _read_h)
-HEADLINE_16BIT_EXTRA = ("triton-tagged",)
+# model rates slower at B16 H768: a measurement decides between the two (kernels/triton_lstm.py, _read_h); and
+# with the forward's tensor-core product per gate, the path the fused dot replaced (a check of the model)
+HEADLINE_16BIT_EXTRA = ("triton-tagged", "triton-per-gate")
 QUICK_GPU = ["--quick", "--dtype", "fp16,bf16,fp32-tf32", "--providers", "cudnn,triton,numba"]
 QUICK_DRY = ["--quick", "--batch", "1", "--hidden", "8", "--seq-len", "2", "--dtype", "fp32-ieee", "--mode", "fwd",
              "--providers", "cudnn,triton", "--no-floor", "--no-plots", "--min-reps", "1", "--max-reps", "2"]
@@ -554,8 +555,8 @@ def headline_table(csv_path: Path, env: dict) -> str:
 
     lines = [f"Machine: `{env['machine']}`", "",
              "| B | H | T | dtype | mode | cuDNN regime | cuDNN µs/step | triton µs/step | speedup | numba µs/step "
-             "| speedup | floor µs/step | triton floor × | triton, tagged h µs/step |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| speedup | floor µs/step | triton floor × | triton, tagged h µs/step | triton, per-gate dots µs/step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for spec in env["headline"]:
         key = dict(batch=spec["batch"], hidden=spec["hidden"], seq_len=spec["seq_len"], dtype=spec["dtype"],
                    mode=spec["mode"])
@@ -563,10 +564,11 @@ def headline_table(csv_path: Path, env: dict) -> str:
         fl = find("floor", kernel="floor", batch=spec["batch"], hidden=spec["hidden"], dtype=spec["dtype"])
         fm = find("triton", metric="floor_multiple", **key)
         regime = (cu or tr or {}).get("cudnn_regime", "")
-        tagged = find("triton-tagged", **key)
+        tagged, per_gate = find("triton-tagged", **key), find("triton-per-gate", **key)
         lines.append(f"| {spec['batch']} | {spec['hidden']} | {spec['seq_len']} | {spec['dtype']} | {spec['mode']} | "
                      f"{regime} | {cell(cu)} | {cell(tr)} | {ratio(cu, tr)} | {cell(nb)} | {ratio(cu, nb)} | "
-                     f"{cell(fl)} | {cell(fm) if fm else ''} | {cell(tagged) if tagged else ''} |")
+                     f"{cell(fl)} | {cell(fm) if fm else ''} | {cell(tagged) if tagged else ''} | "
+                     f"{cell(per_gate) if per_gate else ''} |")
     lines += ["", "speedup = cuDNN time / kernel time (p50); µs/step p50 (p20-p80), input projection included."]
     return "\n".join(lines) + "\n"
 

@@ -55,6 +55,9 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 FP32_PRECISION: str | None = None           # "ieee" | "tf32" | "tf32x3"; None: TRITON_F32_DEFAULT or "ieee"
 TAGGED_H: bool | None = None                # forward h exchange tagged (see LSTMConfig.tagged_h); None: the
                                             # environment variable LSTM_GPU_TAGGED_H=1, else off (the default)
+FUSED_GATES: bool | None = None             # forward tl.dot fused over the gates (LSTMConfig.pieces); None: on
+                                            # unless the environment variable LSTM_GPU_FUSED_GATES=0 (a
+                                            # measurement switch: the per-gate dots are what it replaced)
 
 H100_SMS = 132                              # SMs of an H100 SXM, the design target
 REGS_PER_SM = 64 * 1024                     # 32-bit registers per SM (sm_80 .. sm_90)
@@ -168,6 +171,11 @@ def fp32_precision() -> str:
     return FP32_PRECISION or os.environ.get("TRITON_F32_DEFAULT") or "ieee"
 
 
+def fused_gates() -> bool:
+    """Whether the configs fuse the forward's four gates into one tl.dot per piece of K (the default)."""
+    return FUSED_GATES if FUSED_GATES is not None else os.environ.get("LSTM_GPU_FUSED_GATES", "1") != "0"
+
+
 def tagged_h() -> bool:
     """Whether gpu_config asks for the tagged h exchange (a measurement switch; off by default)."""
     return TAGGED_H if TAGGED_H is not None else os.environ.get("LSTM_GPU_TAGGED_H", "0") == "1"
@@ -188,7 +196,7 @@ def interpreter_config(*, B: int, H: int, dtype: torch.dtype, use_dot: bool | No
     block_k, k_tail = k_pieces(H) if use_dot else (k, 0)
     k_split, pieces = max(1, block_k // DOT_KC) if use_dot else 1, 0
     tensor_cores = dtype in (torch.float16, torch.bfloat16) or fp32_precision() != "ieee"
-    if use_dot and tensor_cores and not backward:
+    if use_dot and tensor_cores and not backward and fused_gates():
         (pieces, block_k), k_tail, k_split = fused_pieces(H), 0, 1
     return LSTMConfig(ht=k, block_k=block_k, block_b=bb, use_dot=use_dot, precision=fp32_precision(),
                       num_warps=4, num_programs=1, k_split=k_split, tagged_h=tagged_h(), k_tail=k_tail,
@@ -305,7 +313,8 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     # them. H = 1536 (192 KB of weights + a 48 KB h tile) does not fit: per gate, K as 1024 + 512.
     pieces = 0
     fused = fused_pieces(H)
-    if use_mma and not backward and dot_shared_bytes(ht, fused[0] * fused[1], 16, dtype) <= DOT_SHARED_BUDGET:
+    if (use_mma and not backward and fused_gates()
+            and dot_shared_bytes(ht, fused[0] * fused[1], 16, dtype) <= DOT_SHARED_BUDGET):
         pieces, block_k, k_tail, k_split = fused[0], fused[1], 0, 1
     if (use_dot and half and not backward and tiles_per_group % 2 == 0
             and dot_shared_bytes(ht, pieces * block_k if pieces else block_k, 32, dtype,
