@@ -190,40 +190,35 @@ def setup_flashrnn(shape: Shape, dtype, weights, device) -> Prepared:
     return Prepared(forward, p, "flashrnn cuda_fused (layout unverified on GPU; gated)")
 
 
-def setup_triton_tagged(shape: Shape, dtype, weights, device) -> Prepared:
-    """The triton backend with the forward's h exchanged in words tagged with their step (no step counter;
-    ``triton_config.TAGGED_H``): a variant the static model rates slower at B16 H768 and the first GPU
-    measurement decides on. 16-bit only."""
-    from lstm_gpu.kernels import triton_config
-    if dtype not in (torch.float16, torch.bfloat16):
-        raise Unsupported("the tagged h exchange carries 16-bit h only")
-    prep = _lstm_gpu_setup("triton")(shape, dtype, weights, device)
+def _triton_switched(switch: str, value: bool, refusal: str, note: str) -> Setup:
+    """The triton backend with the config switch ``triton_config.<switch>`` set to ``value`` around each call
+    (and back after it): a variant the first GPU measurement decides on. 16-bit only (else ``refusal``)."""
+    def setup(shape: Shape, dtype, weights, device) -> Prepared:
+        from lstm_gpu.kernels import triton_config
+        if dtype not in (torch.float16, torch.bfloat16):
+            raise Unsupported(refusal)
+        prep = _lstm_gpu_setup("triton")(shape, dtype, weights, device)
 
-    def forward(x: Tensor):
-        saved, triton_config.TAGGED_H = triton_config.TAGGED_H, True
-        try:
-            return prep.forward(x)
-        finally:
-            triton_config.TAGGED_H = saved
-    return Prepared(forward, prep.params, "lstm_gpu.LSTM(backend='triton'), forward h exchange tagged")
+        def forward(x: Tensor):
+            saved = getattr(triton_config, switch)
+            setattr(triton_config, switch, value)
+            try:
+                return prep.forward(x)
+            finally:
+                setattr(triton_config, switch, saved)
+        return Prepared(forward, prep.params, f"lstm_gpu.LSTM(backend='triton'), {note}")
+    return setup
 
 
-def setup_triton_per_gate(shape: Shape, dtype, weights, device) -> Prepared:
-    """The triton backend with the forward's tensor-core product per gate (``triton_config.FUSED_GATES`` off):
-    the path the fused dot replaced, modeled slower (B16 H768 fp16 forward 1.29 vs 1.45 µs/step); the first GPU
-    measurement checks the model. Tensor cores only (16-bit)."""
-    from lstm_gpu.kernels import triton_config
-    if dtype not in (torch.float16, torch.bfloat16):
-        raise Unsupported("the per-gate tensor-core forward is measured at 16 bits only")
-    prep = _lstm_gpu_setup("triton")(shape, dtype, weights, device)
-
-    def forward(x: Tensor):
-        saved, triton_config.FUSED_GATES = triton_config.FUSED_GATES, False
-        try:
-            return prep.forward(x)
-        finally:
-            triton_config.FUSED_GATES = saved
-    return Prepared(forward, prep.params, "lstm_gpu.LSTM(backend='triton'), forward tl.dot per gate")
+# The forward's h exchanged in words tagged with their step (no step counter; ``triton_config.TAGGED_H``): the
+# static model rates it slower at B16 H768.
+setup_triton_tagged = _triton_switched("TAGGED_H", True, "the tagged h exchange carries 16-bit h only",
+                                       "forward h exchange tagged")
+# The forward's tensor-core product per gate (``triton_config.FUSED_GATES`` off): the path the fused dot replaced,
+# modeled slower (B16 H768 fp16 forward 1.29 vs 1.45 µs/step).
+setup_triton_per_gate = _triton_switched("FUSED_GATES", False,
+                                         "the per-gate tensor-core forward is measured at 16 bits only",
+                                         "forward tl.dot per gate")
 
 
 PROVIDERS: dict[str, Setup] = {

@@ -253,10 +253,14 @@ def test_floor_kernel_compiles_for_sm90_without_spills():
         assert usage["barrier"] == "lstm_gpu.kernels.triton_barrier.grid_barrier"
 
 
-def test_tagged_provider_runs_the_tagged_forward_and_matches_the_oracle(monkeypatch):
-    """The headline's "triton-tagged" provider: the forward with the tagged h exchange (interpreter on CPU,
-    fp16), within fp16 tolerance of the oracle; the switch is back off after the call; not for fp32."""
+@pytest.mark.parametrize("provider", ["triton-tagged", "triton-per-gate"])
+def test_switched_providers_run_their_variant_and_match_the_oracle(provider, monkeypatch):
+    """The headline's variants of the triton forward: "triton-tagged" (the tagged h exchange) and
+    "triton-per-gate" (the tensor-core product per gate, not fused), interpreter on CPU, fp16: the variant
+    runs, within fp16 tolerance of the oracle; the switch is back to its default after the call; not for fp32."""
     from lstm_gpu.kernels import triton_config, triton_lstm
+    variant = {"triton-tagged": lambda c: c.tagged_exchange(torch.float16),
+               "triton-per-gate": lambda c: c.use_dot and c.pieces == 0}[provider]
     shape = providers.Shape(3, 20, 5)
     weights = providers.shared_weights(shape)
     cpu = torch.device("cpu")
@@ -265,39 +269,14 @@ def test_tagged_provider_runs_the_tagged_forward_and_matches_the_oracle(monkeypa
     monkeypatch.setattr(triton_lstm, "lstm_fwd", lambda *a, config=None, **k: seen.append(
         triton_config.choose_config(B=a[0].shape[1], H=a[0].shape[2] // 4, dtype=a[0].dtype, device=cpu))
         or real(*a, config=config, **k))
-    prep = providers.PROVIDERS["triton-tagged"](shape, torch.float16, weights, cpu)
+    prep = providers.PROVIDERS[provider](shape, torch.float16, weights, cpu)
     x = torch.randn(5, 3, 20, generator=torch.Generator().manual_seed(0)).half()
     dy = torch.randn(5, 3, 20, generator=torch.Generator().manual_seed(1)).half()
     got = providers.outputs(prep, x, dy, "fwd")
-    assert seen and all(c.tagged_exchange(torch.float16) for c in seen)
-    assert not triton_config.tagged_h()
+    assert seen and all(variant(c) for c in seen)
+    assert not triton_config.tagged_h() and triton_config.fused_gates()
     want = providers.oracle(shape, torch.float16, weights, x, dy)
     for k in ("y", "h_n", "c_n"):
         assert (got[k].double() - want[k].double()).abs().max().item() < 1e-2, k
-    with pytest.raises(providers.Unsupported, match="16-bit"):
-        providers.PROVIDERS["triton-tagged"](shape, torch.float32, weights, cpu)
-
-
-def test_per_gate_provider_runs_the_per_gate_forward_and_matches_the_oracle(monkeypatch):
-    """The headline's "triton-per-gate" provider: the forward's tensor-core product per gate, not fused
-    (interpreter on CPU, fp16), within fp16 tolerance of the oracle; the default (fused) is back after the call."""
-    from lstm_gpu.kernels import triton_config, triton_lstm
-    shape = providers.Shape(3, 20, 5)
-    weights = providers.shared_weights(shape)
-    cpu = torch.device("cpu")
-    seen = []
-    real = triton_lstm.lstm_fwd
-    monkeypatch.setattr(triton_lstm, "lstm_fwd", lambda *a, config=None, **k: seen.append(
-        triton_config.choose_config(B=a[0].shape[1], H=a[0].shape[2] // 4, dtype=a[0].dtype, device=cpu))
-        or real(*a, config=config, **k))
-    prep = providers.PROVIDERS["triton-per-gate"](shape, torch.float16, weights, cpu)
-    x = torch.randn(5, 3, 20, generator=torch.Generator().manual_seed(0)).half()
-    dy = torch.randn(5, 3, 20, generator=torch.Generator().manual_seed(1)).half()
-    got = providers.outputs(prep, x, dy, "fwd")
-    assert seen and all(c.use_dot and c.pieces == 0 for c in seen)
-    assert triton_config.fused_gates() and triton_config.interpreter_config(B=3, H=20, dtype=torch.float16).pieces
-    want = providers.oracle(shape, torch.float16, weights, x, dy)
-    for k in ("y", "h_n", "c_n"):
-        assert (got[k].double() - want[k].double()).abs().max().item() < 1e-2, k
-    with pytest.raises(providers.Unsupported, match="16 bits"):
-        providers.PROVIDERS["triton-per-gate"](shape, torch.float32, weights, cpu)
+    with pytest.raises(providers.Unsupported, match="16"):
+        providers.PROVIDERS[provider](shape, torch.float32, weights, cpu)
