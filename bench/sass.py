@@ -9,6 +9,8 @@ A step of a persistent kernel is one trip around its time loop. What it costs, r
 - the instructions one warp issues per trip, by class (``CLASSES``);
 - the longest chain of dependent tensor-core MMAs (each HMMA waits for the accumulator of the last);
 - the global loads, stores and atomics, with their widths (bytes per thread);
+- the shared-memory wavefronts (LDS, LDSM, STS: 128 bytes each, the SM's shared-memory bandwidth per cycle):
+  operands of tl.dot staged in shared memory are re-read every step, W_hh included;
 - the step synchronisation: its inner poll loop (executed at least once) and the serial L2 round trips
   before it (an atomic whose result the program waits for, then the poll that sees the last arrival).
 """
@@ -56,6 +58,17 @@ class Instr:
             if bits in self.mods:
                 return nbytes
         return 4
+
+    def smem_wavefronts(self) -> int:
+        """128-byte shared-memory wavefronts of one warp's LDS / LDSM / STS, bank conflicts and broadcasts
+        not modeled (ldmatrix .x4 moves 16 bytes per thread: 4 wavefronts; .x2 2; .x1 1)."""
+        if self.op == "LDSM":
+            per_thread = 16 if self.mods.endswith(".4") else 8 if self.mods.endswith(".2") else 4
+        elif self.op in ("LDS", "STS"):
+            per_thread = self.width()
+        else:
+            return 0
+        return max(1, per_thread * 32 // 128)
 
     def branch_target(self) -> int | None:
         if self.op != "BRA":
@@ -106,6 +119,7 @@ class Step:
     mma_chain: int = 0                                  # longest chain of dependent MMAs
     load_bytes: int = 0                                 # global bytes loaded per thread (poll excluded)
     store_bytes: int = 0                                # global bytes stored per thread
+    smem_wavefronts: int = 0                            # 128-byte shared-memory wavefronts (LDS/LDSM/STS)
     poll: dict = field(default_factory=dict)            # the poll loop's instructions by class, one trip
     sync_round_trips: int = 0                           # serial L2 round trips of the step synchronisation
     fences: int = 0                                     # MEMBAR.GPU on the step's path
@@ -215,6 +229,7 @@ def read_step(code: list[Instr], inner_trips: int = 1, loop: tuple[int, int] | N
             step.store_bytes += n * ins.width()
         elif ins.op == "MEMBAR" and "GPU" in ins.mods + ins.operands:
             step.fences += 1
+        step.smem_wavefronts += n * ins.smem_wavefronts()
     for k, v in step.poll.items():                      # the poll loop runs at least once
         step.counts[k] = step.counts.get(k, 0) + v
     step.instructions = sum(step.counts.values())

@@ -20,7 +20,10 @@ trips of the step synchronisation, registers / spills / shared memory, programs.
                  (the serial rounds of loads the step waits for, ``sass.load_phases``: a load issued after
                   the wait for an earlier one is a round of its own; the exchange of h or dz is an L2
                   round; unprefetched streamed data a DRAM one; bytes from ``step_bytes``)
-    compute  = max(instructions · ceil(warps / 4) / ISSUE, mma_chain · MMA, MMAs · ceil(warps / 4) · MMA_ISSUE)
+    compute  = max(instructions · ceil(warps / 4) / ISSUE, mma_chain · MMA, MMAs · ceil(warps / 4) · MMA_ISSUE,
+                   shared-memory wavefronts · warps / SMEM)
+                 (the last: a tl.dot operand staged in shared memory, W_hh included, is read back with
+                  ldmatrix every step; every warp reads its own copy of the operand the warps share)
     step     = sync + exchange + compute                (cycles; µs = cycles / CLOCK)
 """
 from __future__ import annotations
@@ -44,6 +47,8 @@ PARAMS = dict(
     MMA_ISSUE=4,          # cycles per HMMA.16816 (or .1688 tf32) per SM sub-partition at the tensor cores' dense
                           # peak (989 TFLOPS fp16 = 132 SMs x 4 x 512 FMA per cycle at 1.83 GHz); mma.sync may
                           # reach less on Hopper, so this is a floor
+    SMEM=1,               # 128-byte shared-memory wavefronts per cycle per SM (128 B/cycle: 33 TB/s on 132 SMs
+                          # at 1.98 GHz, the published L1/shared bandwidth); bank conflicts not modeled
     FENCE=450,            # cycles: MEMBAR.GPU waits for the program's outstanding stores to reach L2
     L2_BW=5.5e12,         # bytes/s: L2 bandwidth of the whole chip
 )
@@ -85,6 +90,7 @@ class Row:
     mma_chain: int
     bytes_per_program: int
     grid_bytes: int
+    smem_bytes: int             # shared-memory bytes one program moves per step (wavefronts x 128, all warps)
     sync_round_trips: int
     sync_fences: int
     tiles: int
@@ -128,7 +134,8 @@ def model(step, *, warps: int, programs: int, grid_bytes: int, params: dict = PA
     exchange = step.tile_trips * rounds + grid / p["L2_BW"] * p["CLOCK_GHZ"] * 1e9
     issue = step.instructions * math.ceil(warps / 4) / p["ISSUE"]
     tensor = step.counts.get("mma", 0) * math.ceil(warps / 4) * p["MMA_ISSUE"]
-    compute = max(issue, step.mma_chain * step.tile_trips * p["MMA"], tensor)
+    smem = step.smem_wavefronts * warps / p["SMEM"]
+    compute = max(issue, step.mma_chain * step.tile_trips * p["MMA"], tensor, smem)
     us = lambda cycles: cycles / (p["CLOCK_GHZ"] * 1e3)   # noqa: E731
     return dict(bytes_per_program=per_program, grid_bytes=grid, sync_us=us(sync), exchange_us=us(exchange),
                 compute_us=us(compute), step_us=us(sync + exchange + compute))
@@ -159,7 +166,8 @@ def profile(B: int, H: int, T: int, dtype: str, direction: str, n_sm: int = N_SM
                shared_bytes=max(usage["SHARED"], kernel.metadata.shared), instructions=step.instructions,
                mma=c.get("mma", 0), fma=c.get("fma", 0), mufu=c.get("mufu", 0), shfl=c.get("shfl", 0),
                ldg=c.get("ldg", 0), stg=c.get("stg", 0), atom=c.get("atom", 0), bar=c.get("bar", 0),
-               fence=c.get("fence", 0), triton=_triton_version(), mma_chain=step.mma_chain * step.tile_trips, sync_round_trips=step.sync_round_trips,
+               fence=c.get("fence", 0), triton=_triton_version(),
+               smem_bytes=step.smem_wavefronts * cfg.num_warps * 128, mma_chain=step.mma_chain * step.tile_trips, sync_round_trips=step.sync_round_trips,
                sync_fences=step.fences, tiles=step.tile_trips, **m)
 
 
@@ -179,7 +187,7 @@ def case_rows(B, H, T, dtype, mode) -> list[Row]:
 def markdown(cases: list[tuple], rows_of: dict) -> str:
     """One line per kernel of each case; a fwd+bwd case adds the line of their sum."""
     head = ("| case (B, H, T, dtype) | kernel | programs × warps | regs / stack B / spills in loop / smem KB | instr / step / warp | "
-            "HMMA / chain | shfl | L2 bytes / step | sync trips + fences | modeled µs/step: sync + exchange + compute |")
+            "HMMA / chain | shfl | L2 bytes / step | smem KB / step / SM | sync trips + fences | modeled µs/step: sync + exchange + compute |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for case in cases:
         B, H, T, dtype, mode = case
@@ -189,10 +197,10 @@ def markdown(cases: list[tuple], rows_of: dict) -> str:
                 f"| {B}, {H}, {T}, {dtype} | {r.direction} | {r.programs} × {r.warps} | "
                 f"{r.regs} / {r.spill_bytes} / {r.loop_spills} / {r.shared_bytes // 1024} | {r.instructions} | "
                 f"{r.mma} / {r.mma_chain} | "
-                f"{r.shfl} | {r.grid_bytes / 1e6:.2f} MB | {r.sync_round_trips} + {r.sync_fences} | "
+                f"{r.shfl} | {r.grid_bytes / 1e6:.2f} MB | {r.smem_bytes // 1024} | {r.sync_round_trips} + {r.sync_fences} | "
                 f"**{r.step_us:.2f}** = {r.sync_us:.2f} + {r.exchange_us:.2f} + {r.compute_us:.2f} |")
         if mode == "fwd+bwd":
-            lines.append(f"| {B}, {H}, {T}, {dtype} | fwd+bwd | | | | | | | | **{sum(r.step_us for r in rows):.2f}** |")
+            lines.append(f"| {B}, {H}, {T}, {dtype} | fwd+bwd | | | | | | | | | **{sum(r.step_us for r in rows):.2f}** |")
     return "\n".join(lines)
 
 

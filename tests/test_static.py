@@ -131,7 +131,21 @@ def test_model_arithmetic():
     mma_bound = static.model(sass.Step(**{**step.__dict__, "counts": {"mma": 300, "other": 600}}), warps=8,
                              programs=2, grid_bytes=1000, params=dict(p, MMA_ISSUE=4))
     assert mma_bound["compute_us"] == pytest.approx(300 * 2 * 4 / 1e3)   # the tensor cores' peak rate bounds it
+    smem_bound = static.model(sass.Step(**{**step.__dict__, "smem_wavefronts": 500}), warps=8, programs=2,
+                              grid_bytes=1000, params=dict(p, SMEM=1))
+    assert smem_bound["compute_us"] == pytest.approx(500 * 8 / 1e3)   # 8 warps share the SM's 128 B/cycle
     assert m["step_us"] == pytest.approx(m["sync_us"] + m["exchange_us"] + m["compute_us"])
+
+
+def test_shared_memory_wavefronts():
+    """ldmatrix .x4 moves 512 bytes per warp (4 wavefronts of 128 B), .x2 256, LDS.128 / STS.128 512, a 32-bit
+    LDS 128; a 16-bit one still takes a whole wavefront. The reader sums them over the step."""
+    ops = ["LDSM.16.M88.4 R4, [R2]", "LDSM.16.MT88.2 R8, [R2+0x200]", "LDS.128 R12, [R3]", "STS.128 [R3], R12",
+           "LDS R16, [R3+0x10]", "LDS.U16 R17, [R3+0x20]", "HMMA.16816.F32 R60, R4, R8, RZ"]
+    code = sass.parse("\n".join(f"/*{16 * i:04x}*/ {op} ;" for i, op in enumerate(ops)))
+    assert [i.smem_wavefronts() for i in code] == [4, 2, 4, 4, 1, 1, 0]
+    step = sass.read_step(sass.parse(_with_poll(ops, EPOCH, 3)))
+    assert step.smem_wavefronts == 16
 
 
 def test_step_bytes():
