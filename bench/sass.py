@@ -34,7 +34,8 @@ CLASSES = {
     "local": ("LDL", "STL"),                            # spill traffic
     "fence": ("MEMBAR", "FENCE", "ERRBAR", "CGAERRBAR", "CCTL"),
 }
-_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Z0-9_]+)*)\s*([^;]*);")
+_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Za-z0-9_]+)*)\s*([^;]*);")
+_WGMMA_SHAPE = re.compile(r"\.(\d+)x(\d+)x(\d+)")
 
 
 @dataclass
@@ -59,9 +60,34 @@ class Instr:
                 return nbytes
         return 4
 
-    def smem_wavefronts(self) -> int:
+    def _wgmma(self) -> tuple[int, int, int, int, bool] | None:
+        """HGMMA (Hopper's warpgroup MMA): (M, N, K, operand bytes, A read from shared memory)."""
+        m = _WGMMA_SHAPE.match(self.mods) if self.op == "HGMMA" else None
+        if not m:
+            return None
+        e = 4 if ".TF32" in self.mods else 1 if (".E4M3" in self.mods or ".E5M2" in self.mods) else 2
+        a_smem = self.operands.split(",")[1].strip().startswith("gdesc")
+        return int(m.group(1)), int(m.group(2)), int(m.group(3)), e, a_smem
+
+    def mma_units(self) -> float:
+        """Tensor-core work of one warp's MMA in HMMA.16816 equivalents (2048 FMA of 16-bit operands: an
+        m16n8k16, or an m16n8k8 of tf32 at half the rate). An HGMMA is issued by the 4 warps of a warpgroup,
+        each listing it: a quarter of its M·N·K per warp."""
+        w = self._wgmma()
+        if w is None:
+            return 1.0 if self.cls == "mma" else 0.0
+        M, N, K, e, _ = w
+        return M * N * K * e / 4 / 4096
+
+    def smem_wavefronts(self) -> float:
         """128-byte shared-memory wavefronts of one warp's LDS / LDSM / STS, bank conflicts and broadcasts
-        not modeled (ldmatrix .x4 moves 16 bytes per thread: 4 wavefronts; .x2 2; .x1 1)."""
+        not modeled (ldmatrix .x4 moves 16 bytes per thread: 4 wavefronts; .x2 2; .x1 1). An HGMMA reads its
+        B operand (and A, when given by a descriptor) from shared memory once per warpgroup: a quarter of
+        those bytes per warp."""
+        w = self._wgmma()
+        if w is not None:
+            M, N, K, e, a_smem = w
+            return (N * K * e + (M * K * e if a_smem else 0)) / 4 / 128
         if self.op == "LDSM":
             per_thread = 16 if self.mods.endswith(".4") else 8 if self.mods.endswith(".2") else 4
         elif self.op in ("LDS", "STS"):
@@ -119,7 +145,8 @@ class Step:
     mma_chain: int = 0                                  # longest chain of dependent MMAs
     load_bytes: int = 0                                 # global bytes loaded per thread (poll excluded)
     store_bytes: int = 0                                # global bytes stored per thread
-    smem_wavefronts: int = 0                            # 128-byte shared-memory wavefronts (LDS/LDSM/STS)
+    smem_wavefronts: float = 0                          # 128-byte shared-memory wavefronts (LDS/LDSM/STS/HGMMA)
+    mma_units: float = 0                                # tensor-core work in HMMA.16816 equivalents
     poll: dict = field(default_factory=dict)            # the poll loop's instructions by class, one trip
     sync_round_trips: int = 0                           # serial L2 round trips of the step synchronisation
     fences: int = 0                                     # MEMBAR.GPU on the step's path
@@ -143,11 +170,13 @@ def time_loop(code: list[Instr]) -> tuple[int, int]:
 
 
 def mma_chain(body: list[Instr]) -> int:
-    """Longest chain of MMAs in which each one accumulates onto the result of an earlier one."""
+    """Longest chain of MMAs in which each one accumulates onto the result of an earlier one. HGMMA is left
+    out: warpgroup MMAs are asynchronous, and those on one accumulator issue back to back (the tensor cores
+    pipeline the dependency until a wait), so their cost is their issue rate (``mma_units``)."""
     depth: dict[str, int] = {}
     longest = 0
     for ins in body:
-        if ins.cls != "mma":
+        if ins.cls != "mma" or ins.op == "HGMMA":
             continue
         regs = [r.strip() for r in ins.operands.split(",")]
         dst, acc = regs[0], regs[-1]
@@ -230,6 +259,7 @@ def read_step(code: list[Instr], inner_trips: int = 1, loop: tuple[int, int] | N
         elif ins.op == "MEMBAR" and "GPU" in ins.mods + ins.operands:
             step.fences += 1
         step.smem_wavefronts += n * ins.smem_wavefronts()
+        step.mma_units += n * ins.mma_units()
     for k, v in step.poll.items():                      # the poll loop runs at least once
         step.counts[k] = step.counts.get(k, 0) + v
     step.instructions = sum(step.counts.values())

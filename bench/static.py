@@ -20,7 +20,7 @@ trips of the step synchronisation, registers / spills / shared memory, programs.
                  (the serial rounds of loads the step waits for, ``sass.load_phases``: a load issued after
                   the wait for an earlier one is a round of its own; the exchange of h or dz is an L2
                   round; unprefetched streamed data a DRAM one; bytes from ``step_bytes``)
-    compute  = max(instructions · ceil(warps / 4) / ISSUE, mma_chain · MMA, MMAs · ceil(warps / 4) · MMA_ISSUE,
+    compute  = max(instructions · ceil(warps / 4) / ISSUE, mma_chain · MMA, MMA work · ceil(warps / 4) · MMA_ISSUE,
                    shared-memory wavefronts · warps / SMEM)
                  (the last: a tl.dot operand staged in shared memory, W_hh included, is read back with
                   ldmatrix every step; every warp reads its own copy of the operand the warps share)
@@ -133,7 +133,7 @@ def model(step, *, warps: int, programs: int, grid_bytes: int, params: dict = PA
     rounds = sum(p["DRAM"] if kind == "dram" else p["L2"] for kind in step.load_phases)
     exchange = step.tile_trips * rounds + grid / p["L2_BW"] * p["CLOCK_GHZ"] * 1e9
     issue = step.instructions * math.ceil(warps / 4) / p["ISSUE"]
-    tensor = step.counts.get("mma", 0) * math.ceil(warps / 4) * p["MMA_ISSUE"]
+    tensor = step.mma_units * math.ceil(warps / 4) * p["MMA_ISSUE"]
     smem = step.smem_wavefronts * warps / p["SMEM"]
     compute = max(issue, step.mma_chain * step.tile_trips * p["MMA"], tensor, smem)
     us = lambda cycles: cycles / (p["CLOCK_GHZ"] * 1e3)   # noqa: E731
@@ -167,7 +167,7 @@ def profile(B: int, H: int, T: int, dtype: str, direction: str, n_sm: int = N_SM
                mma=c.get("mma", 0), fma=c.get("fma", 0), mufu=c.get("mufu", 0), shfl=c.get("shfl", 0),
                ldg=c.get("ldg", 0), stg=c.get("stg", 0), atom=c.get("atom", 0), bar=c.get("bar", 0),
                fence=c.get("fence", 0), triton=_triton_version(),
-               smem_bytes=step.smem_wavefronts * cfg.num_warps * 128, mma_chain=step.mma_chain * step.tile_trips, sync_round_trips=step.sync_round_trips,
+               smem_bytes=round(step.smem_wavefronts * cfg.num_warps * 128), mma_chain=step.mma_chain * step.tile_trips, sync_round_trips=step.sync_round_trips,
                sync_fences=step.fences, tiles=step.tile_trips, **m)
 
 

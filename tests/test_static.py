@@ -128,7 +128,7 @@ def test_model_arithmetic():
                            warps=8, programs=2, grid_bytes=1000, params=p)
     assert exposed["exchange_us"] == pytest.approx((2 * (300 + 100) + 1000) / 1e3)
     assert m["compute_us"] == pytest.approx(1800 / 1e3)               # 900 instr x 2 warps per sub-partition
-    mma_bound = static.model(sass.Step(**{**step.__dict__, "counts": {"mma": 300, "other": 600}}), warps=8,
+    mma_bound = static.model(sass.Step(**{**step.__dict__, "counts": {"mma": 300, "other": 600}, "mma_units": 300}), warps=8,
                              programs=2, grid_bytes=1000, params=dict(p, MMA_ISSUE=4))
     assert mma_bound["compute_us"] == pytest.approx(300 * 2 * 4 / 1e3)   # the tensor cores' peak rate bounds it
     smem_bound = static.model(sass.Step(**{**step.__dict__, "smem_wavefronts": 500}), warps=8, programs=2,
@@ -146,6 +146,20 @@ def test_shared_memory_wavefronts():
     assert [i.smem_wavefronts() for i in code] == [4, 2, 4, 4, 1, 1, 0]
     step = sass.read_step(sass.parse(_with_poll(ops, EPOCH, 3)))
     assert step.smem_wavefronts == 16
+
+
+def test_warpgroup_mma_reads_its_operands_from_shared_memory():
+    """HGMMA.64x16x16 (Hopper's wgmma): both operands by descriptor, 2 KB of A and 512 B of B read from shared
+    memory once per warpgroup (a quarter per warp: 5 wavefronts), 16384 FMA (2 HMMA.16816 per warp); with A
+    in registers only B is read. Same-accumulator HGMMAs pipeline: no dependent chain."""
+    ops = ["HGMMA.64x16x16.F32 R24, gdesc[UR4], RZ, !UPT", "HGMMA.64x16x16.F32 R24, gdesc[UR8], R24",
+           "HGMMA.64x16x16.F32 R24, R88, gdesc[UR12], R24", "HGMMA.64x16x8.F32.TF32 R40, gdesc[UR16], RZ, !UPT"]
+    code = sass.parse("\n".join(f"/*{16 * i:04x}*/ {op} ;" for i, op in enumerate(ops)))
+    assert [i.op for i in code] == ["HGMMA"] * 4 and code[0].operands.startswith("R24")
+    assert [i.smem_wavefronts() for i in code] == [5, 5, 1, 5]
+    assert [i.mma_units() for i in code] == [2, 2, 2, 2]
+    step = sass.read_step(sass.parse(_with_poll(ops, EPOCH, 3)))
+    assert step.mma_chain == 0 and step.mma_units == 8 and step.counts["mma"] == 4
 
 
 def test_step_bytes():
