@@ -58,6 +58,9 @@ TAGGED_H: bool | None = None                # forward h exchange tagged (see LST
 FUSED_GATES: bool | None = None             # forward tl.dot fused over the gates (LSTMConfig.pieces); None: on
                                             # unless the environment variable LSTM_GPU_FUSED_GATES=0 (a
                                             # measurement switch: the per-gate dots are what it replaced)
+TRANSPOSED_GATES: bool | None = None        # fused forward computed transposed (LSTMConfig.transposed) where
+                                            # the rule in gpu_config allows; None: on unless the environment
+                                            # variable LSTM_GPU_TRANSPOSED_GATES=0 (a measurement switch)
 
 H100_SMS = 132                              # SMs of an H100 SXM, the design target
 REGS_PER_SM = 64 * 1024                     # 32-bit registers per SM (sm_80 .. sm_90)
@@ -123,6 +126,8 @@ class LSTMConfig:
     dz_one_round: bool = False      # backward, tl.dot: the loads of dz_t for all four gates issued together
     pieces: int = 0         # forward, tl.dot: the four gates in one dot per piece of K, K = pieces x block_k
                             # (0: per gate, in k_split chunks)
+    transposed: bool = False    # fused forward: the gates computed transposed, [4·HT, BB] = W · hᵀ, so that
+                                # M = 4·HT = 64 fills Hopper's warpgroup MMA (wgmma)
 
     @property
     def k_total(self) -> int:
@@ -176,6 +181,13 @@ def fused_gates() -> bool:
     return FUSED_GATES if FUSED_GATES is not None else os.environ.get("LSTM_GPU_FUSED_GATES", "1") != "0"
 
 
+def transposed_gates() -> bool:
+    """Whether the configs may compute the fused forward transposed (wgmma on Hopper; the default)."""
+    if TRANSPOSED_GATES is not None:
+        return TRANSPOSED_GATES
+    return os.environ.get("LSTM_GPU_TRANSPOSED_GATES", "1") != "0"
+
+
 def tagged_h() -> bool:
     """Whether gpu_config asks for the tagged h exchange (a measurement switch; off by default)."""
     return TAGGED_H if TAGGED_H is not None else os.environ.get("LSTM_GPU_TAGGED_H", "0") == "1"
@@ -200,7 +212,8 @@ def interpreter_config(*, B: int, H: int, dtype: torch.dtype, use_dot: bool | No
         (pieces, block_k), k_tail, k_split = fused_pieces(H), 0, 1
     return LSTMConfig(ht=k, block_k=block_k, block_b=bb, use_dot=use_dot, precision=fp32_precision(),
                       num_warps=4, num_programs=1, k_split=k_split, tagged_h=tagged_h(), k_tail=k_tail,
-                      pieces=pieces, dz_one_round=use_dot and tensor_cores and backward)
+                      pieces=pieces, dz_one_round=use_dot and tensor_cores and backward,
+                      transposed=pieces > 0 and transposed_gates())
 
 
 def k_pieces(H: int) -> tuple[int, int]:
@@ -320,10 +333,22 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
             and dot_shared_bytes(ht, pieces * block_k if pieces else block_k, 32, dtype,
                                  0 if pieces else k_tail) <= DOT_SHARED_BUDGET):
         block_b, num_warps, tiles_per_group = 32, 8, tiles_per_group // 2
+    # The fused forward transposed, [4·HT, BB] = W · hᵀ: M = 4·HT = 64 is one warpgroup MMA (HGMMA), which
+    # reads W and hᵀ from shared memory once per warpgroup; the [BB, 4·HT] product (mma.sync, N spread over
+    # the warps) has every warp ldmatrix all of h and its quarter of W each step. Shared memory per step per
+    # SM, modeled (python -m bench.static, triton 3.6, 128 B/cycle): B16 H768 fp16 222 -> 154 KB, B64 H1024
+    # bf16 716 -> 404 KB (step 5.60 -> 4.21 µs), B16 H512 150 -> 106 KB (1.53 -> 1.33). Where it kept values in
+    # local memory inside the loop, it is not used: ptxas holds the wgmma descriptors (4 registers per HGMMA,
+    # 48 HGMMA at K = 768) in registers across the loop, 36-80 spilled accesses per step at K ≥ 768 on 4 warps,
+    # and 16 for the fp16 training forward at K = 1024 on 8 warps (bf16 clean).
+    K = pieces * block_k
+    transposed = (pieces > 0 and 4 * ht == 64 and transposed_gates()
+                  and (K <= 512 or (num_warps == 8 and (K <= 768 or dtype == torch.bfloat16))))
     return LSTMConfig(ht=ht, block_k=block_k, block_b=block_b, use_dot=use_dot, precision=precision,
                       num_warps=num_warps, num_programs=num_programs * groups, k_split=k_split,
                       batch_groups=groups, group_rows=tiles_per_group * block_b if groups > 1 else 0,
-                      tagged_h=tagged_h(), k_tail=k_tail, pieces=pieces, dz_one_round=dz_one_round)
+                      tagged_h=tagged_h(), k_tail=k_tail, pieces=pieces, dz_one_round=dz_one_round,
+                      transposed=transposed)
 
 
 def sm_count(device: torch.device) -> int:

@@ -15,7 +15,8 @@ on hardware, bfloat16 numerics are untested (the interpreter mangles bf16).
 Known risks: (1) the step synchronisation deadlocks if the programs are not all co-resident (the
 cooperative launch should refuse instead); (2) the configs were chosen from sm_90 compiles and a static
 model, not from measurements; (3) the compiler is trusted to stage the W_hh blocks in shared memory once
-before the time loop (the smem figure of the sm_90 compile says it does, a GPU run must confirm);
+before the time loop (the smem figure of the sm_90 compile says it does, a GPU run must confirm); they are
+read back from shared memory every step, which the model makes the largest part of a step's compute;
 (4) on the per-gate path, after the K-chunk sum the reduced tile is copied on every warp, so the activations
 run once per warp (the static profiler counts them; 4 warps were chosen over 8 for that reason; the fused
 forward has no such copy); (5) fp16/bf16 exchange h
@@ -65,7 +66,12 @@ W_hh's rows for the program's units are one [K, 4·HT] block per piece of K, the
 (column 4u + gate), so each piece is ONE tl.dot into [BB, 4·HT], spread over the warps; K = H is cut in up to
 four pieces (768 = 3 x 256, 1024 = 4 x 256), each its own accumulator (a chain of K/PIECES/16 dependent
 MMAs), added in registers, then split into the gates (``_gates_of``). Every piece's h load is issued
-before the first product: one L2 round trip. Elsewhere (backward; forward at H = 1536, where h's pieces
+before the first product: one L2 round trip. Where it compiles clean (``triton_config``: TRANSPOSED), the
+fused product is computed transposed, [4·HT, BB] = W · hᵀ: M = 4·HT = 64 is one warpgroup MMA on Hopper
+(HGMMA), which reads W and hᵀ from shared memory once per warpgroup, where the [BB, 4·HT] product's mma.sync
+has every warp ldmatrix all of h and its quarter of W each step. Shared memory, not the tensor cores, bounds
+this product: W_hh stays in shared memory and is read back every step (128 B per cycle per SM; the static
+profiler counts it). Elsewhere (backward; forward at H = 1536, where h's pieces
 do not fit beside the weights) per gate: the K = H reduction is split into
 K_SPLIT chunks held as a third tensor dimension, so each chunk is its own accumulator and the longest
 chain of dependent MMAs per step is K/K_SPLIT/16 (a few instead of 48 at H = 768), then the chunks are
@@ -290,6 +296,13 @@ def _dot_acc(b_a, b_w, b_acc, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _dot_acc_t(b_a, b_w, b_acc_t, PRECISION: tl.constexpr):
+    """(b_acc + a · w)ᵀ = b_accᵀ + wᵀ · aᵀ: [4·HT, BB]."""
+    return tl.dot(tl.trans(b_w), tl.trans(b_a.to(b_w.dtype)), acc=b_acc_t, input_precision=PRECISION,
+                  out_dtype=tl.float32)
+
+
+@triton.jit
 def _chunk_sum(b_z):
     """The per-chunk products of ``_dot`` summed over the chunks: [BB, HT]."""
     return tl.sum(b_z, 0) if len(b_z.shape) == 3 else b_z
@@ -339,7 +352,8 @@ def _gates_of(b_z, BB: tl.constexpr, HT: tl.constexpr):
 
 @triton.jit
 def _h_w_fused(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, b_w0, b_w1, b_w2, b_w3, b_zero, KC: tl.constexpr,
-               PIECES: tl.constexpr, TAGGED: tl.constexpr, TIMEOUT: tl.constexpr, PRECISION: tl.constexpr):
+               PIECES: tl.constexpr, TAGGED: tl.constexpr, TIMEOUT: tl.constexpr, PRECISION: tl.constexpr,
+               TRANSPOSED: tl.constexpr):
     """h_{t-1} · W_hhᵀ for the four gates at once, K in PIECES pieces of KC: one tl.dot per piece into
     [BB, 4·HT], each piece its own accumulator (the chain of dependent MMAs is KC/16), the pieces added in
     registers (same layout: no exchange between warps), then split into the gates."""
@@ -350,13 +364,24 @@ def _h_w_fused(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, b_w0, b_w1,
         b_h2 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 2 * KC, KC, 1, TAGGED, TIMEOUT)
     if PIECES > 3:
         b_h3 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 3 * KC, KC, 1, TAGGED, TIMEOUT)
-    b_z = _dot_acc(b_h0, b_w0, b_zero, PRECISION)
-    if PIECES > 1:
-        b_z += _dot_acc(b_h1, b_w1, b_zero, PRECISION)
-    if PIECES > 2:
-        b_z += _dot_acc(b_h2, b_w2, b_zero, PRECISION)
-    if PIECES > 3:
-        b_z += _dot_acc(b_h3, b_w3, b_zero, PRECISION)
+    if TRANSPOSED:      # [4·HT, BB] = W · hᵀ: M = 4·HT fills a warpgroup MMA, which reads W from shared memory
+        b_zt = tl.trans(b_zero)                 # once per warpgroup (each warp of the [BB, 4·HT] product
+        b_z = _dot_acc_t(b_h0, b_w0, b_zt, PRECISION)   # ldmatrix-es all of h and its quarter of W every step)
+        if PIECES > 1:
+            b_z += _dot_acc_t(b_h1, b_w1, b_zt, PRECISION)
+        if PIECES > 2:
+            b_z += _dot_acc_t(b_h2, b_w2, b_zt, PRECISION)
+        if PIECES > 3:
+            b_z += _dot_acc_t(b_h3, b_w3, b_zt, PRECISION)
+        b_z = tl.trans(b_z)
+    else:
+        b_z = _dot_acc(b_h0, b_w0, b_zero, PRECISION)
+        if PIECES > 1:
+            b_z += _dot_acc(b_h1, b_w1, b_zero, PRECISION)
+        if PIECES > 2:
+            b_z += _dot_acc(b_h2, b_w2, b_zero, PRECISION)
+        if PIECES > 3:
+            b_z += _dot_acc(b_h3, b_w3, b_zero, PRECISION)
     return _gates_of(b_z, o_b.shape[0], b_w0.shape[1] // 4)
 
 
@@ -456,6 +481,7 @@ def _lstm_fwd_kernel(
     K_TAIL: tl.constexpr,        # tl.dot: a second, smaller piece of K after BLOCK_K (0: none), in K_SPLIT chunks too
     TAIL_AFTER: tl.constexpr,    # read h's tail piece only after the first piece's products (see ``_h_w``)
     PIECES: tl.constexpr,        # tl.dot, fused gates: K as PIECES pieces of BLOCK_K, one [BB, 4·HT] dot each (0: off)
+    TRANSPOSED: tl.constexpr,    # fused gates computed transposed, [4·HT, BB] = W · hᵀ (wgmma on Hopper)
     GROUPED: tl.constexpr,       # more than one batch group (program_id(1) > 0 exists)
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
     TAGGED: tl.constexpr,        # h exchanged with its generation (16-bit h): no step counter
@@ -506,7 +532,8 @@ def _lstm_fwd_kernel(
             t = T - 1 - s if REVERSE else s
             if PIECES > 0:
                 b_ri, b_rf, b_rg, b_ro = _h_w_fused(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, b_wi, b_wf, b_wg,
-                                                    b_wo, b_zero, BLOCK_K, PIECES, TAGGED, TIMEOUT, PRECISION)
+                                                    b_wo, b_zero, BLOCK_K, PIECES, TAGGED, TIMEOUT, PRECISION,
+                                                    TRANSPOSED)
             else:
                 b_ri, b_rf, b_rg, b_ro = _h_w(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, b_wi, b_wf, b_wg, b_wo,
                                               b_ti, b_tf, b_tg, b_to, BLOCK_K, K_TAIL, TAIL_AFTER, KS, TAGGED,
@@ -542,7 +569,7 @@ def _lstm_fwd_kernel(
                 if PIECES > 0:
                     b_ri, b_rf, b_rg, b_ro = _h_w_fused(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, b_wi,
                                                         b_wf, b_wg, b_wo, b_zero, BLOCK_K, PIECES, TAGGED, TIMEOUT,
-                                                        PRECISION)
+                                                        PRECISION, TRANSPOSED)
                 else:
                     b_ri, b_rf, b_rg, b_ro = _h_w(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, b_wi, b_wf,
                                                   b_wg, b_wo, b_ti, b_tf, b_tg, b_to, BLOCK_K, K_TAIL, TAIL_AFTER, KS,
@@ -866,7 +893,7 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
             T, B, H, rows,
             REVERSE=bool(reverse), SAVE=bool(save), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b,
             ONE_TILE=one_tile, K_SPLIT=cfg.k_split, K_TAIL=cfg.k_tail, TAIL_AFTER=cfg.tail_after(dtype),
-            PIECES=cfg.pieces, GROUPED=grid[1] > 1, USE_DOT=cfg.use_dot,
+            PIECES=cfg.pieces, TRANSPOSED=cfg.transposed, GROUPED=grid[1] > 1, USE_DOT=cfg.use_dot,
             PRECISION=cfg.precision, TAGGED=tagged, NUM_PROGRAMS=grid[0], ACC=_TL_ACC[acc], TIMEOUT=timeout,
             **_launch_options(cfg, device))
     if timeout:

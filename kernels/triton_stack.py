@@ -98,8 +98,8 @@ import triton.language as tl
 
 from . import host
 from .triton_barrier import barrier_state, barrier_timeout, raise_if_timed_out
-from .triton_lstm import _chunk_sum, _dot, _dot_acc, _gates_of, _hw, _opaque_zero, _sigmoid, _tanh
-from .triton_config import fused_pieces
+from .triton_lstm import _chunk_sum, _dot, _dot_acc, _dot_acc_t, _gates_of, _hw, _opaque_zero, _sigmoid, _tanh
+from .triton_config import fused_pieces, transposed_gates
 from .triton_stack_config import StackConfig, gpu_config, interpreter_config
 
 __all__ = ["stack_fwd", "stack_bwd", "choose_config"]
@@ -228,11 +228,13 @@ def _rows_at(p, o_row, m_row, H, S, K0, KC: tl.constexpr, BLOCK_H: tl.constexpr)
 
 @triton.jit
 def _fused(p, o_row, m_row, H, S, KC: tl.constexpr, BLOCK_H: tl.constexpr, PIECES: tl.constexpr, b_w0, b_w1, b_w2,
-           b_w3, b_zero, PRECISION: tl.constexpr):
+           b_w3, b_zero, PRECISION: tl.constexpr, TRANSPOSED: tl.constexpr):
     """The four gates of a reduction in one tensor-core product per piece of K (b_w0 … b_w3: ``_w_fused``'s
     pieces), each piece its own accumulator, every piece's load issued before the first product (one L2
     round), then split into the gates: i, f, g, o as [BB, HT] (kernels/triton_lstm.py's ``_h_w_fused`` has
-    the measured reasons)."""
+    the measured reasons). TRANSPOSED: computed as [4·HT, BB] = W · aᵀ, a warpgroup MMA on Hopper that reads W
+    from shared memory once per warpgroup instead of once per warp (B16 H512 2-layer stack step 1.76 -> 1.57
+    µs modeled, triton 3.6), where K ≤ 512 (``_fused_pieces``)."""
     b_a0 = _rows_at(p, o_row, m_row, H, S, 0, KC, BLOCK_H)
     if PIECES > 1:
         b_a1 = _rows_at(p, o_row, m_row, H, S, KC, KC, BLOCK_H)
@@ -240,13 +242,24 @@ def _fused(p, o_row, m_row, H, S, KC: tl.constexpr, BLOCK_H: tl.constexpr, PIECE
         b_a2 = _rows_at(p, o_row, m_row, H, S, 2 * KC, KC, BLOCK_H)
     if PIECES > 3:
         b_a3 = _rows_at(p, o_row, m_row, H, S, 3 * KC, KC, BLOCK_H)
-    b_z = _dot_acc(b_a0, b_w0, b_zero, PRECISION)
-    if PIECES > 1:
-        b_z += _dot_acc(b_a1, b_w1, b_zero, PRECISION)
-    if PIECES > 2:
-        b_z += _dot_acc(b_a2, b_w2, b_zero, PRECISION)
-    if PIECES > 3:
-        b_z += _dot_acc(b_a3, b_w3, b_zero, PRECISION)
+    if TRANSPOSED:
+        b_zt = tl.trans(b_zero)
+        b_z = _dot_acc_t(b_a0, b_w0, b_zt, PRECISION)
+        if PIECES > 1:
+            b_z += _dot_acc_t(b_a1, b_w1, b_zt, PRECISION)
+        if PIECES > 2:
+            b_z += _dot_acc_t(b_a2, b_w2, b_zt, PRECISION)
+        if PIECES > 3:
+            b_z += _dot_acc_t(b_a3, b_w3, b_zt, PRECISION)
+        b_z = tl.trans(b_z)
+    else:
+        b_z = _dot_acc(b_a0, b_w0, b_zero, PRECISION)
+        if PIECES > 1:
+            b_z += _dot_acc(b_a1, b_w1, b_zero, PRECISION)
+        if PIECES > 2:
+            b_z += _dot_acc(b_a2, b_w2, b_zero, PRECISION)
+        if PIECES > 3:
+            b_z += _dot_acc(b_a3, b_w3, b_zero, PRECISION)
     return _gates_of(b_z, o_row.shape[0], b_w0.shape[1] // 4)
 
 
@@ -310,7 +323,8 @@ def _unpack_gx(b_g, DTYPE: tl.constexpr, ACC: tl.constexpr, WORDS: tl.constexpr)
 @triton.jit
 def _project(p_x, p_gxu, t, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg, b_bo,
              b_zero, D: tl.constexpr, KX: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT_X: tl.constexpr,
-             USE_DOT: tl.constexpr, PRECISION: tl.constexpr, KCX: tl.constexpr, PX: tl.constexpr):
+             USE_DOT: tl.constexpr, PRECISION: tl.constexpr, KCX: tl.constexpr, PX: tl.constexpr,
+             TRX: tl.constexpr):
     """gates_x[t] = x_t · W_ihᵀ + b of a layer ≥ 1 (x_t: the layer below's output at t, both directions), own
     units, into p_gxu [L-1, T, B, D·4H] in the input dtype (as the GEMM outside writes layer 0's). Tensor cores:
     the four gates fused, PX pieces of KCX (b_xi … b_xo hold the pieces)."""
@@ -318,7 +332,7 @@ def _project(p_x, p_gxu, t, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, 
     o_t = ((i_l - 1) * T + t).to(tl.int64) * B + o_b
     if USE_DOT:
         b_ri, b_rf, b_rg, b_ro = _fused(p_x, o_t * DH, m_b, H, H, KCX, BLOCK_H, PX, b_xi, b_xf, b_xg, b_xo, b_zero,
-                                        PRECISION)
+                                        PRECISION, TRX)
     else:
         b_x = _rows(p_x, o_t * DH, m_b, H, H, KX, BLOCK_H, SPLIT_X)
         b_ri, b_rf = _hw(b_x, b_xi, USE_DOT, PRECISION), _hw(b_x, b_xf, USE_DOT, PRECISION)
@@ -334,7 +348,7 @@ def _project(p_x, p_gxu, t, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, 
 @triton.jit
 def _project_half(p_x, p_gxu, t, k_h, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg,
                   b_bo, b_zero, D: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
-                  PRECISION: tl.constexpr, KCH: tl.constexpr, PH: tl.constexpr):
+                  PRECISION: tl.constexpr, KCH: tl.constexpr, PH: tl.constexpr, TRH: tl.constexpr):
     """Half k_h of gates_x[t] of a bidirectional layer ≥ 1 for units o_u: the half x_t[:, k_h·H : (k_h+1)·H] of
     its input (direction k_h of the layer below) times the same columns of W_ih (+ b in half 0), into
     p_gxu [L-1, 2, T, B, D·4H] at (l-1, k_h, t); the recurrence adds the two halves (``_load_gx``)."""
@@ -342,7 +356,7 @@ def _project_half(p_x, p_gxu, t, k_h, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_
     o_t = ((i_l - 1) * T + t).to(tl.int64) * B + o_b
     if USE_DOT:     # fused gates, PH pieces of KCH (b_xi … b_xo hold the pieces)
         b_ri, b_rf, b_rg, b_ro = _fused(p_x + k_h * H, o_t * DH, m_b, H, H, KCH, BLOCK_H, PH, b_xi, b_xf, b_xg, b_xo,
-                                        b_zero, PRECISION)
+                                        b_zero, PRECISION, TRH)
     else:
         b_x = _rows(p_x + k_h * H, o_t * DH, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT)
         b_ri, b_rf = _hw(b_x, b_xi, USE_DOT, PRECISION), _hw(b_x, b_xf, USE_DOT, PRECISION)
@@ -386,6 +400,7 @@ def _stack_fwd_kernel(
     SPLIT_X: tl.constexpr,      # tl.dot chunks of the x·W_ihᵀ reduction (K = D·BLOCK_H)
     KCH: tl.constexpr, PH: tl.constexpr,    # tensor cores, fused gates: h·W_hhᵀ in PH pieces of KCH (K = BLOCK_H)
     KCX: tl.constexpr, PX: tl.constexpr,    # and x·W_ihᵀ in PX pieces of KCX (K = D·BLOCK_H)
+    TRH: tl.constexpr, TRX: tl.constexpr,   # those products transposed (wgmma; ``_fused``)
     MULTI: tl.constexpr,        # L > 1: programs of layers ≥ 1 exist
     PRE_X: tl.constexpr,        # layers ≥ 1 project their whole input before their recurrence (bidirectional)
     HALVES: tl.constexpr,       # PRE_X with NPG even: program pairs split the input row in halves (else 1)
@@ -462,14 +477,14 @@ def _stack_fwd_kernel(
                     _wait(p_bar, i_g, 0, i_below + k_h, b0 + NPG * k, i_below + k_h, 0, TIMEOUT)
                     _project_half(p_x, p_gxu, tl.where(k_h == 0, k - 1, T - k), k_h, i_l, i_d, o_b, m_b, o_u2,
                                   m_bu2, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg, b_bo, b_zx, D, BLOCK_H,
-                                  SPLIT_H, USE_DOT, PRECISION, KCH, PH)
+                                  SPLIT_H, USE_DOT, PRECISION, KCH, PH, TRH)
             else:
                 for k in tl.range(T // 2 + 1, T + 1, num_stages=1):
                     _wait(p_bar, i_g, 0, i_below, b0 + NPG * k, i_below + 1, b0 + NPG * k, TIMEOUT)
                     _project(p_x, p_gxu, k - 1, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo,
-                             b_bi, b_bf, b_bg, b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX)
+                             b_bi, b_bf, b_bg, b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX, TRX)
                     _project(p_x, p_gxu, T - k, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo,
-                             b_bi, b_bf, b_bg, b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX)
+                             b_bi, b_bf, b_bg, b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX, TRX)
             _arrive(p_bar + 2 * i_g)
             _wait(p_bar, i_g, NPG, i_g, 0, i_g, 0, TIMEOUT)    # before the first prefetch of gates_x
         off = upper.to(tl.int32)                                # arrivals before the recurrence's steps
@@ -485,7 +500,7 @@ def _stack_fwd_kernel(
         for t in tl.range(tl.where(proj, T, 0), num_stages=1):
             _wait(p_bar, i_pg, NPG * t, i_g - 1, NPG * (t + 1), i_g - 1, 0, TIMEOUT)
             _project(p_x, p_gxu, t, i_l, 0, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg,
-                     b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX)
+                     b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX, TRX)
             _arrive(p_bar + 2 * i_pg)
         # a layer ≥ 1 prefetches its first gates_x before its loop: its projection group done with t = 0
         _wait(p_bar, i_g, 0, i_pg, tl.where(upper & ~proj, NPG, 0), i_pg, 0, TIMEOUT)
@@ -524,7 +539,7 @@ def _stack_fwd_kernel(
         # h0 with a select, it took 2 loads and 130-190 more instructions a step, sm_90, triton 3.6).
         if USE_DOT:
             b_ri, b_rf, b_rg, b_ro = _fused(p_hxg + (s % 2) * B * H, o_b * H, m_b, H, H, KCH, BLOCK_H, PH, b_hi, b_hf,
-                                            b_hg, b_ho, b_zero, PRECISION)
+                                            b_hg, b_ho, b_zero, PRECISION, TRH)
         else:
             b_h = _rows(p_hxg + (s % 2) * B * H, o_b * H, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H)
             b_ri, b_rf = _hw(b_h, b_hi, USE_DOT, PRECISION), _hw(b_h, b_hf, USE_DOT, PRECISION)
@@ -544,7 +559,7 @@ def _stack_fwd_kernel(
                 o_x = (((i_l - 1) * T + t).to(tl.int64) * B + o_b) * DH
                 if USE_DOT:
                     b_ri, b_rf, b_rg, b_ro = _fused(p_x, o_x, m_b, H, H, KCX, BLOCK_H, PX, b_xi, b_xf, b_xg, b_xo,
-                                                    b_zero, PRECISION)
+                                                    b_zero, PRECISION, TRX)
                 else:
                     b_x = _rows(p_x, o_x, m_b, H, H, KX, BLOCK_H, SPLIT_X)
                     b_ri, b_rf = _hw(b_x, b_xi, USE_DOT, PRECISION), _hw(b_x, b_xf, USE_DOT, PRECISION)
@@ -927,7 +942,10 @@ def _fused_pieces(cfg: StackConfig, D: int) -> dict:
     most 4 pieces of a power of two ≥ 16 (kernels/triton_config.py's ``fused_pieces``)."""
     ph, kch = fused_pieces(cfg.block_h)
     px, kcx = fused_pieces(D * cfg.block_h)
-    return dict(KCH=kch, PH=ph, KCX=kcx, PX=px)
+    # transposed (wgmma) where K ≤ 512: at K = 1024 (a bidirectional projection without program pairs, H = 272)
+    # ptxas kept the wgmma descriptors in registers and spilled 72 accesses per step in the loop (triton 3.6)
+    tr = cfg.use_dot and transposed_gates()
+    return dict(KCH=kch, PH=ph, KCX=kcx, PX=px, TRH=tr and ph * kch <= 512, TRX=tr and px * kcx <= 512)
 
 
 def _seed(seed: torch.Tensor | None, drop: bool, stand_in: torch.Tensor) -> torch.Tensor:

@@ -117,6 +117,16 @@ def test_16_bit_gates_x_read_as_words(bidirectional):
 
 
 @needs_triton
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_fused_products_as_rows(bidirectional, monkeypatch):
+    """The fused products of the recurrence and the projections as [BB, 4·HT] rows (the transposed form, the
+    default where K ≤ 512, is what the other fp16 tests run): every output and gradient vs nn.LSTM."""
+    from lstm_gpu.kernels import triton_config
+    monkeypatch.setattr(triton_config, "TRANSPOSED_GATES", False)
+    stack_vs_torch(L=2, bidirectional=bidirectional, dtype=torch.float16, T=5, H=6, lengths=lengths_for(5, 3))
+
+
+@needs_triton
 def test_stack_without_bias_vs_torch_lstm():
     stack_vs_torch(L=3, bidirectional=True, dtype=torch.float64, lengths=lengths_for(4, 3), bias=False)
 

@@ -112,13 +112,16 @@ def test_k_split_dot(dtype, k_split, reverse, tail_after, monkeypatch):
 
 @pytest.mark.parametrize("H,pieces", [(20, 2), (40, 3), (56, 4), (16, 1)], ids=str)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_fused_gates_forward(H, pieces, reverse):
+@pytest.mark.parametrize("transposed", [False, True], ids=["rows", "transposed"])
+def test_fused_gates_forward(H, pieces, reverse, transposed, monkeypatch):
     """The forward's fused tensor-core dot (the four gates in one [BB, 4·HT] product per piece of K, each piece
-    its own accumulator; the GPU's forward for fp16/bf16 wherever h's pieces fit beside the weights): K in
-    1-4 pieces of 16, the last partly masked (H = 20, 40, 56), every output and gradient vs the reference,
-    unsorted lengths; and the per-gate path (pieces = 0) gives the same within fp16 rounding."""
+    its own accumulator; the GPU's forward for fp16/bf16 wherever h's pieces fit beside the weights), as rows
+    or transposed ([4·HT, BB] = W · hᵀ, the GPU's wgmma form): K in 1-4 pieces of 16, the last partly masked
+    (H = 20, 40, 56), every output and gradient vs the reference, unsorted lengths; and the per-gate path
+    (pieces = 0) gives the same within fp16 rounding."""
+    monkeypatch.setattr(triton_config, "TRANSPOSED_GATES", transposed)
     cfg = interpreter_config(B=3, H=H, dtype=torch.float16, use_dot=True)
-    assert (cfg.pieces, cfg.block_k, cfg.k_split) == (pieces, 16, 1), cfg
+    assert (cfg.pieces, cfg.block_k, cfg.k_split, cfg.transposed) == (pieces, 16, 1, transposed), cfg
     out, ref, grads, ref_grads = run_both(5, 3, H, torch.float16, True, [2, 5, 4], reverse)
     tol, gtol = TOL[torch.float16]
     for name, got, want in zip(["y", "h_n", "c_n", "gates", "cells", "dgates", "dh0", "dc0"], out + grads,
