@@ -215,10 +215,15 @@ def _triton_switched(switch: str, value: bool, refusal: str, note: str) -> Setup
 setup_triton_tagged = _triton_switched("TAGGED_H", True, "the tagged h exchange carries 16-bit h only",
                                        "forward h exchange tagged")
 # The forward's tensor-core product per gate (``triton_config.FUSED_GATES`` off): the path the fused dot replaced,
-# modeled slower (B16 H768 fp16 forward 1.29 vs 1.45 µs/step).
+# modeled slower (B16 H768 fp16 forward 2.19 vs 1.78 µs/step).
 setup_triton_per_gate = _triton_switched("FUSED_GATES", False,
                                          "the per-gate tensor-core forward is measured at 16 bits only",
                                          "forward tl.dot per gate")
+# The forward's fused product in rows where the configs transpose it (``triton_config.TRANSPOSED_GATES`` off):
+# mma.sync instead of a warpgroup MMA, modeled slower by the shared memory it re-reads (B64 H1024 bf16 forward
+# 5.60 vs 4.21 µs/step): the measurement checks the model's shared-memory floor.
+setup_triton_rows = _triton_switched("TRANSPOSED_GATES", False, "the fused forward in rows is measured at 16 bits only",
+                                     "forward fused gates in rows")
 
 
 PROVIDERS: dict[str, Setup] = {
@@ -228,6 +233,7 @@ PROVIDERS: dict[str, Setup] = {
     "triton-layers": _lstm_gpu_setup("triton", stack=False),    # one launch per layer and direction
     "triton-tagged": setup_triton_tagged,
     "triton-per-gate": setup_triton_per_gate,
+    "triton-rows": setup_triton_rows,
     "numba": _lstm_gpu_setup("numba"),
     "eager": _cell_loop_setup(False),
     "compiled": _cell_loop_setup(True),

@@ -318,8 +318,9 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     # time (H = 1024: 192 KB) kept 3 values in local memory inside the loop at B = 2 and gained 0.05 µs at 8 warps.
     dz_one_round = use_mma and backward and dot_shared_bytes(ht, block_k, 16, dtype, k_tail, 4) <= DOT_SHARED_BUDGET
     # Forward on the tensor cores: the four gates in one tl.dot per piece of K (``fused_pieces``) wherever
-    # all of h's pieces fit beside the weights. Modeled (python -m bench.static, triton 3.6): B16 H768 fp16
-    # inference forward 1.45 -> 1.29 µs/step, B64 H1024 bf16 3.77 -> 3.17: the per-gate dots, 8 warps on K
+    # all of h's pieces fit beside the weights. Modeled (python -m bench.static, triton 3.6, before the model
+    # counted shared memory): B16 H768 fp16 inference forward 1.45 -> 1.29 µs/step, B64 H1024 bf16 3.77 -> 3.17
+    # (with it: per gate 2.19 vs fused 1.78 at B16 H768, 2 warps below): the per-gate dots, 8 warps on K
     # chunks, summed their chunks across the warps through shared memory and shuffles (about half the
     # instructions of the step: 1218 -> 674 per warp at B64 H1024), and every warp then ran the activations
     # on a copy of the reduced tile; the fused dot spreads [BB, 4·HT] over the warps, nothing to sum across
@@ -344,6 +345,14 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     K = pieces * block_k
     transposed = (pieces > 0 and 4 * ht == 64 and transposed_gates()
                   and (K <= 512 or (num_warps == 8 and (K <= 768 or dtype == torch.bfloat16))))
+    # Where it stays in rows ([BB, 4·HT], mma.sync, N spread over the warps) on 16-row tiles: 2 warps, so h is
+    # ldmatrix-ed by 2 warps a step instead of 4 (each warp reads all of h). Modeled (python -m bench.static,
+    # triton 3.6): B16 H768 fp16 222 -> 177 KB of shared memory per step, 1.98 -> 1.78 µs/step (971 instead of
+    # 544 instructions per warp, on half the sub-partitions: 0.54 µs of issue, under the 0.79 of shared
+    # memory); B16 H1024 bf16 training forward 2.53 -> 2.26; no spills (254-255 registers). Not with the tagged
+    # h exchange (a measurement option): at 2 warps it kept 8-33 values in local memory inside the loop.
+    if pieces and not transposed and block_b == 16 and not tagged_h():
+        num_warps = 2
     return LSTMConfig(ht=ht, block_k=block_k, block_b=block_b, use_dot=use_dot, precision=precision,
                       num_warps=num_warps, num_programs=num_programs * groups, k_split=k_split,
                       batch_groups=groups, group_rows=tiles_per_group * block_b if groups > 1 else 0,

@@ -13,7 +13,6 @@ The one-launch stack's kernels (kernels/triton_stack.py) likewise, for the model
 The compiles run in subprocesses with TRITON_INTERPRET unset (conftest.py sets it for this process).
 This says nothing about speed, and the limits are ptxas's, not a run's.
 """
-import dataclasses
 import json
 import os
 import shutil
@@ -62,7 +61,7 @@ def dispatcher_jobs():
     config, one batch tile or several, and the specialisation the sizes get: B = 1 a constant, B and H
     divisible by 16 or not), and the (H, dtype) it refuses."""
     jobs, refused, seen = [], set(), set()
-    saved = tc.FP32_PRECISION
+    saved, saved_tagged = tc.FP32_PRECISION, tc.TAGGED_H
     try:
         for precision in ("ieee", "tf32"):
             tc.FP32_PRECISION = precision
@@ -88,9 +87,14 @@ def dispatcher_jobs():
                                 jobs.append(dict(direction=direction, save=save, B=B, H=H,
                                                  dtype=str(dtype).replace("torch.", ""), precision=precision))
                         # the tagged h exchange (a config option the GPU measurement decides on), headline sizes
-                        cfg = tc.gpu_config(B=B, H=H, dtype=dtype, n_sm=N_SM)
-                        spec = (B == 1, B <= cfg.block_b)
-                        tagged = dataclasses.replace(cfg, tagged_h=True)
+                        # (as the switch chooses it: the config of a run with tc.TAGGED_H on)
+                        tc.TAGGED_H = True
+                        try:
+                            tagged = tc.gpu_config(B=B, H=H, dtype=dtype, n_sm=N_SM)
+                        finally:
+                            tc.TAGGED_H = saved_tagged
+                        assert tagged.tagged_h
+                        spec = (B == 1, B <= tagged.block_b)
                         if tagged.tagged_exchange(dtype) and H in (256, 768, 1024) and B in (1, 16):  # one tile
                             for save in (True, False):
                                 if ("fwd", save, dtype, precision, tagged, spec) not in seen:
