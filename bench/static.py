@@ -47,8 +47,8 @@ PARAMS = dict(
     MMA_ISSUE=4,          # cycles per HMMA.16816 (or .1688 tf32) per SM sub-partition at the tensor cores' dense
                           # peak (989 TFLOPS fp16 = 132 SMs x 4 x 512 FMA per cycle at 1.83 GHz); mma.sync may
                           # reach less on Hopper, so this is a floor
-    SMEM=1,               # 128-byte shared-memory wavefronts per cycle per SM (128 B/cycle: 33 TB/s on 132 SMs
-                          # at 1.98 GHz, the published L1/shared bandwidth); bank conflicts not modeled
+    SMEM=1,               # 128-byte shared-memory wavefronts per cycle per SM: 32 banks x 4 B (published for the
+                          # full GH100: 32.3 TB/s = 144 SMs x 128 B x 1.755 GHz); bank conflicts not modeled
     FENCE=450,            # cycles: MEMBAR.GPU waits for the program's outstanding stores to reach L2
     L2_BW=5.5e12,         # bytes/s: L2 bandwidth of the whole chip
 )
