@@ -296,13 +296,6 @@ def _dot_acc(b_a, b_w, b_acc, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _dot_acc_t(b_a, b_w, b_acc_t, PRECISION: tl.constexpr):
-    """(b_acc + a · w)ᵀ = b_accᵀ + wᵀ · aᵀ: [4·HT, BB]."""
-    return tl.dot(tl.trans(b_w), tl.trans(b_a.to(b_w.dtype)), acc=b_acc_t, input_precision=PRECISION,
-                  out_dtype=tl.float32)
-
-
-@triton.jit
 def _chunk_sum(b_z):
     """The per-chunk products of ``_dot`` summed over the chunks: [BB, HT]."""
     return tl.sum(b_z, 0) if len(b_z.shape) == 3 else b_z
@@ -351,6 +344,37 @@ def _gates_of(b_z, BB: tl.constexpr, HT: tl.constexpr):
 
 
 @triton.jit
+def _piece(b_a, b_w, b_zero, PRECISION: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """One piece of K of a fused product, b_zero + a · w ([BB, 4·HT]), or TRANSPOSED its transpose
+    b_zeroᵀ + wᵀ · aᵀ ([4·HT, BB]): M = 4·HT = 64 fills a warpgroup MMA (HGMMA on Hopper), which reads w and
+    aᵀ from shared memory once per warpgroup, where the [BB, 4·HT] product's mma.sync has every warp
+    ldmatrix all of a and its quarter of w every step (sm_90 SASS, triton 3.6; bench/static.py counts it)."""
+    if TRANSPOSED:
+        return tl.dot(tl.trans(b_w), tl.trans(b_a.to(b_w.dtype)), acc=tl.trans(b_zero), input_precision=PRECISION,
+                      out_dtype=tl.float32)
+    else:
+        return _dot_acc(b_a, b_w, b_zero, PRECISION)
+
+
+@triton.jit
+def _fused_gates(b_a0, b_a1, b_a2, b_a3, b_w0, b_w1, b_w2, b_w3, b_zero, PIECES: tl.constexpr,
+                 PRECISION: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """Σ over the PIECES pieces of K of a_k · w_k (``_piece``: each its own accumulator, so the chain of
+    dependent MMAs is one piece long; added in registers, same layout), split into the gates i, f, g, o
+    ([BB, HT] each; the unused pieces' arguments repeat the first and are never read)."""
+    b_z = _piece(b_a0, b_w0, b_zero, PRECISION, TRANSPOSED)
+    if PIECES > 1:
+        b_z += _piece(b_a1, b_w1, b_zero, PRECISION, TRANSPOSED)
+    if PIECES > 2:
+        b_z += _piece(b_a2, b_w2, b_zero, PRECISION, TRANSPOSED)
+    if PIECES > 3:
+        b_z += _piece(b_a3, b_w3, b_zero, PRECISION, TRANSPOSED)
+    if TRANSPOSED:
+        b_z = tl.trans(b_z)
+    return _gates_of(b_z, b_a0.shape[0], b_w0.shape[1] // 4)
+
+
+@triton.jit
 def _h_w_fused(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, b_w0, b_w1, b_w2, b_w3, b_zero, KC: tl.constexpr,
                PIECES: tl.constexpr, TAGGED: tl.constexpr, TIMEOUT: tl.constexpr, PRECISION: tl.constexpr,
                TRANSPOSED: tl.constexpr):
@@ -358,31 +382,11 @@ def _h_w_fused(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, b_w0, b_w1,
     [BB, 4·HT], each piece its own accumulator (the chain of dependent MMAs is KC/16), the pieces added in
     registers (same layout: no exchange between warps), then split into the gates."""
     b_h0 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 0, KC, 1, TAGGED, TIMEOUT)    # every piece's load first:
-    if PIECES > 1:                                                      # one L2 round for all of h
-        b_h1 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, KC, KC, 1, TAGGED, TIMEOUT)
-    if PIECES > 2:
-        b_h2 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 2 * KC, KC, 1, TAGGED, TIMEOUT)
-    if PIECES > 3:
-        b_h3 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 3 * KC, KC, 1, TAGGED, TIMEOUT)
-    if TRANSPOSED:      # [4·HT, BB] = W · hᵀ: M = 4·HT fills a warpgroup MMA, which reads W from shared memory
-        b_zt = tl.trans(b_zero)                 # once per warpgroup (each warp of the [BB, 4·HT] product
-        b_z = _dot_acc_t(b_h0, b_w0, b_zt, PRECISION)   # ldmatrix-es all of h and its quarter of W every step)
-        if PIECES > 1:
-            b_z += _dot_acc_t(b_h1, b_w1, b_zt, PRECISION)
-        if PIECES > 2:
-            b_z += _dot_acc_t(b_h2, b_w2, b_zt, PRECISION)
-        if PIECES > 3:
-            b_z += _dot_acc_t(b_h3, b_w3, b_zt, PRECISION)
-        b_z = tl.trans(b_z)
-    else:
-        b_z = _dot_acc(b_h0, b_w0, b_zero, PRECISION)
-        if PIECES > 1:
-            b_z += _dot_acc(b_h1, b_w1, b_zero, PRECISION)
-        if PIECES > 2:
-            b_z += _dot_acc(b_h2, b_w2, b_zero, PRECISION)
-        if PIECES > 3:
-            b_z += _dot_acc(b_h3, b_w3, b_zero, PRECISION)
-    return _gates_of(b_z, o_b.shape[0], b_w0.shape[1] // 4)
+    b_h1 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, KC, KC, 1, TAGGED, TIMEOUT) if PIECES > 1 else b_h0
+    b_h2 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 2 * KC, KC, 1, TAGGED, TIMEOUT) if PIECES > 2 else b_h0
+    b_h3 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 3 * KC, KC, 1, TAGGED, TIMEOUT) if PIECES > 3 else b_h0
+    return _fused_gates(b_h0, b_h1, b_h2, b_h3, b_w0, b_w1, b_w2, b_w3, b_zero, PIECES, PRECISION,   # one L2 round
+                        TRANSPOSED)
 
 
 @triton.jit

@@ -98,7 +98,7 @@ import triton.language as tl
 
 from . import host
 from .triton_barrier import barrier_state, barrier_timeout, raise_if_timed_out
-from .triton_lstm import _chunk_sum, _dot, _dot_acc, _dot_acc_t, _gates_of, _hw, _opaque_zero, _sigmoid, _tanh
+from .triton_lstm import _chunk_sum, _dot, _fused_gates, _hw, _opaque_zero, _sigmoid, _tanh
 from .triton_config import fused_pieces, transposed_gates
 from .triton_stack_config import StackConfig, gpu_config, interpreter_config
 
@@ -236,31 +236,10 @@ def _fused(p, o_row, m_row, H, S, KC: tl.constexpr, BLOCK_H: tl.constexpr, PIECE
     from shared memory once per warpgroup instead of once per warp (B16 H512 2-layer stack step 1.76 -> 1.57
     µs modeled, triton 3.6), where K ≤ 512 (``_fused_pieces``)."""
     b_a0 = _rows_at(p, o_row, m_row, H, S, 0, KC, BLOCK_H)
-    if PIECES > 1:
-        b_a1 = _rows_at(p, o_row, m_row, H, S, KC, KC, BLOCK_H)
-    if PIECES > 2:
-        b_a2 = _rows_at(p, o_row, m_row, H, S, 2 * KC, KC, BLOCK_H)
-    if PIECES > 3:
-        b_a3 = _rows_at(p, o_row, m_row, H, S, 3 * KC, KC, BLOCK_H)
-    if TRANSPOSED:
-        b_zt = tl.trans(b_zero)
-        b_z = _dot_acc_t(b_a0, b_w0, b_zt, PRECISION)
-        if PIECES > 1:
-            b_z += _dot_acc_t(b_a1, b_w1, b_zt, PRECISION)
-        if PIECES > 2:
-            b_z += _dot_acc_t(b_a2, b_w2, b_zt, PRECISION)
-        if PIECES > 3:
-            b_z += _dot_acc_t(b_a3, b_w3, b_zt, PRECISION)
-        b_z = tl.trans(b_z)
-    else:
-        b_z = _dot_acc(b_a0, b_w0, b_zero, PRECISION)
-        if PIECES > 1:
-            b_z += _dot_acc(b_a1, b_w1, b_zero, PRECISION)
-        if PIECES > 2:
-            b_z += _dot_acc(b_a2, b_w2, b_zero, PRECISION)
-        if PIECES > 3:
-            b_z += _dot_acc(b_a3, b_w3, b_zero, PRECISION)
-    return _gates_of(b_z, o_row.shape[0], b_w0.shape[1] // 4)
+    b_a1 = _rows_at(p, o_row, m_row, H, S, KC, KC, BLOCK_H) if PIECES > 1 else b_a0
+    b_a2 = _rows_at(p, o_row, m_row, H, S, 2 * KC, KC, BLOCK_H) if PIECES > 2 else b_a0
+    b_a3 = _rows_at(p, o_row, m_row, H, S, 3 * KC, KC, BLOCK_H) if PIECES > 3 else b_a0
+    return _fused_gates(b_a0, b_a1, b_a2, b_a3, b_w0, b_w1, b_w2, b_w3, b_zero, PIECES, PRECISION, TRANSPOSED)
 
 
 @triton.jit
