@@ -7,7 +7,9 @@ MODELED FROM sm_90 CODE, NOT MEASURED. Supports: triton 3.6 / 3.9 on a CPU machi
 Tested on: tests/test_static.py (parsing, the model's arithmetic, and that a broken synchronisation or a
 long MMA chain shows). Known risks: every latency below is an assumption until a GPU measures it; the
 model is a sum of serial latencies and issue slots, it ignores overlap between warps beyond that and
-contention in L2; it must be corrected to the first measurement, never the measurement to it.
+contention in L2; shared-memory wavefronts are counted from the access width (lanes sharing an address cost
+less, bank conflicts more: the fp32 FMA path's LDS are partly broadcasts, so its figure is an upper bound); it
+must be corrected to the first measurement, never the measurement to it.
 
 For a case (B, H, T, dtype, fwd | fwd+bwd) it compiles exactly the kernels and configs the dispatcher
 launches on a 132-SM H100 (``kernels/triton_sm90.py``: the real launcher, Triton's run-time
