@@ -265,9 +265,11 @@ def read_step(code: list[Instr], inner_trips: int = 1, loop: tuple[int, int] | N
     step.instructions = sum(step.counts.values())
     step.mma_chain = mma_chain(body)
     # serial round trips: atomics whose result the program waits for (ATOMG with a destination; a REDG
-    # does not wait), plus the poll that observes the last arrival (a strong load or atomic in the poll)
+    # does not wait), plus one per poll loop (a strong load or atomic in a loop, observing the last arrival
+    # or, tagged, the data itself): a poll loop is left only once its data came back, so the next one's
+    # first load leaves after that (h polled piece by piece is one L2 round trip per piece)
     waited = sum(1 for i in body if not in_poll(i) and i.op == "ATOMG" and not i.operands.startswith("RZ"))
-    step.sync_round_trips = waited + (1 if polls else 0)
+    step.sync_round_trips = waited + len(polls)
     step.tile_trips = inner_trips if tiles else 1
     # the synchronisation starts at the arrival atomic, or (a tagged exchange: no atomic) at the data poll
     sync_at = next((i.addr for i in body if i.op in ("REDG", "ATOMG") and not in_poll(i)),

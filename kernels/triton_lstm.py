@@ -53,9 +53,9 @@ so its cell update needs nothing from the other programs. Forward keeps the rows
 one [K, HT] block per gate (b_wi, b_wf, b_wg, b_wo), on chip for the whole launch; every step it reads
 the full h_{t-1} that all programs published in an exchange slot (two slots used alternately), publishes
 its slice of h_t in the other slot (and writes it into y[t]) and meets the others at the step counter
-(kernels/triton_barrier.py: one L2 round trip). Or, ``tagged_h`` (16-bit h, a config option): each h
-travels with its step number in one 32-bit word and the readers poll the data itself, no counter, no
-fence; twice the bytes, modeled slower at B16 H768 fp16 (see ``_read_h``), kept for the GPU to decide.
+(kernels/triton_barrier.py: one L2 round trip). Or, ``tagged_h`` (16-bit h, where a batch group is one
+16-row tile): each h travels with its step number in one 32-bit word and the readers poll the data itself,
+no counter, no fence; twice the bytes, one round trip instead of three (see the exchange below).
 Backward keeps the columns W_hh[:, p's units] per gate,
 writes its slice of dz_t, waits, then reads all of dz_t. Batch groups: when the unit split leaves SMs idle
 and the batch has several tiles, program (p, q) of the grid (units, groups) runs units p of the rows of
@@ -153,15 +153,18 @@ def _load_rows(p, o_row, m_row, H, K0, BLOCK_K: tl.constexpr, K_SPLIT: tl.conste
 # lives in slot g % 2. A program reads generation s at step s and publishes its units of generation s + 1.
 # A generation never overwrites one a program still reads: s + 2 goes where s was, after every program
 # has published s + 1, which each did only after reading s.
-# Plain values (the default): the step counter (triton_barrier.py) says when a generation is complete. Its
-# release costs a fence, its wait one L2 round trip, and the h load after it another.
-# Tagged (``tagged_h``, 16-bit h only): each h travels in a 32-bit word with its generation in the high
-# half, and the reader polls the data itself: no fence, no counter, one L2 round trip. 16-bit tags never
-# meet a stale word (the slot holds s - 2, or before its first write the launcher's -1 = tag 0xFFFF, which
-# generation 65535 only meets long after). Modeled from the sm_90 code (B16 H768 fp16 forward, triton
-# 3.6): 1.82 µs/step tagged vs 1.47 plain: the words double the bytes every program reads (2.5 vs 1.3 MB
-# per step), and with no wait after it the conversion of the gates_x prefetch stalls on DRAM. Not the
-# default; the first GPU measurement decides (the fence cost is an assumption of the model).
+# Plain values: the step counter (triton_barrier.py) says when a generation is complete. Its release costs a
+# fence, its wait one L2 round trip, and the h load after it another.
+# Tagged (``tagged_h``, 16-bit h only; gpu_config's choice where a batch group is one 16-row tile): each h
+# travels in a 32-bit word with its generation in the high half, and the reader polls the data itself: no
+# fence, no counter, one L2 round trip (all of h's pieces of K polled together, ``_read_h_pieces``). 16-bit
+# tags never meet a stale word (the slot holds s - 2, or before its first write the launcher's -1 = tag
+# 0xFFFF, which generation 65535 only meets long after). Modeled from the sm_90 code (B16 H768 fp16 forward,
+# triton 3.6, transposed on 4 warps): 1.39 µs/step tagged vs 1.78 through the counter (2 warps, rows), though
+# the words double the bytes every program reads (2.4 vs 1.2 MB per step); the fence's cost is the model's
+# assumption, which the GPU session's "triton-counter" column measures. Polled piece by piece (3 round
+# trips at H = 768) and with the next step's gates_x converted at the end of the step (a DRAM wait with no
+# synchronisation to hide it), the same kernel modeled 1.78 µs/step.
 
 @triton.jit
 def _tag_of(g):
@@ -192,33 +195,105 @@ def _late(w, word):
 
 
 @triton.jit
+def _poll_load(p, o, m, word):
+    """One try at a tagged tile: volatile loads (the compiler keeps each one, and they go to L2); a masked
+    word counts as in time."""
+    return tl.load(p + o, mask=m, other=word, volatile=True).to(tl.uint32, bitcast=True)
+
+
+@triton.jit
+def _untag(w, DTYPE: tl.constexpr):
+    """The 16 bits of h in the low half of each tagged word, as DTYPE."""
+    return (w & 0xFFFF).to(tl.uint16).to(DTYPE, bitcast=True)
+
+
+@triton.jit
 def _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, K0, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr,
             TAGGED: tl.constexpr, TIMEOUT: tl.constexpr):
     """One piece of K (K0 …) of h generation g for the rows o_b, in the layout of ``_row_offsets``.
     Untagged: loaded after the step synchronisation. Tagged: loaded, then reloaded until every word
-    carries generation g (volatile loads: the compiler keeps each one, and they go to L2). TIMEOUT > 0 (debug mode): give up after that
-    many polls and set the time-out flag *p_flag, as the step counter does."""
+    carries generation g. TIMEOUT > 0 (debug mode): give up after that many polls and set the time-out flag
+    *p_flag, as the step counter does."""
     p = p_hx + (g % 2) * B * H
     if TAGGED:
         o, m = _row_offsets(o_b * H, m_b, H, K0, BLOCK_K, K_SPLIT)
         word = _tag_of(g) << 16                                     # what a word of generation g starts with
-        w = tl.load(p + o, mask=m, other=word, volatile=True).to(tl.uint32, bitcast=True)   # masked: in time
+        w = _poll_load(p, o, m, word)
         if TIMEOUT > 0:
             failed = tl.atomic_add(p_flag, 0, sem="relaxed", scope="gpu")
             spins = 0
             while _late(w, word) & (failed == 0):
-                w = tl.load(p + o, mask=m, other=word, volatile=True).to(tl.uint32, bitcast=True)
+                w = _poll_load(p, o, m, word)
                 spins += 1
                 failed = tl.where(spins >= TIMEOUT, 1, failed)
             if spins >= TIMEOUT:
                 tl.atomic_xchg(p_flag, 1, sem="relaxed", scope="gpu")
         else:
             while _late(w, word):
-                w = tl.load(p + o, mask=m, other=word, volatile=True).to(tl.uint32, bitcast=True)
-        b_h = (w & 0xFFFF).to(tl.uint16).to(DTYPE, bitcast=True)
+                w = _poll_load(p, o, m, word)
+        b_h = _untag(w, DTYPE)
     else:
         b_h = _load_rows(p, o_b * H, m_b, H, K0, BLOCK_K, K_SPLIT)
     return b_h
+
+
+@triton.jit
+def _read_h_pieces(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, KC: tl.constexpr, PIECES: tl.constexpr,
+                   TAGGED: tl.constexpr, TIMEOUT: tl.constexpr):
+    """All PIECES pieces of K (KC each) of h generation g for the rows o_b, [BB, KC] each (the unused ones
+    repeat the first), their loads issued together: one L2 round trip. Tagged, they are polled together
+    too (every piece reloaded until all carry generation g): polled piece by piece, each piece's first load
+    left only once the previous piece was in, one round trip per piece (3 at H = 768, sm_90 SASS)."""
+    if TAGGED:
+        p = p_hx + (g % 2) * B * H
+        word = _tag_of(g) << 16
+        o0, m0 = _row_offsets(o_b * H, m_b, H, 0, KC, 1)
+        o1, m1 = _row_offsets(o_b * H, m_b, H, KC, KC, 1)
+        o2, m2 = _row_offsets(o_b * H, m_b, H, 2 * KC, KC, 1)
+        o3, m3 = _row_offsets(o_b * H, m_b, H, 3 * KC, KC, 1)
+        w0, w1, w2, w3 = _poll_pieces(p, o0, m0, o1, m1, o2, m2, o3, m3, word, PIECES)
+        if TIMEOUT > 0:
+            failed = tl.atomic_add(p_flag, 0, sem="relaxed", scope="gpu")
+            spins = 0
+            while _late_pieces(w0, w1, w2, w3, word, PIECES) & (failed == 0):
+                w0, w1, w2, w3 = _poll_pieces(p, o0, m0, o1, m1, o2, m2, o3, m3, word, PIECES)
+                spins += 1
+                failed = tl.where(spins >= TIMEOUT, 1, failed)
+            if spins >= TIMEOUT:
+                tl.atomic_xchg(p_flag, 1, sem="relaxed", scope="gpu")
+        else:
+            while _late_pieces(w0, w1, w2, w3, word, PIECES):
+                w0, w1, w2, w3 = _poll_pieces(p, o0, m0, o1, m1, o2, m2, o3, m3, word, PIECES)
+        return _untag(w0, DTYPE), _untag(w1, DTYPE), _untag(w2, DTYPE), _untag(w3, DTYPE)
+    else:
+        b_h0 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 0, KC, 1, False, TIMEOUT)
+        b_h1 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, KC, KC, 1, False, TIMEOUT) if PIECES > 1 else b_h0
+        b_h2 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 2 * KC, KC, 1, False, TIMEOUT) if PIECES > 2 else b_h0
+        b_h3 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 3 * KC, KC, 1, False, TIMEOUT) if PIECES > 3 else b_h0
+        return b_h0, b_h1, b_h2, b_h3
+
+
+@triton.jit
+def _poll_pieces(p, o0, m0, o1, m1, o2, m2, o3, m3, word, PIECES: tl.constexpr):
+    """One try at every piece of a tagged h (``_poll_load``), all loads in flight at once."""
+    w0 = _poll_load(p, o0, m0, word)
+    w1 = _poll_load(p, o1, m1, word) if PIECES > 1 else w0
+    w2 = _poll_load(p, o2, m2, word) if PIECES > 2 else w0
+    w3 = _poll_load(p, o3, m3, word) if PIECES > 3 else w0
+    return w0, w1, w2, w3
+
+
+@triton.jit
+def _late_pieces(w0, w1, w2, w3, word, PIECES: tl.constexpr):
+    """Whether any word of the used pieces lacks the generation of ``word`` (``_late``)."""
+    late = _late(w0, word)
+    if PIECES > 1:
+        late |= _late(w1, word)
+    if PIECES > 2:
+        late |= _late(w2, word)
+    if PIECES > 3:
+        late |= _late(w3, word)
+    return late
 
 
 @triton.jit
@@ -381,12 +456,8 @@ def _h_w_fused(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, b_w0, b_w1,
     """h_{t-1} · W_hhᵀ for the four gates at once, K in PIECES pieces of KC: one tl.dot per piece into
     [BB, 4·HT], each piece its own accumulator (the chain of dependent MMAs is KC/16), the pieces added in
     registers (same layout: no exchange between warps), then split into the gates."""
-    b_h0 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 0, KC, 1, TAGGED, TIMEOUT)    # every piece's load first:
-    b_h1 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, KC, KC, 1, TAGGED, TIMEOUT) if PIECES > 1 else b_h0
-    b_h2 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 2 * KC, KC, 1, TAGGED, TIMEOUT) if PIECES > 2 else b_h0
-    b_h3 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 3 * KC, KC, 1, TAGGED, TIMEOUT) if PIECES > 3 else b_h0
-    return _fused_gates(b_h0, b_h1, b_h2, b_h3, b_w0, b_w1, b_w2, b_w3, b_zero, PIECES, PRECISION,   # one L2 round
-                        TRANSPOSED)
+    b_h0, b_h1, b_h2, b_h3 = _read_h_pieces(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, KC, PIECES, TAGGED, TIMEOUT)
+    return _fused_gates(b_h0, b_h1, b_h2, b_h3, b_w0, b_w1, b_w2, b_w3, b_zero, PIECES, PRECISION, TRANSPOSED)
 
 
 @triton.jit
@@ -401,20 +472,20 @@ def _batch_group(B, BG, GROUPED: tl.constexpr):
 
 
 @triton.jit
-def _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT: tl.constexpr, BLOCK_B: tl.constexpr, ACC: tl.constexpr):
-    """gates_x[t] for one tile, the four gates of this program's units ([BB, HT] each, accumulation
-    dtype); zeros for a t outside 0..T-1 (the prefetch after the last step). It depends on no other
-    program, so the single-tile loop issues it for step t+1 before the step synchronisation of step t:
-    its DRAM latency hides behind the wait. (The conversion to ACC follows the load at once in the SASS,
-    so the program waits for DRAM right there: without a wait after it, as on the tagged path, the
-    latency shows.)"""
+def _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT: tl.constexpr, BLOCK_B: tl.constexpr):
+    """gates_x[t] for one tile, the four gates of this program's units ([BB, HT] each, in gates_x's dtype:
+    ``_fwd_tile`` converts them where it adds them); zeros for a t outside 0..T-1 (the prefetch after the last
+    step). It depends on no other program, so the single-tile loop issues it for step t+1 before the step
+    synchronisation of step t: its DRAM latency hides behind the wait. Converted here, at the load, the
+    conversion waited for DRAM right after it in the SASS: on the tagged path, with no wait after it, that
+    was a DRAM round of its own each step (sm_90, triton 3.6, B16 H768 fp16: 0.39 µs/step modeled)."""
     o_b = r0 + tl.arange(0, BLOCK_B)
     o_j = i_p * HT + tl.arange(0, HT)
     o_t = tl.zeros([BLOCK_B], dtype=tl.int32) + t
     m = ((o_b < b_end) & (o_t >= 0) & (o_t < T))[:, None] & (o_j < H)[None, :]
     p = p_gx + ((tl.cast(t, tl.int64) * B + o_b) * (4 * H))[:, None] + o_j[None, :]   # rows of [T, B, 4H]
-    return (tl.load(p, mask=m, other=0.).to(ACC), tl.load(p + H, mask=m, other=0.).to(ACC),
-            tl.load(p + 2 * H, mask=m, other=0.).to(ACC), tl.load(p + 3 * H, mask=m, other=0.).to(ACC))
+    return (tl.load(p, mask=m, other=0.), tl.load(p + H, mask=m, other=0.),
+            tl.load(p + 2 * H, mask=m, other=0.), tl.load(p + 3 * H, mask=m, other=0.))
 
 
 @triton.jit
@@ -433,10 +504,10 @@ def _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_ri, b_rf, b_rg, b_ro, b_xi, 
     b_alive = (t < b_len)[:, None]                                  # [BB, 1]
 
     # z_t = gates_x[t] + h_{t-1} · W_hhᵀ, gate by gate, for this program's units
-    b_zi = b_xi + b_ri.to(ACC)
-    b_zf = b_xf + b_rf.to(ACC)
-    b_zg = b_xg + b_rg.to(ACC)
-    b_zo = b_xo + b_ro.to(ACC)
+    b_zi = b_xi.to(ACC) + b_ri.to(ACC)
+    b_zf = b_xf.to(ACC) + b_rf.to(ACC)
+    b_zg = b_xg.to(ACC) + b_rg.to(ACC)
+    b_zo = b_xo.to(ACC) + b_ro.to(ACC)
 
     b_i, b_f, b_g, b_o = _sigmoid(b_zi), _sigmoid(b_zf), _tanh(b_zg), _sigmoid(b_zo)
     b_c_new = b_f * b_c + b_i * b_g                                 # c_t = f ⊙ c_{t-1} + i ⊙ g
@@ -531,9 +602,12 @@ def _lstm_fwd_kernel(
         b_c = tl.load(p_c0 + o_bj, mask=m_bj, other=0.).to(ACC)
         b_hc = tl.load(p_h0 + o_bj, mask=m_bj, other=0.)
         b_len = tl.load(p_len + o_b, mask=m_b, other=0)            # lengths: loaded once
-        b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, T - 1 if REVERSE else 0, T, i_p, row0, b_end, B, H, HT, BLOCK_B, ACC)
+        b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, T - 1 if REVERSE else 0, T, i_p, row0, b_end, B, H, HT, BLOCK_B)
         for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above the wait
             t = T - 1 - s if REVERSE else s
+            t_next = t - 1 if REVERSE else t + 1
+            if TAGGED:      # no wait after the step: the next step's gates_x leave before this step's poll
+                b_nxi, b_nxf, b_nxg, b_nxo = _load_gx(p_gx, t_next, T, i_p, row0, b_end, B, H, HT, BLOCK_B)
             if PIECES > 0:
                 b_ri, b_rf, b_rg, b_ro = _h_w_fused(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, b_wi, b_wf, b_wg,
                                                     b_wo, b_zero, BLOCK_K, PIECES, TAGGED, TIMEOUT, PRECISION,
@@ -544,9 +618,10 @@ def _lstm_fwd_kernel(
                                               TIMEOUT, USE_DOT, PRECISION)
             b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_ri, b_rf, b_rg, b_ro, b_xi, b_xf, b_xg, b_xo,
                                   b_c, b_hc, s, t, i_p, row0, b_end, B, H, SAVE, HT, BLOCK_B, TAGGED)
-            b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t - 1 if REVERSE else t + 1, T, i_p, row0, b_end, B, H, HT,
-                                              BLOCK_B, ACC)         # the next step's, before the wait
-            if not TAGGED:
+            if TAGGED:
+                b_xi, b_xf, b_xg, b_xo = b_nxi, b_nxf, b_nxg, b_nxo
+            else:           # the next step's, before the wait
+                b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t_next, T, i_p, row0, b_end, B, H, HT, BLOCK_B)
                 step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
         tl.store(p_cn + o_bj, b_c.to(p_cn.dtype.element_ty), mask=m_bj)
         tl.store(p_hn + o_bj, b_hc, mask=m_bj)                      # h_n: the carried h
@@ -569,7 +644,7 @@ def _lstm_fwd_kernel(
                 b_hc = tl.load(p_hs + o_bj, mask=m_bj, other=0.)
                 b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)
                 r0 = row0 + i_bt * BLOCK_B
-                b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT, BLOCK_B, ACC)
+                b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT, BLOCK_B)
                 if PIECES > 0:
                     b_ri, b_rf, b_rg, b_ro = _h_w_fused(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, b_wi,
                                                         b_wf, b_wg, b_wo, b_zero, BLOCK_K, PIECES, TAGGED, TIMEOUT,

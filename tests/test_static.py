@@ -106,6 +106,12 @@ def test_tagged_exchange_polls_the_data():
     stalled = sass.read_step(sass.parse(_loop(code + after + ["LDG.E R40, desc[UR8][R42.64]", "FADD R41, R40, R40"],
                                               [])))
     assert stalled.load_phases == ["dram"]
+    # h polled piece by piece: the second piece's first try leaves only once the first piece's poll is done,
+    # a round trip of its own (one poll loop each); the fused forward polls all pieces in one loop
+    second = [s.replace("R20.64", "R22.64") for s in poll]
+    at = start + len(poll)
+    code2 = code + [s.replace("{poll}", hex((at + 5) * 16)).replace("{done}", hex((at + len(poll)) * 16)) for s in second]
+    assert sass.read_step(sass.parse(_loop(code2 + after, []))).sync_round_trips == 2
 
 
 def test_tile_loop_counts_per_tile():
@@ -200,6 +206,9 @@ def test_static_profiler_end_to_end(tmp_path):
         assert int(row["loop_spills"]) == 0
         assert int(row["sync_round_trips"]) == 1
         assert float(row["step_us"]) > 0
+    # the forward (one 16-row tile) polls h tagged with its generation: no fence, and h's four pieces of K in
+    # one poll (piece by piece, four serial round trips)
+    assert int(rows[0]["sync_fences"]) == 0 and int(rows[1]["sync_fences"]) == 1
 
 
 def test_cli_rejects_a_bad_case():
