@@ -355,15 +355,19 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
                   and (K <= 512 or (num_warps == 8 and (K <= 768 or dtype == torch.bfloat16))))
     # The h exchange tagged (``LSTMConfig.tagged_h``: h in 32-bit words with its generation, polled by the readers;
     # no fence, no step counter: one L2 round trip a step instead of three) where a batch group is one 16-row
-    # tile and the fused product fits transposed on 4 warps (K ≤ 1024): all of h's pieces polled together, the
+    # tile and the fused product fits transposed on 4 warps (K ≤ 1024, below): all of h's pieces polled together, the
     # next step's gates_x issued before the poll. Modeled (python -m bench.static, triton 3.6), counter ->
     # tagged: B16 H768 fp16 forward 1.78 -> 1.39 µs/step (training forward 1.82 -> 1.43), B16 H1024 bf16
     # 2.45 -> 1.94, B1 H256 1.01 -> 0.52, B16 H512 1.33 -> 0.92; no spills (217-255 registers). Not with several
     # tiles per group (B64 H1024 bf16 4.21 -> 4.68: the words double the bytes every program reads, 128
     # programs of 32 rows) nor on 2 warps (8-33 spilled accesses per step). The counter's fence is the model's
     # assumption: the GPU session's "triton-counter" column measures the other exchange.
+    # K = 1024 with triton 3.6 only (the GPU machine's; 3.9 reloaded 34-38 values a step at B = 16), and in fp16
+    # only where B is 1 (a constant) or a multiple of 16 (B = 2, 5, 8 kept 4-16 values in local memory; bf16 clean).
     forced = tagged_h()
-    tagged_rule = (pieces > 0 and 4 * ht == 64 and half and block_b == 16 and tiles_per_group == 1 and K <= 1024
+    k_ok = K <= 768 or (K <= 1024 and _triton_version().startswith("3.6")
+                        and (dtype == torch.bfloat16 or B == 1 or B % 16 == 0))
+    tagged_rule = (pieces > 0 and 4 * ht == 64 and half and block_b == 16 and tiles_per_group == 1 and k_ok
                    and transposed_gates())
     tagged = tagged_rule if forced is None else forced
     if tagged and tagged_rule:

@@ -234,6 +234,20 @@ def test_triton_layer_tagged_exchange(n, dtype, dot, B, reverse, k_split, monkey
 
 
 @needs_triton
+@pytest.mark.parametrize("n,dtype,dot,B,reverse,k_split", [
+    (3, torch.float16, True, 3, True, 1),       # one tile, where the configs tag the exchange
+    pytest.param(4, torch.float16, True, 20, False, 1, marks=pytest.mark.slow),   # 2 batch groups of one tile
+], ids=str)
+def test_triton_layer_counter_exchange(n, dtype, dot, B, reverse, k_split, monkeypatch):
+    """The same one-tile 16-bit forward with h exchanged through the step counter (``TAGGED_H`` off, what the
+    GPU session's "triton-counter" column runs): every output and gradient."""
+    monkeypatch.setattr(triton_config, "TAGGED_H", False)
+    H = triton_h(n, B, dtype, k_split=k_split)
+    assert not triton_config.gpu_config(B=B, H=H, dtype=dtype, n_sm=n).tagged_h
+    _triton_case(n, dtype, dot, B, reverse, k_split, monkeypatch)
+
+
+@needs_triton
 def test_triton_layer_with_a_program_held_back():
     """Each program in turn held back 0.2 s at its first synchronisation, the others running on (2 units x 2
     batch groups, each group its own counter): every output and gradient as the reference's."""

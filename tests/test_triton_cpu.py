@@ -329,3 +329,25 @@ def test_k_pieces_cover_h_with_little_padding():
     cfg = gpu_config(B=16, H=1536, dtype=torch.bfloat16, n_sm=132)
     assert (cfg.use_dot, cfg.block_k, cfg.k_tail, cfg.num_programs) == (True, 1024, 512, 96)
     assert dot_shared_bytes(cfg.ht, cfg.block_k, cfg.block_b, torch.bfloat16, cfg.k_tail) == 224 * 1024
+
+
+def test_h_exchange_rule(monkeypatch):
+    """gpu_config tags the forward's h exchange where a batch group is one 16-row tile of a 16-bit fused forward
+    (K ≤ 1024), transposed on 4 warps; elsewhere the step counter. TAGGED_H / LSTM_GPU_TAGGED_H force either."""
+    tc = triton_config
+    monkeypatch.setattr(tc, "TAGGED_H", None)
+    monkeypatch.delenv("LSTM_GPU_TAGGED_H", raising=False)
+    cfg = lambda B, H, dtype=torch.float16: tc.gpu_config(B=B, H=H, dtype=dtype, n_sm=132)   # noqa: E731
+    k1024 = triton.__version__.startswith("3.6")                  # K = 1024 with the GPU machine's triton only
+    for B, H, dtype in [(16, 768, torch.float16), (1, 256, torch.float16), (32, 512, torch.float16)] + (
+            [(16, 1024, torch.bfloat16), (5, 1000, torch.bfloat16), (1, 1024, torch.float16)] if k1024 else []):
+        c = cfg(B, H, dtype)                                        # B32 H512: 2 batch groups of 16 rows
+        assert c.tagged_exchange(dtype) and c.transposed and c.num_warps == 4, (B, H, c)
+    for B, H, dtype in [(64, 1024, torch.bfloat16), (16, 1536, torch.bfloat16), (16, 768, torch.float32),
+                        (5, 1000, torch.float16)] + ([] if k1024 else [(16, 1024, torch.bfloat16)]):
+        assert not cfg(B, H, dtype).tagged_exchange(dtype), (B, H)
+    monkeypatch.setenv("LSTM_GPU_TAGGED_H", "0")
+    c = cfg(16, 768)
+    assert not c.tagged_h and not c.transposed and c.num_warps == 2, c     # the counter's config: rows, 2 warps
+    monkeypatch.setattr(tc, "TAGGED_H", True)                               # the module switch wins
+    assert cfg(16, 768).tagged_h and cfg(64, 1024, torch.bfloat16).tagged_h

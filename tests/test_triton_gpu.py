@@ -7,7 +7,6 @@ accepts; forward and backward. Low precision (and fp32): our error vs the float6
 Also: the contract tensors (gates, cells, dgates) with lengths and reverse, 1000 back-to-back launches
 without a hang, CUDA-graph replay. Versions are printed first. Written before any GPU run: expect to fix.
 """
-import dataclasses
 import functools
 import os
 import subprocess
@@ -118,11 +117,15 @@ def test_contract_tensors_with_lengths(H, B, dtype, precision, tol, reverse, mon
         assert max_err(a, b) <= tol, f"{name}: {max_err(a, b):.3g}"
 
 
+@pytest.mark.parametrize("tagged", [True, False], ids=["tagged", "counter"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("H,B", [(256, 1), (768, 16), (1000, 5)])
-def test_tagged_h_exchange_with_lengths(H, B, reverse):
+def test_h_exchange_with_lengths(H, B, reverse, tagged, monkeypatch):
     """The forward with h exchanged in words tagged with their step (``tagged_h``: no step counter, the
-    readers poll the data), fp16, many programs: every output vs the reference, unsorted lengths."""
+    readers poll the data; the configs' choice at one batch tile) or through the step counter (the switch
+    the GPU session's "triton-counter" column sets), fp16, many programs: every output vs the reference,
+    unsorted lengths."""
+    monkeypatch.setattr(triton_config, "TAGGED_H", tagged)
     T = 37
     g = torch.Generator(device=DEV).manual_seed(H + B)
     r = lambda *s, scale=1.0: (torch.randn(*s, generator=g, device=DEV, dtype=torch.float64) * scale)  # noqa: E731
@@ -130,8 +133,7 @@ def test_tagged_h_exchange_with_lengths(H, B, reverse):
     lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(B))
     lengths[0] = T
     cfg = triton_config.choose_config(B=B, H=H, dtype=torch.float16, device=torch.device(DEV))
-    cfg = dataclasses.replace(cfg, tagged_h=True)
-    assert cfg.tagged_exchange(torch.float16) and cfg.num_programs > 1, cfg
+    assert cfg.tagged_exchange(torch.float16) == tagged and cfg.num_programs > 1, cfg
     ref = reference.forward(gx, h0, c0, w, None, lengths.to(DEV), reverse, True)
     half = [t.half() for t in (gx, h0, c0, w)]
     out = triton_lstm.lstm_fwd(*half, lengths.to(DEV), reverse, True, config=cfg)
