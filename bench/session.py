@@ -362,7 +362,7 @@ def warmup_tasks(dry: bool) -> list[dict]:
     for B, H, T, d in headline:
         if (B, H, T, d) not in seen:
             seen.add((B, H, T, d))
-            tasks.append(dict(kind="bench", dtype=d, B=B, H=H, T=T, tagged=d in ("fp16", "bf16")))
+            tasks.append(dict(kind="bench", dtype=d, B=B, H=H, T=T, forward_variants=d in ("fp16", "bf16")))
     tasks += [dict(kind="stack", dtype=d, B=B, H=H, T=T, L=L, bi=bi) for B, H, T, d, L, bi in stack]
     for B, H, T, d in quick:
         if (B, H, T, d) not in seen:
@@ -403,7 +403,7 @@ def warm_one(task: dict) -> tuple[dict, float, str]:
             shape = Shape(B, H, T)
             x = torch.randn(T, B, H, device=device).to(dtype)
             dy = torch.randn(T, B, H, device=device).to(dtype)
-            for provider in ("triton",) + (HEADLINE_16BIT_EXTRA if task.get("tagged") else ()):
+            for provider in ("triton",) + (HEADLINE_16BIT_EXTRA if task.get("forward_variants") else ()):
                 prep = PROVIDERS[provider](shape, dtype, shared_weights(shape), device)
                 for mode in ("fwd", "fwd+bwd"):
                     outputs(prep, x, dy, mode)
@@ -559,8 +559,8 @@ def headline_table(csv_path: Path, env: dict) -> str:
 
     lines = [f"Machine: `{env['machine']}`", "",
              "| B | H | T | dtype | mode | cuDNN regime | cuDNN µs/step | triton µs/step | speedup | numba µs/step "
-             "| speedup | floor µs/step | triton floor × | triton, step counter µs/step | triton, per-gate dots µs/step "
-             "| triton, fused in rows µs/step |",
+             "| speedup | floor µs/step | triton floor × | triton, step counter µs/step "
+             "| triton, per-gate dots µs/step | triton, fused in rows µs/step |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for spec in env["headline"]:
         key = dict(batch=spec["batch"], hidden=spec["hidden"], seq_len=spec["seq_len"], dtype=spec["dtype"],

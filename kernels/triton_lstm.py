@@ -163,9 +163,9 @@ def _load_rows(p, o_row, m_row, H, K0, BLOCK_K: tl.constexpr, K_SPLIT: tl.conste
 # triton 3.6, transposed on 4 warps): 1.39 µs/step tagged vs 1.78 through the counter (2 warps, rows), though
 # the words double the bytes every program reads (2.4 vs 1.2 MB per step); the fence's cost is the model's
 # assumption, which the GPU session's "triton-counter" column measures, as it measures what the model leaves
-# out: a reader that arrives early re-reads all its words at every try (the counter's poll is one word). Polled piece by piece (3 round
-# trips at H = 768) and with the next step's gates_x converted at the end of the step (a DRAM wait with no
-# synchronisation to hide it), the same kernel modeled 1.78 µs/step.
+# out: a reader that arrives early re-reads all its words at every try (the counter's poll is one word).
+# Polled piece by piece (3 round trips at H = 768) and with the next step's gates_x converted at the end of
+# the step (a DRAM wait with no synchronisation to hide it), the same kernel modeled 1.78 µs/step.
 
 @triton.jit
 def _tag_of(g):

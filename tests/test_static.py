@@ -110,7 +110,8 @@ def test_tagged_exchange_polls_the_data():
     # a round trip of its own (one poll loop each); the fused forward polls all pieces in one loop
     second = [s.replace("R20.64", "R22.64") for s in poll]
     at = start + len(poll)
-    code2 = code + [s.replace("{poll}", hex((at + 5) * 16)).replace("{done}", hex((at + len(poll)) * 16)) for s in second]
+    code2 = code + [s.replace("{poll}", hex((at + 5) * 16)).replace("{done}", hex((at + len(poll)) * 16))
+                    for s in second]
     assert sass.read_step(sass.parse(_loop(code2 + after, []))).sync_round_trips == 2
 
 
