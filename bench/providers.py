@@ -210,13 +210,13 @@ def _triton_switched(switch: str, value: bool, refusal: str, note: str) -> Setup
     return setup
 
 
-# The forward's h exchange forced one way or the other (``triton_config.TAGGED_H``): tagged words (no step counter;
-# the configs' choice where a batch group is one 16-row tile, modeled B16 H768 fp16 forward 1.39 vs 1.78 µs/step
-# through the counter) or the step counter (their choice elsewhere). "triton-counter" times the counter where the
-# configs tag: the measurement of the fence and round trips the model assumes.
-setup_triton_tagged = _triton_switched("TAGGED_H", True, "the tagged h exchange carries 16-bit h only",
-                                       "forward h exchange tagged")
-setup_triton_counter = _triton_switched("TAGGED_H", False, "the h exchange variants are measured at 16 bits only",
+# The forward's h exchange forced one way or the other (``triton_config.POLLED_H``): polled, write-once slots (no
+# step counter; the configs' choice where a batch group is one 16-row tile, modeled B16 H768 fp16 forward 1.17 vs
+# 1.78 µs/step through the counter) or the step counter (their choice elsewhere). "triton-counter" times the
+# counter where the configs poll: the measurement of the fence and round trips the model assumes.
+setup_triton_polled = _triton_switched("POLLED_H", True, "the polled h exchange carries 16-bit h only",
+                                       "forward h exchange polled")
+setup_triton_counter = _triton_switched("POLLED_H", False, "the h exchange variants are measured at 16 bits only",
                                         "forward h exchange through the step counter")
 # The forward's tensor-core product per gate (``triton_config.FUSED_GATES`` off): the path the fused dot replaced,
 # modeled slower (B16 H768 fp16 forward 2.19 vs 1.78 µs/step).
@@ -235,7 +235,7 @@ PROVIDERS: dict[str, Setup] = {
     "cudnn": setup_cudnn,
     "triton": _lstm_gpu_setup("triton"),
     "triton-layers": _lstm_gpu_setup("triton", stack=False),    # one launch per layer and direction
-    "triton-tagged": setup_triton_tagged,
+    "triton-polled": setup_triton_polled,
     "triton-counter": setup_triton_counter,
     "triton-per-gate": setup_triton_per_gate,
     "triton-rows": setup_triton_rows,

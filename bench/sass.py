@@ -133,7 +133,7 @@ def _is_strong(ins: Instr) -> bool:
 
 
 def _is_data_poll(ins: Instr) -> bool:
-    """A volatile load (STRONG.SYS): the tagged exchange polls the data itself, so its round trip is the
+    """A volatile load (STRONG.SYS): the polled exchange polls the data itself, so its round trip is the
     step synchronisation's, not an exchange round of its own."""
     return ins.op == "LDG" and ".STRONG.SYS" in ins.mods
 
@@ -212,7 +212,7 @@ def load_phases(body: list[Instr], sync_at: int, poll_end: int) -> list[str]:
     came back: h in pieces, each staged and consumed before the next piece's load is issued, is one L2 round
     trip per piece). A load consumed only after its side (a prefetch for the next step) waits for nothing. A
     round is "l2" when all its loads are .cg (STRONG.GPU: data another program just wrote, an L2 hit), else
-    "dram" (streamed data: gates_x, saved activations, dy). Volatile loads (a tagged exchange polling the
+    "dram" (streamed data: gates_x, saved activations, dy). Volatile loads (a polled exchange polling the
     data) are the synchronisation's round trip, not a round here."""
     phases = []
     for lo, hi in ((body[0].addr, sync_at), (poll_end, body[-1].addr)):
@@ -266,12 +266,12 @@ def read_step(code: list[Instr], inner_trips: int = 1, loop: tuple[int, int] | N
     step.mma_chain = mma_chain(body)
     # serial round trips: atomics whose result the program waits for (ATOMG with a destination; a REDG
     # does not wait), plus one per poll loop (a strong load or atomic in a loop, observing the last arrival
-    # or, tagged, the data itself): a poll loop is left only once its data came back, so the next one's
+    # or, polled, the data itself): a poll loop is left only once its data came back, so the next one's
     # first load leaves after that (h polled piece by piece is one L2 round trip per piece)
     waited = sum(1 for i in body if not in_poll(i) and i.op == "ATOMG" and not i.operands.startswith("RZ"))
     step.sync_round_trips = waited + len(polls)
     step.tile_trips = inner_trips if tiles else 1
-    # the synchronisation starts at the arrival atomic, or (a tagged exchange: no atomic) at the data poll
+    # the synchronisation starts at the arrival atomic, or (a polled exchange: no atomic) at the data poll
     sync_at = next((i.addr for i in body if i.op in ("REDG", "ATOMG") and not in_poll(i)),
                    min((a for a, _ in polls), default=hi))
     poll_end = max((b for _, b in polls), default=sync_at)

@@ -83,9 +83,9 @@ STACK_DRY = [(2, 8, 4, "fp32-ieee", "fwd+bwd", 2, False), (2, 8, 4, "fp32-ieee",
 # "triton-layers": the same kernels one launch per layer and direction, what issue 16's ratio compares against
 STACK_PROVIDERS = ("cudnn", "triton", "triton-layers")
 HEADLINE_PROVIDERS = ("cudnn", "triton", "numba")
-# 16-bit headline rows also time the forward with the h exchange through the step counter where the configs tag
-# it (one 16-row tile per batch group; elsewhere the same config as "triton"): the static model rates the tagged
-# exchange faster (B16 H768 fp16 1.39 vs 1.78 µs/step) on its assumed fence and round-trip costs, which the
+# 16-bit headline rows also time the forward with the h exchange through the step counter where the configs poll
+# it (one 16-row tile per batch group; elsewhere the same config as "triton"): the static model rates the polled
+# exchange faster (B16 H768 fp16 1.17 vs 1.78 µs/step) on its assumed fence and round-trip costs, which the
 # measurement checks (kernels/triton_lstm.py, _read_h); and with the forward's tensor-core product per gate, the
 # path the fused dot replaced (a check of the model); and with the fused product in rows where the configs
 # transpose it (a check of the model's shared-memory floor, which rates rows slower)
@@ -609,7 +609,7 @@ def stack_table(csv_path: Path, env: dict) -> str:
                      f"{spec['layers']} × {2 if spec['bidirectional'] else 1} | {cell(cu)} | {cell(tr)} | "
                      f"{ratio(cu, tr)} | {cell(tl_)} | {ratio(tr, tl_)} |")
     lines += ["", "µs per time step of the whole stack (p50, p20-p80), layer 0's input projection included; "
-              "\"one launch / per layer\" is issue 16's ratio (modeled 0.85x forward, 0.73x / 0.77x fwd+bwd uni / bi, "
+              "\"one launch / per layer\" is issue 16's ratio (modeled 0.95x forward, 0.76x / 0.79x fwd+bwd uni / bi, "
               "bench.static_stack)."]
     return "\n".join(lines) + "\n"
 

@@ -104,18 +104,17 @@ class Row:
 
 
 def step_bytes(direction: str, *, B: int, H: int, dtype: torch.dtype, programs: int, save: bool = True,
-               low_exchange: bool = False, tagged: bool = False) -> int:
+               low_exchange: bool = False) -> int:
     """Bytes one step moves through L2, the whole grid (what the algorithm needs, masked lanes excluded).
     ``programs``: programs per batch group (each reads h of its group's rows). Forward, every program
     reads all of h_{t-1} for its rows and its gates_x, writes its h_t (and, to save for backward,
-    the activated gates and c in fp32); h is written twice (y, and the exchange slot the others read),
-    ``tagged``: that slot in 32-bit words (h and its generation). Backward, every program reads all of dz_t (16-bit when
+    the activated gates and c in fp32); h is written twice (y, and the exchange slot the others read, in the
+    dtype of h on either exchange). Backward, every program reads all of dz_t (16-bit when
     exchanged so), its saved gates, c_t, c_{t-1} and dy, and writes its dz."""
     x = torch.finfo(dtype).bits // 8
     acc = 8 if dtype == torch.float64 else 4
     if direction == "fwd":
-        hx = 4 if tagged else x
-        return programs * B * H * hx + B * 4 * H * x + B * H * (x + hx) + (B * 5 * H * acc if save else 0)
+        return programs * B * H * x + B * 4 * H * x + B * H * 2 * x + (B * 5 * H * acc if save else 0)
     z = 2 if low_exchange else acc
     return (programs * B * 4 * H * z + B * 4 * H * acc + 2 * B * H * acc + B * H * x
             + B * 4 * H * acc + (B * 4 * H * z if low_exchange else 0))
@@ -160,7 +159,7 @@ def profile(B: int, H: int, T: int, dtype: str, direction: str, n_sm: int = N_SM
     step = sass.read_step(sass.parse(triton_sm90.sass(kernel)), inner_trips=tiles)
     c = step.counts
     grid = step_bytes(direction, B=B, H=H, dtype=dt, programs=cfg.num_programs // cfg.batch_groups, save=save,
-                      low_exchange=cfg.low_exchange(dt), tagged=cfg.tagged_exchange(dt))
+                      low_exchange=cfg.low_exchange(dt))
     m = model(step, warps=cfg.num_warps, programs=cfg.num_programs, grid_bytes=grid)
     return Row(B=B, H=H, T=T, dtype=dtype, direction=direction if save or direction != "fwd" else "fwd (inference)",
                programs=cfg.num_programs, warps=cfg.num_warps,

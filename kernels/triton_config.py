@@ -53,9 +53,9 @@ from . import host
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 FP32_PRECISION: str | None = None           # "ieee" | "tf32" | "tf32x3"; None: TRITON_F32_DEFAULT or "ieee"
-TAGGED_H: bool | None = None                # forward h exchange tagged (see LSTMConfig.tagged_h): True / False
+POLLED_H: bool | None = None                # forward h exchange polled (see LSTMConfig.polled_h): True / False
                                             # force it on / off; None: the environment variable
-                                            # LSTM_GPU_TAGGED_H=1 / 0 does, else gpu_config's rule (the default)
+                                            # LSTM_GPU_POLLED_H=1 / 0 does, else gpu_config's rule (the default)
 FUSED_GATES: bool | None = None             # forward tl.dot fused over the gates (LSTMConfig.pieces); None: on
                                             # unless the environment variable LSTM_GPU_FUSED_GATES=0 (a
                                             # measurement switch: the per-gate dots are what it replaced)
@@ -120,7 +120,7 @@ class LSTMConfig:
     k_split: int = 1    # tl.dot: K chunks (independent accumulators); 1 on the broadcast path
     batch_groups: int = 1   # the batch split in groups of rows, each run by its own set of programs
     group_rows: int = 0     # rows per batch group (a multiple of block_b); 0: the whole batch
-    tagged_h: bool = False  # forward, 16-bit tl.dot path: h exchanged with its generation tag, no counter
+    polled_h: bool = False  # forward, 16-bit tl.dot path: h in write-once slots the readers poll, no counter
     k_tail: int = 0         # tl.dot: a second, smaller power-of-two piece of K after block_k (0: none), so
                             # block_k + k_tail covers H with less padding: H = 1536 as 1024 + 512, not 2048;
                             # in k_split chunks too, whose products add to the first piece's chunk by chunk
@@ -145,12 +145,12 @@ class LSTMConfig:
     def rows_per_group(self, B: int) -> int:
         return self.group_rows or B
 
-    def tagged_exchange(self, dtype: torch.dtype) -> bool:
-        """Whether the forward exchanges h tagged with its generation (``tagged_h``, 16-bit h on the tl.dot
-        path only: one 32-bit word per element, polled by the readers, no step counter and no fence)
-        rather than plain values and the step counter. The launcher uses it for one-tile launches only:
+    def polled_exchange(self, dtype: torch.dtype) -> bool:
+        """Whether the forward exchanges h polled (``polled_h``, 16-bit h on the tl.dot path only: a slot per
+        step, written once, polled by the readers until no element is unwritten; no step counter, no fence)
+        rather than through two slots and the step counter. The launcher uses it for one-tile launches only:
         with two tiles per program it spilled 6-8 local accesses per step inside the loop (sm_90, 3.6)."""
-        return self.tagged_h and self.use_dot and dtype in (torch.float16, torch.bfloat16)
+        return self.polled_h and self.use_dot and dtype in (torch.float16, torch.bfloat16)
 
     def tail_after(self, dtype: torch.dtype) -> bool:
         """Whether the forward reads h's tail piece of K only after the first piece's products (kernels/
@@ -189,12 +189,12 @@ def transposed_gates() -> bool:
     return os.environ.get("LSTM_GPU_TRANSPOSED_GATES", "1") != "0"
 
 
-def tagged_h() -> bool | None:
-    """The tagged h exchange forced on (True) or off (False) by ``TAGGED_H`` or LSTM_GPU_TAGGED_H (a
+def polled_h() -> bool | None:
+    """The polled h exchange forced on (True) or off (False) by ``POLLED_H`` or LSTM_GPU_POLLED_H (a
     measurement switch), or None: the configs' rule decides (``gpu_config``, ``interpreter_config``)."""
-    if TAGGED_H is not None:
-        return TAGGED_H
-    env = os.environ.get("LSTM_GPU_TAGGED_H", "")
+    if POLLED_H is not None:
+        return POLLED_H
+    env = os.environ.get("LSTM_GPU_POLLED_H", "")
     return None if env == "" else env == "1"
 
 
@@ -216,10 +216,10 @@ def interpreter_config(*, B: int, H: int, dtype: torch.dtype, use_dot: bool | No
     if use_dot and tensor_cores and not backward and fused_gates():
         (pieces, block_k), k_tail, k_split = fused_pieces(H), 0, 1
     transposed = pieces > 0 and transposed_gates()
-    forced = tagged_h()     # as on the GPU: tagged where the fused product is transposed and the batch one tile
-    tagged = forced if forced is not None else (transposed and B <= bb and dtype in (torch.float16, torch.bfloat16))
+    forced = polled_h()     # as on the GPU: polled where the fused product is transposed and the batch one tile
+    polled = forced if forced is not None else (transposed and B <= bb and dtype in (torch.float16, torch.bfloat16))
     return LSTMConfig(ht=k, block_k=block_k, block_b=bb, use_dot=use_dot, precision=fp32_precision(),
-                      num_warps=4, num_programs=1, k_split=k_split, tagged_h=tagged, k_tail=k_tail,
+                      num_warps=4, num_programs=1, k_split=k_split, polled_h=polled, k_tail=k_tail,
                       pieces=pieces, dz_one_round=use_dot and tensor_cores and backward, transposed=transposed)
 
 
@@ -348,42 +348,43 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     # bf16 716 -> 404 KB (step 5.60 -> 4.21 µs), B16 H512 150 -> 106 KB (1.53 -> 1.33). Where it kept values in
     # local memory inside the loop, it is not used: ptxas holds the wgmma descriptors (4 registers per HGMMA,
     # 48 HGMMA at K = 768) in registers across the loop, 36-80 spilled accesses per step at K ≥ 768 on 4 warps,
-    # and 16 for the fp16 training forward at K = 1024 on 8 warps (bf16 clean). (The tagged forward below is
+    # and 16 for the fp16 training forward at K = 1024 on 8 warps (bf16 clean). (The polled forward below is
     # transposed on 4 warps at K = 768-1024 with none: 216-255 registers, no step counter in the loop.)
     K = pieces * block_k
     transposed = (pieces > 0 and 4 * ht == 64 and transposed_gates()
                   and (K <= 512 or (num_warps == 8 and (K <= 768 or dtype == torch.bfloat16))))
-    # The h exchange tagged (``LSTMConfig.tagged_h``: h in 32-bit words with its generation, polled by the readers;
+    # The h exchange polled (``LSTMConfig.polled_h``: each step's h in a write-once slot, polled by the readers;
     # no fence, no step counter: one L2 round trip a step instead of three) where a batch group is one 16-row
     # tile and the fused product fits transposed on 4 warps (K ≤ 1024, below): all of h's pieces polled together, the
     # next step's gates_x issued before the poll. Modeled (python -m bench.static, triton 3.6), counter ->
-    # tagged: B16 H768 fp16 forward 1.78 -> 1.39 µs/step (training forward 1.82 -> 1.43), B16 H1024 bf16
-    # 2.45 -> 1.94, B1 H256 1.01 -> 0.52, B16 H512 1.33 -> 0.92; no spills (217-255 registers). Not with several
-    # tiles per group (B64 H1024 bf16 4.21 -> 4.68: the words double the bytes every program reads, 128
-    # programs of 32 rows) nor on 2 warps (8-33 spilled accesses per step). The counter's fence is the model's
-    # assumption: the GPU session's "triton-counter" column measures the other exchange.
+    # polled: B16 H768 fp16 forward 1.78 -> 1.17 µs/step (training forward 1.82 -> 1.21), B16 H1024 bf16
+    # 2.45 -> 1.56, B1 H256 1.01 -> 0.51, B16 H512 1.33 -> 0.82; no spills (117-255 registers). The rule's limits
+    # were read in the SASS of its first form, h in 32-bit words tagged with the step (kernels/triton_lstm.py's
+    # exchange comment): not with several tiles per group (6-8 spills a step; B64 H1024 bf16 4.21 -> 4.68, the
+    # words doubling the bytes of 128 programs) nor on 2 warps (8-33 spilled accesses per step). The counter's
+    # fence is the model's assumption: the GPU session's "triton-counter" column measures the other exchange.
     # K = 1024 with triton 3.6 only (the GPU machine's; 3.9 reloaded 34-38 values a step at B = 16), and in fp16
     # only where B is 1 (a constant) or a multiple of 16 (B = 2, 5, 8 kept 4-16 values in local memory; bf16 clean).
-    forced = tagged_h()
+    forced = polled_h()
     k_ok = K <= 768 or (K <= 1024 and _triton_version().startswith("3.6")
                         and (dtype == torch.bfloat16 or B == 1 or B % 16 == 0))
-    tagged_rule = (pieces > 0 and 4 * ht == 64 and half and block_b == 16 and tiles_per_group == 1 and k_ok
+    polled_rule = (pieces > 0 and 4 * ht == 64 and half and block_b == 16 and tiles_per_group == 1 and k_ok
                    and transposed_gates())
-    tagged = tagged_rule if forced is None else forced
-    if tagged and tagged_rule:
+    polled = polled_rule if forced is None else forced
+    if polled and polled_rule:
         transposed, num_warps = True, 4
     # Where it stays in rows ([BB, 4·HT], mma.sync, N spread over the warps) on 16-row tiles: 2 warps, so h is
     # ldmatrix-ed by 2 warps a step instead of 4 (each warp reads all of h). Modeled (python -m bench.static,
     # triton 3.6): B16 H768 fp16 222 -> 177 KB of shared memory per step, 1.98 -> 1.78 µs/step (971 instead of
     # 544 instructions per warp, on half the sub-partitions: 0.54 µs of issue, under the 0.79 of shared
-    # memory); B16 H1024 bf16 training forward 2.53 -> 2.26; no spills (254-255 registers). Not with the tagged
+    # memory); B16 H1024 bf16 training forward 2.53 -> 2.26; no spills (254-255 registers). Not with the polled
     # h exchange (a measurement option): at 2 warps it kept 8-33 values in local memory inside the loop.
-    if pieces and not transposed and block_b == 16 and not tagged:
+    if pieces and not transposed and block_b == 16 and not polled:
         num_warps = 2
     return LSTMConfig(ht=ht, block_k=block_k, block_b=block_b, use_dot=use_dot, precision=precision,
                       num_warps=num_warps, num_programs=num_programs * groups, k_split=k_split,
                       batch_groups=groups, group_rows=tiles_per_group * block_b if groups > 1 else 0,
-                      tagged_h=tagged, k_tail=k_tail, pieces=pieces, dz_one_round=dz_one_round,
+                      polled_h=polled, k_tail=k_tail, pieces=pieces, dz_one_round=dz_one_round,
                       transposed=transposed)
 
 

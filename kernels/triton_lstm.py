@@ -53,9 +53,10 @@ so its cell update needs nothing from the other programs. Forward keeps the rows
 one [K, HT] block per gate (b_wi, b_wf, b_wg, b_wo), on chip for the whole launch; every step it reads
 the full h_{t-1} that all programs published in an exchange slot (two slots used alternately), publishes
 its slice of h_t in the other slot (and writes it into y[t]) and meets the others at the step counter
-(kernels/triton_barrier.py: one L2 round trip). Or, ``tagged_h`` (16-bit h, where a batch group is one
-16-row tile): each h travels with its step number in one 32-bit word and the readers poll the data itself,
-no counter, no fence; twice the bytes, one round trip instead of three (see the exchange below).
+(kernels/triton_barrier.py: one L2 round trip). Or, ``polled_h`` (16-bit h, where a batch group is one
+16-row tile): each generation of h has a slot of its own, written once, and the readers poll the data
+itself until no element is still UNWRITTEN: no counter, no fence, one round trip instead of three (see the
+exchange below).
 Backward keeps the columns W_hh[:, p's units] per gate,
 writes its slice of dz_t, waits, then reads all of dz_t. Batch groups: when the unit split leaves SMs idle
 and the batch has several tiles, program (p, q) of the grid (units, groups) runs units p of the rows of
@@ -149,123 +150,113 @@ def _load_rows(p, o_row, m_row, H, K0, BLOCK_K: tl.constexpr, K_SPLIT: tl.conste
     return tl.load(p + o, mask=m, other=0., cache_modifier=".cg")
 
 
-# The exchange of h between programs: two slots [2, B, H]; generation g (h after g steps, h0 = generation 0)
-# lives in slot g % 2. A program reads generation s at step s and publishes its units of generation s + 1.
-# A generation never overwrites one a program still reads: s + 2 goes where s was, after every program
-# has published s + 1, which each did only after reading s.
-# Plain values: the step counter (triton_barrier.py) says when a generation is complete. Its release costs a
-# fence, its wait one L2 round trip, and the h load after it another.
-# Tagged (``tagged_h``, 16-bit h only; gpu_config's choice where a batch group is one 16-row tile): each h
-# travels in a 32-bit word with its generation in the high half, and the reader polls the data itself: no
-# fence, no counter, one L2 round trip (all of h's pieces of K polled together, ``_read_h_pieces``). 16-bit
-# tags never meet a stale word (the slot holds s - 2, or before its first write the launcher's -1 = tag
-# 0xFFFF, which generation 65535 only meets long after). Modeled from the sm_90 code (B16 H768 fp16 forward,
-# triton 3.6, transposed on 4 warps): 1.39 µs/step tagged vs 1.78 through the counter (2 warps, rows), though
-# the words double the bytes every program reads (2.4 vs 1.2 MB per step); the fence's cost is the model's
-# assumption, which the GPU session's "triton-counter" column measures, as it measures what the model leaves
-# out: a reader that arrives early re-reads all its words at every try (the counter's poll is one word).
-# Polled piece by piece (3 round trips at H = 768) and with the next step's gates_x converted at the end of
-# the step (a DRAM wait with no synchronisation to hide it), the same kernel modeled 1.78 µs/step.
+# The exchange of h between programs. Generation g is h after g steps (h0 = generation 0); a program reads
+# generation s at step s and publishes its units of generation s + 1.
+# Through the step counter (plain values): two slots [2, B, H], generation g in slot g % 2. A generation never
+# overwrites one a program still reads: s + 2 goes where s was, after every program has published s + 1,
+# which each did only after reading s. The counter (triton_barrier.py) says when a generation is complete:
+# its release costs a fence, its wait one L2 round trip, and the h load after it another.
+# Polled (``polled_h``, 16-bit h; gpu_config's choice where a batch group is one 16-row tile): a slot per
+# generation, [T+1, B, H], each written once, filled before the launch with UNWRITTEN (the 16 bits of -0.0,
+# the least int16). A program stores its units of h there (a -0.0 as +0.0: no product tells them apart) and
+# the readers poll the data itself until no element is UNWRITTEN: no fence, no counter, one L2 round trip
+# (all of h's pieces of K polled together, ``_read_h_pieces``), and the check is one integer min per element.
+# A 16-bit store is single-copy atomic, so an element is either UNWRITTEN or its final value. The ring costs
+# as much memory as y, for the length of the call. Modeled from the sm_90 code (B16 H768 fp16 forward,
+# triton 3.6, transposed on 4 warps): 1.17 µs/step, vs 1.78 through the counter (2 warps, rows) and 1.39
+# with h in 32-bit words tagged with its generation in two slots (twice the bytes every program reads:
+# 2.4 vs 1.3 MB a step; its tag test, an XOR and an OR per word, 900 vs 628 instructions a step). The fence's
+# cost is the model's assumption, which the GPU session's "triton-counter" column measures, as it measures
+# what the model leaves out: a reader that arrives early re-reads all its elements at every try (the
+# counter's poll is one word). Polled piece by piece (3 round trips at H = 768) and with the next step's
+# gates_x converted at the end of the step (a DRAM wait with no synchronisation to hide it), the tagged
+# kernel modeled 1.78 µs/step.
+UNWRITTEN = tl.constexpr(-32768)
+
 
 @triton.jit
-def _tag_of(g):
-    return tl.cast(g, tl.uint32) & 0xFFFF
-
-
-@triton.jit
-def _publish_h(p_hx, g, o_b, m_b, o_j, m_j, b_h, B, H, TAGGED: tl.constexpr):
-    """Store this program's units of h generation g ([BB, HT], the dtype of y) into slot g % 2."""
-    p = p_hx + (g % 2) * B * H + o_b[:, None] * H + o_j[None, :]
-    if TAGGED:      # word = generation << 16 | the 16 bits of h
-        bits = b_h.to(tl.uint16, bitcast=True).to(tl.uint32)
-        tl.store(p, (bits | (_tag_of(g) << 16)).to(tl.int32, bitcast=True), mask=m_b[:, None] & m_j[None, :])
+def _publish_h(p_hx, g, o_b, m_b, o_j, m_j, b_h, B, H, POLLED: tl.constexpr):
+    """Store this program's units of h generation g ([BB, HT], the dtype of y): polled, into slot g of the
+    ring, as int16 bits; else into slot g % 2."""
+    m = m_b[:, None] & m_j[None, :]
+    if POLLED:
+        p = p_hx + tl.cast(g, tl.int64) * B * H + o_b[:, None] * H + o_j[None, :]
+        bits = b_h.to(tl.int16, bitcast=True)
+        tl.store(p, tl.where(bits == UNWRITTEN, 0, bits), mask=m)          # -0.0 as +0.0
     else:
-        tl.store(p, b_h, mask=m_b[:, None] & m_j[None, :])
+        tl.store(p_hx + (g % 2) * B * H + o_b[:, None] * H + o_j[None, :], b_h, mask=m)
 
 
 @triton.jit
-def _or(a, b):
-    return a | b
+def _late(w):
+    """Whether any element of the polled tile ``w`` (int16) is still UNWRITTEN: the least int16, so one min."""
+    return tl.min(w) == UNWRITTEN
 
 
 @triton.jit
-def _late(w, word):
-    """Whether any word of the tile ``w`` lacks the generation of ``word`` (in its high half): one OR of
-    the differences, 1-2 integer instructions per word, checked once."""
-    return (tl.reduce(w ^ word, None, _or) >> 16) != 0
-
-
-@triton.jit
-def _poll_load(p, o, m, word):
-    """One try at a tagged tile: volatile loads (the compiler keeps each one, and they go to L2); a masked
-    word counts as in time."""
-    return tl.load(p + o, mask=m, other=word, volatile=True).to(tl.uint32, bitcast=True)
-
-
-@triton.jit
-def _untag(w, DTYPE: tl.constexpr):
-    """The 16 bits of h in the low half of each tagged word, as DTYPE."""
-    return (w & 0xFFFF).to(tl.uint16).to(DTYPE, bitcast=True)
+def _poll_load(p, o, m):
+    """One try at a polled tile: volatile loads (the compiler keeps each one, and they go to L2); a masked
+    element counts as written."""
+    return tl.load(p + o, mask=m, other=0, volatile=True)
 
 
 @triton.jit
 def _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, K0, BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr,
-            TAGGED: tl.constexpr, TIMEOUT: tl.constexpr):
+            POLLED: tl.constexpr, TIMEOUT: tl.constexpr):
     """One piece of K (K0 …) of h generation g for the rows o_b, in the layout of ``_row_offsets``.
-    Untagged: loaded after the step synchronisation. Tagged: loaded, then reloaded until every word
-    carries generation g. TIMEOUT > 0 (debug mode): give up after that many polls and set the time-out flag
+    Through the counter: loaded after the step synchronisation. Polled: loaded, then reloaded until no
+    element is UNWRITTEN. TIMEOUT > 0 (debug mode): give up after that many polls and set the time-out flag
     *p_flag, as the step counter does."""
-    p = p_hx + (g % 2) * B * H
-    if TAGGED:
+    if POLLED:
+        p = p_hx + tl.cast(g, tl.int64) * B * H
         o, m = _row_offsets(o_b * H, m_b, H, K0, BLOCK_K, K_SPLIT)
-        word = _tag_of(g) << 16                                     # what a word of generation g starts with
-        w = _poll_load(p, o, m, word)
+        w = _poll_load(p, o, m)
         if TIMEOUT > 0:
             failed = tl.atomic_add(p_flag, 0, sem="relaxed", scope="gpu")
             spins = 0
-            while _late(w, word) & (failed == 0):
-                w = _poll_load(p, o, m, word)
+            while _late(w) & (failed == 0):
+                w = _poll_load(p, o, m)
                 spins += 1
                 failed = tl.where(spins >= TIMEOUT, 1, failed)
             if spins >= TIMEOUT:
                 tl.atomic_xchg(p_flag, 1, sem="relaxed", scope="gpu")
         else:
-            while _late(w, word):
-                w = _poll_load(p, o, m, word)
-        b_h = _untag(w, DTYPE)
+            while _late(w):
+                w = _poll_load(p, o, m)
+        b_h = w.to(DTYPE, bitcast=True)
     else:
-        b_h = _load_rows(p, o_b * H, m_b, H, K0, BLOCK_K, K_SPLIT)
+        b_h = _load_rows(p_hx + (g % 2) * B * H, o_b * H, m_b, H, K0, BLOCK_K, K_SPLIT)
     return b_h
 
 
 @triton.jit
 def _read_h_pieces(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, KC: tl.constexpr, PIECES: tl.constexpr,
-                   TAGGED: tl.constexpr, TIMEOUT: tl.constexpr):
+                   POLLED: tl.constexpr, TIMEOUT: tl.constexpr):
     """All PIECES pieces of K (KC each) of h generation g for the rows o_b, [BB, KC] each (the unused ones
-    repeat the first), their loads issued together: one L2 round trip. Tagged, they are polled together
-    too (every piece reloaded until all carry generation g): polled piece by piece, each piece's first load
+    repeat the first), their loads issued together: one L2 round trip. Polled, they are polled together
+    too (every piece reloaded until none is UNWRITTEN): polled piece by piece, each piece's first load
     left only once the previous piece was in, one round trip per piece (3 at H = 768, sm_90 SASS)."""
-    if TAGGED:
-        p = p_hx + (g % 2) * B * H
-        word = _tag_of(g) << 16
+    if POLLED:
+        p = p_hx + tl.cast(g, tl.int64) * B * H
         o0, m0 = _row_offsets(o_b * H, m_b, H, 0, KC, 1)
         o1, m1 = _row_offsets(o_b * H, m_b, H, KC, KC, 1)
         o2, m2 = _row_offsets(o_b * H, m_b, H, 2 * KC, KC, 1)
         o3, m3 = _row_offsets(o_b * H, m_b, H, 3 * KC, KC, 1)
-        w0, w1, w2, w3 = _poll_pieces(p, o0, m0, o1, m1, o2, m2, o3, m3, word, PIECES)
+        w0, w1, w2, w3 = _poll_pieces(p, o0, m0, o1, m1, o2, m2, o3, m3, PIECES)
         if TIMEOUT > 0:
             failed = tl.atomic_add(p_flag, 0, sem="relaxed", scope="gpu")
             spins = 0
-            while _late_pieces(w0, w1, w2, w3, word, PIECES) & (failed == 0):
-                w0, w1, w2, w3 = _poll_pieces(p, o0, m0, o1, m1, o2, m2, o3, m3, word, PIECES)
+            while _late_pieces(w0, w1, w2, w3, PIECES) & (failed == 0):
+                w0, w1, w2, w3 = _poll_pieces(p, o0, m0, o1, m1, o2, m2, o3, m3, PIECES)
                 spins += 1
                 failed = tl.where(spins >= TIMEOUT, 1, failed)
             if spins >= TIMEOUT:
                 tl.atomic_xchg(p_flag, 1, sem="relaxed", scope="gpu")
         else:
-            while _late_pieces(w0, w1, w2, w3, word, PIECES):
-                w0, w1, w2, w3 = _poll_pieces(p, o0, m0, o1, m1, o2, m2, o3, m3, word, PIECES)
-        return _untag(w0, DTYPE), _untag(w1, DTYPE), _untag(w2, DTYPE), _untag(w3, DTYPE)
+            while _late_pieces(w0, w1, w2, w3, PIECES):
+                w0, w1, w2, w3 = _poll_pieces(p, o0, m0, o1, m1, o2, m2, o3, m3, PIECES)
+        return (w0.to(DTYPE, bitcast=True), w1.to(DTYPE, bitcast=True), w2.to(DTYPE, bitcast=True),
+                w3.to(DTYPE, bitcast=True))
     else:
         b_h0 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 0, KC, 1, False, TIMEOUT)
         b_h1 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, KC, KC, 1, False, TIMEOUT) if PIECES > 1 else b_h0
@@ -275,32 +266,32 @@ def _read_h_pieces(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, KC: tl.
 
 
 @triton.jit
-def _poll_pieces(p, o0, m0, o1, m1, o2, m2, o3, m3, word, PIECES: tl.constexpr):
-    """One try at every piece of a tagged h (``_poll_load``), all loads in flight at once."""
-    w0 = _poll_load(p, o0, m0, word)
-    w1 = _poll_load(p, o1, m1, word) if PIECES > 1 else w0
-    w2 = _poll_load(p, o2, m2, word) if PIECES > 2 else w0
-    w3 = _poll_load(p, o3, m3, word) if PIECES > 3 else w0
+def _poll_pieces(p, o0, m0, o1, m1, o2, m2, o3, m3, PIECES: tl.constexpr):
+    """One try at every piece of a polled h (``_poll_load``), all loads in flight at once."""
+    w0 = _poll_load(p, o0, m0)
+    w1 = _poll_load(p, o1, m1) if PIECES > 1 else w0
+    w2 = _poll_load(p, o2, m2) if PIECES > 2 else w0
+    w3 = _poll_load(p, o3, m3) if PIECES > 3 else w0
     return w0, w1, w2, w3
 
 
 @triton.jit
-def _late_pieces(w0, w1, w2, w3, word, PIECES: tl.constexpr):
-    """Whether any word of the used pieces lacks the generation of ``word`` (``_late``)."""
-    late = _late(w0, word)
+def _late_pieces(w0, w1, w2, w3, PIECES: tl.constexpr):
+    """Whether any element of the used pieces is still UNWRITTEN (``_late``)."""
+    late = _late(w0)
     if PIECES > 1:
-        late |= _late(w1, word)
+        late |= _late(w1)
     if PIECES > 2:
-        late |= _late(w2, word)
+        late |= _late(w2)
     if PIECES > 3:
-        late |= _late(w3, word)
+        late |= _late(w3)
     return late
 
 
 @triton.jit
 def _h_w(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, b_wi, b_wf, b_wg, b_wo, b_ti, b_tf, b_tg, b_to,
          BLOCK_K: tl.constexpr, K_TAIL: tl.constexpr, TAIL_AFTER: tl.constexpr, K_SPLIT: tl.constexpr,
-         TAGGED: tl.constexpr, TIMEOUT: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+         POLLED: tl.constexpr, TIMEOUT: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
     """h_{t-1} · W_gateᵀ of the four gates ([BB, HT] each), h_{t-1} being generation g (``_read_h``) of the rows
     o_b, K in its pieces. A tail piece (K_TAIL > 0, tl.dot only) is cut in as many chunks as the first, so its
     products add into the same per-chunk accumulators and one sum over the chunks serves both (summed apart:
@@ -308,9 +299,9 @@ def _h_w(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, b_wi, b_wf, b_wg,
     (both h tiles staged at once would not fit beside the weights: H = 1536 took 241 KB with triton 3.9): the
     tail of h is read only once the first piece's products are summed, so its staging reuses the first one's
     (kept unsummed until then, the four accumulators spilled 10-14 accesses per step)."""
-    b_h = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 0, BLOCK_K, K_SPLIT, TAGGED, TIMEOUT)
+    b_h = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 0, BLOCK_K, K_SPLIT, POLLED, TIMEOUT)
     if K_TAIL > 0 and not TAIL_AFTER:
-        b_ht = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, BLOCK_K, K_TAIL, K_SPLIT, TAGGED, TIMEOUT)
+        b_ht = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, BLOCK_K, K_TAIL, K_SPLIT, POLLED, TIMEOUT)
         return (_chunk_sum(_dot(b_h, b_wi, PRECISION) + _dot(b_ht, b_ti, PRECISION)),
                 _chunk_sum(_dot(b_h, b_wf, PRECISION) + _dot(b_ht, b_tf, PRECISION)),
                 _chunk_sum(_dot(b_h, b_wg, PRECISION) + _dot(b_ht, b_tg, PRECISION)),
@@ -318,7 +309,7 @@ def _h_w(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, b_wi, b_wf, b_wg,
     b_ri, b_rf = _hw(b_h, b_wi, USE_DOT, PRECISION), _hw(b_h, b_wf, USE_DOT, PRECISION)
     b_rg, b_ro = _hw(b_h, b_wg, USE_DOT, PRECISION), _hw(b_h, b_wo, USE_DOT, PRECISION)
     if K_TAIL > 0:
-        b_h = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, BLOCK_K, K_TAIL, K_SPLIT, TAGGED, TIMEOUT)
+        b_h = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, BLOCK_K, K_TAIL, K_SPLIT, POLLED, TIMEOUT)
         b_ri += _hw(b_h, b_ti, USE_DOT, PRECISION)
         b_rf += _hw(b_h, b_tf, USE_DOT, PRECISION)
         b_rg += _hw(b_h, b_tg, USE_DOT, PRECISION)
@@ -452,12 +443,12 @@ def _fused_gates(b_a0, b_a1, b_a2, b_a3, b_w0, b_w1, b_w2, b_w3, b_zero, PIECES:
 
 @triton.jit
 def _h_w_fused(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, b_w0, b_w1, b_w2, b_w3, b_zero, KC: tl.constexpr,
-               PIECES: tl.constexpr, TAGGED: tl.constexpr, TIMEOUT: tl.constexpr, PRECISION: tl.constexpr,
+               PIECES: tl.constexpr, POLLED: tl.constexpr, TIMEOUT: tl.constexpr, PRECISION: tl.constexpr,
                TRANSPOSED: tl.constexpr):
     """h_{t-1} · W_hhᵀ for the four gates at once, K in PIECES pieces of KC: one tl.dot per piece into
     [BB, 4·HT], each piece its own accumulator (the chain of dependent MMAs is KC/16), the pieces added in
     registers (same layout: no exchange between warps), then split into the gates."""
-    b_h0, b_h1, b_h2, b_h3 = _read_h_pieces(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, KC, PIECES, TAGGED, TIMEOUT)
+    b_h0, b_h1, b_h2, b_h3 = _read_h_pieces(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, KC, PIECES, POLLED, TIMEOUT)
     return _fused_gates(b_h0, b_h1, b_h2, b_h3, b_w0, b_w1, b_w2, b_w3, b_zero, PIECES, PRECISION, TRANSPOSED)
 
 
@@ -478,7 +469,7 @@ def _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT: tl.constexpr, BLOCK_B: tl.con
     ``_fwd_tile`` converts them where it adds them); zeros for a t outside 0..T-1 (the prefetch after the last
     step). It depends on no other program, so the single-tile loop issues it for step t+1 before the step
     synchronisation of step t: its DRAM latency hides behind the wait. Converted here, at the load, the
-    conversion waited for DRAM right after it in the SASS: on the tagged path, with no wait after it, that
+    conversion waited for DRAM right after it in the SASS: on the polled path, with no wait after it, that
     was a DRAM round of its own each step (sm_90, triton 3.6, B16 H768 fp16: 0.39 µs/step modeled)."""
     o_b = r0 + tl.arange(0, BLOCK_B)
     o_j = i_p * HT + tl.arange(0, HT)
@@ -492,7 +483,7 @@ def _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT: tl.constexpr, BLOCK_B: tl.con
 @triton.jit
 def _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_ri, b_rf, b_rg, b_ro, b_xi, b_xf, b_xg, b_xo, b_c, b_hc,
               s, t, i_p, r0, b_end, B, H, SAVE: tl.constexpr, HT: tl.constexpr, BLOCK_B: tl.constexpr,
-              TAGGED: tl.constexpr):
+              POLLED: tl.constexpr):
     """Step s (time t) for one batch tile, given h_{t-1} · W_gateᵀ (b_r*: ``_h_w`` of generation s for its rows),
     gates_x[t] (b_x*), its rows' lengths and its carried c and h (b_hc: this program's units of generation s):
     returns the new c (accumulation dtype) and the new carried h, which it publishes as generation s + 1."""
@@ -515,7 +506,7 @@ def _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_ri, b_rf, b_rg, b_ro, b_xi, 
     b_h_new = (b_o * _tanh(b_c_new)).to(b_hc.dtype)                 # h_t = o ⊙ tanh(c_t)
     b_c_new = tl.where(b_alive, b_c_new, b_c)                       # frozen outside the row's steps
     b_hc = tl.where(b_alive, b_h_new, b_hc)
-    _publish_h(p_hx, s + 1, o_b, m_b, o_j, m_j, b_hc, B, H, TAGGED)   # first: the other programs wait for it
+    _publish_h(p_hx, s + 1, o_b, m_b, o_j, m_j, b_hc, B, H, POLLED)   # first: the other programs wait for it
 
     o_bh = (t.to(tl.int64) * B + o_b) * H                           # row offsets into [T, B, H]
     tl.store(p_y + o_bh[:, None] + o_j[None, :], tl.where(b_alive, b_h_new, 0.), mask=m_bj)   # zero past the end
@@ -542,7 +533,8 @@ def _lstm_fwd_kernel(
     p_cn,        # [B, H] out
     p_gates,     # [T, B, 4H] out (accumulation dtype): activated i, f, g, o   (SAVE only)
     p_cells,     # [T, B, H] out (accumulation dtype): c_t                      (SAVE only)
-    p_hx,        # [2, B, H] how programs exchange h: generation g in slot g % 2, h0 in slot 0 (TAGGED: int32 words)
+    p_hx,        # [2, B, H] how programs exchange h: generation g in slot g % 2, h0 in slot 0;
+                 # POLLED: [T+1, B, H] int16, generation g in slot g, UNWRITTEN until then
     p_cs,        # [B, H] accumulation-dtype scratch for c when the batch needs several tiles
     p_hs,        # [B, H] scratch for the carried h (dtype of y), likewise
     p_bar,       # [2·groups] int64, zero: each batch group's step counter and time-out flag
@@ -560,7 +552,7 @@ def _lstm_fwd_kernel(
     TRANSPOSED: tl.constexpr,    # fused gates computed transposed, [4·HT, BB] = W · hᵀ (wgmma on Hopper)
     GROUPED: tl.constexpr,       # more than one batch group (program_id(1) > 0 exists)
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
-    TAGGED: tl.constexpr,        # h exchanged with its generation (16-bit h): no step counter
+    POLLED: tl.constexpr,        # h exchanged in write-once slots the readers poll (16-bit h): no step counter
     NUM_PROGRAMS: tl.constexpr,  # programs of one batch group: they meet at the group's step counter
     ACC: tl.constexpr,
     TIMEOUT: tl.constexpr,       # polls before giving up (debug mode); 0 = wait forever
@@ -607,19 +599,19 @@ def _lstm_fwd_kernel(
         for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above the wait
             t = T - 1 - s if REVERSE else s
             t_next = t - 1 if REVERSE else t + 1
-            if TAGGED:      # no wait after the step: the next step's gates_x leave before this step's poll
+            if POLLED:      # no wait after the step: the next step's gates_x leave before this step's poll
                 b_nxi, b_nxf, b_nxg, b_nxo = _load_gx(p_gx, t_next, T, i_p, row0, b_end, B, H, HT, BLOCK_B)
             if PIECES > 0:
                 b_ri, b_rf, b_rg, b_ro = _h_w_fused(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, b_wi, b_wf, b_wg,
-                                                    b_wo, b_zero, BLOCK_K, PIECES, TAGGED, TIMEOUT, PRECISION,
+                                                    b_wo, b_zero, BLOCK_K, PIECES, POLLED, TIMEOUT, PRECISION,
                                                     TRANSPOSED)
             else:
                 b_ri, b_rf, b_rg, b_ro = _h_w(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, b_wi, b_wf, b_wg, b_wo,
-                                              b_ti, b_tf, b_tg, b_to, BLOCK_K, K_TAIL, TAIL_AFTER, KS, TAGGED,
+                                              b_ti, b_tf, b_tg, b_to, BLOCK_K, K_TAIL, TAIL_AFTER, KS, POLLED,
                                               TIMEOUT, USE_DOT, PRECISION)
             b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_ri, b_rf, b_rg, b_ro, b_xi, b_xf, b_xg, b_xo,
-                                  b_c, b_hc, s, t, i_p, row0, b_end, B, H, SAVE, HT, BLOCK_B, TAGGED)
-            if TAGGED:
+                                  b_c, b_hc, s, t, i_p, row0, b_end, B, H, SAVE, HT, BLOCK_B, POLLED)
+            if POLLED:
                 b_xi, b_xf, b_xg, b_xo = b_nxi, b_nxf, b_nxg, b_nxo
             else:           # the next step's, before the wait
                 b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t_next, T, i_p, row0, b_end, B, H, HT, BLOCK_B)
@@ -648,17 +640,17 @@ def _lstm_fwd_kernel(
                 b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT, BLOCK_B)
                 if PIECES > 0:
                     b_ri, b_rf, b_rg, b_ro = _h_w_fused(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, b_wi,
-                                                        b_wf, b_wg, b_wo, b_zero, BLOCK_K, PIECES, TAGGED, TIMEOUT,
+                                                        b_wf, b_wg, b_wo, b_zero, BLOCK_K, PIECES, POLLED, TIMEOUT,
                                                         PRECISION, TRANSPOSED)
                 else:
                     b_ri, b_rf, b_rg, b_ro = _h_w(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, b_wi, b_wf,
                                                   b_wg, b_wo, b_ti, b_tf, b_tg, b_to, BLOCK_K, K_TAIL, TAIL_AFTER, KS,
-                                                  TAGGED, TIMEOUT, USE_DOT, PRECISION)
+                                                  POLLED, TIMEOUT, USE_DOT, PRECISION)
                 b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_ri, b_rf, b_rg, b_ro, b_xi, b_xf, b_xg,
-                                      b_xo, b_c, b_hc, s, t, i_p, r0, b_end, B, H, SAVE, HT, BLOCK_B, TAGGED)
+                                      b_xo, b_c, b_hc, s, t, i_p, r0, b_end, B, H, SAVE, HT, BLOCK_B, POLLED)
                 tl.store(p_cs + o_bj, b_c, mask=m_bj)
                 tl.store(p_hs + o_bj, b_hc, mask=m_bj)
-            if not TAGGED:
+            if not POLLED:
                 step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
         tl.debug_barrier()
         for i_bt in range(num_bt):
@@ -952,13 +944,13 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
     grid, rows, one_tile = _grid(cfg, B)
     c_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
     h_scratch = torch.empty(1 if one_tile else B * H, dtype=dtype, device=device)
-    tagged = cfg.tagged_exchange(dtype) and one_tile     # several tiles, tagged: 6-8 spills per step (sm_90)
-    # Slot 0 holds generation 0, h0, before the launch (so the first synchronisation inside is step 0's).
-    # Tagged: h0's 16 bits under tag 0; slot 1 -1 = tag 0xFFFF, a generation no reader waits for before it
-    # is written.
-    if tagged:
-        h_exchange = torch.full((2, B, H), -1, dtype=torch.int32, device=device)
-        h_exchange[0] = h0.view(torch.int16).to(torch.int32) & 0xFFFF
+    polled = cfg.polled_exchange(dtype) and one_tile     # several tiles, polled: 6-8 spills per step (sm_90)
+    # Polled: a slot per generation, UNWRITTEN until written, h0's bits (a -0.0 as +0.0) in slot 0. Through the
+    # counter: two slots, h0 in slot 0 (so the first synchronisation inside is step 0's).
+    if polled:
+        h_exchange = torch.full((T + 1, B, H), UNWRITTEN.value, dtype=torch.int16, device=device)
+        bits = h0.view(torch.int16)
+        h_exchange[0] = bits.masked_fill(bits == UNWRITTEN.value, 0)
     else:
         h_exchange = torch.empty(2, B, H, dtype=dtype, device=device)
         h_exchange[0].copy_(h0)
@@ -974,7 +966,7 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
             REVERSE=bool(reverse), SAVE=bool(save), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b,
             ONE_TILE=one_tile, K_SPLIT=cfg.k_split, K_TAIL=cfg.k_tail, TAIL_AFTER=cfg.tail_after(dtype),
             PIECES=cfg.pieces, TRANSPOSED=cfg.transposed, GROUPED=grid[1] > 1, USE_DOT=cfg.use_dot,
-            PRECISION=cfg.precision, TAGGED=tagged, NUM_PROGRAMS=grid[0], ACC=_TL_ACC[acc], TIMEOUT=timeout,
+            PRECISION=cfg.precision, POLLED=polled, NUM_PROGRAMS=grid[0], ACC=_TL_ACC[acc], TIMEOUT=timeout,
             **_launch_options(cfg, device))
     if timeout:
         raise_if_timed_out(bar, "forward")

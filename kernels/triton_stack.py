@@ -11,12 +11,12 @@ IT HAS NEVER RUN ON A GPU: every speed figure is modeled from sm_90 code, the wa
 hardware, bf16 numerics are untested.
 Modeled (python -m bench.static_stack; MODELED FROM sm_90 CODE, NOT MEASURED, triton 3.6, bench/static.py's
 assumed latencies and shared-memory bandwidth), B16 H512 T1024 fp16 inference forward, against today's per-layer
-launches (bench.static's single-layer row, 0.92 µs/step with its tagged h exchange, one direction after another,
+launches (bench.static's single-layer row, 0.82 µs/step with its polled h exchange, one direction after another,
 input GEMMs and launch gaps left out):
     2 layers unidirectional   96 programs (2 layers + layer 1's projection group), 1.57 µs/step x 1026 steps
-                              = 1.61 ms vs 1.89 ms: 0.85x
+                              = 1.61 ms vs 1.69 ms: 0.95x
     2 layers bidirectional   128 programs, 1.47 µs/step x 2048 steps + the input projection beside each of
-                             layer 0's steps = 3.20 ms vs 3.78 ms: 0.85x
+                             layer 0's steps = 3.20 ms vs 3.38 ms: 0.95x
 (the target is ≤ 0.6x: 0.59x against the single layer through its step counter, 1.33 µs/step; the stack's
 waits are still epoch counters. The fused products (``_fused``: the recurrence's h·W_hhᵀ and the projections' x·W_ihᵀ,
 one tensor-core product per piece of K for the four gates) run transposed where K ≤ 512, a warpgroup MMA that
@@ -25,7 +25,7 @@ counted but not shared memory; 0.74x and 0.90x until H became a constant, the la
 projected ahead (program pairs splitting the rows, bidirectional), gates_x came as 32-bit words and h through
 exchange slots. Where the time goes: the synchronisation (0.50 µs), the L2 bytes of every group running at once
 (1.8 MB a step unidirectional) and shared memory (W re-read every step).)
-Training (forward saving gates and cells, then backward): 0.73x (uni) / 0.77x (bi), backward steps of 3.12 /
+Training (forward saving gates and cells, then backward): 0.76x (uni) / 0.79x (bi), backward steps of 3.12 /
 2.98 µs (every program reads its group's whole dz, two or three groups at a time); the four gates' dz loads go
 out together (``_dz_w``): gate by gate they were four serial L2 rounds a step. Forward and backward compile
 without spills in the loop (triton 3.6; H 128-512, 1-4 layers, B 1-16, fp16 and bf16), 80 / 128 KB

@@ -253,16 +253,16 @@ def test_floor_kernel_compiles_for_sm90_without_spills():
         assert usage["barrier"] == "lstm_gpu.kernels.triton_barrier.grid_barrier"
 
 
-@pytest.mark.parametrize("provider", ["triton-tagged", "triton-counter", "triton-per-gate", "triton-rows"])
+@pytest.mark.parametrize("provider", ["triton-polled", "triton-counter", "triton-per-gate", "triton-rows"])
 def test_switched_providers_run_their_variant_and_match_the_oracle(provider, monkeypatch):
-    """The headline's variants of the triton forward: "triton-tagged" / "triton-counter" (the h exchange forced
-    tagged / through the step counter; one batch tile, as here, the configs tag it), "triton-per-gate" (the
+    """The headline's variants of the triton forward: "triton-polled" / "triton-counter" (the h exchange forced
+    polled / through the step counter; one batch tile, as here, the configs poll it), "triton-per-gate" (the
     tensor-core product per gate, not fused) and "triton-rows" (the fused product in rows, not transposed),
     interpreter on CPU, fp16: the variant
     runs, within fp16 tolerance of the oracle; the switch is back to its default after the call; not for fp32."""
     from lstm_gpu.kernels import triton_config, triton_lstm
-    variant = {"triton-tagged": lambda c: c.tagged_exchange(torch.float16),
-               "triton-counter": lambda c: not c.tagged_exchange(torch.float16),
+    variant = {"triton-polled": lambda c: c.polled_exchange(torch.float16),
+               "triton-counter": lambda c: not c.polled_exchange(torch.float16),
                "triton-per-gate": lambda c: c.use_dot and c.pieces == 0,
                "triton-rows": lambda c: c.pieces > 0 and not c.transposed}[provider]
     shape = providers.Shape(3, 20, 5)
@@ -278,9 +278,9 @@ def test_switched_providers_run_their_variant_and_match_the_oracle(provider, mon
     dy = torch.randn(5, 3, 20, generator=torch.Generator().manual_seed(1)).half()
     got = providers.outputs(prep, x, dy, "fwd")
     assert seen and all(variant(c) for c in seen)
-    assert triton_config.tagged_h() is None and triton_config.fused_gates() and triton_config.transposed_gates()
+    assert triton_config.polled_h() is None and triton_config.fused_gates() and triton_config.transposed_gates()
     default = triton_config.choose_config(B=3, H=20, dtype=torch.float16, device=cpu)
-    assert default.tagged_exchange(torch.float16) and default.transposed and default.pieces > 0
+    assert default.polled_exchange(torch.float16) and default.transposed and default.pieces > 0
     want = providers.oracle(shape, torch.float16, weights, x, dy)
     for k in ("y", "h_n", "c_n"):
         assert (got[k].double() - want[k].double()).abs().max().item() < 1e-2, k

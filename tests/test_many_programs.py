@@ -210,12 +210,12 @@ def test_triton_layer_32_row_tiles(n, B, reverse, tiles, monkeypatch):
     check_layer("triton", n, 4, B, H, torch.float16, lengths_for(4, B), reverse)
 
 
-def _with_tagged_h(monkeypatch):
-    """Make the configs the harness hands out exchange h tagged with its generation (``tagged_h``)."""
+def _with_polled_h(monkeypatch):
+    """Make the configs the harness hands out exchange h polled (``polled_h``)."""
     real = triton_config.gpu_config
 
     def gpu_config(**kwargs):
-        return dataclasses.replace(real(**kwargs), tagged_h=True)
+        return dataclasses.replace(real(**kwargs), polled_h=True)
     monkeypatch.setattr(triton_config, "gpu_config", gpu_config)
 
 
@@ -226,24 +226,24 @@ def _with_tagged_h(monkeypatch):
     pytest.param(4, torch.float16, True, 17, False, 1, marks=pytest.mark.slow),   # the second group one row
     pytest.param(8, torch.float16, True, 9, True, 1, marks=pytest.mark.slow),
 ], ids=str)
-def test_triton_layer_tagged_exchange(n, dtype, dot, B, reverse, k_split, monkeypatch):
-    """The forward with h exchanged in tagged words (no step counter; one tile per program, as the
+def test_triton_layer_polled_exchange(n, dtype, dot, B, reverse, k_split, monkeypatch):
+    """The forward with h exchanged polled (write-once slots, no step counter; one tile per program, as the
     launcher uses it): every output and gradient."""
-    _with_tagged_h(monkeypatch)
+    _with_polled_h(monkeypatch)
     _triton_case(n, dtype, dot, B, reverse, k_split, monkeypatch)
 
 
 @needs_triton
 @pytest.mark.parametrize("n,dtype,dot,B,reverse,k_split", [
-    (3, torch.float16, True, 3, True, 1),       # one tile, where the configs tag the exchange
+    (3, torch.float16, True, 3, True, 1),       # one tile, where the configs poll the exchange
     pytest.param(4, torch.float16, True, 20, False, 1, marks=pytest.mark.slow),   # 2 batch groups of one tile
 ], ids=str)
 def test_triton_layer_counter_exchange(n, dtype, dot, B, reverse, k_split, monkeypatch):
-    """The same one-tile 16-bit forward with h exchanged through the step counter (``TAGGED_H`` off, what the
+    """The same one-tile 16-bit forward with h exchanged through the step counter (``POLLED_H`` off, what the
     GPU session's "triton-counter" column runs): every output and gradient."""
-    monkeypatch.setattr(triton_config, "TAGGED_H", False)
+    monkeypatch.setattr(triton_config, "POLLED_H", False)
     H = triton_h(n, B, dtype, k_split=k_split)
-    assert not triton_config.gpu_config(B=B, H=H, dtype=dtype, n_sm=n).tagged_h
+    assert not triton_config.gpu_config(B=B, H=H, dtype=dtype, n_sm=n).polled_h
     _triton_case(n, dtype, dot, B, reverse, k_split, monkeypatch)
 
 
@@ -400,36 +400,34 @@ def test_triton_broken_barrier_is_caught(kind, phase):
         assert verdict == "hung", verdict
 
 
-def _tagged_exchange_mutation(kind):
-    """A replacement for triton_lstm._late, the test that decides whether a reader still waits for words
-    of h on the tagged path: never (no wait: unwritten words, or an older step's, are used), or always
-    (never done: a deadlock)."""
+def _polled_exchange_mutation(kind):
+    """A replacement for triton_lstm._late, the test that decides whether a reader still waits for h on the
+    polled path: never (no wait: UNWRITTEN elements are used as h), or always (never done: a deadlock)."""
     @triton.jit
-    def no_wait(w, word):
-        return tl.max(w ^ word, None) < 0           # unsigned: never
+    def no_wait(w):
+        return tl.min(w) > 32767                    # int16: never
 
     @triton.jit
-    def never_done(w, word):
-        return tl.max(w ^ word, None) >= 0          # always
+    def never_done(w):
+        return tl.min(w) <= 32767                   # always
     return mock.patch.object(triton_lstm, "_late", {"no_wait": no_wait, "never_done": never_done}[kind])
 
 
 @needs_triton
 @pytest.mark.parametrize("kind", ["no_wait", "never_done"])
-def test_triton_broken_tagged_exchange_is_caught(kind, monkeypatch):
-    """fp16 on tensor cores exchanges h with its generation tag and no step counter: a reader that does
-    not wait for the tag reads words not yet written (or from an older step); one that never accepts
-    them hangs. The last program is held back 1 s at its first read of h, so the readers that do not wait
+def test_triton_broken_polled_exchange_is_caught(kind, monkeypatch):
+    """fp16 on tensor cores exchanges h in write-once slots the readers poll, with no step counter: a reader
+    that does not wait reads elements not yet written (UNWRITTEN: -0.0); one that never accepts them hangs. The last program is held back 1 s at its first read of h, so the readers that do not wait
     read its words before it writes them, every time: staggered starts alone left this to the thread
     scheduler, and a loaded CI machine once ran the broken reader in an order that happened to be right."""
-    _with_tagged_h(monkeypatch)
+    _with_polled_h(monkeypatch)
     n, dtype = 3, torch.float16
     H = triton_h(n, 3, dtype)
     assert triton_config.gpu_config(B=3, H=H, dtype=dtype, n_sm=n).use_dot
     tol = TOL[dtype][0]
     hold = (n - 1, 1, 1.0) if kind == "no_wait" else None
     assert _outcome("triton", n, H, dtype, contextlib.nullcontext(), "fwd", tol=tol, hold=hold) == "right"
-    verdict = _outcome("triton", n, H, dtype, _tagged_exchange_mutation(kind), "fwd", tol=tol, hold=hold)
+    verdict = _outcome("triton", n, H, dtype, _polled_exchange_mutation(kind), "fwd", tol=tol, hold=hold)
     assert verdict == {"no_wait": "wrong: y, h_n, c_n, gates, cells", "never_done": "hung"}[kind], verdict
 
 
@@ -661,11 +659,11 @@ def test_barrier_timeout_mode_with_concurrent_programs(monkeypatch):
 
 
 @needs_triton
-def test_tagged_exchange_timeout_mode(monkeypatch):
-    """The same debug mode on the tagged h exchange (it polls the data, not a counter): a generous poll
-    count leaves the forward right; a reader that never accepts the words times out and the launcher
+def test_polled_exchange_timeout_mode(monkeypatch):
+    """The same debug mode on the polled h exchange (it polls the data, not a counter): a generous poll
+    count leaves the forward right; a reader that never accepts the data times out and the launcher
     raises, before the harness's deadline."""
-    _with_tagged_h(monkeypatch)
+    _with_polled_h(monkeypatch)
     n, dtype = 3, torch.float16
     H = triton_h(n, 3, dtype)
     inp = make_inputs(3, 3, H, dtype)
@@ -677,7 +675,7 @@ def test_tagged_exchange_timeout_mode(monkeypatch):
         assert_close(got, want, TOL[dtype][0], what=name)
     monkeypatch.setenv("LSTM_GPU_BARRIER_TIMEOUT", "200")
     with pytest.raises(RuntimeError, match="timed out"):
-        with concurrent_programs(n, deadline=60), _tagged_exchange_mutation("never_done"):
+        with concurrent_programs(n, deadline=60), _polled_exchange_mutation("never_done"):
             run_forward("triton", inp, None, False)
 
 

@@ -87,9 +87,9 @@ def test_load_rounds_and_prefetch():
     assert read([], together).load_phases == ["l2"]
 
 
-def test_tagged_exchange_polls_the_data():
-    """The tagged h exchange: no arrival atomic and no fence; the reader loads h with volatile loads
-    (STRONG.SYS) and reloads it until every word carries the step's tag. The poll is the one L2 round
+def test_polled_exchange_polls_the_data():
+    """The polled h exchange: no arrival atomic and no fence; the reader loads h with volatile loads
+    (STRONG.SYS) and reloads it until no element is still unwritten. The poll is the one L2 round
     trip of the step (not an exchange round besides it); a DRAM load consumed after it is a round."""
     poll = ["LDG.E.128.STRONG.SYS R8, desc[UR8][R20.64]",                  # the first try
             "LOP3.LUT R12, R8, R9, R10, 0x96, !PT", "BAR.SYNC.DEFER_BLOCKING 0x0",
@@ -172,11 +172,9 @@ def test_warpgroup_mma_reads_its_operands_from_shared_memory():
 def test_step_bytes():
     # forward: every program reads all of h (fp16), plus gates_x, y and the saved fp32 gates and c
     B, H, n = 16, 768, 48
-    # (h is written twice: y, and the slot the other programs read; tagged, that slot holds 32-bit words)
+    # (h is written twice: y, and the slot the other programs read, 16-bit on either exchange)
     assert static.step_bytes("fwd", B=B, H=H, dtype=torch.float16, programs=n) == (
         n * B * H * 2 + B * 4 * H * 2 + 2 * B * H * 2 + B * 5 * H * 4)
-    assert static.step_bytes("fwd", B=B, H=H, dtype=torch.float16, programs=n, tagged=True) == (
-        n * B * H * 4 + B * 4 * H * 2 + B * H * (2 + 4) + B * 5 * H * 4)
     low = static.step_bytes("bwd", B=B, H=H, dtype=torch.float16, programs=n, low_exchange=True)
     high = static.step_bytes("bwd", B=B, H=H, dtype=torch.float16, programs=n, low_exchange=False)
     assert low < high
@@ -207,8 +205,8 @@ def test_static_profiler_end_to_end(tmp_path):
         assert int(row["loop_spills"]) == 0
         assert int(row["sync_round_trips"]) == 1
         assert float(row["step_us"]) > 0
-    # the forward (one 16-row tile) polls h tagged with its generation: no fence, and h's four pieces of K in
-    # one poll (piece by piece, four serial round trips)
+    # the forward (one 16-row tile) polls h: no fence, and h's four pieces of K in one poll (piece by piece,
+    # four serial round trips)
     assert int(rows[0]["sync_fences"]) == 0 and int(rows[1]["sync_fences"]) == 1
 
 

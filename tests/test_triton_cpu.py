@@ -164,19 +164,41 @@ def test_backward_refuses_a_forward_config():
 
 @pytest.mark.parametrize("B,H", [(1, 20), (3, 20), (16, 20), (3, 40)], ids=str)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_tagged_h_exchange(B, H, reverse):
-    """fp16 on tensor cores with h exchanged in words tagged with its generation (``tagged_h``, no step
+def test_polled_h_exchange(B, H, reverse):
+    """fp16 on tensor cores with h exchanged in write-once slots the readers poll (``polled_h``, no step
     counter): every output vs the reference, unsorted lengths, given h0/c0, on the fused forward; H = 40
-    reads h in three pieces of K (16 each, the last half masked), each polled for its generation."""
+    reads h in three pieces of K (16 each, the last half masked), polled together."""
     T = 5
     lengths = ([3, 5, 1, 4, 2] * 4)[:B] if B > 1 else [4]
     gx, h0, c0, w, (dy, dhn, dcn) = make_inputs(T, B, H, torch.float16)
     lens = torch.tensor(lengths)
-    cfg = dataclasses.replace(interpreter_config(B=B, H=H, dtype=torch.float16, use_dot=True), tagged_h=True)
-    assert cfg.tagged_exchange(torch.float16)
+    cfg = dataclasses.replace(interpreter_config(B=B, H=H, dtype=torch.float16, use_dot=True), polled_h=True)
+    assert cfg.polled_exchange(torch.float16)
     out = triton_lstm.lstm_fwd(gx, h0, c0, w, lens, reverse, True, config=cfg)
     d64 = lambda t: t.double()  # noqa: E731
     ref = reference.forward(d64(gx), d64(h0), d64(c0), d64(w), None, lens, reverse, True)
+    for name, got, want in zip(["y", "h_n", "c_n", "gates", "cells"], out, ref):
+        assert_close(got, want, TOL[torch.float16][0], name)
+
+
+def test_polled_exchange_negative_zero(monkeypatch):
+    """The polled exchange marks an element not yet written with the bits of -0.0 (UNWRITTEN): an h of -0.0,
+    given in h0 or computed (row 1: o = σ(-17) ≈ 4e-8 times tanh(c) ≈ -0.4 rounds to -0.0 in fp16), is stored
+    as +0.0, or its readers would wait for it forever. The poll's debug time-out turns such a wait into an
+    error instead of a hang (mutation run by hand: without the +0.0, "timed out")."""
+    monkeypatch.setenv("LSTM_GPU_BARRIER_TIMEOUT", "1000")
+    T, B, H = 3, 2, 20
+    gx, h0, c0, w, _ = make_inputs(T, B, H, torch.float16)
+    h0[0, :7] = -0.0
+    h0[1], c0[1] = -0.0, 0.0
+    for gate, z in enumerate([10.0, 0.0, -0.5, -17.0]):    # i ≈ 1, f = 0.5, g ≈ -0.46, o ≈ 4e-8
+        gx[:, 1, gate * H:(gate + 1) * H] = z
+    d64 = lambda t: t.double()  # noqa: E731
+    ref = reference.forward(d64(gx), d64(h0), d64(c0), d64(w), None, None, False, True)
+    cfg = dataclasses.replace(interpreter_config(B=B, H=H, dtype=torch.float16, use_dot=True), polled_h=True)
+    assert cfg.polled_exchange(torch.float16)
+    out = triton_lstm.lstm_fwd(gx, h0, c0, w, None, False, True, config=cfg)
+    assert torch.signbit(out[0][:, 1]).all() and (out[0][:, 1] == 0).all()     # the case: h_t = -0.0
     for name, got, want in zip(["y", "h_n", "c_n", "gates", "cells"], out, ref):
         assert_close(got, want, TOL[torch.float16][0], name)
 
@@ -333,21 +355,21 @@ def test_k_pieces_cover_h_with_little_padding():
 
 def test_h_exchange_rule(monkeypatch):
     """gpu_config tags the forward's h exchange where a batch group is one 16-row tile of a 16-bit fused forward
-    (K ≤ 1024), transposed on 4 warps; elsewhere the step counter. TAGGED_H / LSTM_GPU_TAGGED_H force either."""
+    (K ≤ 1024), transposed on 4 warps; elsewhere the step counter. POLLED_H / LSTM_GPU_POLLED_H force either."""
     tc = triton_config
-    monkeypatch.setattr(tc, "TAGGED_H", None)
-    monkeypatch.delenv("LSTM_GPU_TAGGED_H", raising=False)
+    monkeypatch.setattr(tc, "POLLED_H", None)
+    monkeypatch.delenv("LSTM_GPU_POLLED_H", raising=False)
     cfg = lambda B, H, dtype=torch.float16: tc.gpu_config(B=B, H=H, dtype=dtype, n_sm=132)   # noqa: E731
     k1024 = triton.__version__.startswith("3.6")                  # K = 1024 with the GPU machine's triton only
     for B, H, dtype in [(16, 768, torch.float16), (1, 256, torch.float16), (32, 512, torch.float16)] + (
             [(16, 1024, torch.bfloat16), (5, 1000, torch.bfloat16), (1, 1024, torch.float16)] if k1024 else []):
         c = cfg(B, H, dtype)                                        # B32 H512: 2 batch groups of 16 rows
-        assert c.tagged_exchange(dtype) and c.transposed and c.num_warps == 4, (B, H, c)
+        assert c.polled_exchange(dtype) and c.transposed and c.num_warps == 4, (B, H, c)
     for B, H, dtype in [(64, 1024, torch.bfloat16), (16, 1536, torch.bfloat16), (16, 768, torch.float32),
                         (5, 1000, torch.float16)] + ([] if k1024 else [(16, 1024, torch.bfloat16)]):
-        assert not cfg(B, H, dtype).tagged_exchange(dtype), (B, H)
-    monkeypatch.setenv("LSTM_GPU_TAGGED_H", "0")
+        assert not cfg(B, H, dtype).polled_exchange(dtype), (B, H)
+    monkeypatch.setenv("LSTM_GPU_POLLED_H", "0")
     c = cfg(16, 768)
-    assert not c.tagged_h and not c.transposed and c.num_warps == 2, c     # the counter's config: rows, 2 warps
-    monkeypatch.setattr(tc, "TAGGED_H", True)                               # the module switch wins
-    assert cfg(16, 768).tagged_h and cfg(64, 1024, torch.bfloat16).tagged_h
+    assert not c.polled_h and not c.transposed and c.num_warps == 2, c     # the counter's config: rows, 2 warps
+    monkeypatch.setattr(tc, "POLLED_H", True)                               # the module switch wins
+    assert cfg(16, 768).polled_h and cfg(64, 1024, torch.bfloat16).polled_h

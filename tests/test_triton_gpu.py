@@ -117,15 +117,15 @@ def test_contract_tensors_with_lengths(H, B, dtype, precision, tol, reverse, mon
         assert max_err(a, b) <= tol, f"{name}: {max_err(a, b):.3g}"
 
 
-@pytest.mark.parametrize("tagged", [True, False], ids=["tagged", "counter"])
+@pytest.mark.parametrize("polled", [True, False], ids=["polled", "counter"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("H,B", [(256, 1), (768, 16), (1000, 5)])
-def test_h_exchange_with_lengths(H, B, reverse, tagged, monkeypatch):
-    """The forward with h exchanged in words tagged with their step (``tagged_h``: no step counter, the
-    readers poll the data; the configs' choice at one batch tile) or through the step counter (the switch
+def test_h_exchange_with_lengths(H, B, reverse, polled, monkeypatch):
+    """The forward with h exchanged in write-once slots (``polled_h``: no step counter, the readers poll
+    the data; the configs' choice at one batch tile) or through the step counter (the switch
     the GPU session's "triton-counter" column sets), fp16, many programs: every output vs the reference,
     unsorted lengths."""
-    monkeypatch.setattr(triton_config, "TAGGED_H", tagged)
+    monkeypatch.setattr(triton_config, "POLLED_H", polled)
     T = 37
     g = torch.Generator(device=DEV).manual_seed(H + B)
     r = lambda *s, scale=1.0: (torch.randn(*s, generator=g, device=DEV, dtype=torch.float64) * scale)  # noqa: E731
@@ -133,7 +133,7 @@ def test_h_exchange_with_lengths(H, B, reverse, tagged, monkeypatch):
     lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(B))
     lengths[0] = T
     cfg = triton_config.choose_config(B=B, H=H, dtype=torch.float16, device=torch.device(DEV))
-    assert cfg.tagged_exchange(torch.float16) == tagged and cfg.num_programs > 1, cfg
+    assert cfg.polled_exchange(torch.float16) == polled and cfg.num_programs > 1, cfg
     ref = reference.forward(gx, h0, c0, w, None, lengths.to(DEV), reverse, True)
     half = [t.half() for t in (gx, h0, c0, w)]
     out = triton_lstm.lstm_fwd(*half, lengths.to(DEV), reverse, True, config=cfg)

@@ -44,7 +44,7 @@ CUDA = torch.device("cuda")
 # What runs is what the GPU machine's triton (3.6) compiles: there, no local-memory access at all inside the
 # time loop. Other versions (CI also compiles with this machine's 3.9) may reload a value spilled before the
 # loop (an L1 hit per step, no store): at H = 1024, one tile, triton 3.9 reloads one row length per step; the
-# tagged h exchange with h in four fused pieces at H = 1024, B = 1, three values.
+# polled h exchange with h in four fused pieces at H = 1024, B = 1, three values.
 STRICT = triton.__version__.startswith("3.6")
 INVARIANT_RELOADS = 3
 # Other versions compile a subset (CI runs this file with 3.9 and with 3.6, within its 15 minutes): the tiny
@@ -61,7 +61,7 @@ def dispatcher_jobs():
     config, one batch tile or several, and the specialisation the sizes get: B = 1 a constant, B and H
     divisible by 16 or not), and the (H, dtype) it refuses."""
     jobs, refused, seen = [], set(), set()
-    saved, saved_tagged = tc.FP32_PRECISION, tc.TAGGED_H
+    saved, saved_polled = tc.FP32_PRECISION, tc.POLLED_H
     try:
         for precision in ("ieee", "tf32"):
             tc.FP32_PRECISION = precision
@@ -87,16 +87,16 @@ def dispatcher_jobs():
                                 jobs.append(dict(direction=direction, save=save, B=B, H=H,
                                                  dtype=str(dtype).replace("torch.", ""), precision=precision))
                         # the other h exchange (the GPU session's "triton-counter" column: a switch the GPU
-                        # measurement decides on), headline sizes, one tile: the config of a run with tc.TAGGED_H
+                        # measurement decides on), headline sizes, one tile: the config of a run with tc.POLLED_H
                         # set to the opposite of what the rule chose
                         rule = tc.gpu_config(B=B, H=H, dtype=dtype, n_sm=N_SM)
-                        tc.TAGGED_H = not rule.tagged_h
+                        tc.POLLED_H = not rule.polled_h
                         try:
                             other = tc.gpu_config(B=B, H=H, dtype=dtype, n_sm=N_SM)
                         finally:
-                            tc.TAGGED_H = saved_tagged
+                            tc.POLLED_H = saved_polled
                         spec = (B == 1, B <= other.block_b)
-                        if (other.tagged_exchange(dtype) != rule.tagged_exchange(dtype) and H in (256, 768, 1024)
+                        if (other.polled_exchange(dtype) != rule.polled_exchange(dtype) and H in (256, 768, 1024)
                                 and B in (1, 16)):
                             for save in (True, False):
                                 if ("fwd", save, dtype, precision, other, spec) not in seen:
@@ -106,7 +106,7 @@ def dispatcher_jobs():
     finally:
         tc.FP32_PRECISION = saved
     # the barrier's debug mode (LSTM_GPU_BARRIER_TIMEOUT: the GPU session's smoke grid runs with it) compiles a
-    # poll that counts and gives up: one case per path (tensor cores 16-bit, tagged at one tile; several tiles;
+    # poll that counts and gives up: one case per path (tensor cores 16-bit, polled at one tile; several tiles;
     # the FMA path)
     for dtype, H, B in (("float16", 768, 16), ("bfloat16", 1024, 64), ("float32", 256, 1)):
         for direction in ("fwd", "bwd"):
@@ -161,7 +161,7 @@ def test_every_config_compiles_for_sm90_without_spills(compiled):
         name = f"{r['direction']} {r['dtype']} B={r['job']['B']} H={r['job']['H']} {cfg}"
         shared = r["shared_meta"] + r.get("SHARED", 0)
         # the barrier's debug mode is not timed (the GPU session's smoke grid): it must compile, fit and co-reside;
-        # its count of polls kept beside the tagged h's four pieces spilled 68 accesses per step at B16 H768
+        # its count of polls kept beside the polled h's four pieces spilled 68 accesses per step at B16 H768
         debug = r["job"].get("timeout", 0) > 0
         if r["loop_local"] and not debug and (STRICT or r["loop_local_stores"] or r["loop_local"] > INVARIANT_RELOADS):
             problems.append(f"{name}: {r['loop_local']} local-memory accesses (spills) inside the time loop "
