@@ -360,18 +360,21 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     # polled: B16 H768 fp16 forward 1.78 -> 1.17 µs/step (training forward 1.82 -> 1.21), B16 H1024 bf16
     # 2.45 -> 1.56, B1 H256 1.01 -> 0.51, B16 H512 1.33 -> 0.82; no spills (117-255 registers). The rule's limits
     # were read in the SASS of its first form, h in 32-bit words tagged with the step (kernels/triton_lstm.py's
-    # exchange comment): not with several tiles per group (6-8 spills a step; B64 H1024 bf16 4.21 -> 4.68, the
-    # words doubling the bytes of 128 programs) nor on 2 warps (8-33 spilled accesses per step). The counter's
+    # exchange comment): not with several tiles per group (6-8 spills a step) nor on 2 warps (8-33 spilled
+    # accesses per step). The counter's
     # fence is the model's assumption: the GPU session's "triton-counter" column measures the other exchange.
     # K = 1024 with triton 3.6 only (the GPU machine's; 3.9 reloaded 34-38 values a step at B = 16), and in fp16
     # only where B is 1 (a constant) or a multiple of 16 (B = 2, 5, 8 kept 4-16 values in local memory; bf16 clean).
     forced = polled_h()
     k_ok = K <= 768 or (K <= 1024 and _triton_version().startswith("3.6")
                         and (dtype == torch.bfloat16 or B == 1 or B % 16 == 0))
-    polled_rule = (pieces > 0 and 4 * ht == 64 and half and block_b == 16 and tiles_per_group == 1 and k_ok
-                   and transposed_gates())
-    polled = polled_rule if forced is None else forced
-    if polled and polled_rule:
+    one_16 = (pieces > 0 and 4 * ht == 64 and half and block_b == 16 and tiles_per_group == 1 and k_ok
+              and transposed_gates())
+    # And where a batch group is one 32-row tile (8 warps, its own transposed choice): B64 H1024 bf16 4.21 ->
+    # 3.70 µs/step, no spills (186 registers; as 32-bit tagged words it was 4.68).
+    one_32 = pieces > 0 and half and block_b == 32 and tiles_per_group == 1
+    polled = (one_16 or one_32) if forced is None else forced
+    if polled and one_16:
         transposed, num_warps = True, 4
     # Where it stays in rows ([BB, 4·HT], mma.sync, N spread over the warps) on 16-row tiles: 2 warps, so h is
     # ldmatrix-ed by 2 warps a step instead of 4 (each warp reads all of h). Modeled (python -m bench.static,

@@ -162,17 +162,19 @@ def test_backward_refuses_a_forward_config():
         triton_lstm.lstm_bwd(dy, dhn, dcn, out[3], out[4], c0, w, config=cfg)
 
 
-@pytest.mark.parametrize("B,H", [(1, 20), (3, 20), (16, 20), (3, 40)], ids=str)
+@pytest.mark.parametrize("B,H,bb", [(1, 20, 16), (3, 20, 16), (16, 20, 16), (3, 40, 16), (20, 20, 32)], ids=str)
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
-def test_polled_h_exchange(B, H, reverse):
+def test_polled_h_exchange(B, H, bb, reverse):
     """fp16 on tensor cores with h exchanged in write-once slots the readers poll (``polled_h``, no step
     counter): every output vs the reference, unsorted lengths, given h0/c0, on the fused forward; H = 40
-    reads h in three pieces of K (16 each, the last half masked), polled together."""
+    reads h in three pieces of K (16 each, the last half masked), polled together; B = 20 in one 32-row tile (as
+    gpu_config's 32-row tiles on 8 warps)."""
     T = 5
     lengths = ([3, 5, 1, 4, 2] * 4)[:B] if B > 1 else [4]
     gx, h0, c0, w, (dy, dhn, dcn) = make_inputs(T, B, H, torch.float16)
     lens = torch.tensor(lengths)
-    cfg = dataclasses.replace(interpreter_config(B=B, H=H, dtype=torch.float16, use_dot=True), polled_h=True)
+    cfg = dataclasses.replace(interpreter_config(B=B, H=H, dtype=torch.float16, use_dot=True), polled_h=True,
+                              block_b=bb, num_warps=8 if bb == 32 else 4)
     assert cfg.polled_exchange(torch.float16)
     out = triton_lstm.lstm_fwd(gx, h0, c0, w, lens, reverse, True, config=cfg)
     d64 = lambda t: t.double()  # noqa: E731
@@ -354,8 +356,9 @@ def test_k_pieces_cover_h_with_little_padding():
 
 
 def test_h_exchange_rule(monkeypatch):
-    """gpu_config tags the forward's h exchange where a batch group is one 16-row tile of a 16-bit fused forward
-    (K ≤ 1024), transposed on 4 warps; elsewhere the step counter. POLLED_H / LSTM_GPU_POLLED_H force either."""
+    """gpu_config polls the forward's h exchange where a batch group is one 16-row tile of a 16-bit fused forward
+    (K ≤ 1024), transposed on 4 warps, or one 32-row tile (8 warps); elsewhere the step counter. POLLED_H /
+    LSTM_GPU_POLLED_H force either."""
     tc = triton_config
     monkeypatch.setattr(tc, "POLLED_H", None)
     monkeypatch.delenv("LSTM_GPU_POLLED_H", raising=False)
@@ -365,7 +368,9 @@ def test_h_exchange_rule(monkeypatch):
             [(16, 1024, torch.bfloat16), (5, 1000, torch.bfloat16), (1, 1024, torch.float16)] if k1024 else []):
         c = cfg(B, H, dtype)                                        # B32 H512: 2 batch groups of 16 rows
         assert c.polled_exchange(dtype) and c.transposed and c.num_warps == 4, (B, H, c)
-    for B, H, dtype in [(64, 1024, torch.bfloat16), (16, 1536, torch.bfloat16), (16, 768, torch.float32),
+    c = cfg(64, 1024, torch.bfloat16)                               # 2 batch groups of one 32-row tile each
+    assert c.polled_exchange(torch.bfloat16) and c.block_b == 32 and c.num_warps == 8 and c.rows_per_group(64) == 32, c
+    for B, H, dtype in [(16, 1536, torch.bfloat16), (16, 768, torch.float32),
                         (5, 1000, torch.float16)] + ([] if k1024 else [(16, 1024, torch.bfloat16)]):
         assert not cfg(B, H, dtype).polled_exchange(dtype), (B, H)
     monkeypatch.setenv("LSTM_GPU_POLLED_H", "0")
