@@ -152,6 +152,12 @@ class LSTMConfig:
         with two tiles per program it spilled 6-8 local accesses per step inside the loop (sm_90, 3.6)."""
         return self.polled_h and self.use_dot and dtype in (torch.float16, torch.bfloat16)
 
+    def polled_backward(self, dtype: torch.dtype) -> bool:
+        """Whether the backward exchanges dz polled (``polled_h``): 16-bit dz in a slot per step, written once,
+        polled by the readers, no step counter; where its loads of all four gates go out together
+        (``dz_one_round``). The launcher uses it for one-tile launches only."""
+        return self.polled_h and self.low_exchange(dtype) and self.dz_one_round and self.use_dot
+
     def tail_after(self, dtype: torch.dtype) -> bool:
         """Whether the forward reads h's tail piece of K only after the first piece's products (kernels/
         triton_lstm.py, ``_h_w``): where both h tiles staged at once would not fit beside the weights."""
@@ -216,11 +222,13 @@ def interpreter_config(*, B: int, H: int, dtype: torch.dtype, use_dot: bool | No
     if use_dot and tensor_cores and not backward and fused_gates():
         (pieces, block_k), k_tail, k_split = fused_pieces(H), 0, 1
     transposed = pieces > 0 and transposed_gates()
-    forced = polled_h()     # as on the GPU: polled where the fused product is transposed and the batch one tile
-    polled = forced if forced is not None else (transposed and B <= bb and dtype in (torch.float16, torch.bfloat16))
+    forced = polled_h()     # as on the GPU: polled where the fused product is transposed and the batch one tile,
+    half = dtype in (torch.float16, torch.bfloat16)     # and in the backward where dz's loads go out together
+    dz_one_round = use_dot and tensor_cores and backward
+    polled = forced if forced is not None else ((transposed or dz_one_round) and B <= bb and half)
     return LSTMConfig(ht=k, block_k=block_k, block_b=bb, use_dot=use_dot, precision=fp32_precision(),
                       num_warps=4, num_programs=1, k_split=k_split, polled_h=polled, k_tail=k_tail,
-                      pieces=pieces, dz_one_round=use_dot and tensor_cores and backward, transposed=transposed)
+                      pieces=pieces, dz_one_round=dz_one_round, transposed=transposed)
 
 
 def k_pieces(H: int) -> tuple[int, int]:
@@ -373,9 +381,17 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     # And where a batch group is one 32-row tile (8 warps, its own transposed choice): B64 H1024 bf16 4.21 ->
     # 3.70 µs/step, no spills (186 registers; as 32-bit tagged words it was 4.68).
     one_32 = pieces > 0 and half and block_b == 32 and tiles_per_group == 1
-    polled = (one_16 or one_32) if forced is None else forced
+    # The backward's dz exchange polled likewise (``LSTMConfig.polled_backward``: 16-bit dz in a slot per step)
+    # where a batch group is one 16-row tile and all four gates' dz loads go out together (H ≤ 768): B16 H768
+    # fp16 backward 3.47 -> 3.08 µs/step (forward + backward 4.68 -> 4.29), B16 H512 2.28 -> 1.77. With a tail
+    # piece of K (H = 768: 512 + 256) on 8 warps: on 4 its eight polled tiles kept 38-53 values in local memory
+    # inside the loop (B16 / B5); without a tail 4 warps compile clean (8: H512 1.77 -> 2.14, shared memory).
+    one_bwd = backward and dz_one_round and half and block_b == 16 and tiles_per_group == 1
+    polled = (one_16 or one_32 or one_bwd) if forced is None else forced
     if polled and one_16:
         transposed, num_warps = True, 4
+    if polled and one_bwd and k_tail:
+        num_warps = 8
     # Where it stays in rows ([BB, 4·HT], mma.sync, N spread over the warps) on 16-row tiles: 2 warps, so h is
     # ldmatrix-ed by 2 warps a step instead of 4 (each warp reads all of h). Modeled (python -m bench.static,
     # triton 3.6): B16 H768 fp16 222 -> 177 KB of shared memory per step, 1.98 -> 1.78 µs/step (971 instead of

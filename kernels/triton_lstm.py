@@ -58,7 +58,8 @@ its slice of h_t in the other slot (and writes it into y[t]) and meets the other
 itself until no element is still UNWRITTEN: no counter, no fence, one round trip instead of three (see the
 exchange below).
 Backward keeps the columns W_hh[:, p's units] per gate,
-writes its slice of dz_t, waits, then reads all of dz_t. Batch groups: when the unit split leaves SMs idle
+writes its slice of dz_t, waits, then reads all of dz_t (polled, at one 16-row tile where the four gates' dz
+loads go out together: dz_t in 16 bits in a slot of its own, polled like h, no counter). Batch groups: when the unit split leaves SMs idle
 and the batch has several tiles, program (p, q) of the grid (units, groups) runs units p of the rows of
 group q only; the groups are independent recurrences, each with its own step counter.
 
@@ -171,6 +172,9 @@ def _load_rows(p, o_row, m_row, H, K0, BLOCK_K: tl.constexpr, K_SPLIT: tl.conste
 # counter's poll is one word). Polled piece by piece (3 round trips at H = 768) and with the next step's
 # gates_x converted at the end of the step (a DRAM wait with no synchronisation to hide it), the tagged
 # kernel modeled 1.78 µs/step.
+# The backward's dz exchange polls the same way (``polled_backward``: [T, B, 4H] int16, dz_t in slot s, a -0.0
+# of dz, frequent there, stored as +0.0): B16 H768 fp16 backward 3.47 -> 3.08 µs/step modeled, on 8 warps
+# (kernels/triton_config.py says why).
 UNWRITTEN = tl.constexpr(-32768)
 
 
@@ -690,8 +694,19 @@ def _bwd_saved(p_dy, p_gates, p_cells, p_c0, t, T, i_p, r0, b_end, B, H, REVERSE
 
 
 @triton.jit
+def _exchanged(b, p_zx, X: tl.constexpr):
+    """dz as the exchange holds it: in X (16 bits); a polled exchange (p_zx int16) holds X's bits, a -0.0
+    as +0.0 (UNWRITTEN marks what is not yet written)."""
+    if p_zx.dtype.element_ty == tl.int16:
+        bits = b.to(X).to(tl.int16, bitcast=True)
+        return tl.where(bits == UNWRITTEN, 0, bits)
+    else:
+        return b.to(X)
+
+
+@triton.jit
 def _bwd_tile_dz(b_len, p_dgates, p_zx, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_dh, b_dc, t, i_p, r0, b_end, B, H,
-                 HT: tl.constexpr, BLOCK_B: tl.constexpr, LOW_EXCHANGE: tl.constexpr):
+                 HT: tl.constexpr, BLOCK_B: tl.constexpr, LOW_EXCHANGE: tl.constexpr, X: tl.constexpr):
     """Backward step t, part 1 (own units only), given what ``_bwd_saved`` read for t: dz_t into dgates[t]
     (and, LOW_EXCHANGE, a 16-bit copy into the exchange slot p_zx [B, 4H] that the other programs read);
     returns the carried dc."""
@@ -715,11 +730,10 @@ def _bwd_tile_dz(b_len, p_dgates, p_zx, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_
     tl.store(p_dz + 3 * H, tl.where(b_alive, b_dzo, 0.), mask=m_bj)
     if LOW_EXCHANGE:    # the tensor cores read dz in 16 bits anyway: exchange it in 16 bits, half the bytes
         p_dzx = p_zx + o_b[:, None] * (4 * H) + o_j[None, :]
-        X = p_zx.dtype.element_ty
-        tl.store(p_dzx, tl.where(b_alive, b_dzi, 0.).to(X), mask=m_bj)
-        tl.store(p_dzx + H, tl.where(b_alive, b_dzf, 0.).to(X), mask=m_bj)
-        tl.store(p_dzx + 2 * H, tl.where(b_alive, b_dzg, 0.).to(X), mask=m_bj)
-        tl.store(p_dzx + 3 * H, tl.where(b_alive, b_dzo, 0.).to(X), mask=m_bj)
+        tl.store(p_dzx, _exchanged(tl.where(b_alive, b_dzi, 0.), p_zx, X), mask=m_bj)
+        tl.store(p_dzx + H, _exchanged(tl.where(b_alive, b_dzf, 0.), p_zx, X), mask=m_bj)
+        tl.store(p_dzx + 2 * H, _exchanged(tl.where(b_alive, b_dzg, 0.), p_zx, X), mask=m_bj)
+        tl.store(p_dzx + 3 * H, _exchanged(tl.where(b_alive, b_dzo, 0.), p_zx, X), mask=m_bj)
     return tl.where(b_alive, b_dct * b_f, b_dc)                     # dc ← dc_t ⊙ f
 
 
@@ -740,15 +754,60 @@ def _dz_w(p_zg, o_z, m_b, H, b_w, b_wt, BLOCK_K: tl.constexpr, K_SPLIT: tl.const
 
 
 @triton.jit
+def _poll_dz(p_z, o, m, o_t, m_t, H, K_TAIL: tl.constexpr):
+    """One try at all of a polled dz_t the program reads: the four gates' first piece of K and (K_TAIL) their
+    tails, every load in flight at once (``_poll_load``)."""
+    z_i, z_f, z_g, z_o = _poll_pieces(p_z, o, m, o + H, m, o + 2 * H, m, o + 3 * H, m, 4)
+    if K_TAIL > 0:
+        t_i, t_f, t_g, t_o = _poll_pieces(p_z, o_t, m_t, o_t + H, m_t, o_t + 2 * H, m_t, o_t + 3 * H, m_t, 4)
+    else:
+        t_i, t_f, t_g, t_o = z_i, z_f, z_g, z_o
+    return z_i, z_f, z_g, z_o, t_i, t_f, t_g, t_o
+
+
+@triton.jit
+def _late_dz(z_i, z_f, z_g, z_o, t_i, t_f, t_g, t_o, K_TAIL: tl.constexpr):
+    late = _late_pieces(z_i, z_f, z_g, z_o, 4)
+    if K_TAIL > 0:
+        late |= _late_pieces(t_i, t_f, t_g, t_o, 4)
+    return late
+
+
+@triton.jit
 def _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_ti, b_tf, b_tg, b_to, b_dh, t, r0, b_end, B, H,
                  BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, K_SPLIT: tl.constexpr, K_TAIL: tl.constexpr,
-                 USE_DOT: tl.constexpr, PRECISION: tl.constexpr, DZ_ONE_ROUND: tl.constexpr):
+                 USE_DOT: tl.constexpr, PRECISION: tl.constexpr, DZ_ONE_ROUND: tl.constexpr, p_flag,
+                 DTYPE: tl.constexpr, TIMEOUT: tl.constexpr):
     """Backward step t, part 2 (after the step synchronisation): dh ← Σ_gates dz_gate · W_gate[:, own units],
     reading all of dz_t (p_z: its [B, 4H] matrix, written by every program); returns dh."""
     o_b = r0 + tl.arange(0, BLOCK_B)
     m_b = o_b < b_end
     o_z = o_b * (4 * H)                                             # row b of dz_t: [i | f | g | o]
     KS: tl.constexpr = K_SPLIT if USE_DOT else 1
+    if DZ_ONE_ROUND and p_z.dtype.element_ty == tl.int16:    # polled: reloaded until none is UNWRITTEN
+        o, m = _row_offsets(o_z, m_b, H, 0, BLOCK_K, KS)
+        o_t, m_t = _row_offsets(o_z, m_b, H, BLOCK_K, K_TAIL if K_TAIL > 0 else BLOCK_K, KS)
+        z_i, z_f, z_g, z_o, t_i, t_f, t_g, t_o = _poll_dz(p_z, o, m, o_t, m_t, H, K_TAIL)
+        if TIMEOUT > 0:
+            failed = tl.atomic_add(p_flag, 0, sem="relaxed", scope="gpu")
+            spins = 0
+            while _late_dz(z_i, z_f, z_g, z_o, t_i, t_f, t_g, t_o, K_TAIL) & (failed == 0):
+                z_i, z_f, z_g, z_o, t_i, t_f, t_g, t_o = _poll_dz(p_z, o, m, o_t, m_t, H, K_TAIL)
+                spins += 1
+                failed = tl.where(spins >= TIMEOUT, 1, failed)
+            if spins >= TIMEOUT:
+                tl.atomic_xchg(p_flag, 1, sem="relaxed", scope="gpu")
+        else:
+            while _late_dz(z_i, z_f, z_g, z_o, t_i, t_f, t_g, t_o, K_TAIL):
+                z_i, z_f, z_g, z_o, t_i, t_f, t_g, t_o = _poll_dz(p_z, o, m, o_t, m_t, H, K_TAIL)
+        b_new = _dot(z_i.to(DTYPE, bitcast=True), b_wi, PRECISION) + _dot(z_f.to(DTYPE, bitcast=True), b_wf, PRECISION)
+        b_new += _dot(z_g.to(DTYPE, bitcast=True), b_wg, PRECISION) + _dot(z_o.to(DTYPE, bitcast=True), b_wo, PRECISION)
+        if K_TAIL > 0:
+            b_new += (_dot(t_i.to(DTYPE, bitcast=True), b_ti, PRECISION)
+                      + _dot(t_f.to(DTYPE, bitcast=True), b_tf, PRECISION))
+            b_new += (_dot(t_g.to(DTYPE, bitcast=True), b_tg, PRECISION)
+                      + _dot(t_o.to(DTYPE, bitcast=True), b_to, PRECISION))
+        return tl.where((t < b_len)[:, None], _chunk_sum(b_new).to(b_dh.dtype), b_dh)
     if DZ_ONE_ROUND:                     # all of dz_t's loads issued at once: one L2 round trip
         z_i = _load_rows(p_z, o_z, m_b, H, 0, BLOCK_K, KS)
         z_f = _load_rows(p_z + H, o_z, m_b, H, 0, BLOCK_K, KS)
@@ -788,7 +847,8 @@ def _lstm_bwd_kernel(
     p_dc0,       # [B, H] out (accumulation dtype)
     p_dhs,       # [B, H] accumulation-dtype scratch for dh when the batch needs several tiles
     p_dcs,       # [B, H] accumulation-dtype scratch for dc
-    p_zx,        # [2, B, 4H] input dtype, LOW_EXCHANGE only: dz in 16 bits, slot s % 2 at step s
+    p_zx,        # [2, B, 4H] input dtype, LOW_EXCHANGE only: dz in 16 bits, slot s % 2 at step s;
+                 # POLLED: [T, B, 4H] int16, slot s at step s, UNWRITTEN until then
     p_bar,       # [2·groups] int64, zero: each batch group's step counter and time-out flag
     # sizes
     T, B,
@@ -801,6 +861,7 @@ def _lstm_bwd_kernel(
     K_TAIL: tl.constexpr,        # tl.dot: a second, smaller piece of K after BLOCK_K (0: none), in K_SPLIT chunks too
     GROUPED: tl.constexpr,       # more than one batch group (program_id(1) > 0 exists)
     LOW_EXCHANGE: tl.constexpr,  # exchange dz in the 16-bit input dtype (tensor-core path)
+    POLLED: tl.constexpr,        # LOW_EXCHANGE, one tile: dz in write-once slots the readers poll, no step counter
     DZ_ONE_ROUND: tl.constexpr,  # tl.dot: the loads of dz_t for all four gates issued together (else gate by gate)
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
     NUM_PROGRAMS: tl.constexpr,  # programs of one batch group: they meet at the group's step counter
@@ -810,6 +871,8 @@ def _lstm_bwd_kernel(
     i_p = tl.program_id(0)
     i_q, row0, b_end = _batch_group(B, BG, GROUPED)                 # this program's rows: [row0, b_end)
     num_bt = tl.cdiv(b_end - row0, BLOCK_B)
+    p_flag = p_bar + 2 * i_q + 1                                    # the group's time-out flag
+    X: tl.constexpr = p_dy.dtype.element_ty
 
     # The columns W_hh[:, own units], gate by gate, loaded ONCE and kept on chip for all T steps.
     b_wi = _load_w_gate(p_w, 0, i_p, H, 0, HT, BLOCK_K, K_SPLIT, USE_DOT, ACC, True)
@@ -837,15 +900,20 @@ def _lstm_bwd_kernel(
                                                           i_p, row0, b_end, B, H, REVERSE, HT, BLOCK_B, ACC)
         for s in tl.range(T, num_stages=1):
             t = s if REVERSE else T - 1 - s                         # the opposite order to forward
-            p_z = p_zx + (s % 2) * B * 4 * H if LOW_EXCHANGE else p_dgates + t.to(tl.int64) * B * 4 * H
+            if POLLED:      # dz_t in slot s of the ring
+                p_z = p_zx + tl.cast(s, tl.int64) * B * 4 * H
+            else:
+                p_z = p_zx + (s % 2) * B * 4 * H if LOW_EXCHANGE else p_dgates + t.to(tl.int64) * B * 4 * H
             b_dc = _bwd_tile_dz(b_len, p_dgates, p_z, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_dh, b_dc, t, i_p, row0,
-                                b_end, B, H, HT, BLOCK_B, LOW_EXCHANGE)
+                                b_end, B, H, HT, BLOCK_B, LOW_EXCHANGE, X)
             b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy = _bwd_saved(    # the next step's, before the wait
                 p_dy, p_gates, p_cells, p_c0, t + 1 if REVERSE else t - 1, T, i_p, row0, b_end, B, H, REVERSE, HT,
                 BLOCK_B, ACC)
-            step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
+            if not POLLED:
+                step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
             b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_ti, b_tf, b_tg, b_to, b_dh, t, row0, b_end, B, H,
-                                BLOCK_K, BLOCK_B, K_SPLIT, K_TAIL, USE_DOT, PRECISION, DZ_ONE_ROUND)
+                                BLOCK_K, BLOCK_B, K_SPLIT, K_TAIL, USE_DOT, PRECISION, DZ_ONE_ROUND, p_flag, X,
+                                TIMEOUT)
         tl.store(p_dh0 + o_bj, b_dh, mask=m_bj)
         tl.store(p_dc0 + o_bj, b_dc, mask=m_bj)
     else:                                                           # dh, dc live in scratch slices
@@ -870,7 +938,7 @@ def _lstm_bwd_kernel(
                 b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy = _bwd_saved(p_dy, p_gates, p_cells, p_c0, t, T, i_p, r0, b_end, B,
                                                                   H, REVERSE, HT, BLOCK_B, ACC)
                 b_dc = _bwd_tile_dz(b_len, p_dgates, p_z, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_dh, b_dc, t, i_p,
-                                    r0, b_end, B, H, HT, BLOCK_B, LOW_EXCHANGE)
+                                    r0, b_end, B, H, HT, BLOCK_B, LOW_EXCHANGE, X)
                 tl.store(p_dcs + o_bj, b_dc, mask=m_bj)
             step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
             for i_bt in range(num_bt):
@@ -881,7 +949,7 @@ def _lstm_bwd_kernel(
                 b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)
                 b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_ti, b_tf, b_tg, b_to, b_dh, t,
                                     row0 + i_bt * BLOCK_B, b_end, B, H, BLOCK_K, BLOCK_B, K_SPLIT, K_TAIL, USE_DOT,
-                                    PRECISION, DZ_ONE_ROUND)
+                                    PRECISION, DZ_ONE_ROUND, p_flag, X, TIMEOUT)
                 tl.store(p_dhs + o_bj, b_dh, mask=m_bj)
         tl.debug_barrier()
         for i_bt in range(num_bt):
@@ -991,7 +1059,11 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
     dh_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
     dc_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
     low_exchange = cfg.low_exchange(dtype)
-    dz_exchange = torch.empty(2 * B * G if low_exchange else 1, dtype=dtype, device=device)
+    polled = cfg.polled_backward(dtype) and one_tile     # one tile, as the forward's
+    if polled:      # a slot per step, UNWRITTEN until written (see the forward's h exchange)
+        dz_exchange = torch.full((max(T, 1), B, G), UNWRITTEN.value, dtype=torch.int16, device=device)
+    else:
+        dz_exchange = torch.empty(2 * B * G if low_exchange else 1, dtype=dtype, device=device)
     if T == 0:
         dh0.copy_(dh_n), dc0.copy_(dc_n)
         return dgates, dh0, dc0
@@ -1003,7 +1075,7 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
             bar, T, B, H, rows,
             REVERSE=bool(reverse), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b, ONE_TILE=one_tile,
             K_SPLIT=cfg.k_split, K_TAIL=cfg.k_tail, GROUPED=grid[1] > 1,
-            LOW_EXCHANGE=low_exchange, DZ_ONE_ROUND=cfg.dz_one_round and cfg.use_dot,
+            LOW_EXCHANGE=low_exchange, POLLED=polled, DZ_ONE_ROUND=cfg.dz_one_round and cfg.use_dot,
             USE_DOT=cfg.use_dot,
             PRECISION=cfg.precision, NUM_PROGRAMS=grid[0], ACC=_TL_ACC[acc], TIMEOUT=timeout,
             **_launch_options(cfg, device))

@@ -25,7 +25,7 @@ counted but not shared memory; 0.74x and 0.90x until H became a constant, the la
 projected ahead (program pairs splitting the rows, bidirectional), gates_x came as 32-bit words and h through
 exchange slots. Where the time goes: the synchronisation (0.50 µs), the L2 bytes of every group running at once
 (1.8 MB a step unidirectional) and shared memory (W re-read every step).)
-Training (forward saving gates and cells, then backward): 0.76x (uni) / 0.79x (bi), backward steps of 3.12 /
+Training (forward saving gates and cells, then backward): 0.91x (uni) / 0.94x (bi), backward steps of 3.12 /
 2.98 µs (every program reads its group's whole dz, two or three groups at a time); the four gates' dz loads go
 out together (``_dz_w``): gate by gate they were four serial L2 rounds a step. Forward and backward compile
 without spills in the loop (triton 3.6; H 128-512, 1-4 layers, B 1-16, fp16 and bf16), 80 / 128 KB

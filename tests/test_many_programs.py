@@ -414,10 +414,12 @@ def _polled_exchange_mutation(kind):
 
 
 @needs_triton
+@pytest.mark.parametrize("phase", ["fwd", "bwd"])
 @pytest.mark.parametrize("kind", ["no_wait", "never_done"])
-def test_triton_broken_polled_exchange_is_caught(kind, monkeypatch):
-    """fp16 on tensor cores exchanges h in write-once slots the readers poll, with no step counter: a reader
-    that does not wait reads elements not yet written (UNWRITTEN: -0.0); one that never accepts them hangs. The last program is held back 1 s at its first read of h, so the readers that do not wait
+def test_triton_broken_polled_exchange_is_caught(kind, phase, monkeypatch):
+    """fp16 on tensor cores exchanges h (forward) and dz (backward) in write-once slots the readers poll, with
+    no step counter: a reader that does not wait reads elements not yet written (UNWRITTEN: -0.0); one that
+    never accepts them hangs. The last program is held back 1 s at its first read of h, so the readers that do not wait
     read its words before it writes them, every time: staggered starts alone left this to the thread
     scheduler, and a loaded CI machine once ran the broken reader in an order that happened to be right."""
     _with_polled_h(monkeypatch)
@@ -426,9 +428,15 @@ def test_triton_broken_polled_exchange_is_caught(kind, monkeypatch):
     assert triton_config.gpu_config(B=3, H=H, dtype=dtype, n_sm=n).use_dot
     tol = TOL[dtype][0]
     hold = (n - 1, 1, 1.0) if kind == "no_wait" else None
-    assert _outcome("triton", n, H, dtype, contextlib.nullcontext(), "fwd", tol=tol, hold=hold) == "right"
-    verdict = _outcome("triton", n, H, dtype, _polled_exchange_mutation(kind), "fwd", tol=tol, hold=hold)
-    assert verdict == {"no_wait": "wrong: y, h_n, c_n, gates, cells", "never_done": "hung"}[kind], verdict
+    if phase == "bwd":
+        assert triton_config.gpu_config(B=3, H=H, dtype=dtype, n_sm=n, backward=True).polled_backward(dtype)
+        tol = TOL[dtype][1]
+    assert _outcome("triton", n, H, dtype, contextlib.nullcontext(), phase, tol=tol, hold=hold) == "right"
+    verdict = _outcome("triton", n, H, dtype, _polled_exchange_mutation(kind), phase, tol=tol, hold=hold)
+    if kind == "never_done":
+        assert verdict == "hung", verdict
+    else:
+        assert verdict.startswith("wrong: ") if phase == "bwd" else verdict == "wrong: y, h_n, c_n, gates, cells", verdict
 
 
 def _numba_sync_mutation(kind, n):

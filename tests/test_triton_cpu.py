@@ -205,6 +205,33 @@ def test_polled_exchange_negative_zero(monkeypatch):
         assert_close(got, want, TOL[torch.float16][0], name)
 
 
+@pytest.mark.parametrize("B,H", [(3, 20), (16, 40)], ids=str)
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_polled_dz_exchange(B, H, reverse, monkeypatch):
+    """The backward with dz exchanged polled (``polled_backward``: a 16-bit slot per step, written once, the
+    readers poll it; no step counter), the interpreter's default at one 16-bit tile as gpu_config's: dz, dh0
+    and dc0 vs the reference, unsorted lengths. dy, dh_n and dc_n are zero at the first steps the backward
+    takes, so dz there is ±0: a dz_f = 0 · c_{t-1} < 0 is -0.0, which the exchange stores as +0.0 (the bits
+    of -0.0 mark what is not yet written: without that the readers wait forever, which the poll's debug
+    time-out turns into an error; mutation run by hand)."""
+    monkeypatch.setenv("LSTM_GPU_BARRIER_TIMEOUT", "1000")
+    T = 5
+    lengths = torch.tensor(([3, 5, 1, 4, 2] * 4)[:B])
+    gx, h0, c0, w, (dy, dhn, dcn) = make_inputs(T, B, H, torch.float16)
+    dhn.zero_(), dcn.zero_()
+    dy[slice(T - 2, T) if not reverse else slice(0, 2)] = 0.0     # the two steps the backward takes first
+    cfg = interpreter_config(B=B, H=H, dtype=torch.float16, backward=True)
+    assert cfg.polled_backward(torch.float16)
+    fwd = triton_lstm.lstm_fwd(gx, h0, c0, w, lengths, reverse, True)
+    got = triton_lstm.lstm_bwd(dy, dhn, dcn, fwd[3], fwd[4], c0, w, lengths, reverse, config=cfg)
+    d64 = lambda t: t.double()  # noqa: E731
+    want = reference.backward(d64(dy), d64(dhn), d64(dcn), d64(fwd[3]), d64(fwd[4]), d64(h0), d64(c0), d64(fwd[0]),
+                              d64(w), None, lengths, reverse)
+    assert (torch.signbit(got[0]) & (got[0] == 0)).any()       # the case: some dz is -0.0
+    for name, g, r in zip(["dgates", "dh0", "dc0"], got, want):
+        assert_close(g, r, TOL[torch.float16][1], name)
+
+
 @pytest.mark.parametrize("dtype,use_dot,B,rows", [(torch.float64, False, 5, 4), (torch.float16, True, 20, 16)],
                          ids=["broadcast", "dot"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
