@@ -141,6 +141,34 @@ def test_h_exchange_with_lengths(H, B, reverse, polled, monkeypatch):
         assert max_err(a, b) <= 5e-2, f"{name}: {max_err(a, b):.3g} ({cfg})"
 
 
+@pytest.mark.parametrize("polled", [True, False], ids=["polled", "counter"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("H,B", [(256, 3), (768, 16), (512, 16)])
+def test_dz_exchange_with_lengths(H, B, reverse, polled, monkeypatch):
+    """The backward with dz exchanged in write-once slots (``polled_backward``: no step counter; the configs'
+    choice at one 16-row tile where the four gates' loads go out together, 8 warps with a tail piece at H = 768)
+    or through the step counter, fp16, many programs: dgates, dh0, dc0 vs the reference, unsorted lengths, the
+    upstream gradients zero at the last steps (dz of ±0 there: a -0.0 must not read as unwritten)."""
+    monkeypatch.setattr(triton_config, "POLLED_H", polled)
+    T = 37
+    g = torch.Generator(device=DEV).manual_seed(H + B + 1)
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g, device=DEV, dtype=torch.float64) * scale)  # noqa: E731
+    gx, h0, c0, w = r(T, B, 4 * H), r(B, H), r(B, H), r(4 * H, H, scale=H ** -0.5)
+    dy, dhn, dcn = r(T, B, H), torch.zeros(B, H, device=DEV, dtype=torch.float64), r(B, H) * 0
+    dy[T - 3:] = 0
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(B))
+    lengths[0] = T
+    cfg = triton_config.choose_config(B=B, H=H, dtype=torch.float16, device=torch.device(DEV), backward=True)
+    assert cfg.polled_backward(torch.float16) == polled and cfg.num_programs > 1, cfg
+    half = [t.half() for t in (gx, h0, c0, w, dy, dhn, dcn)]
+    out = triton_lstm.lstm_fwd(*half[:4], lengths.to(DEV), reverse, True)
+    ref = reference.backward(dy, dhn, dcn, out[3].double(), out[4].double(), h0, c0, out[0].double(), w, None,
+                             lengths.to(DEV), reverse)
+    got = triton_lstm.lstm_bwd(*half[4:], out[3], out[4], half[2], half[3], lengths.to(DEV), reverse, config=cfg)
+    for name, a, b in zip(["dgates", "dh0", "dc0"], got, ref):
+        assert max_err(a, b) <= 5e-2, f"{name}: {max_err(a, b):.3g} ({cfg})"
+
+
 def test_1000_back_to_back_launches_do_not_hang():
     """A hang cannot be caught in-process: run it in a subprocess with a timeout."""
     code = textwrap.dedent("""
