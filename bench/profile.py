@@ -89,19 +89,20 @@ def profile_case(provider: str, B: int, H: int, T: int, dtype_name: str, device)
     g = torch.Generator(device=device).manual_seed(1)
     x = torch.randn(T, B, H, generator=g, device=device).to(dtype).requires_grad_()
     dy = torch.randn(T, B, H, generator=g, device=device).to(dtype)
-    for _ in range(2):                                   # warm-up: compilation, autotuning, cuDNN plans
-        y, _ = prep.forward(x)
-        torch.autograd.backward(y, dy)
-    gpu = device.type == "cuda"
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
-    sync = torch.cuda.synchronize if gpu else (lambda: None)
-    sync()
-    with profile(activities=acts) as p_fwd:
-        y, _ = prep.forward(x)
+    with prep.around():                                  # a switched provider's variant, forward and backward
+        for _ in range(2):                               # warm-up: compilation, autotuning, cuDNN plans
+            y, _ = prep.forward(x)
+            torch.autograd.backward(y, dy)
+        gpu = device.type == "cuda"
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+        sync = torch.cuda.synchronize if gpu else (lambda: None)
         sync()
-    with profile(activities=acts) as p_bwd:
-        torch.autograd.backward(y, dy)
-        sync()
+        with profile(activities=acts) as p_fwd:
+            y, _ = prep.forward(x)
+            sync()
+        with profile(activities=acts) as p_bwd:
+            torch.autograd.backward(y, dy)
+            sync()
     return _split(p_fwd, T, "fwd", gpu), _split(p_bwd, T, "bwd", gpu)
 
 
@@ -119,7 +120,7 @@ def ncu_child(spec: str) -> None:
     dtype = DTYPES[dtype_name]
     prep = PROVIDERS[provider](shape, dtype, shared_weights(shape), torch.device("cuda"))
     x = torch.randn(shape.seq_len, shape.batch, shape.hidden, device="cuda").to(dtype)
-    with torch.no_grad():
+    with torch.no_grad(), prep.around():
         for _ in range(2):
             prep.forward(x)
         torch.cuda.synchronize()

@@ -20,6 +20,8 @@ Tests may ``register`` extra providers (e.g. a deliberately wrong one to exercis
 """
 from __future__ import annotations
 
+import contextlib
+
 import importlib.util
 from dataclasses import dataclass
 from typing import Callable
@@ -59,6 +61,7 @@ class Prepared:
     forward: Callable[[Tensor], tuple[Tensor, tuple[Tensor, Tensor]]]
     params: dict[str, Tensor]    # nn.LSTM parameter names -> this provider's tensors
     note: str = ""
+    around: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext   # wraps forward AND backward
 
 
 Setup = Callable[[Shape, torch.dtype, dict, torch.device], Prepared]
@@ -199,25 +202,27 @@ def _triton_switched(switch: str, value: bool, refusal: str, note: str) -> Setup
             raise Unsupported(refusal)
         prep = _lstm_gpu_setup("triton")(shape, dtype, weights, device)
 
-        def forward(x: Tensor):
+        @contextlib.contextmanager
+        def around():       # the backward's config is chosen when autograd runs it: the switch covers both
             saved = getattr(triton_config, switch)
             setattr(triton_config, switch, value)
             try:
-                return prep.forward(x)
+                yield
             finally:
                 setattr(triton_config, switch, saved)
-        return Prepared(forward, prep.params, f"lstm_gpu.LSTM(backend='triton'), {note}")
+        return Prepared(prep.forward, prep.params, f"lstm_gpu.LSTM(backend='triton'), {note}", around)
     return setup
 
 
-# The forward's h exchange forced one way or the other (``triton_config.POLLED_H``): polled, write-once slots (no
-# step counter; the configs' choice where a batch group is one 16-row tile, modeled B16 H768 fp16 forward 1.17 vs
-# 1.78 µs/step through the counter) or the step counter (their choice elsewhere). "triton-counter" times the
-# counter where the configs poll: the measurement of the fence and round trips the model assumes.
+# The forward's h and the backward's dz exchange forced one way or the other (``triton_config.POLLED_H``): polled,
+# write-once slots (no step counter; the configs' choice where a batch group is one 16-row tile, modeled B16 H768
+# fp16 forward 1.17 vs 1.78 µs/step through the counter, backward 3.08 vs 3.47) or the step counter (their choice
+# elsewhere). "triton-counter" times the counter where the configs poll: the measurement of the fence and round
+# trips the model assumes.
 setup_triton_polled = _triton_switched("POLLED_H", True, "the polled h exchange carries 16-bit h only",
-                                       "forward h exchange polled")
+                                       "h / dz exchange polled")
 setup_triton_counter = _triton_switched("POLLED_H", False, "the h exchange variants are measured at 16 bits only",
-                                        "forward h exchange through the step counter")
+                                        "h / dz exchange through the step counter")
 # The forward's tensor-core product per gate (``triton_config.FUSED_GATES`` off): the path the fused dot replaced,
 # modeled slower (B16 H768 fp16 forward 2.19 vs 1.78 µs/step).
 setup_triton_per_gate = _triton_switched("FUSED_GATES", False,
@@ -267,14 +272,15 @@ def default_providers(gpu: bool) -> list[str]:
 def outputs(prep: Prepared, x: Tensor, dy: Tensor, mode: str) -> dict[str, Tensor]:
     """Everything the gate compares: y, h_n, c_n, and for fwd+bwd the gradients of x and every parameter."""
     if mode == "fwd":
-        with torch.no_grad():
+        with torch.no_grad(), prep.around():
             y, (h, c) = prep.forward(x)
         return {"y": y, "h_n": h, "c_n": c}
     xg = x.detach().clone().requires_grad_()
     for t in prep.params.values():
         t.grad = None
-    y, (h, c) = prep.forward(xg)
-    torch.autograd.backward(y, dy)
+    with prep.around():
+        y, (h, c) = prep.forward(xg)
+        torch.autograd.backward(y, dy)
     out = {"y": y.detach(), "h_n": h.detach(), "c_n": c.detach(), "grad_x": xg.grad}
     out.update({f"grad_{k}": t.grad for k, t in prep.params.items()})
     return out
@@ -284,14 +290,15 @@ def timed_call(prep: Prepared, x: Tensor, dy: Tensor, mode: str) -> tuple[Callab
     """The call the speed and memory runs time, and the tensors whose .grad is reset before each call."""
     if mode == "fwd":
         def fwd():
-            with torch.no_grad():
+            with torch.no_grad(), prep.around():
                 return prep.forward(x)
         return fwd, []
     xg = x.detach().clone().requires_grad_()
 
     def fwd_bwd():
-        y, _ = prep.forward(xg)
-        torch.autograd.backward(y, dy)
+        with prep.around():
+            y, _ = prep.forward(xg)
+            torch.autograd.backward(y, dy)
     return fwd_bwd, [xg, *prep.params.values()]
 
 

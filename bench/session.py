@@ -83,9 +83,10 @@ STACK_DRY = [(2, 8, 4, "fp32-ieee", "fwd+bwd", 2, False), (2, 8, 4, "fp32-ieee",
 # "triton-layers": the same kernels one launch per layer and direction, what issue 16's ratio compares against
 STACK_PROVIDERS = ("cudnn", "triton", "triton-layers")
 HEADLINE_PROVIDERS = ("cudnn", "triton", "numba")
-# 16-bit headline rows also time the forward with the h exchange through the step counter where the configs poll
-# it (one 16-row tile per batch group; elsewhere the same config as "triton"): the static model rates the polled
-# exchange faster (B16 H768 fp16 1.17 vs 1.78 µs/step) on its assumed fence and round-trip costs, which the
+# 16-bit headline rows also time the forward's h exchange and the backward's dz exchange through the step counter
+# where the configs poll them (one 16-row tile per batch group; elsewhere the same config as "triton"): the static
+# model rates the polled exchanges faster (B16 H768 fp16 forward 1.17 vs 1.78 µs/step, backward 3.08 vs 3.47) on
+# its assumed fence and round-trip costs, which the
 # measurement checks (kernels/triton_lstm.py, _read_h); and with the forward's tensor-core product per gate, the
 # path the fused dot replaced (a check of the model); and with the fused product in rows where the configs
 # transpose it (a check of the model's shared-memory floor, which rates rows slower)

@@ -253,10 +253,37 @@ def test_floor_kernel_compiles_for_sm90_without_spills():
         assert usage["barrier"] == "lstm_gpu.kernels.triton_barrier.grid_barrier"
 
 
+@pytest.mark.parametrize("provider,polled", [("triton-polled", True), ("triton-counter", False)])
+def test_exchange_switch_covers_the_backward(provider, polled, monkeypatch):
+    """"triton-counter" / "triton-polled" time forward + backward with both exchanges switched: the backward's
+    config is chosen when autograd runs it, so the switch wraps the backward too (``Prepared.around``), in the
+    gate's call and in the timed one."""
+    from lstm_gpu.kernels import triton_config, triton_lstm
+    shape = providers.Shape(3, 20, 5)
+    weights = providers.shared_weights(shape)
+    cpu = torch.device("cpu")
+    seen = []
+    real = triton_lstm.lstm_bwd
+    monkeypatch.setattr(triton_lstm, "lstm_bwd", lambda *a, config=None, **k: seen.append(
+        triton_config.choose_config(B=a[0].shape[1], H=a[0].shape[2], dtype=a[0].dtype, device=cpu, backward=True))
+        or real(*a, config=config, **k))
+    prep = providers.PROVIDERS[provider](shape, torch.float16, weights, cpu)
+    x = torch.randn(5, 3, 20, generator=torch.Generator().manual_seed(0)).half()
+    dy = torch.randn(5, 3, 20, generator=torch.Generator().manual_seed(1)).half()
+    got = providers.outputs(prep, x, dy, "fwd+bwd")
+    fn, _ = providers.timed_call(prep, x, dy, "fwd+bwd")
+    fn()
+    assert len(seen) == 2 and all(c.polled_backward(torch.float16) == polled for c in seen), seen
+    assert triton_config.polled_h() is None
+    want = providers.oracle(shape, torch.float16, weights, x, dy)
+    assert (got["grad_x"].double() - want["grad_x"].double()).abs().max().item() < 2e-2
+
+
 @pytest.mark.parametrize("provider", ["triton-polled", "triton-counter", "triton-per-gate", "triton-rows"])
 def test_switched_providers_run_their_variant_and_match_the_oracle(provider, monkeypatch):
     """The headline's variants of the triton forward: "triton-polled" / "triton-counter" (the h exchange forced
-    polled / through the step counter; one batch tile, as here, the configs poll it), "triton-per-gate" (the
+    polled / through the step counter, and the backward's dz exchange with it; one batch tile, as here, the
+    configs poll it), "triton-per-gate" (the
     tensor-core product per gate, not fused) and "triton-rows" (the fused product in rows, not transposed),
     interpreter on CPU, fp16: the variant
     runs, within fp16 tolerance of the oracle; the switch is back to its default after the call; not for fp32."""
