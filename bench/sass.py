@@ -260,8 +260,13 @@ def read_step(code: list[Instr], inner_trips: int = 1, loop: tuple[int, int] | N
             step.fences += 1
         step.smem_wavefronts += n * ins.smem_wavefronts()
         step.mma_units += n * ins.mma_units()
-    for k, v in step.poll.items():                      # the poll loop runs at least once
-        step.counts[k] = step.counts.get(k, 0) + v
+    # a counter's poll loop runs at least once (its first poll is the loop's); a data poll's (volatile loads, the
+    # polled exchanges) follows a first try outside it, and runs only while the data is not there: waiting, the
+    # synchronisation's time, not issue slots of a step whose data is in time
+    data_polls = [(a, b) for a, b in polls if any(_is_data_poll(i) for i in body if a <= i.addr <= b)]
+    if not data_polls:
+        for k, v in step.poll.items():
+            step.counts[k] = step.counts.get(k, 0) + v
     step.instructions = sum(step.counts.values())
     step.mma_chain = mma_chain(body)
     # serial round trips: atomics whose result the program waits for (ATOMG with a destination; a REDG

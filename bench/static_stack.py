@@ -120,12 +120,18 @@ def capture(direction: str, *, B: int, H: int, T: int, L: int, D: int, dtype: to
 def outer_loops(code: list) -> tuple[tuple[int, int], tuple[int, int] | None]:
     """(the time loop, the input projection's loop or None): the time loop is the last outermost loop around an
     arrival (a REDG); the projection's (layers ≥ 1: bidirectional before their loop, unidirectional in a group
-    of its own) an earlier outermost loop that polls and stores (not a lone wait)."""
+    of its own) an earlier outermost loop that polls and stores (not a lone wait). The polled forward (no
+    arrival): the last outermost loop that stores, and a projection's an earlier one."""
     outer = [(a, b) for a, b in sass.loops(code) if not any(c <= a and b <= d and (c, d) != (a, b)
                                                           for c, d in sass.loops(code))]
     has = lambda lo, hi, op: any(i.op == op for i in code if lo <= i.addr <= hi)   # noqa: E731
-    main = max(lp for lp in outer if has(*lp, "REDG"))
-    pre = [lp for lp in outer if lp < main and has(*lp, "ATOMG") and has(*lp, "STG")]   # not a lone wait
+    if any(has(*lp, "REDG") for lp in outer):
+        main = max(lp for lp in outer if has(*lp, "REDG"))
+        pre = [lp for lp in outer if lp < main and has(*lp, "ATOMG") and has(*lp, "STG")]   # not a lone wait
+    else:
+        stores = [lp for lp in outer if has(*lp, "STG")]
+        main = max(stores)
+        pre = [lp for lp in stores if lp < main]
     return main, (pre[-1] if pre else None)
 
 
@@ -137,6 +143,8 @@ def read_step(code: list, loop: tuple[int, int] | None = None) -> sass.Step:
     body = [i for i in code if lo <= i.addr <= hi]
     polls = [(a, b) for a, b in sass.loops(body) if (a, b) != (lo, hi)
              and any(i.op == "ATOMG" for i in body if a <= i.addr <= b)]
+    if not polls and not any(i.op == "REDG" for i in body):
+        return step                                 # the polled forward: its polls read as the single layer's
     if len(polls) != 1:
         raise ValueError(f"expected one poll loop in the stack's time loop, found {len(polls)}")
     arrival = [i.addr for i in body if i.op == "REDG"]
@@ -153,7 +161,9 @@ def exposed_after_arrival(code: list, loop: tuple[int, int]) -> float:
     were projected long before; only a projection group's, one step old, would be L2 hits, and layer 0 sets
     the pace."""
     lo, hi = loop
-    arrival = min(i.addr for i in code if lo <= i.addr <= hi and i.op == "REDG")
+    arrivals = [i.addr for i in code if lo <= i.addr <= hi and i.op == "REDG"]
+    # polled (no arrival): what the step issues after its last store, consumed at the next step's poll
+    arrival = min(arrivals) if arrivals else max(i.addr for i in code if lo <= i.addr <= hi and i.op == "STG")
     tail = [i for i in code if arrival < i.addr <= hi]
     p = static.PARAMS
     rounds = len(sass.load_phases(tail, hi + 1, hi + 1)) if tail else 0

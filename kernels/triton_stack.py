@@ -7,32 +7,33 @@ the chip at once (kernels/triton_stack_config.py says why not; the module then r
 Tested on: the Triton CPU interpreter (one program per group, programs run one after another) and every program
 at once through ``lstm_gpu.testing.concurrent_programs`` (several programs per group), fp64/fp32/fp16 against
 torch.nn.LSTM (tests/test_stack.py); compiled for sm_90 by bench/static_stack.py.
-IT HAS NEVER RUN ON A GPU: every speed figure is modeled from sm_90 code, the waits have never executed on
-hardware, bf16 numerics are untested.
+IT HAS NEVER RUN ON A GPU: every speed figure is modeled from sm_90 code, the waits and polls have never executed
+on hardware, bf16 numerics are untested.
 Modeled (python -m bench.static_stack; MODELED FROM sm_90 CODE, NOT MEASURED, triton 3.6, bench/static.py's
 assumed latencies and shared-memory bandwidth), B16 H512 T1024 fp16 inference forward, against today's per-layer
 launches (bench.static's single-layer row, 0.82 µs/step with its polled h exchange, one direction after another,
 input GEMMs and launch gaps left out):
-    2 layers unidirectional   96 programs (2 layers + layer 1's projection group), 1.57 µs/step x 1026 steps
-                              = 1.61 ms vs 1.69 ms: 0.95x
+    2 layers unidirectional   96 programs (2 layers + layer 1's projection group), 1.16 µs/step x 1026 steps
+                              = 1.19 ms vs 1.69 ms: 0.70x (polled: no counter; 1.57 µs/step through them)
     2 layers bidirectional   128 programs, 1.47 µs/step x 2048 steps + the input projection beside each of
-                             layer 0's steps = 3.20 ms vs 3.38 ms: 0.95x
-(the target is ≤ 0.6x: 0.59x against the single layer through its step counter, 1.33 µs/step; the stack's
-waits are still epoch counters. The fused products (``_fused``: the recurrence's h·W_hhᵀ and the projections' x·W_ihᵀ,
+                             layer 0's steps = 3.20 ms vs 3.38 ms: 0.95x (epoch counters)
+(the target is ≤ 0.6x: 0.59x against the single layer through its step counter, 1.33 µs/step. The fused products (``_fused``: the recurrence's h·W_hhᵀ and the projections' x·W_ihᵀ,
 one tensor-core product per piece of K for the four gates) run transposed where K ≤ 512, a warpgroup MMA that
 reads W from shared memory once per warpgroup: 1.76 → 1.57 µs/step. Before: 0.61x with the serial load rounds
 counted but not shared memory; 0.74x and 0.90x until H became a constant, the layers ≥ 1 got their input
 projected ahead (program pairs splitting the rows, bidirectional), gates_x came as 32-bit words and h through
 exchange slots. Where the time goes: the synchronisation (0.50 µs), the L2 bytes of every group running at once
 (1.8 MB a step unidirectional) and shared memory (W re-read every step).)
-Training (forward saving gates and cells, then backward): 0.91x (uni) / 0.94x (bi), backward steps of 3.12 /
+Training (forward saving gates and cells, then backward): 0.83x (uni) / 0.94x (bi), backward steps of 3.12 /
 2.98 µs (every program reads its group's whole dz, two or three groups at a time); the four gates' dz loads go
 out together (``_dz_w``): gate by gate they were four serial L2 rounds a step. Forward and backward compile
 without spills in the loop (triton 3.6; H 128-512, 1-4 layers, B 1-16, fp16 and bf16), 80 / 128 KB
 (unidirectional forward / backward) and 144 / 192 KB (bidirectional) of shared memory.
 Known risks: (1) all programs of all groups must be co-resident (cooperative launch: the driver refuses rather
 than hangs); (2) the waits are the epoch counters of kernels/triton_barrier.py read across groups: correct by
-the same release/acquire argument, but only a GPU tests memory ordering; (3) fp16/bf16 exchange dz between
+the same release/acquire argument, but only a GPU tests memory ordering (the unidirectional forward polls
+written-once data instead, ``_unwritten``: it needs no ordering between elements, only that a 16-bit store is
+single-copy atomic; it holds an [L, T+1, B, H] ring of h, as much memory as y); (3) fp16/bf16 exchange dz between
 programs in 16 bits (as the tensor cores read it; the saved dz for the weight GEMMs stays fp32); (4) the shared-memory
 rule is an estimate checked against the sm_90 compile of the modeled shapes only.
 
@@ -57,7 +58,8 @@ outside; layers ≥ 1 compute theirs in the kernel, step by step, from the layer
 The schedule. Programs are split among the (layer, direction) groups, layer-major; a program owns HT units of its
 group in all four gates (as in kernels/triton_lstm.py). Each group counts its programs' finished steps on its own
 epoch counter (kernels/triton_barrier.py's algorithm: arrive = atomic add with release, wait = acquire polls until
-the count is reached). A program waits only for what it reads:
+the count is reached; the unidirectional forward polls the data instead, ``_unwritten``, reading the same
+things at the same steps). A program waits only for what it reads:
     its own group at the previous step        counter(l, d) ≥ NPG·s              (h_{t-1}; backward dz_{t±1})
     the layer below at the same t (forward)   counter(l-1, fwd) ≥ NPG·(t+1),  counter(l-1, rev) ≥ NPG·(T-t)
     the layer above at the same t (backward)  counter(l+1, fwd) ≥ NPG·(T-t),  counter(l+1, rev) ≥ NPG·(t+1)
@@ -153,9 +155,11 @@ def _seg(k, H, S, BLOCK_H: tl.constexpr):
 
 
 @triton.jit
-def _rows(p, o_row, m_row, H, S, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr):
+def _rows(p, o_row, m_row, H, S, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr,
+          VOL: tl.constexpr = False):
     """The left operand of a reduction over K = NSEG·BLOCK_H: row r's element k at p + o_row[r] + seg·S + j, as
-    [BB, K], or [SPLIT, BB, K/SPLIT] for SPLIT independent tl.dot chunks. Written by other programs: .cg (L2)."""
+    [BB, K], or [SPLIT, BB, K/SPLIT] for SPLIT independent tl.dot chunks. Written by other programs: .cg (L2), or
+    VOL (a try of a poll, ``_poll_rows``): volatile, so the compiler keeps every one."""
     if SPLIT == 1:
         k = tl.arange(0, K)[None, :]
         o_row, m_row = o_row[:, None], m_row[:, None]
@@ -164,6 +168,8 @@ def _rows(p, o_row, m_row, H, S, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: 
         k = tl.arange(0, SPLIT)[:, None, None] * KC + tl.arange(0, KC)[None, None, :]
         o_row, m_row = o_row[None, :, None], m_row[None, :, None]
     o_k, m_k = _seg(k, H, S, BLOCK_H)
+    if VOL:
+        return tl.load(p + o_row + o_k, mask=m_row & m_k, other=0., volatile=True)
     return tl.load(p + o_row + o_k, mask=m_row & m_k, other=0., cache_modifier=".cg")
 
 
@@ -221,25 +227,124 @@ def _w4(p, s_u, on, i_p, H, S, HT: tl.constexpr, K: tl.constexpr, BLOCK_H: tl.co
 
 
 @triton.jit
-def _rows_at(p, o_row, m_row, H, S, K0, KC: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Piece k = K0 … K0 + KC - 1 of ``_rows``'s left operand: [BB, KC]. Written by other programs: .cg (L2)."""
+def _rows_at(p, o_row, m_row, H, S, K0, KC: tl.constexpr, BLOCK_H: tl.constexpr, VOL: tl.constexpr = False):
+    """Piece k = K0 … K0 + KC - 1 of ``_rows``'s left operand: [BB, KC]. Written by other programs: .cg (L2), or
+    VOL volatile (``_rows``)."""
     o_k, m_k = _seg(K0 + tl.arange(0, KC)[None, :], H, S, BLOCK_H)
+    if VOL:
+        return tl.load(p + o_row[:, None] + o_k, mask=m_row[:, None] & m_k, other=0., volatile=True)
     return tl.load(p + o_row[:, None] + o_k, mask=m_row[:, None] & m_k, other=0., cache_modifier=".cg")
 
 
 @triton.jit
+def _pieces(p, o_row, m_row, H, S, KC: tl.constexpr, BLOCK_H: tl.constexpr, PIECES: tl.constexpr,
+            VOL: tl.constexpr):
+    """The PIECES pieces of KC of ``_rows``'s left operand, every load issued before any is used (the unused
+    ones repeat the first)."""
+    b_a0 = _rows_at(p, o_row, m_row, H, S, 0, KC, BLOCK_H, VOL)
+    b_a1 = _rows_at(p, o_row, m_row, H, S, KC, KC, BLOCK_H, VOL) if PIECES > 1 else b_a0
+    b_a2 = _rows_at(p, o_row, m_row, H, S, 2 * KC, KC, BLOCK_H, VOL) if PIECES > 2 else b_a0
+    b_a3 = _rows_at(p, o_row, m_row, H, S, 3 * KC, KC, BLOCK_H, VOL) if PIECES > 3 else b_a0
+    return b_a0, b_a1, b_a2, b_a3
+
+
+# The polled forward (``POLLED``: the stack forward's default). Every tensor one program writes and another reads
+# in the forward (the own group's h, the layer below's output, a projection's gates_x) is written ONCE, into
+# memory the launcher filled with UNWRITTEN (the bits of -0.0: the least integer of the dtype's width); a writer
+# stores a -0.0 as +0.0 (``_canon``: no product or sum tells them apart), and a reader reloads what it reads until
+# no element is UNWRITTEN. A store of one element is single-copy atomic, so an element read is either UNWRITTEN
+# or final: no counter, no fence, no arrival, and a wait is the load it needs anyway (kernels/triton_lstm.py's
+# polled h exchange, the stack's every read). Only the backward keeps the epoch counters.
+
+@triton.jit
+def _canon(b):
+    """b with -0.0 as +0.0, so a written element never reads as UNWRITTEN."""
+    return tl.where(b == 0, tl.zeros_like(b), b)
+
+
+@triton.jit
+def _unwritten(b):
+    """Whether any element of b is still UNWRITTEN (the bits of -0.0). 16-bit values read as 32-bit words (int32,
+    ``_load_gx``'s WORDS) hold two: each half is tested."""
+    if b.dtype == tl.int32:
+        return tl.min(tl.minimum(b << 16, b & -65536)) == -2147483648
+    W: tl.constexpr = b.dtype.primitive_bitwidth
+    if W == 16:
+        return tl.min(b.to(tl.int16, bitcast=True)) == -32768
+    elif W == 32:
+        return tl.min(b.to(tl.int32, bitcast=True)) == -2147483648
+    else:
+        return tl.max((b.to(tl.int64, bitcast=True) == (-9223372036854775807 - 1)).to(tl.int32)) > 0
+
+
+@triton.jit
+def _unwritten4(b0, b1, b2, b3, PIECES: tl.constexpr):
+    late = _unwritten(b0)
+    if PIECES > 1:
+        late |= _unwritten(b1)
+    if PIECES > 2:
+        late |= _unwritten(b2)
+    if PIECES > 3:
+        late |= _unwritten(b3)
+    return late
+
+
+@triton.jit
+def _given_up(p_flag, spins, TIMEOUT: tl.constexpr):
+    """Debug mode (TIMEOUT > 0): whether a poll has tried TIMEOUT times, or another has given up (its flag)."""
+    failed = tl.atomic_add(p_flag, 0, sem="relaxed", scope="gpu")
+    if spins >= TIMEOUT:
+        tl.atomic_xchg(p_flag, 1, sem="relaxed", scope="gpu")
+        failed = 1
+    return failed != 0
+
+
+@triton.jit
+def _poll_pieces(p, o_row, m_row, H, S, KC: tl.constexpr, BLOCK_H: tl.constexpr, PIECES: tl.constexpr, p_flag,
+                 TIMEOUT: tl.constexpr):
+    """``_pieces`` polled: reloaded until none is UNWRITTEN (TIMEOUT > 0: or the poll gives up)."""
+    b_a0, b_a1, b_a2, b_a3 = _pieces(p, o_row, m_row, H, S, KC, BLOCK_H, PIECES, True)
+    late = _unwritten4(b_a0, b_a1, b_a2, b_a3, PIECES)
+    spins = 0
+    while late:
+        b_a0, b_a1, b_a2, b_a3 = _pieces(p, o_row, m_row, H, S, KC, BLOCK_H, PIECES, True)
+        late = _unwritten4(b_a0, b_a1, b_a2, b_a3, PIECES)
+        if TIMEOUT > 0:
+            spins += 1
+            late = late & ~_given_up(p_flag, spins, TIMEOUT)   # given up: invalid, the launcher raises
+    return b_a0, b_a1, b_a2, b_a3
+
+
+@triton.jit
+def _poll_rows(p, o_row, m_row, H, S, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr, p_flag,
+               TIMEOUT: tl.constexpr):
+    """``_rows`` polled: reloaded until none is UNWRITTEN (TIMEOUT > 0: or the poll gives up)."""
+    b = _rows(p, o_row, m_row, H, S, K, BLOCK_H, SPLIT, True)
+    late = _unwritten(b)
+    spins = 0
+    while late:
+        b = _rows(p, o_row, m_row, H, S, K, BLOCK_H, SPLIT, True)
+        late = _unwritten(b)
+        if TIMEOUT > 0:
+            spins += 1
+            late = late & ~_given_up(p_flag, spins, TIMEOUT)   # given up: invalid, the launcher raises
+    return b
+
+
+@triton.jit
 def _fused(p, o_row, m_row, H, S, KC: tl.constexpr, BLOCK_H: tl.constexpr, PIECES: tl.constexpr, b_w0, b_w1, b_w2,
-           b_w3, b_zero, PRECISION: tl.constexpr, TRANSPOSED: tl.constexpr):
+           b_w3, b_zero, PRECISION: tl.constexpr, TRANSPOSED: tl.constexpr, POLL: tl.constexpr, p_flag,
+           TIMEOUT: tl.constexpr):
     """The four gates of a reduction in one tensor-core product per piece of K (b_w0 … b_w3: ``_w_fused``'s
     pieces), each piece its own accumulator, every piece's load issued before the first product (one L2
     round), then split into the gates: i, f, g, o as [BB, HT] (kernels/triton_lstm.py's ``_h_w_fused`` has
     the measured reasons). TRANSPOSED: computed as [4·HT, BB] = W · aᵀ, a warpgroup MMA on Hopper that reads W
     from shared memory once per warpgroup instead of once per warp (B16 H512 2-layer stack step 1.76 -> 1.57
-    µs modeled, triton 3.6), where K ≤ 512 (``_fused_pieces``)."""
-    b_a0 = _rows_at(p, o_row, m_row, H, S, 0, KC, BLOCK_H)
-    b_a1 = _rows_at(p, o_row, m_row, H, S, KC, KC, BLOCK_H) if PIECES > 1 else b_a0
-    b_a2 = _rows_at(p, o_row, m_row, H, S, 2 * KC, KC, BLOCK_H) if PIECES > 2 else b_a0
-    b_a3 = _rows_at(p, o_row, m_row, H, S, 3 * KC, KC, BLOCK_H) if PIECES > 3 else b_a0
+    µs modeled, triton 3.6), where K ≤ 512 (``_fused_pieces``). POLL: the left operand polled (``_poll_pieces``)."""
+    if POLL:
+        b_a0, b_a1, b_a2, b_a3 = _poll_pieces(p, o_row, m_row, H, S, KC, BLOCK_H, PIECES, p_flag, TIMEOUT)
+    else:
+        b_a0, b_a1, b_a2, b_a3 = _pieces(p, o_row, m_row, H, S, KC, BLOCK_H, PIECES, False)
     return _fused_gates(b_a0, b_a1, b_a2, b_a3, b_w0, b_w1, b_w2, b_w3, b_zero, PIECES, PRECISION, TRANSPOSED)
 
 
@@ -252,7 +357,7 @@ def _keep(o_y, seed, drop):
 
 @triton.jit
 def _load_gx(p_gx, p_gxu, t, i_l, i_d, o_b, o_u, m_bu, T, B, H: tl.constexpr, D: tl.constexpr, GXU: tl.constexpr,
-             WORDS: tl.constexpr, PART: tl.constexpr = 0, HALVES: tl.constexpr = 1):
+             WORDS: tl.constexpr, PART: tl.constexpr = 0, HALVES: tl.constexpr = 1, VOL: tl.constexpr = False):
     """gates_x[t] = x_t·W_ihᵀ + b for own units, the four gates: layer 0's from the GEMM outside (p_gx) and, GXU, a
     layer ≥ 1's from what it (bidirectional) or its projection group (unidirectional) projected (p_gxu:
     [L-1, HALVES, T, B, D·4H]: HALVES = 2, the layer's gates_x is the sum of PART 0 and 1; layer 0 has no PART 1);
@@ -261,7 +366,8 @@ def _load_gx(p_gx, p_gxu, t, i_l, i_d, o_b, o_u, m_bu, T, B, H: tl.constexpr, D:
     its wait, whose round trip its latency overlaps, and ``_unpack_gx`` converts it after the wait. WORDS (16-bit,
     H even): loaded as 32-bit words, two units each ([BB, HT/2]): loaded as 16-bit values, sm_90 repacked the
     halves right after the load, so the program waited for the load there, before its poll (modeled 0.14 µs a
-    step, B16 H512 fp16, triton 3.6). .cg: a projection group (another SM) may have just written it."""
+    step, B16 H512 fp16, triton 3.6). .cg: a projection group (another SM) may have just written it; VOL: volatile,
+    a try of the polled forward's poll."""
     if GXU:
         p_gx = tl.where(i_l == 0, p_gx, p_gxu + ((i_l - 1) * HALVES + PART).to(tl.int64) * T * B * (4 * D * H))
         m_gx = tl.where((t >= 0) & (t < T), m_bu, False)
@@ -281,6 +387,10 @@ def _load_gx(p_gx, p_gxu, t, i_l, i_d, o_b, o_u, m_bu, T, B, H: tl.constexpr, D:
         p = p_gx + o_gx
         m_w = m_gx
         G: tl.constexpr = H
+    if VOL:
+        return (tl.load(p, mask=m_w, other=0, volatile=True), tl.load(p + G, mask=m_w, other=0, volatile=True),
+                tl.load(p + 2 * G, mask=m_w, other=0, volatile=True),
+                tl.load(p + 3 * G, mask=m_w, other=0, volatile=True))
     return (tl.load(p, mask=m_w, other=0, cache_modifier=".cg"),
             tl.load(p + G, mask=m_w, other=0, cache_modifier=".cg"),
             tl.load(p + 2 * G, mask=m_w, other=0, cache_modifier=".cg"),
@@ -304,25 +414,28 @@ def _unpack_gx(b_g, DTYPE: tl.constexpr, ACC: tl.constexpr, WORDS: tl.constexpr)
 def _project(p_x, p_gxu, t, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg, b_bo,
              b_zero, D: tl.constexpr, KX: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT_X: tl.constexpr,
              USE_DOT: tl.constexpr, PRECISION: tl.constexpr, KCX: tl.constexpr, PX: tl.constexpr,
-             TRX: tl.constexpr):
+             TRX: tl.constexpr, POLL: tl.constexpr, p_flag, TIMEOUT: tl.constexpr):
     """gates_x[t] = x_t · W_ihᵀ + b of a layer ≥ 1 (x_t: the layer below's output at t, both directions), own
     units, into p_gxu [L-1, T, B, D·4H] in the input dtype (as the GEMM outside writes layer 0's). Tensor cores:
-    the four gates fused, PX pieces of KCX (b_xi … b_xo hold the pieces)."""
+    the four gates fused, PX pieces of KCX (b_xi … b_xo hold the pieces). POLL: x_t polled (the polled forward)."""
     DH = D * H
     o_t = ((i_l - 1) * T + t).to(tl.int64) * B + o_b
     if USE_DOT:
         b_ri, b_rf, b_rg, b_ro = _fused(p_x, o_t * DH, m_b, H, H, KCX, BLOCK_H, PX, b_xi, b_xf, b_xg, b_xo, b_zero,
-                                        PRECISION, TRX)
+                                        PRECISION, TRX, POLL, p_flag, TIMEOUT)
     else:
-        b_x = _rows(p_x, o_t * DH, m_b, H, H, KX, BLOCK_H, SPLIT_X)
+        if POLL:
+            b_x = _poll_rows(p_x, o_t * DH, m_b, H, H, KX, BLOCK_H, SPLIT_X, p_flag, TIMEOUT)
+        else:
+            b_x = _rows(p_x, o_t * DH, m_b, H, H, KX, BLOCK_H, SPLIT_X)
         b_ri, b_rf = _hw(b_x, b_xi, USE_DOT, PRECISION), _hw(b_x, b_xf, USE_DOT, PRECISION)
         b_rg, b_ro = _hw(b_x, b_xg, USE_DOT, PRECISION), _hw(b_x, b_xo, USE_DOT, PRECISION)
     p = p_gxu + o_t[:, None] * (4 * DH) + i_d * 4 * H + o_u[None, :]
     X = p_gxu.dtype.element_ty
-    tl.store(p, (b_ri + b_bi).to(X), mask=m_bu)
-    tl.store(p + H, (b_rf + b_bf).to(X), mask=m_bu)
-    tl.store(p + 2 * H, (b_rg + b_bg).to(X), mask=m_bu)
-    tl.store(p + 3 * H, (b_ro + b_bo).to(X), mask=m_bu)
+    tl.store(p, _canon((b_ri + b_bi).to(X)), mask=m_bu)
+    tl.store(p + H, _canon((b_rf + b_bf).to(X)), mask=m_bu)
+    tl.store(p + 2 * H, _canon((b_rg + b_bg).to(X)), mask=m_bu)
+    tl.store(p + 3 * H, _canon((b_ro + b_bo).to(X)), mask=m_bu)
 
 
 @triton.jit
@@ -336,7 +449,7 @@ def _project_half(p_x, p_gxu, t, k_h, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_
     o_t = ((i_l - 1) * T + t).to(tl.int64) * B + o_b
     if USE_DOT:     # fused gates, PH pieces of KCH (b_xi … b_xo hold the pieces)
         b_ri, b_rf, b_rg, b_ro = _fused(p_x + k_h * H, o_t * DH, m_b, H, H, KCH, BLOCK_H, PH, b_xi, b_xf, b_xg, b_xo,
-                                        b_zero, PRECISION, TRH)
+                                        b_zero, PRECISION, TRH, False, None, 0)
     else:
         b_x = _rows(p_x + k_h * H, o_t * DH, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT)
         b_ri, b_rf = _hw(b_x, b_xi, USE_DOT, PRECISION), _hw(b_x, b_xf, USE_DOT, PRECISION)
@@ -344,10 +457,23 @@ def _project_half(p_x, p_gxu, t, k_h, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_
     o_r = (((i_l - 1) * 2 + k_h) * T + t).to(tl.int64) * B + o_b
     p = p_gxu + o_r[:, None] * (4 * DH) + i_d * 4 * H + o_u[None, :]
     X = p_gxu.dtype.element_ty
-    tl.store(p, (b_ri + b_bi).to(X), mask=m_bu)
-    tl.store(p + H, (b_rf + b_bf).to(X), mask=m_bu)
-    tl.store(p + 2 * H, (b_rg + b_bg).to(X), mask=m_bu)
-    tl.store(p + 3 * H, (b_ro + b_bo).to(X), mask=m_bu)
+    tl.store(p, _canon((b_ri + b_bi).to(X)), mask=m_bu)
+    tl.store(p + H, _canon((b_rf + b_bf).to(X)), mask=m_bu)
+    tl.store(p + 2 * H, _canon((b_rg + b_bg).to(X)), mask=m_bu)
+    tl.store(p + 3 * H, _canon((b_ro + b_bo).to(X)), mask=m_bu)
+
+
+@triton.jit
+def _h_tries(p, o_row, m_row, H, KCH: tl.constexpr, BLOCK_H: tl.constexpr, PH: tl.constexpr, SPLIT_H: tl.constexpr,
+             USE_DOT: tl.constexpr):
+    """One try (volatile) at h_{t-1} of the polled forward: the fused product's pieces on the tensor cores, else
+    the rows as the broadcast path reads them (repeated four times)."""
+    if USE_DOT:
+        b_a0, b_a1, b_a2, b_a3 = _pieces(p, o_row, m_row, H, H, KCH, BLOCK_H, PH, True)
+    else:
+        b_a0 = _rows(p, o_row, m_row, H, H, BLOCK_H, BLOCK_H, SPLIT_H, True)
+        b_a1, b_a2, b_a3 = b_a0, b_a0, b_a0
+    return b_a0, b_a1, b_a2, b_a3
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -369,7 +495,8 @@ def _stack_fwd_kernel(
     p_bar,       # [2·L·D] int64, zero: per group its counter of finished program-steps and a time-out flag
     p_seed,      # [1] int64 (DROPOUT): the mask's seed, drawn by torch's generator (a tensor: see lstm_gpu/stack.py)
     p_gxu,       # [L-1, T, B, D·4H] input dtype (PRE_X): x·W_ihᵀ + b of layers 1 … L-1, projected in the kernel
-    p_hx,        # [L·D, 2, B, H]: how a group's programs exchange h, generation g in slot g % 2, h0 in slot 0
+    p_hx,        # [L·D, 2, B, H]: how a group's programs exchange h, generation g in slot g % 2, h0 in slot 0;
+                 # POLLED: [L·D, T+1, B, H], generation g in slot g, UNWRITTEN until written
     # sizes
     T, B, L,
     H: tl.constexpr,     # a constant: offsets inside a row become immediates (kernels/triton_lstm.py measured why)
@@ -388,6 +515,7 @@ def _stack_fwd_kernel(
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr, SAVE: tl.constexpr,
     DROPOUT: tl.constexpr, HAS_BIAS: tl.constexpr,
     TIMEOUT: tl.constexpr,      # polls before a wait gives up (debug mode); 0 = wait forever
+    POLLED: tl.constexpr,       # every read between programs polled (no counter; see ``_canon``)
 ):
     pid = tl.program_id(0)
     i_p = pid % NPG                     # unit slice within the group
@@ -402,6 +530,7 @@ def _stack_fwd_kernel(
         i_g = pid // NPG                # group = layer·D + direction (layer-major)
     i_l, i_d = i_g // D, i_g % D
     rev = i_d == 1
+    p_flag = p_bar + 2 * i_g + 1                                # the time-out flag of this program's group
     DH = D * H
     o_b = tl.arange(0, BLOCK_B)
     m_b = o_b < B
@@ -462,9 +591,11 @@ def _stack_fwd_kernel(
                 for k in tl.range(T // 2 + 1, T + 1, num_stages=1):
                     _wait(p_bar, i_g, 0, i_below, b0 + NPG * k, i_below + 1, b0 + NPG * k, TIMEOUT)
                     _project(p_x, p_gxu, k - 1, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo,
-                             b_bi, b_bf, b_bg, b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX, TRX)
+                             b_bi, b_bf, b_bg, b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX, TRX,
+                             False, None, 0)
                     _project(p_x, p_gxu, T - k, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo,
-                             b_bi, b_bf, b_bg, b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX, TRX)
+                             b_bi, b_bf, b_bg, b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX, TRX,
+                             False, None, 0)
             _arrive(p_bar + 2 * i_g)
             _wait(p_bar, i_g, NPG, i_g, 0, i_g, 0, TIMEOUT)    # before the first prefetch of gates_x
         off = upper.to(tl.int32)                                # arrivals before the recurrence's steps
@@ -478,19 +609,26 @@ def _stack_fwd_kernel(
         # counter at NPG·k means "all of it done with k steps"; without it one program could run two steps ahead of
         # a partner and bring the count to NPG alone (caught on CPU with one projection program held back).
         for t in tl.range(tl.where(proj, T, 0), num_stages=1):
-            _wait(p_bar, i_pg, NPG * t, i_g - 1, NPG * (t + 1), i_g - 1, 0, TIMEOUT)
+            if not POLLED:
+                _wait(p_bar, i_pg, NPG * t, i_g - 1, NPG * (t + 1), i_g - 1, 0, TIMEOUT)
             _project(p_x, p_gxu, t, i_l, 0, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg,
-                     b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX, TRX)
-            _arrive(p_bar + 2 * i_pg)
+                     b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX, TRX, POLLED,
+                     p_bar + 2 * i_pg + 1, TIMEOUT)
+            if not POLLED:
+                _arrive(p_bar + 2 * i_pg)
         # a layer ≥ 1 prefetches its first gates_x before its loop: its projection group done with t = 0
-        _wait(p_bar, i_g, 0, i_pg, tl.where(upper & ~proj, NPG, 0), i_pg, 0, TIMEOUT)
+        if not POLLED:
+            _wait(p_bar, i_g, 0, i_pg, tl.where(upper & ~proj, NPG, 0), i_pg, 0, TIMEOUT)
     p_w = p_whh + i_g * 4 * H * H
     b_hi, b_hf, b_hg, b_ho = _w4(p_w, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, KCH, PH, USE_DOT,
                                  ACC)      # tensor cores: the fused pieces, not the gates
 
     b_c = tl.load(p_c0 + o_s, mask=m_bu, other=0.).to(ACC)
     b_hc = tl.load(p_h0 + o_s, mask=m_bu, other=0.)            # the carried h (frozen past a row's end)
-    p_hxg = p_hx + i_g * 2 * B * H                              # this group's two exchange slots
+    if POLLED:                                                  # this group's ring: a slot per generation
+        p_hxg = p_hx + tl.cast(i_g, tl.int64) * (T + 1) * B * H
+    else:                                                       # this group's two exchange slots
+        p_hxg = p_hx + i_g * 2 * B * H
     b_len = tl.load(p_len + o_b, mask=m_b, other=0)
     seed = tl.load(p_seed) if DROPOUT else 0
     WORDS: tl.constexpr = (H % 2 == 0) and (p_gx.dtype.element_ty.primitive_bitwidth == 16)
@@ -506,24 +644,50 @@ def _stack_fwd_kernel(
         # the layer below done with step t: its forward direction after t+1 of its steps, its reverse direction
         # after T-t (layer 0, or PRE_X, which waited for all of it: targets 0, met at once). Then the loads of h
         # and x go out together.
-        if PIPE:    # instead of the layer below: its projection group, done with t + 1 (the prefetch below)
-            _wait(p_bar, i_g, NPG * s, i_pg, tl.where(upper, NPG * tl.minimum(t + 2, T), 0), i_pg, 0, TIMEOUT)
+        if POLLED:
+            # h_{t-1}: slot s of the ring (h0 in slot 0, written by the launcher), polled with this step's gates_x
+            # (a layer ≥ 1's, written by its projection) in one loop: one round trip when all is there.
+            p_hs = p_hxg + tl.cast(s, tl.int64) * B * H
+            b_a0, b_a1, b_a2, b_a3 = _h_tries(p_hs, o_b * H, m_b, H, KCH, BLOCK_H, PH, SPLIT_H, USE_DOT)
+            gx_polled = (i_l > 0) & PIPE     # a projection group's gates_x, written a step ahead
+            spins = 0
+            late = _unwritten4(b_a0, b_a1, b_a2, b_a3, PH if USE_DOT else 1) | (gx_polled & _unwritten4(
+                b_gi, b_gf, b_gg, b_go, 4))
+            while late:
+                b_a0, b_a1, b_a2, b_a3 = _h_tries(p_hs, o_b * H, m_b, H, KCH, BLOCK_H, PH, SPLIT_H, USE_DOT)
+                if PIPE:
+                    b_gi, b_gf, b_gg, b_go = _load_gx(p_gx, p_gxu, t, i_l, i_d, o_b, o_u, m_bu, T, B, H, D, True, WORDS,
+                                                      0, 1, True)
+                late = _unwritten4(b_a0, b_a1, b_a2, b_a3, PH if USE_DOT else 1) | (gx_polled & _unwritten4(
+                    b_gi, b_gf, b_gg, b_go, 4))
+                if TIMEOUT > 0:
+                    spins += 1
+                    late = late & ~_given_up(p_flag, spins, TIMEOUT)   # given up: invalid, the launcher raises
+            if USE_DOT:
+                b_ri, b_rf, b_rg, b_ro = _fused_gates(b_a0, b_a1, b_a2, b_a3, b_hi, b_hf, b_hg, b_ho, b_zero, PH,
+                                                      PRECISION, TRH)
+            else:
+                b_ri, b_rf = _hw(b_a0, b_hi, USE_DOT, PRECISION), _hw(b_a0, b_hf, USE_DOT, PRECISION)
+                b_rg, b_ro = _hw(b_a0, b_hg, USE_DOT, PRECISION), _hw(b_a0, b_ho, USE_DOT, PRECISION)
         else:
-            i_below = tl.maximum(i_g - i_d - D, 0)              # group (l-1, forward)
-            n_below = tl.where((i_l > 0) & (not PRE_X), NPG, 0)
-            _wait(p_bar, i_g, NPG * (s + off), i_below, n_below * (t + 1), i_below + D - 1,
-                  n_below * tl.where(D == 2, T - t, t + 1), TIMEOUT)
-        # h_{t-1}: the group's carried h of generation s (slot s % 2; h0 in slot 0, copied by the launcher).
-        # Generation s + 2 overwrites it only after every program of the group has waited for step s + 1,
-        # which each reached after reading generation s (kernels/triton_lstm.py's exchange: read from y and
-        # h0 with a select, it took 2 loads and 130-190 more instructions a step, sm_90, triton 3.6).
-        if USE_DOT:
-            b_ri, b_rf, b_rg, b_ro = _fused(p_hxg + (s % 2) * B * H, o_b * H, m_b, H, H, KCH, BLOCK_H, PH, b_hi, b_hf,
-                                            b_hg, b_ho, b_zero, PRECISION, TRH)
-        else:
-            b_h = _rows(p_hxg + (s % 2) * B * H, o_b * H, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H)
-            b_ri, b_rf = _hw(b_h, b_hi, USE_DOT, PRECISION), _hw(b_h, b_hf, USE_DOT, PRECISION)
-            b_rg, b_ro = _hw(b_h, b_hg, USE_DOT, PRECISION), _hw(b_h, b_ho, USE_DOT, PRECISION)
+            if PIPE:    # instead of the layer below: its projection group, done with t + 1 (the prefetch below)
+                _wait(p_bar, i_g, NPG * s, i_pg, tl.where(upper, NPG * tl.minimum(t + 2, T), 0), i_pg, 0, TIMEOUT)
+            else:
+                i_below = tl.maximum(i_g - i_d - D, 0)              # group (l-1, forward)
+                n_below = tl.where((i_l > 0) & (not PRE_X), NPG, 0)
+                _wait(p_bar, i_g, NPG * (s + off), i_below, n_below * (t + 1), i_below + D - 1,
+                      n_below * tl.where(D == 2, T - t, t + 1), TIMEOUT)
+            # h_{t-1}: the group's carried h of generation s (slot s % 2; h0 in slot 0, copied by the launcher).
+            # Generation s + 2 overwrites it only after every program of the group has waited for step s + 1,
+            # which each reached after reading generation s (kernels/triton_lstm.py's exchange: read from y and
+            # h0 with a select, it took 2 loads and 130-190 more instructions a step, sm_90, triton 3.6).
+            if USE_DOT:
+                b_ri, b_rf, b_rg, b_ro = _fused(p_hxg + (s % 2) * B * H, o_b * H, m_b, H, H, KCH, BLOCK_H, PH, b_hi,
+                                                b_hf, b_hg, b_ho, b_zero, PRECISION, TRH, False, p_flag, TIMEOUT)
+            else:
+                b_h = _rows(p_hxg + (s % 2) * B * H, o_b * H, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H)
+                b_ri, b_rf = _hw(b_h, b_hi, USE_DOT, PRECISION), _hw(b_h, b_hf, USE_DOT, PRECISION)
+                b_rg, b_ro = _hw(b_h, b_hg, USE_DOT, PRECISION), _hw(b_h, b_ho, USE_DOT, PRECISION)
         X: tl.constexpr = p_gx.dtype.element_ty
         b_zi = _unpack_gx(b_gi, X, ACC, WORDS) + b_ri
         b_zf = _unpack_gx(b_gf, X, ACC, WORDS) + b_rf
@@ -537,11 +701,14 @@ def _stack_fwd_kernel(
         if MULTI and not (PRE_X or PIPE):
             if upper:
                 o_x = (((i_l - 1) * T + t).to(tl.int64) * B + o_b) * DH
-                if USE_DOT:
+                if USE_DOT:     # POLLED: x_t polled (its own loop: a second round trip, this fallback's cost)
                     b_ri, b_rf, b_rg, b_ro = _fused(p_x, o_x, m_b, H, H, KCX, BLOCK_H, PX, b_xi, b_xf, b_xg, b_xo,
-                                                    b_zero, PRECISION, TRX)
+                                                    b_zero, PRECISION, TRX, POLLED, p_flag, TIMEOUT)
+                elif POLLED:
+                    b_x = _poll_rows(p_x, o_x, m_b, H, H, KX, BLOCK_H, SPLIT_X, p_flag, TIMEOUT)
                 else:
                     b_x = _rows(p_x, o_x, m_b, H, H, KX, BLOCK_H, SPLIT_X)
+                if not USE_DOT:
                     b_ri, b_rf = _hw(b_x, b_xi, USE_DOT, PRECISION), _hw(b_x, b_xf, USE_DOT, PRECISION)
                     b_rg, b_ro = _hw(b_x, b_xg, USE_DOT, PRECISION), _hw(b_x, b_xo, USE_DOT, PRECISION)
                 b_zi += b_ri + b_bi
@@ -554,12 +721,17 @@ def _stack_fwd_kernel(
         b_c = tl.where(b_alive, b_f * b_c + b_i * b_g, b_c)    # frozen past the row's end
         b_out = tl.where(b_alive, b_o * _tanh(b_c), 0.)
         b_hc = tl.where(b_alive, b_out.to(b_hc.dtype), b_hc)
-        tl.store(p_hxg + ((s + 1) % 2) * B * H + o_b[:, None] * H + o_u[None, :], b_hc, mask=m_bu)
+        if POLLED:
+            tl.store(p_hxg + tl.cast(s + 1, tl.int64) * B * H + o_b[:, None] * H + o_u[None, :], _canon(b_hc),
+                     mask=m_bu)
+        else:
+            tl.store(p_hxg + ((s + 1) % 2) * B * H + o_b[:, None] * H + o_u[None, :], b_hc, mask=m_bu)
         o_y = o_t[:, None] * DH + i_d * H + o_u[None, :]
-        tl.store(p_y + o_y, b_out.to(p_y.dtype.element_ty), mask=m_bu)
+        b_y = b_out.to(p_y.dtype.element_ty)
+        tl.store(p_y + o_y, tl.where(i_l < L - 1, _canon(b_y), b_y), mask=m_bu)   # below the top: read above
         if DROPOUT:                                             # the copy the layer above reads
             b_x_out = tl.where(_keep(o_y, seed, drop), b_out / (1. - drop), 0.)
-            tl.store(p_x + o_y, b_x_out.to(p_x.dtype.element_ty), mask=tl.where(i_l < L - 1, m_bu, False))
+            tl.store(p_x + o_y, _canon(b_x_out.to(p_x.dtype.element_ty)), mask=tl.where(i_l < L - 1, m_bu, False))
         if SAVE:
             o_g = o_t[:, None] * (4 * DH) + i_d * 4 * H + o_u[None, :]
             tl.store(p_gates + o_g, b_i, mask=m_bu)
@@ -567,7 +739,8 @@ def _stack_fwd_kernel(
             tl.store(p_gates + o_g + 2 * H, b_g, mask=m_bu)
             tl.store(p_gates + o_g + 3 * H, b_o, mask=m_bu)
             tl.store(p_cells + o_y, b_c, mask=m_bu)
-        _arrive(p_bar + 2 * i_g)
+        if not POLLED:
+            _arrive(p_bar + 2 * i_g)
         # the next step's gates_x, after the arrival (sm_90 repacks the loaded halves at once, so the program
         # waits for DRAM right after the load: before the arrival that held up every program's step) and
         # before the wait, whose round trip it overlaps
@@ -889,6 +1062,12 @@ def _stack_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------
 
 _TL_ACC = {torch.float64: tl.float64, torch.float32: tl.float32}
+# The unidirectional forward polls what it reads (``_canon``); False: the epoch counters, as the backward. Not the
+# bidirectional one: its projection (program pairs, 2·HT units), polling the layer below's output, kept 33-35
+# values in local memory inside its loop (B16 H512 fp16 training forward, triton 3.6: the poll's addresses beside
+# the load's), also when it only awaited the data and loaded it after; on 8 warps it compiled clean but modeled
+# slower than the counters (1.43 µs/step, backward 3.63), and the layer below's arrivals must stay counters.
+POLLED_FORWARD = True
 
 
 def choose_config(*, B: int, H: int, L: int, D: int, dtype: torch.dtype, device: torch.device) -> StackConfig:
@@ -968,8 +1147,16 @@ def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, s
     halves = cfg.projection_halves if pre_x else 1                     # program pairs split the input row
     gxu = torch.empty(L - 1, halves, T, B, D * G, dtype=dtype, device=device) if pre_x or pipe else gx0
     bar = barrier_state(device, L * D + cfg.proj_groups)
-    h_exchange = torch.empty(L * D, 2, B, H, dtype=dtype, device=device)
-    h_exchange[:, 0].copy_(h0)      # generation 0 (so the first synchronisation inside is step 0's)
+    polled = POLLED_FORWARD and D == 1      # bidirectional: the counters (``POLLED_FORWARD`` says why)
+    if polled:      # everything one program writes and another reads: UNWRITTEN (-0.0) until written
+        h_exchange = torch.full((L * D, T + 1, B, H), -0.0, dtype=dtype, device=device)
+        h_exchange[:, 0] = h0 + 0.0     # generation 0: h0, a -0.0 as +0.0
+        (y[:L - 1] if x is None else x).fill_(-0.0)
+        if pre_x or pipe:
+            gxu.fill_(-0.0)
+    else:
+        h_exchange = torch.empty(L * D, 2, B, H, dtype=dtype, device=device)
+        h_exchange[:, 0].copy_(h0)      # generation 0 (so the first synchronisation inside is step 0's)
     meta = _meta(cfg, L, D, dtype)
     with host.device_guard(device):
         _stack_fwd_kernel[(cfg.num_programs,)](
@@ -978,7 +1165,7 @@ def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, s
             gxu, h_exchange, T, B, L, H, float(dropout),
             SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), **_fused_pieces(cfg, D), SAVE=save, DROPOUT=drop,
             HAS_BIAS=bias is not None,
-            PRE_X=pre_x, PIPE=pipe, HALVES=halves,
+            PRE_X=pre_x, PIPE=pipe, HALVES=halves, POLLED=polled,
             **meta, **_launch_options(cfg, device))
     if meta["TIMEOUT"]:
         raise_if_timed_out(bar, "stack forward")

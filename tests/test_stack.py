@@ -16,6 +16,7 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
+import triton
 import triton.language as tl
 
 import lstm_gpu
@@ -205,6 +206,14 @@ def test_stack_many_programs_vs_torch_lstm(n, L, bidirectional, dtype, packed, b
 MUTATION_DEADLINE = 6.0
 
 
+@pytest.fixture
+def counter_forward(monkeypatch):
+    """The forward through the epoch counters (``triton_stack.POLLED_FORWARD`` off; the backward always): the
+    tests of its waits."""
+    if TRITON_SKIP is None:
+        monkeypatch.setattr(triton_stack, "POLLED_FORWARD", False)
+
+
 def _mutation_verdict(run, attempts=2):
     """Run a mutated many-program case (``run``) up to ``attempts`` times: the name of the first failure it
     causes (AssertionError: a wrong or NaN output; ProgramsHung: the harness's hang report), or "right". A
@@ -238,7 +247,7 @@ def _one_step_early(real):
 @needs_triton
 @pytest.mark.parametrize("kind", ["no_wait", "one_early"])
 @pytest.mark.parametrize("n", [4, 6], ids=["in-loop-projection", "projection-group"])
-def test_broken_waits_are_caught(kind, n):
+def test_broken_waits_are_caught(kind, n, counter_forward):
     L, D = 2, 1
     H = stack_h(n, L=L, D=D, dtype=torch.float64)
     mutation = _no_wait if kind == "no_wait" else _one_step_early(triton_stack._wait)
@@ -276,7 +285,7 @@ def _projection_not_awaited(real, npg):
 @pytest.mark.parametrize("n,mutation", [(8, _projection_one_step_early), (12, _projection_one_step_early),
                                         (8, _projection_not_awaited)],
                          ids=["pairs-split-rows-early", "whole-rows-early", "pairs-not-awaited"])
-def test_bidirectional_projection_waits_for_what_it_reads(n, mutation):
+def test_bidirectional_projection_waits_for_what_it_reads(n, mutation, counter_forward):
     """A bidirectional layer ≥ 1 projecting an input row before the layer below has written it, or reading its
     gates_x before its group's projection is complete, in a many-program run, gives wrong outputs or a hang
     report, never a pass (each caught in every run while written: 6 of 6 and 3 of 3). n = 8: two programs per
@@ -302,7 +311,7 @@ def _projection_group_one_step_early(real, npg):
 
 
 @needs_triton
-def test_layer_waits_for_its_projection_group():
+def test_layer_waits_for_its_projection_group(counter_forward):
     """A unidirectional layer ≥ 1 reading gates_x one step before its projection group wrote it, in a
     many-program run (two programs per group), gives wrong outputs or a hang report, never a pass. The
     projection is slowed down (50 ms a call), so that the layer catches up with it: left to run free it stays
@@ -326,7 +335,7 @@ def test_layer_waits_for_its_projection_group():
 
 @needs_triton
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_waits_ask_only_for_what_a_step_reads(bidirectional):
+def test_waits_ask_only_for_what_a_step_reads(bidirectional, counter_forward):
     """The forward's waits, recorded (one program per group), as (group waited on first, count, …): every step
     waits for its own group's previous step; layer 0 for no other group. Unidirectional (programs: layer 0,
     layer 1's projection group, layer 1): the projection waits for layer 0 done with t and its own group done
@@ -365,6 +374,79 @@ def test_waits_ask_only_for_what_a_step_reads(bidirectional):
             assert steps == [(g, s + 1, 0, 0, 1, 0) for s in range(T)]
         else:               # no count asked of layer 0's groups (0, 1)
             assert steps == [(g, s, 0, 0, 1, 0) for s in range(T)]
+
+
+def _polls_mutation(kind):
+    """A replacement for triton_stack._unwritten, the test of every poll of the polled forward: never (data not
+    yet written, -0.0, is used) or always (a reader that never accepts: a deadlock)."""
+    @triton.jit
+    def never(b):
+        return tl.sum(tl.zeros([2], tl.int32)) > 0
+
+    @triton.jit
+    def always(b):
+        return tl.sum(tl.zeros([2], tl.int32)) == 0
+    return mock.patch.object(triton_stack, "_unwritten", {"no_wait": never, "never_done": always}[kind])
+
+
+@needs_triton
+@pytest.mark.parametrize("kind", ["no_wait", "never_done"])
+@pytest.mark.parametrize("n", [4, 6], ids=["in-loop-projection", "projection-group"])
+def test_broken_polls_are_caught(kind, n):
+    """The polled forward (unidirectional; no counter: every read between programs polled until written): a reader
+    that does not wait reads elements not yet written, one that never accepts hangs; in a many-program run, never
+    a pass. Its waits are not called at all (recorded)."""
+    L, bidirectional = 2, False
+    D = 1
+    H = stack_h(n, L=L, D=D, dtype=torch.float64)
+    waits = []
+
+    def run():
+        with _polls_mutation(kind), mock.patch.object(triton_stack, "_wait", lambda *a: waits.append(a)), \
+                torch.no_grad():
+            model = lstm_gpu.LSTM(3, H, num_layers=L, bidirectional=bidirectional, dtype=torch.float64,
+                                  backend="triton", stack=True)
+            ref = torch.nn.LSTM(3, H, num_layers=L, bidirectional=bidirectional, dtype=torch.float64)
+            ref.load_state_dict(model.state_dict())
+            x = torch.randn(12, 3, 3, dtype=torch.float64)
+            with concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)):
+                got = model(x)[0]
+            assert_close(got, ref(x)[0], 1e-10, what="y")
+    verdict = _mutation_verdict(run)
+    assert verdict == ("ProgramsHung" if kind == "never_done" else "AssertionError"), verdict
+    assert not waits
+
+
+@needs_triton
+@pytest.mark.parametrize("layers", [2, 3])
+def test_polled_forward_negative_zero(layers, monkeypatch):
+    """The polled forward marks what is not yet written with the bits of -0.0: an h0 of -0.0, and outputs of the
+    layer below that round to -0.0 (o ≈ σ(-17) times a negative tanh c, fp16), are stored as +0.0 where another
+    program reads them, or the reader would wait forever (the poll's debug time-out turns that into an error).
+    The top layer's y keeps its -0.0."""
+    monkeypatch.setenv("LSTM_GPU_BARRIER_TIMEOUT", "2000")
+    torch.manual_seed(0)
+    L, H, D = layers, 5, 1
+    model = lstm_gpu.LSTM(3, H, num_layers=L, dtype=torch.float16, backend="triton", stack=True)
+    ref = torch.nn.LSTM(3, H, num_layers=L, dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in model.named_parameters():           # output gate of every layer shut: o ≈ 4e-8
+            if name.startswith("bias_ih"):
+                p.zero_()
+                p[3 * H:] = -17.0
+                p[2 * H:3 * H] = -1.0                       # g < 0: c < 0, h = o·tanh(c) → -0.0 in fp16
+            elif name.startswith("bias_hh"):
+                p.zero_()
+            elif name.startswith("weight"):
+                p.mul_(0.1)
+    ref.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    x = torch.randn(4, 2, 3)
+    h0 = torch.full((L * D, 2, H), -0.0)
+    with torch.no_grad():
+        y, (hn, cn) = model(x.half(), (h0.half(), h0.half()))
+        want, _ = ref(x.double(), (h0.double(), h0.double()))
+    assert (torch.signbit(y) & (y == 0)).any()                # the case: outputs of -0.0
+    assert_close(y, want, 4e-3, what="y")
 
 
 @needs_triton
@@ -496,7 +578,7 @@ def test_layer_waits_for_its_dy_projection_group():
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
 @pytest.mark.parametrize("pass_", ["forward", "backward"])
-def test_projection_group_moves_in_lockstep(pass_, dtype):
+def test_projection_group_moves_in_lockstep(pass_, dtype, counter_forward):
     """A unidirectional projection group's counter is read as "all of it done with k steps" (NPG·k arrivals), so
     no program of the group may run two steps ahead of a partner. One projection program (the group's second)
     held back 0.3 s on its first step while the other is free to go on: the layer it feeds must still read only

@@ -64,6 +64,15 @@ def test_stack_vs_cudnn_error(L, bidirectional, H, B, T, packed, dtype):
         assert err <= factor * cudnn_err + FLOOR[dtype], f"tensor {i}: error {err:.3e}, cuDNN's {cudnn_err:.3e}"
 
 
+@pytest.mark.parametrize("polled", [True, False], ids=["polled", "counters"])
+def test_unidirectional_forward_polled_and_counters(polled, monkeypatch):
+    """The unidirectional stack's forward both ways (``triton_stack.POLLED_FORWARD``: every read polled, the
+    default; or the epoch counters), fp16, 3 layers, packed: within cuDNN's error of the float64 reference."""
+    from lstm_gpu.kernels import triton_stack
+    monkeypatch.setattr(triton_stack, "POLLED_FORWARD", polled)
+    test_stack_vs_cudnn_error(3, False, 256, 5, 64, True, torch.float16)
+
+
 class _Counted:
     def __init__(self, kernel):
         self.kernel, self.launches = kernel, 0
