@@ -163,7 +163,7 @@ def _load_rows(p, o_row, m_row, H, K0, BLOCK_K: tl.constexpr, K_SPLIT: tl.conste
 # the readers poll the data itself until no element is UNWRITTEN: no fence, no counter, one L2 round trip
 # (all of h's pieces of K polled together, ``_read_h_pieces``), and the check is one integer min per element.
 # A 16-bit store is single-copy atomic, so an element is either UNWRITTEN or its final value. The ring costs
-# as much memory as y, for the length of the call. Modeled from the sm_90 code (B16 H768 fp16 forward,
+# as much memory as y, for the length of the call (beyond ``POLLED_SLOTS_BYTES``, the counter's two slots). Modeled from the sm_90 code (B16 H768 fp16 forward,
 # triton 3.6, transposed on 4 warps): 1.17 µs/step, vs 1.78 through the counter (2 warps, rows) and 1.39
 # with h in 32-bit words tagged with its generation in two slots (twice the bytes every program reads:
 # 2.4 vs 1.3 MB a step; its tag test, an XOR and an OR per word, 900 vs 628 instructions a step). The fence's
@@ -965,6 +965,9 @@ def _lstm_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------
 
 _TL_ACC = {torch.float64: tl.float64, torch.float32: tl.float32}
+# The polled exchanges' slots (a slot per step: as much memory as y forward, half of dgates backward) above this
+# size: the step counter's two slots instead, so a long sequence does not run out of memory for speed.
+POLLED_SLOTS_BYTES = 1 << 30
 
 
 def _grid(cfg: LSTMConfig, B: int) -> tuple[tuple[int, int], int, bool]:
@@ -1012,7 +1015,8 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
     grid, rows, one_tile = _grid(cfg, B)
     c_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
     h_scratch = torch.empty(1 if one_tile else B * H, dtype=dtype, device=device)
-    polled = cfg.polled_exchange(dtype) and one_tile     # several tiles, polled: 6-8 spills per step (sm_90)
+    polled = (cfg.polled_exchange(dtype) and one_tile     # several tiles, polled: 6-8 spills per step (sm_90)
+              and (T + 1) * B * H * 2 <= POLLED_SLOTS_BYTES)
     # Polled: a slot per generation, UNWRITTEN until written, h0's bits (a -0.0 as +0.0) in slot 0. Through the
     # counter: two slots, h0 in slot 0 (so the first synchronisation inside is step 0's).
     if polled:
@@ -1059,7 +1063,7 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
     dh_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
     dc_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
     low_exchange = cfg.low_exchange(dtype)
-    polled = cfg.polled_backward(dtype) and one_tile     # one tile, as the forward's
+    polled = cfg.polled_backward(dtype) and one_tile and T * B * G * 2 <= POLLED_SLOTS_BYTES   # one tile, as forward
     if polled:      # a slot per step, UNWRITTEN until written (see the forward's h exchange)
         dz_exchange = torch.full((max(T, 1), B, G), UNWRITTEN.value, dtype=torch.int16, device=device)
     else:

@@ -99,7 +99,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import host
+from . import host, triton_lstm
 from .triton_barrier import barrier_state, barrier_timeout, raise_if_timed_out
 from .triton_lstm import _chunk_sum, _dot, _fused_gates, _hw, _opaque_zero, _sigmoid, _tanh
 from .triton_config import fused_pieces, transposed_gates
@@ -1147,7 +1147,8 @@ def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, s
     halves = cfg.projection_halves if pre_x else 1                     # program pairs split the input row
     gxu = torch.empty(L - 1, halves, T, B, D * G, dtype=dtype, device=device) if pre_x or pipe else gx0
     bar = barrier_state(device, L * D + cfg.proj_groups)
-    polled = POLLED_FORWARD and D == 1      # bidirectional: the counters (``POLLED_FORWARD`` says why)
+    polled = (POLLED_FORWARD and D == 1     # bidirectional: the counters (``POLLED_FORWARD`` says why)
+              and L * (T + 1) * B * H * gx0.element_size() <= triton_lstm.POLLED_SLOTS_BYTES)   # its h ring
     if polled:      # everything one program writes and another reads: UNWRITTEN (-0.0) until written
         h_exchange = torch.full((L * D, T + 1, B, H), -0.0, dtype=dtype, device=device)
         h_exchange[:, 0] = h0 + 0.0     # generation 0: h0, a -0.0 as +0.0

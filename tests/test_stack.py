@@ -418,6 +418,21 @@ def test_broken_polls_are_caught(kind, n):
 
 
 @needs_triton
+def test_polled_forward_beyond_its_budget_takes_the_counters(monkeypatch):
+    """The polled forward's h ring ([L, T+1, B, H]) above ``triton_lstm.POLLED_SLOTS_BYTES``: the counters instead
+    (their waits called), the same outputs and gradients as torch.nn.LSTM."""
+    from lstm_gpu.kernels import triton_lstm
+    calls, real = [], triton_stack._wait
+    monkeypatch.setattr(triton_stack, "_wait", lambda *a: calls.append(1) or real(*a))
+    stack_vs_torch(L=2, bidirectional=False, dtype=torch.float64)       # polled: the backward's waits only
+    backward_only = len(calls)
+    calls.clear()
+    monkeypatch.setattr(triton_lstm, "POLLED_SLOTS_BYTES", 16)
+    stack_vs_torch(L=2, bidirectional=False, dtype=torch.float64)
+    assert len(calls) > backward_only, (len(calls), backward_only)
+
+
+@needs_triton
 @pytest.mark.parametrize("layers", [2, 3])
 def test_polled_forward_negative_zero(layers, monkeypatch):
     """The polled forward marks what is not yet written with the bits of -0.0: an h0 of -0.0, and outputs of the

@@ -232,6 +232,31 @@ def test_polled_dz_exchange(B, H, reverse, monkeypatch):
         assert_close(g, r, TOL[torch.float16][1], name)
 
 
+def test_polled_slots_beyond_their_budget_take_the_counter(monkeypatch):
+    """The polled exchanges hold a slot per step (forward: as much memory as y; backward: half of dgates); above
+    ``POLLED_SLOTS_BYTES`` the launchers take the step counter's two slots instead: same results, and the slots
+    they allocate are the counter's (recorded)."""
+    T, B, H = 6, 3, 20
+    gx, h0, c0, w, (dy, dhn, dcn) = make_inputs(T, B, H, torch.float16)
+    fcfg = interpreter_config(B=B, H=H, dtype=torch.float16)
+    bcfg = interpreter_config(B=B, H=H, dtype=torch.float16, backward=True)
+    assert fcfg.polled_exchange(torch.float16) and bcfg.polled_backward(torch.float16)
+    results, shapes = [], []
+    real_full, real_empty = torch.full, torch.empty
+    monkeypatch.setattr(torch, "full", lambda size, *a, **k: shapes.append(tuple(size)) or real_full(size, *a, **k))
+    monkeypatch.setattr(torch, "empty", lambda *size, **k: shapes.append(tuple(size)) or real_empty(*size, **k))
+    for budget in (1 << 30, 64):
+        monkeypatch.setattr(triton_lstm, "POLLED_SLOTS_BYTES", budget)
+        shapes.clear()
+        out = triton_lstm.lstm_fwd(gx, h0, c0, w, None, False, True, config=fcfg)
+        grads = triton_lstm.lstm_bwd(dy, dhn, dcn, out[3], out[4], c0, w, config=bcfg)
+        results.append(list(out) + list(grads))
+        polled = (T + 1, B, H) in shapes and (T, B, 4 * H) in shapes
+        assert polled == (budget > 64), shapes
+    for a, b in zip(*results):
+        assert_close(a, b, TOL[torch.float16][1], "polled vs counter")
+
+
 @pytest.mark.parametrize("dtype,use_dot,B,rows", [(torch.float64, False, 5, 4), (torch.float16, True, 20, 16)],
                          ids=["broadcast", "dot"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
