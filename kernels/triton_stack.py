@@ -13,8 +13,8 @@ Modeled (python -m bench.static_stack; MODELED FROM sm_90 CODE, NOT MEASURED, tr
 assumed latencies and shared-memory bandwidth), B16 H512 T1024 fp16 inference forward, against today's per-layer
 launches (bench.static's single-layer row, 0.82 µs/step with its polled h exchange, one direction after another,
 input GEMMs and launch gaps left out):
-    2 layers unidirectional   96 programs (2 layers + layer 1's projection group), 1.16 µs/step x 1026 steps
-                              = 1.19 ms vs 1.69 ms: 0.70x (polled: no counter; 1.57 µs/step through them)
+    2 layers unidirectional   96 programs (2 layers + layer 1's projection group), 1.11 µs/step x 1026 steps
+                              = 1.14 ms vs 1.69 ms: 0.67x (polled: no counter; 1.57 µs/step through them)
     2 layers bidirectional   128 programs, 1.47 µs/step x 2048 steps + the input projection beside each of
                              layer 0's steps = 3.20 ms vs 3.38 ms: 0.95x (epoch counters)
 (the target is ≤ 0.6x: 0.59x against the single layer through its step counter, 1.33 µs/step. The fused products (``_fused``: the recurrence's h·W_hhᵀ and the projections' x·W_ihᵀ,
@@ -24,7 +24,7 @@ counted but not shared memory; 0.74x and 0.90x until H became a constant, the la
 projected ahead (program pairs splitting the rows, bidirectional), gates_x came as 32-bit words and h through
 exchange slots. Where the time goes: the synchronisation (0.50 µs), the L2 bytes of every group running at once
 (1.8 MB a step unidirectional) and shared memory (W re-read every step).)
-Training (forward saving gates and cells, then backward): 0.83x (uni) / 0.94x (bi), backward steps of 3.12 /
+Training (forward saving gates and cells, then backward): 0.82x (uni) / 0.94x (bi), backward steps of 3.12 /
 2.98 µs (every program reads its group's whole dz, two or three groups at a time); the four gates' dz loads go
 out together (``_dz_w``): gate by gate they were four serial L2 rounds a step. Forward and backward compile
 without spills in the loop (triton 3.6; H 128-512, 1-4 layers, B 1-16, fp16 and bf16), 80 / 128 KB
@@ -263,30 +263,45 @@ def _canon(b):
 
 
 @triton.jit
-def _unwritten(b):
-    """Whether any element of b is still UNWRITTEN (the bits of -0.0). 16-bit values read as 32-bit words (int32,
-    ``_load_gx``'s WORDS) hold two: each half is tested."""
+def _marks(b):
+    """b as integers whose least value of the width (``_unwritten``) marks an UNWRITTEN element: its bits, or for
+    16-bit values read as 32-bit words (int32, ``_load_gx``'s WORDS), two each, the lower of its two halves."""
     if b.dtype == tl.int32:
-        return tl.min(tl.minimum(b << 16, b & -65536)) == -2147483648
+        return tl.minimum(b << 16, b & -65536)
     W: tl.constexpr = b.dtype.primitive_bitwidth
     if W == 16:
-        return tl.min(b.to(tl.int16, bitcast=True)) == -32768
+        return b.to(tl.int16, bitcast=True)
     elif W == 32:
-        return tl.min(b.to(tl.int32, bitcast=True)) == -2147483648
+        return b.to(tl.int32, bitcast=True)
     else:
-        return tl.max((b.to(tl.int64, bitcast=True) == (-9223372036854775807 - 1)).to(tl.int32)) > 0
+        return b.to(tl.int64, bitcast=True)
+
+
+@triton.jit
+def _unwritten(m):
+    """Whether any of the marks m (``_marks``) is UNWRITTEN."""
+    W: tl.constexpr = m.dtype.primitive_bitwidth
+    if W == 16:
+        return tl.min(m) == -32768
+    elif W == 32:
+        return tl.min(m) == -2147483648
+    else:
+        return tl.max((m == (-9223372036854775807 - 1)).to(tl.int32)) > 0
 
 
 @triton.jit
 def _unwritten4(b0, b1, b2, b3, PIECES: tl.constexpr):
-    late = _unwritten(b0)
+    """Whether any element of the PIECES tiles (one shape) is UNWRITTEN: their marks' elementwise minimum, then
+    ONE reduction across the program (one reduction per tile: a shared-memory round and a block barrier each,
+    8 a step in the unidirectional stack forward's loop, 199 of its 863 instructions, sm_90, triton 3.6)."""
+    m = _marks(b0)
     if PIECES > 1:
-        late |= _unwritten(b1)
+        m = tl.minimum(m, _marks(b1))
     if PIECES > 2:
-        late |= _unwritten(b2)
+        m = tl.minimum(m, _marks(b2))
     if PIECES > 3:
-        late |= _unwritten(b3)
-    return late
+        m = tl.minimum(m, _marks(b3))
+    return _unwritten(m)
 
 
 @triton.jit
@@ -320,11 +335,11 @@ def _poll_rows(p, o_row, m_row, H, S, K: tl.constexpr, BLOCK_H: tl.constexpr, SP
                TIMEOUT: tl.constexpr):
     """``_rows`` polled: reloaded until none is UNWRITTEN (TIMEOUT > 0: or the poll gives up)."""
     b = _rows(p, o_row, m_row, H, S, K, BLOCK_H, SPLIT, True)
-    late = _unwritten(b)
+    late = _unwritten(_marks(b))
     spins = 0
     while late:
         b = _rows(p, o_row, m_row, H, S, K, BLOCK_H, SPLIT, True)
-        late = _unwritten(b)
+        late = _unwritten(_marks(b))
         if TIMEOUT > 0:
             spins += 1
             late = late & ~_given_up(p_flag, spins, TIMEOUT)   # given up: invalid, the launcher raises
@@ -648,6 +663,10 @@ def _stack_fwd_kernel(
             # h_{t-1}: slot s of the ring (h0 in slot 0, written by the launcher), polled with this step's gates_x
             # (a layer ≥ 1's, written by its projection) in one loop: one round trip when all is there.
             p_hs = p_hxg + tl.cast(s, tl.int64) * B * H
+            HX: tl.constexpr = p_hxg.dtype.element_ty
+            if HX.primitive_bitwidth == 16:     # read as int16, its marks as loaded (``_marks``), bitcast for the
+                p_hs = p_hs.to(tl.pointer_type(tl.int16))   # product: 822 -> 759 instructions a step (B16 H512 fp16,
+                # 2 layers, sm_90, triton 3.6; the halves of fp16 tiles were each moved out with a PRMT)
             b_a0, b_a1, b_a2, b_a3 = _h_tries(p_hs, o_b * H, m_b, H, KCH, BLOCK_H, PH, SPLIT_H, USE_DOT)
             gx_polled = (i_l > 0) & PIPE     # a projection group's gates_x, written a step ahead
             spins = 0
@@ -663,6 +682,9 @@ def _stack_fwd_kernel(
                 if TIMEOUT > 0:
                     spins += 1
                     late = late & ~_given_up(p_flag, spins, TIMEOUT)   # given up: invalid, the launcher raises
+            if HX.primitive_bitwidth == 16:
+                b_a0, b_a1 = b_a0.to(HX, bitcast=True), b_a1.to(HX, bitcast=True)
+                b_a2, b_a3 = b_a2.to(HX, bitcast=True), b_a3.to(HX, bitcast=True)
             if USE_DOT:
                 b_ri, b_rf, b_rg, b_ro = _fused_gates(b_a0, b_a1, b_a2, b_a3, b_hi, b_hf, b_hg, b_ho, b_zero, PH,
                                                       PRECISION, TRH)
