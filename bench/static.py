@@ -52,6 +52,7 @@ PARAMS = dict(
     SMEM=1,               # 128-byte shared-memory wavefronts per cycle per SM: 32 banks x 4 B (published for the
                           # full GH100: 32.3 TB/s = 144 SMs x 128 B x 1.755 GHz); bank conflicts not modeled
     FENCE=450,            # cycles: MEMBAR.GPU waits for the program's outstanding stores to reach L2
+    L1=35,                # cycles: an L1 hit, e.g. a reload of a value ptxas kept in local memory
     L2_BW=5.5e12,         # bytes/s: L2 bandwidth of the whole chip
 )
 N_SM = 132

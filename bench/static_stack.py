@@ -25,6 +25,10 @@ multiplies by the steps of the schedule:
     per layer today  L·D·T steps of the single-layer kernel (bench/static.py's inference forward row), one
                      direction after the other
 
+A value ptxas kept in local memory and reloads inside the projection loop (the bidirectional forward's, polled:
+2 at H = 512; tests/test_triton_sm90.py bounds them, and no store) is charged as a serial L1 hit (``L1``) per
+iteration; the time loops have none (tested).
+
 The loop of the stack kernel is [wait][load h, x][compute][store][arrive][prefetch], so its serial load rounds
 are read between the poll loop's end and the arrival (after the wait) and before the poll (anything consumed
 there waits before the wait), not around the arrival as for the single-layer loop. A round issued and consumed
@@ -88,6 +92,7 @@ class StackRow:
     train_stack_us: float = 0.0     # training forward (gates and cells saved) + backward
     train_per_layer_us: float = 0.0
     train_ratio: float = 0.0
+    fwd_projection_reloads: int = 0     # local-memory loads in the forward's projection loop (no stores: tested)
     triton: str = ""
     source: str = "modeled from sm_90 code, not measured"
 
@@ -197,10 +202,18 @@ def resources(kernel) -> dict:
                 shared_bytes=max(usage["SHARED"], kernel.metadata.shared))
 
 
+def reloads(code: list, loop: tuple[int, int] | None) -> int:
+    """Local-memory loads (LDL: values ptxas kept in local memory, reloaded) inside a loop."""
+    return 0 if loop is None else sum(1 for i in code if loop[0] <= i.addr <= loop[1] and i.op == "LDL")
+
+
 def forward_us(kernel, cfg, *, B: int, H: int, T: int, L: int, D: int, dt) -> dict:
-    """The modeled forward of a compiled stack kernel: its step, the projection's share, the whole launch (µs)."""
+    """The modeled forward of a compiled stack kernel: its step, the projection's share, the whole launch (µs).
+    A reload from local memory inside the projection loop is charged as a serial L1 hit (an upper bound: the
+    loads of loop invariants can issue ahead of their use)."""
     code = sass.parse(triton_sm90_sass(kernel))
     main, projection = outer_loops(code)
+    reloaded = reloads(code, projection) * static.PARAMS["L1"] / (static.PARAMS["CLOCK_GHZ"] * 1e3)
     step = read_step(code, main)
     pipe = cfg.proj_groups > 0
     grid = step_bytes(B=B, H=H, L=L, D=D, dtype=dt, npg=cfg.programs_per_group, pipe=pipe)
@@ -210,7 +223,7 @@ def forward_us(kernel, cfg, *, B: int, H: int, T: int, L: int, D: int, dt) -> di
     pre_us, pre_bytes = 0.0, 0
     if pipe:        # the projection groups' steps run beside the layers' (their bytes are in ``grid``)
         pre_us = static.model(read_step(code, projection), warps=cfg.num_warps, programs=cfg.num_programs,
-                              grid_bytes=grid)["step_us"] + exposed_after_arrival(code, projection)
+                              grid_bytes=grid)["step_us"] + exposed_after_arrival(code, projection) + reloaded
         m["step_us"] = max(m["step_us"], pre_us)
     stack_us = steps * m["step_us"]
     if projection is not None and not pipe:
@@ -223,11 +236,11 @@ def forward_us(kernel, cfg, *, B: int, H: int, T: int, L: int, D: int, dt) -> di
         else:
             pre_bytes, iterations = D * cfg.programs_per_group * 2 * B * D * H * x, T - T // 2
         pre_us = static.model(read_step(code, projection), warps=cfg.num_warps, programs=cfg.num_programs,
-                              grid_bytes=0)["step_us"]
+                              grid_bytes=0)["step_us"] + reloaded
         beside = max(m["step_us"] + pre_bytes / static.PARAMS["L2_BW"] * 1e6, pre_us)
         stack_us += (L - 1) * iterations * (beside - m["step_us"])
     return dict(step=step, step_us=m["step_us"], steps=steps, stack_us=stack_us, pre_us=pre_us,
-                pre_bytes=pre_bytes, grid=grid)
+                pre_bytes=pre_bytes, grid=grid, reloads=reloads(code, projection))
 
 
 def exposed_before_poll(code: list, loop: tuple[int, int]) -> float:
@@ -329,11 +342,13 @@ def profile(B: int, H: int, T: int, dtype: str, L: int, bidirectional: bool) -> 
         per_layer_steps=layer_steps, per_layer_us=round(layer_steps * single.step_us, 1),
         ratio=round(stack_us / (layer_steps * single.step_us), 3), bwd_step_us=round(bwd_step, 3),
         train_stack_us=round(train["stack_us"] + bwd_us, 1), train_per_layer_us=round(train_layers, 1),
-        train_ratio=round((train["stack_us"] + bwd_us) / train_layers, 3), triton=static._triton_version())
+        train_ratio=round((train["stack_us"] + bwd_us) / train_layers, 3),
+        fwd_projection_reloads=max(inf["reloads"], train["reloads"]), triton=static._triton_version())
 
 
 def markdown(rows: list[StackRow]) -> str:
-    head = ("| stack (B, H, T, dtype, layers x directions) | programs x warps | fwd regs / spills in loop / smem KB | "
+    head = ("| stack (B, H, T, dtype, layers x directions) | programs x warps | "
+            "fwd regs / spills in loop (projection reloads) / smem KB | "
             "bwd regs / spills in loop / smem KB | instr / step | HMMA / chain | modeled µs/step | "
             "projection µs / iteration | steps | modeled stack µs | per-layer today: µs/step x steps = µs | ratio | "
             "training (fwd + bwd, bwd µs/step): stack / per-layer µs = ratio |")
@@ -341,7 +356,7 @@ def markdown(rows: list[StackRow]) -> str:
     for r in rows:
         lines.append(
             f"| {r.B}, {r.H}, {r.T}, {r.dtype}, {r.layers} x {r.directions} | {r.programs} x {r.warps} | "
-            f"{r.fwd_regs} / {r.fwd_loop_spills} / {r.fwd_shared_bytes // 1024} | "
+            f"{r.fwd_regs} / {r.fwd_loop_spills} ({r.fwd_projection_reloads}) / {r.fwd_shared_bytes // 1024} | "
             f"{r.bwd_regs} / {r.bwd_loop_spills} / {r.bwd_shared_bytes // 1024} | {r.instructions} | "
             f"{r.mma} / {r.mma_chain} | {r.step_us:.2f} | {f'{r.projection_us:.2f}' if r.projection_us else '-'} | "
             f"{r.steps} | {r.stack_us:.0f} | "

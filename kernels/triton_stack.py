@@ -15,8 +15,9 @@ launches (bench.static's single-layer row, 0.82 µs/step with its polled h excha
 input GEMMs and launch gaps left out):
     2 layers unidirectional   96 programs (2 layers + layer 1's projection group), 1.11 µs/step x 1026 steps
                               = 1.14 ms vs 1.69 ms: 0.67x (polled: no counter; 1.57 µs/step through them)
-    2 layers bidirectional   128 programs, 1.47 µs/step x 2048 steps + the input projection beside each of
-                             layer 0's steps = 3.20 ms vs 3.38 ms: 0.95x (epoch counters)
+    2 layers bidirectional   128 programs, 0.98 µs/step x 2048 steps, each of layer 0's at the pace of the input
+                             projection beside it (1.13 µs) = 2.20 ms vs 3.38 ms: 0.65x (polled; 0.95x through
+                             the counters)
 (the target is ≤ 0.6x: 0.59x against the single layer through its step counter, 1.33 µs/step. The fused products (``_fused``: the recurrence's h·W_hhᵀ and the projections' x·W_ihᵀ,
 one tensor-core product per piece of K for the four gates) run transposed where K ≤ 512, a warpgroup MMA that
 reads W from shared memory once per warpgroup: 1.76 → 1.57 µs/step. Before: 0.61x with the serial load rounds
@@ -24,16 +25,17 @@ counted but not shared memory; 0.74x and 0.90x until H became a constant, the la
 projected ahead (program pairs splitting the rows, bidirectional), gates_x came as 32-bit words and h through
 exchange slots. Where the time goes: the synchronisation (0.50 µs), the L2 bytes of every group running at once
 (1.8 MB a step unidirectional) and shared memory (W re-read every step).)
-Training (forward saving gates and cells, then backward): 0.82x (uni) / 0.94x (bi), backward steps of 3.12 /
+Training (forward saving gates and cells, then backward): 0.82x (uni) / 0.85x (bi), backward steps of 3.12 /
 2.98 µs (every program reads its group's whole dz, two or three groups at a time); the four gates' dz loads go
 out together (``_dz_w``): gate by gate they were four serial L2 rounds a step. Forward and backward compile
-without spills in the loop (triton 3.6; H 128-512, 1-4 layers, B 1-16, fp16 and bf16), 80 / 128 KB
+without spills in the time loops (triton 3.6; H 128-512, 1-4 layers, B 1-16, fp16 and bf16; the bidirectional
+forward's projection loop reloads 2 loop invariants at H = 512), 80 / 128 KB
 (unidirectional forward / backward) and 144 / 192 KB (bidirectional) of shared memory.
 Known risks: (1) all programs of all groups must be co-resident (cooperative launch: the driver refuses rather
 than hangs); (2) the waits are the epoch counters of kernels/triton_barrier.py read across groups: correct by
-the same release/acquire argument, but only a GPU tests memory ordering (the unidirectional forward polls
-written-once data instead, ``_unwritten``: it needs no ordering between elements, only that a 16-bit store is
-single-copy atomic; it holds an [L, T+1, B, H] ring of h, as much memory as y); (3) fp16/bf16 exchange dz between
+the same release/acquire argument, but only a GPU tests memory ordering (the forward polls written-once data
+instead, ``_unwritten``: it needs no ordering between elements, only that a 16-bit store is single-copy atomic;
+it holds an [L·D, T+1, B, H] ring of h, as much memory as y; one counter wait is left, bidirectional); (3) fp16/bf16 exchange dz between
 programs in 16 bits (as the tensor cores read it; the saved dz for the weight GEMMs stays fp32); (4) the shared-memory
 rule is an estimate checked against the sm_90 compile of the modeled shapes only.
 
@@ -317,7 +319,11 @@ def _given_up(p_flag, spins, TIMEOUT: tl.constexpr):
 @triton.jit
 def _poll_pieces(p, o_row, m_row, H, S, KC: tl.constexpr, BLOCK_H: tl.constexpr, PIECES: tl.constexpr, p_flag,
                  TIMEOUT: tl.constexpr):
-    """``_pieces`` polled: reloaded until none is UNWRITTEN (TIMEOUT > 0: or the poll gives up)."""
+    """``_pieces`` polled: reloaded until none is UNWRITTEN (TIMEOUT > 0: or the poll gives up). 16-bit values are
+    read as int16 (their marks as loaded, ``_marks``) and bitcast back after the poll."""
+    X: tl.constexpr = p.dtype.element_ty
+    if X.primitive_bitwidth == 16:
+        p = p.to(tl.pointer_type(tl.int16))
     b_a0, b_a1, b_a2, b_a3 = _pieces(p, o_row, m_row, H, S, KC, BLOCK_H, PIECES, True)
     late = _unwritten4(b_a0, b_a1, b_a2, b_a3, PIECES)
     spins = 0
@@ -327,7 +333,7 @@ def _poll_pieces(p, o_row, m_row, H, S, KC: tl.constexpr, BLOCK_H: tl.constexpr,
         if TIMEOUT > 0:
             spins += 1
             late = late & ~_given_up(p_flag, spins, TIMEOUT)   # given up: invalid, the launcher raises
-    return b_a0, b_a1, b_a2, b_a3
+    return b_a0.to(X, bitcast=True), b_a1.to(X, bitcast=True), b_a2.to(X, bitcast=True), b_a3.to(X, bitcast=True)
 
 
 @triton.jit
@@ -454,28 +460,35 @@ def _project(p_x, p_gxu, t, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, 
 
 
 @triton.jit
-def _project_half(p_x, p_gxu, t, k_h, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg,
-                  b_bo, b_zero, D: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
-                  PRECISION: tl.constexpr, KCH: tl.constexpr, PH: tl.constexpr, TRH: tl.constexpr):
+def _project_half(p_x, p_gxu, t, k_h, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo, b_zero, D: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
+                  PRECISION: tl.constexpr, KCH: tl.constexpr, PH: tl.constexpr, TRH: tl.constexpr, POLL: tl.constexpr,
+                  p_flag, TIMEOUT: tl.constexpr):
     """Half k_h of gates_x[t] of a bidirectional layer ≥ 1 for units o_u: the half x_t[:, k_h·H : (k_h+1)·H] of
     its input (direction k_h of the layer below) times the same columns of W_ih (+ b in half 0), into
-    p_gxu [L-1, 2, T, B, D·4H] at (l-1, k_h, t); the recurrence adds the two halves (``_load_gx``)."""
+    p_gxu [L-1, 2, T, B, D·4H] at (l-1, k_h, t); the recurrence adds the two halves (``_load_gx``) and b (held
+    across this loop, ptxas kept b in local memory; loaded in it, a round of loads of its own). POLL: the half
+    row polled (the polled forward)."""
     DH = D * H
-    o_t = ((i_l - 1) * T + t).to(tl.int64) * B + o_b
+    # the row's start as one scalar, the tile's offsets from it 32-bit: ptxas kept their loop-invariant parts
+    # as 64-bit addresses across the loop (B16 H512 fp16 bidirectional, polled, triton 3.6: in local memory)
+    p_row = p_x + k_h * H + ((i_l - 1) * T + t).to(tl.int64) * B * DH
     if USE_DOT:     # fused gates, PH pieces of KCH (b_xi … b_xo hold the pieces)
-        b_ri, b_rf, b_rg, b_ro = _fused(p_x + k_h * H, o_t * DH, m_b, H, H, KCH, BLOCK_H, PH, b_xi, b_xf, b_xg, b_xo,
-                                        b_zero, PRECISION, TRH, False, None, 0)
+        b_ri, b_rf, b_rg, b_ro = _fused(p_row, o_b * DH, m_b, H, H, KCH, BLOCK_H, PH, b_xi, b_xf, b_xg, b_xo,
+                                        b_zero, PRECISION, TRH, POLL, p_flag, TIMEOUT)
     else:
-        b_x = _rows(p_x + k_h * H, o_t * DH, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT)
+        if POLL:
+            b_x = _poll_rows(p_row, o_b * DH, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT, p_flag, TIMEOUT)
+        else:
+            b_x = _rows(p_row, o_b * DH, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT)
         b_ri, b_rf = _hw(b_x, b_xi, USE_DOT, PRECISION), _hw(b_x, b_xf, USE_DOT, PRECISION)
         b_rg, b_ro = _hw(b_x, b_xg, USE_DOT, PRECISION), _hw(b_x, b_xo, USE_DOT, PRECISION)
-    o_r = (((i_l - 1) * 2 + k_h) * T + t).to(tl.int64) * B + o_b
-    p = p_gxu + o_r[:, None] * (4 * DH) + i_d * 4 * H + o_u[None, :]
+    p = (p_gxu + (((i_l - 1) * 2 + k_h) * T + t).to(tl.int64) * B * (4 * DH)
+         + (o_b[:, None] * (4 * DH) + i_d * 4 * H + o_u[None, :]))
     X = p_gxu.dtype.element_ty
-    tl.store(p, _canon((b_ri + b_bi).to(X)), mask=m_bu)
-    tl.store(p + H, _canon((b_rf + b_bf).to(X)), mask=m_bu)
-    tl.store(p + 2 * H, _canon((b_rg + b_bg).to(X)), mask=m_bu)
-    tl.store(p + 3 * H, _canon((b_ro + b_bo).to(X)), mask=m_bu)
+    tl.store(p, _canon(b_ri.to(X)), mask=m_bu)
+    tl.store(p + H, _canon(b_rf.to(X)), mask=m_bu)
+    tl.store(p + 2 * H, _canon(b_rg.to(X)), mask=m_bu)
+    tl.store(p + 3 * H, _canon(b_ro.to(X)), mask=m_bu)
 
 
 @triton.jit
@@ -569,50 +582,60 @@ def _stack_fwd_kernel(
             p_w += k_h * H
             b_xi, b_xf, b_xg, b_xo = _w4(p_w, DH, upper, i_p // 2, H, H, 2 * HT, BLOCK_H, BLOCK_H, SPLIT_H, KCH, PH,
                                          USE_DOT, ACC)      # tensor cores: the fused pieces, not the gates
-            b_zx = _opaque_zero(BLOCK_B, 8 * HT, T)
-            m_bias = tl.where(upper & (k_h == 0), (o_u2 < H) & HAS_BIAS, False)   # b in half 0 only
-            p_bb = p_bias + i_w * 4 * H + o_u2
+            # its zeros from one scalar: ``_opaque_zero``'s [BB, 8·HT] registers, held across the loop, were kept in
+            # local memory (polled, B16 H512 fp16, triton 3.6: 30 accesses a step -> 22)
+            b_zx = tl.zeros([BLOCK_B, 8 * HT], tl.float32) + 0. * T
         else:
             b_xi, b_xf, b_xg, b_xo = _w4(p_w, DH, upper, i_p, H, H, HT, KX, BLOCK_H, SPLIT_X, KCX, PX, USE_DOT, ACC)
-            m_bias = tl.where(upper, (o_u < H) & HAS_BIAS, False)
-            p_bb = p_bias + i_w * 4 * H + o_u
-        b_bi = tl.load(p_bb, mask=m_bias, other=0.).to(ACC)[None, :]
-        b_bf = tl.load(p_bb + H, mask=m_bias, other=0.).to(ACC)[None, :]
-        b_bg = tl.load(p_bb + 2 * H, mask=m_bias, other=0.).to(ACC)[None, :]
-        b_bo = tl.load(p_bb + 3 * H, mask=m_bias, other=0.).to(ACC)[None, :]
+        # b of own units (HALVES = 2: loaded after the projection, which leaves it to the recurrence)
+        m_bias = tl.where(upper, (o_u < H) & HAS_BIAS, False)
+        p_bb = p_bias + i_w * 4 * H + o_u
+        if HALVES != 2:
+            b_bi = tl.load(p_bb, mask=m_bias, other=0.).to(ACC)[None, :]
+            b_bf = tl.load(p_bb + H, mask=m_bias, other=0.).to(ACC)[None, :]
+            b_bg = tl.load(p_bb + 2 * H, mask=m_bias, other=0.).to(ACC)[None, :]
+            b_bo = tl.load(p_bb + 3 * H, mask=m_bias, other=0.).to(ACC)[None, :]
     if PRE_X:
         # Bidirectional: every step of a layer ≥ 1 reads both directions of the layer below at that t, so it can
         # only start once the layer below has finished. Its programs would sit idle until then: instead they
         # project the layer's whole input, x_t·W_ihᵀ + b for every t, while the layer below still runs, each t as
-        # soon as both directions have it. After k of its steps in each direction the layer below has t < k
-        # (forward) and t ≥ T-k (reverse), so from k = T//2 + 1 on each k brings t = k-1 and t = T-k.
-        # The recurrence then reads gates_x like layer 0 (no x·W_ihᵀ in its loop) and W_ih can leave the chip.
+        # soon as both directions have it (awaited through the layer below's counters, or POLLED polled). After
+        # k of its steps in each direction the layer below has t < k (forward) and t ≥ T-k (reverse), so from
+        # k = T//2 + 1 on each k brings t = k-1 and t = T-k. The recurrence then reads gates_x like layer 0 (no
+        # x·W_ihᵀ in its loop) and W_ih can leave the chip.
         # HALVES = 2: a program pair splits the row instead, each half as soon as its direction below has it
         # (half 0, forward: t = k-1 after k steps; half 1, reverse: t = T-k), for 2·HT units: every row is read
         # half as often (B16 H512: 1 MB of L2 reads per step of the layer below instead of 4.2 MB per step over
-        # its last T/2), and the two halves add up when the recurrence reads them.
+        # its last T/2), and the recurrence adds the two halves and b.
         # Then one arrival: the layer's gates_x is written (by other programs too, HALVES = 2), so its
-        # recurrence waits for one arrival more than its steps.
+        # recurrence waits for one arrival more than its steps (POLLED: the one count it waits for).
         if upper:
             i_below = i_g - i_d - D                             # group (l-1, forward)
             b0 = NPG * (i_l > 1).to(tl.int32)                   # a layer ≥ 1 below arrived once before its steps
             if HALVES == 2:
                 for k in tl.range(1, T + 1, num_stages=1):
-                    _wait(p_bar, i_g, 0, i_below + k_h, b0 + NPG * k, i_below + k_h, 0, TIMEOUT)
+                    if not POLLED:
+                        _wait(p_bar, i_g, 0, i_below + k_h, b0 + NPG * k, i_below + k_h, 0, TIMEOUT)
                     _project_half(p_x, p_gxu, tl.where(k_h == 0, k - 1, T - k), k_h, i_l, i_d, o_b, m_b, o_u2,
-                                  m_bu2, T, B, H, b_xi, b_xf, b_xg, b_xo, b_bi, b_bf, b_bg, b_bo, b_zx, D, BLOCK_H,
-                                  SPLIT_H, USE_DOT, PRECISION, KCH, PH, TRH)
+                                  m_bu2, T, B, H, b_xi, b_xf, b_xg, b_xo, b_zx, D, BLOCK_H,
+                                  SPLIT_H, USE_DOT, PRECISION, KCH, PH, TRH, POLLED, p_flag, TIMEOUT)
             else:
                 for k in tl.range(T // 2 + 1, T + 1, num_stages=1):
-                    _wait(p_bar, i_g, 0, i_below, b0 + NPG * k, i_below + 1, b0 + NPG * k, TIMEOUT)
+                    if not POLLED:
+                        _wait(p_bar, i_g, 0, i_below, b0 + NPG * k, i_below + 1, b0 + NPG * k, TIMEOUT)
                     _project(p_x, p_gxu, k - 1, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo,
                              b_bi, b_bf, b_bg, b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX, TRX,
-                             False, None, 0)
+                             POLLED, p_flag, TIMEOUT)
                     _project(p_x, p_gxu, T - k, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_xi, b_xf, b_xg, b_xo,
                              b_bi, b_bf, b_bg, b_bo, b_zero, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, KCX, PX, TRX,
-                             False, None, 0)
+                             POLLED, p_flag, TIMEOUT)
             _arrive(p_bar + 2 * i_g)
             _wait(p_bar, i_g, NPG, i_g, 0, i_g, 0, TIMEOUT)    # before the first prefetch of gates_x
+        if HALVES == 2:
+            b_bi = tl.load(p_bb, mask=m_bias, other=0.).to(ACC)[None, :]
+            b_bf = tl.load(p_bb + H, mask=m_bias, other=0.).to(ACC)[None, :]
+            b_bg = tl.load(p_bb + 2 * H, mask=m_bias, other=0.).to(ACC)[None, :]
+            b_bo = tl.load(p_bb + 3 * H, mask=m_bias, other=0.).to(ACC)[None, :]
         off = upper.to(tl.int32)                                # arrivals before the recurrence's steps
     else:
         off = 0
@@ -715,11 +738,11 @@ def _stack_fwd_kernel(
         b_zf = _unpack_gx(b_gf, X, ACC, WORDS) + b_rf
         b_zg = _unpack_gx(b_gg, X, ACC, WORDS) + b_rg
         b_zo = _unpack_gx(b_go, X, ACC, WORDS) + b_ro
-        if HALVES == 2:                                         # the input's second half
-            b_zi += _unpack_gx(b_hi2, X, ACC, WORDS)
-            b_zf += _unpack_gx(b_hf2, X, ACC, WORDS)
-            b_zg += _unpack_gx(b_hg2, X, ACC, WORDS)
-            b_zo += _unpack_gx(b_ho2, X, ACC, WORDS)
+        if HALVES == 2:                                         # the input's second half, and b
+            b_zi += _unpack_gx(b_hi2, X, ACC, WORDS) + b_bi
+            b_zf += _unpack_gx(b_hf2, X, ACC, WORDS) + b_bf
+            b_zg += _unpack_gx(b_hg2, X, ACC, WORDS) + b_bg
+            b_zo += _unpack_gx(b_ho2, X, ACC, WORDS) + b_bo
         if MULTI and not (PRE_X or PIPE):
             if upper:
                 o_x = (((i_l - 1) * T + t).to(tl.int64) * B + o_b) * DH
@@ -1084,11 +1107,11 @@ def _stack_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------
 
 _TL_ACC = {torch.float64: tl.float64, torch.float32: tl.float32}
-# The unidirectional forward polls what it reads (``_canon``); False: the epoch counters, as the backward. Not the
-# bidirectional one: its projection (program pairs, 2·HT units), polling the layer below's output, kept 33-35
-# values in local memory inside its loop (B16 H512 fp16 training forward, triton 3.6: the poll's addresses beside
-# the load's), also when it only awaited the data and loaded it after; on 8 warps it compiled clean but modeled
-# slower than the counters (1.43 µs/step, backward 3.63), and the layer below's arrivals must stay counters.
+# The forward polls what it reads (``_canon``); False: the epoch counters, as the backward. Bidirectional too, since
+# its projection (program pairs, 2·HT units) holds less across its loop: the bias loaded where it is added, the
+# row's address one scalar, its zeros one (B16 H512 fp16, triton 3.6: 33-35 values in local memory inside the
+# loop -> 5 reloads of loop invariants, no store; bench/static_stack.py charges each a serial L1 hit). Through the
+# counters the bidirectional stack modeled 0.95x of per-layer launches, polled 0.65x.
 POLLED_FORWARD = True
 
 
@@ -1169,8 +1192,8 @@ def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, s
     halves = cfg.projection_halves if pre_x else 1                     # program pairs split the input row
     gxu = torch.empty(L - 1, halves, T, B, D * G, dtype=dtype, device=device) if pre_x or pipe else gx0
     bar = barrier_state(device, L * D + cfg.proj_groups)
-    polled = (POLLED_FORWARD and D == 1     # bidirectional: the counters (``POLLED_FORWARD`` says why)
-              and L * (T + 1) * B * H * gx0.element_size() <= triton_lstm.POLLED_SLOTS_BYTES)   # its h ring
+    polled = (POLLED_FORWARD
+              and L * D * (T + 1) * B * H * gx0.element_size() <= triton_lstm.POLLED_SLOTS_BYTES)   # its h ring
     if polled:      # everything one program writes and another reads: UNWRITTEN (-0.0) until written
         h_exchange = torch.full((L * D, T + 1, B, H), -0.0, dtype=dtype, device=device)
         h_exchange[:, 0] = h0 + 0.0     # generation 0: h0, a -0.0 as +0.0

@@ -391,19 +391,21 @@ def _polls_mutation(kind):
 
 @needs_triton
 @pytest.mark.parametrize("kind", ["no_wait", "never_done"])
-@pytest.mark.parametrize("n", [4, 6], ids=["in-loop-projection", "projection-group"])
-def test_broken_polls_are_caught(kind, n):
-    """The polled forward (unidirectional; no counter: every read between programs polled until written): a reader
-    that does not wait reads elements not yet written, one that never accepts hangs; in a many-program run, never
-    a pass. Its waits are not called at all (recorded)."""
-    L, bidirectional = 2, False
-    D = 1
+@pytest.mark.parametrize("n,bidirectional", [(4, False), (6, False), (8, True)],
+                         ids=["in-loop-projection", "projection-group", "pairs"])
+def test_broken_polls_are_caught(kind, n, bidirectional):
+    """The polled forward (no counter: every read between programs polled until written): a reader that does not
+    wait reads elements not yet written, one that never accepts hangs; in a many-program run, never a pass.
+    Unidirectional, its waits are not called at all (recorded); bidirectional, once per program of a layer ≥ 1:
+    its group's projection complete, before its recurrence (``test_polled_bidirectional_projection_is_awaited``)."""
+    L = 2
+    D = 2 if bidirectional else 1
     H = stack_h(n, L=L, D=D, dtype=torch.float64)
     waits = []
 
     def run():
-        with _polls_mutation(kind), mock.patch.object(triton_stack, "_wait", lambda *a: waits.append(a)), \
-                torch.no_grad():
+        recorded = (lambda *a: waits.append(a)) if not bidirectional else triton_stack._wait
+        with _polls_mutation(kind), mock.patch.object(triton_stack, "_wait", recorded), torch.no_grad():
             model = lstm_gpu.LSTM(3, H, num_layers=L, bidirectional=bidirectional, dtype=torch.float64,
                                   backend="triton", stack=True)
             ref = torch.nn.LSTM(3, H, num_layers=L, bidirectional=bidirectional, dtype=torch.float64)
@@ -418,32 +420,64 @@ def test_broken_polls_are_caught(kind, n):
 
 
 @needs_triton
-def test_polled_forward_beyond_its_budget_takes_the_counters(monkeypatch):
-    """The polled forward's h ring ([L, T+1, B, H]) above ``triton_lstm.POLLED_SLOTS_BYTES``: the counters instead
-    (their waits called), the same outputs and gradients as torch.nn.LSTM."""
-    from lstm_gpu.kernels import triton_lstm
+def test_polled_bidirectional_projection_is_awaited():
+    """The polled bidirectional forward keeps one wait per program of a layer ≥ 1: its group's projection of the
+    whole input complete (an arrival of each program, once), before its recurrence reads gates_x; skipped, in a
+    many-program run, wrong outputs or a hang report, never a pass. Its waits, recorded with one program per
+    group: exactly those, nothing per step."""
+    n, L, D = 8, 2, 2
+    H = stack_h(n, L=L, D=D, dtype=torch.float64)
     calls, real = [], triton_stack._wait
-    monkeypatch.setattr(triton_stack, "_wait", lambda *a: calls.append(1) or real(*a))
-    stack_vs_torch(L=2, bidirectional=False, dtype=torch.float64)       # polled: the backward's waits only
-    backward_only = len(calls)
-    calls.clear()
-    monkeypatch.setattr(triton_lstm, "POLLED_SLOTS_BYTES", 16)
-    stack_vs_torch(L=2, bidirectional=False, dtype=torch.float64)
-    assert len(calls) > backward_only, (len(calls), backward_only)
+
+    def value(x):
+        return int(x.handle.data.reshape(-1)[0]) if hasattr(x, "handle") else int(x)
+
+    def wait(p_bar, g_a, n_a, g_b, n_b, g_c, n_c, TIMEOUT):
+        calls.append(tuple(value(v) for v in (g_a, n_a, g_b, n_b, g_c, n_c)))
+        return real(p_bar, g_a, n_a, g_b, n_b, g_c, n_c, TIMEOUT)
+
+    with mock.patch.object(triton_stack, "_wait", wait), torch.no_grad():
+        model = lstm_gpu.LSTM(3, 4, num_layers=L, bidirectional=True, dtype=torch.float64, backend="triton",
+                              stack=True)
+        model(torch.randn(5, 2, 3, dtype=torch.float64))
+    assert calls == [(2, 1, 2, 0, 2, 0), (3, 1, 3, 0, 3, 0)]     # groups (1, fwd), (1, rev), one program each
+
+    def run():
+        with mock.patch.object(triton_stack, "_wait", _projection_not_awaited(triton_stack._wait, n // (L * D))):
+            stack_vs_torch(L=L, bidirectional=True, dtype=torch.float64, T=12, H=H,
+                           context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
+    assert _mutation_verdict(run) != "right", "the polled projection's completion went unawaited, unnoticed"
 
 
 @needs_triton
-@pytest.mark.parametrize("layers", [2, 3])
-def test_polled_forward_negative_zero(layers, monkeypatch):
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_polled_forward_beyond_its_budget_takes_the_counters(bidirectional, monkeypatch):
+    """The polled forward's h ring ([L·D, T+1, B, H]) above ``triton_lstm.POLLED_SLOTS_BYTES``: the counters
+    instead (their waits called), the same outputs and gradients as torch.nn.LSTM."""
+    from lstm_gpu.kernels import triton_lstm
+    calls, real = [], triton_stack._wait
+    monkeypatch.setattr(triton_stack, "_wait", lambda *a: calls.append(1) or real(*a))
+    stack_vs_torch(L=2, bidirectional=bidirectional, dtype=torch.float64)   # polled: the backward's waits
+    polled = len(calls)                                                     # (and bidirectional, 2 more) only
+    calls.clear()
+    monkeypatch.setattr(triton_lstm, "POLLED_SLOTS_BYTES", 16)
+    stack_vs_torch(L=2, bidirectional=bidirectional, dtype=torch.float64)
+    assert len(calls) > polled, (len(calls), polled)
+
+
+@needs_triton
+@pytest.mark.parametrize("layers,bidirectional", [(2, False), (3, False), (2, True)])
+def test_polled_forward_negative_zero(layers, bidirectional, monkeypatch):
     """The polled forward marks what is not yet written with the bits of -0.0: an h0 of -0.0, and outputs of the
     layer below that round to -0.0 (o ≈ σ(-17) times a negative tanh c, fp16), are stored as +0.0 where another
     program reads them, or the reader would wait forever (the poll's debug time-out turns that into an error).
     The top layer's y keeps its -0.0."""
     monkeypatch.setenv("LSTM_GPU_BARRIER_TIMEOUT", "2000")
     torch.manual_seed(0)
-    L, H, D = layers, 5, 1
-    model = lstm_gpu.LSTM(3, H, num_layers=L, dtype=torch.float16, backend="triton", stack=True)
-    ref = torch.nn.LSTM(3, H, num_layers=L, dtype=torch.float64)
+    L, H, D = layers, 5, 2 if bidirectional else 1
+    model = lstm_gpu.LSTM(3, H, num_layers=L, bidirectional=bidirectional, dtype=torch.float16, backend="triton",
+                          stack=True)
+    ref = torch.nn.LSTM(3, H, num_layers=L, bidirectional=bidirectional, dtype=torch.float64)
     with torch.no_grad():
         for name, p in model.named_parameters():           # output gate of every layer shut: o ≈ 4e-8
             if name.startswith("bias_ih"):
@@ -938,7 +972,7 @@ def test_cpu_interpreter_config_is_one_program_per_group():
 def test_static_model_csv_is_consistent():
     """reports/data/static-stack-h100.csv (python -m bench.static_stack, modeled from sm_90 code): labelled as
     modeled, the schedules' step counts (unidirectional: a projection group's stage per layer ≥ 1), ratio =
-    stack / per-layer, no spill inside a time loop."""
+    stack / per-layer, no spill inside a time loop, at most 2 reloads in a projection loop."""
     import csv
     import pathlib
     rows = list(csv.DictReader(open(pathlib.Path(__file__).parents[1] / "reports/data/static-stack-h100.csv")))
@@ -950,6 +984,7 @@ def test_static_model_csv_is_consistent():
         assert abs(float(r["ratio"]) - float(r["stack_us"]) / float(r["per_layer_us"])) < 2e-3
         assert abs(float(r["train_ratio"]) - float(r["train_stack_us"]) / float(r["train_per_layer_us"])) < 2e-3
         assert int(r["fwd_loop_spills"]) == int(r["bwd_loop_spills"]) == 0
+        assert int(r["fwd_projection_reloads"]) <= 2         # tests/test_triton_sm90.py's PROJECTION_RELOADS
         assert max(int(r["fwd_shared_bytes"]), int(r["bwd_shared_bytes"])) <= config.SHARED_BUDGET
 
 

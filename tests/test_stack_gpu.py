@@ -65,12 +65,17 @@ def test_stack_vs_cudnn_error(L, bidirectional, H, B, T, packed, dtype):
 
 
 @pytest.mark.parametrize("polled", [True, False], ids=["polled", "counters"])
-def test_unidirectional_forward_polled_and_counters(polled, monkeypatch):
-    """The unidirectional stack's forward both ways (``triton_stack.POLLED_FORWARD``: every read polled, the
-    default; or the epoch counters), fp16, 3 layers, packed: within cuDNN's error of the float64 reference."""
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_forward_polled_and_counters(bidirectional, polled, monkeypatch):
+    """The stack's forward both ways (``triton_stack.POLLED_FORWARD``: every read polled, the default; or the
+    epoch counters), fp16, packed, 3 layers (bidirectional: 2 layers at H = 512, the program pairs' projection
+    with its reloads): within cuDNN's error of the float64 reference."""
     from lstm_gpu.kernels import triton_stack
     monkeypatch.setattr(triton_stack, "POLLED_FORWARD", polled)
-    test_stack_vs_cudnn_error(3, False, 256, 5, 64, True, torch.float16)
+    if bidirectional:
+        test_stack_vs_cudnn_error(2, True, 512, 16, 64, True, torch.float16)
+    else:
+        test_stack_vs_cudnn_error(3, False, 256, 5, 64, True, torch.float16)
 
 
 class _Counted:
