@@ -123,20 +123,16 @@ def capture(direction: str, *, B: int, H: int, T: int, L: int, D: int, dtype: to
 
 
 def outer_loops(code: list) -> tuple[tuple[int, int], tuple[int, int] | None]:
-    """(the time loop, the input projection's loop or None): the time loop is the last outermost loop around an
-    arrival (a REDG); the projection's (layers ≥ 1: bidirectional before their loop, unidirectional in a group
-    of its own) an earlier outermost loop that polls and stores (not a lone wait). The polled forward (no
-    arrival): the last outermost loop that stores, and a projection's an earlier one."""
+    """(the time loop, the input projection's loop or None): the time loop is the last outermost loop that
+    stores; the projection's (layers ≥ 1: bidirectional before their loop, unidirectional in a group of its
+    own) an earlier outermost loop that stores and polls (a counter, or the data: volatile loads), not a lone
+    wait."""
     outer = [(a, b) for a, b in sass.loops(code) if not any(c <= a and b <= d and (c, d) != (a, b)
                                                           for c, d in sass.loops(code))]
-    has = lambda lo, hi, op: any(i.op == op for i in code if lo <= i.addr <= hi)   # noqa: E731
-    if any(has(*lp, "REDG") for lp in outer):
-        main = max(lp for lp in outer if has(*lp, "REDG"))
-        pre = [lp for lp in outer if lp < main and has(*lp, "ATOMG") and has(*lp, "STG")]   # not a lone wait
-    else:
-        stores = [lp for lp in outer if has(*lp, "STG")]
-        main = max(stores)
-        pre = [lp for lp in stores if lp < main]
+    has = lambda lo, hi, test: any(test(i) for i in code if lo <= i.addr <= hi)   # noqa: E731
+    stores = [lp for lp in outer if has(*lp, lambda i: i.op == "STG")]
+    main = max(stores)
+    pre = [lp for lp in stores if lp < main and has(*lp, lambda i: i.op == "ATOMG" or sass._is_data_poll(i))]
     return main, (pre[-1] if pre else None)
 
 
@@ -148,8 +144,8 @@ def read_step(code: list, loop: tuple[int, int] | None = None) -> sass.Step:
     body = [i for i in code if lo <= i.addr <= hi]
     polls = [(a, b) for a, b in sass.loops(body) if (a, b) != (lo, hi)
              and any(i.op == "ATOMG" for i in body if a <= i.addr <= b)]
-    if not polls and not any(i.op == "REDG" for i in body):
-        return step                                 # the polled forward: its polls read as the single layer's
+    if not polls:       # polled: its polls read as the single layer's (an arrival left is once a launch)
+        return step
     if len(polls) != 1:
         raise ValueError(f"expected one poll loop in the stack's time loop, found {len(polls)}")
     arrival = [i.addr for i in body if i.op == "REDG"]
@@ -244,13 +240,17 @@ def forward_us(kernel, cfg, *, B: int, H: int, T: int, L: int, D: int, dt) -> di
 
 
 def exposed_before_poll(code: list, loop: tuple[int, int]) -> float:
-    """µs of the rounds of loads the backward's step issues after its arrival and waits for before its poll (a
-    prefetch consumed only after the poll hides behind the poll's round trip and the exchange round after it)."""
+    """µs of the rounds of loads the backward's step issues after its arrival (polled: its last store) and waits
+    for before its poll (a prefetch consumed only after the poll hides behind the poll's round trip and the
+    exchange round after it)."""
     lo, hi = loop
-    arrival = min(i.addr for i in code if lo <= i.addr <= hi and i.op == "REDG")
     body = [i for i in code if lo <= i.addr <= hi]
-    poll = min(a for a, b in sass.loops(body) if (a, b) != loop and any(i.op == "ATOMG" for i in body
-                                                                        if a <= i.addr <= b))
+    poll = min(a for a, b in sass.loops(body) if (a, b) != loop and any(
+        i.op == "ATOMG" or sass._is_data_poll(i) for i in body if a <= i.addr <= b))
+    arrivals = [i.addr for i in body if i.op == "REDG"]
+    # polled (no arrival): from the last store before the poll (its first try's volatile loads are the
+    # synchronisation's round trip, not a round of their own: ``sass.load_phases``)
+    arrival = min(arrivals) if arrivals else max(i.addr for i in body if i.op == "STG" and i.addr < poll)
     tail = [i for i in body if arrival < i.addr < poll]
     p = static.PARAMS
     kinds = sass.load_phases(tail, poll, poll) if tail else []

@@ -250,13 +250,17 @@ def _pieces(p, o_row, m_row, H, S, KC: tl.constexpr, BLOCK_H: tl.constexpr, PIEC
     return b_a0, b_a1, b_a2, b_a3
 
 
-# The polled forward (``POLLED``: the stack forward's default). Every tensor one program writes and another reads
-# in the forward (the own group's h, the layer below's output, a projection's gates_x) is written ONCE, into
+# The polled forward and backward (``POLLED``: the stack's default). Every tensor one program writes and another
+# reads (forward: the own group's h, the layer below's output, a projection's gates_x; backward: the own group's
+# dz, the layer above's dz, a projection group's dy) is written ONCE, into
 # memory the launcher filled with UNWRITTEN (the bits of -0.0: the least integer of the dtype's width); a writer
 # stores a -0.0 as +0.0 (``_canon``: no product or sum tells them apart), and a reader reloads what it reads until
 # no element is UNWRITTEN. A store of one element is single-copy atomic, so an element read is either UNWRITTEN
 # or final: no counter, no fence, no arrival, and a wait is the load it needs anyway (kernels/triton_lstm.py's
-# polled h exchange, the stack's every read). Only the backward keeps the epoch counters.
+# polled h exchange, the stack's every read). What stays a counter is a wait once per launch: a bidirectional
+# layer's projection of its whole input (forward) or dy (backward) complete before its recurrence, and a
+# unidirectional layer's first dy from its projection group (backward; polled before the time loop, the poll
+# crashed triton 3.6's layout pass).
 
 @triton.jit
 def _canon(b):
@@ -801,55 +805,98 @@ def _stack_fwd_kernel(
 
 
 @triton.jit
-def _dz_w(p_z, o_z, m_b, H, S, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr, b_wi, b_wf, b_wg, b_wo,
-          USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """Σ over the four gates of dz_gate · W_gate ([BB, HT]): gate g's rows at p_z + g·H (``_rows`` with S, K).
-    On the tensor cores the four gates' loads go out together, one serial L2 round trip: loaded gate by gate,
-    each gate's loads left only once the previous gate's data was back (sm_90, triton 3.6), four round trips."""
+def _dz_rows(p_z, o_z, m_b, H, S, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr, VOL: tl.constexpr):
+    """The four gates' rows of dz at p_z + g·H (``_rows`` with S, K), every load issued before any is used: one
+    serial L2 round trip (loaded gate by gate, each gate's loads left only once the previous gate's data was
+    back, sm_90, triton 3.6: four). VOL: a try of a poll (volatile)."""
+    return (_rows(p_z, o_z, m_b, H, S, K, BLOCK_H, SPLIT, VOL), _rows(p_z + H, o_z, m_b, H, S, K, BLOCK_H, SPLIT, VOL),
+            _rows(p_z + 2 * H, o_z, m_b, H, S, K, BLOCK_H, SPLIT, VOL),
+            _rows(p_z + 3 * H, o_z, m_b, H, S, K, BLOCK_H, SPLIT, VOL))
+
+
+@triton.jit
+def _dz_poll(p_z, o_z, m_b, H, S, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr, p_flag,
+             TIMEOUT: tl.constexpr, INT16: tl.constexpr):
+    """``_dz_rows`` polled: reloaded until none is UNWRITTEN (TIMEOUT > 0: or the poll gives up). INT16: 16-bit dz
+    read as int16, its marks as loaded, and bitcast back."""
+    X: tl.constexpr = p_z.dtype.element_ty
+    if INT16 and X.primitive_bitwidth == 16:
+        p_z = p_z.to(tl.pointer_type(tl.int16))
+    b_zi, b_zf, b_zg, b_zo = _dz_rows(p_z, o_z, m_b, H, S, K, BLOCK_H, SPLIT, True)
+    late = _unwritten4(b_zi, b_zf, b_zg, b_zo, 4)
+    spins = 0
+    while late:
+        b_zi, b_zf, b_zg, b_zo = _dz_rows(p_z, o_z, m_b, H, S, K, BLOCK_H, SPLIT, True)
+        late = _unwritten4(b_zi, b_zf, b_zg, b_zo, 4)
+        if TIMEOUT > 0:
+            spins += 1
+            late = late & ~_given_up(p_flag, spins, TIMEOUT)   # given up: invalid, the launcher raises
+    return b_zi.to(X, bitcast=True), b_zf.to(X, bitcast=True), b_zg.to(X, bitcast=True), b_zo.to(X, bitcast=True)
+
+
+@triton.jit
+def _dz_product(b_zi, b_zf, b_zg, b_zo, b_wi, b_wf, b_wg, b_wo, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+    """Σ over the four gates of dz_gate · W_gate ([BB, HT])."""
     if USE_DOT:
-        b_zi = _rows(p_z, o_z, m_b, H, S, K, BLOCK_H, SPLIT)
-        b_zf = _rows(p_z + H, o_z, m_b, H, S, K, BLOCK_H, SPLIT)
-        b_zg = _rows(p_z + 2 * H, o_z, m_b, H, S, K, BLOCK_H, SPLIT)
-        b_zo = _rows(p_z + 3 * H, o_z, m_b, H, S, K, BLOCK_H, SPLIT)
         return _chunk_sum(_dot(b_zi, b_wi, PRECISION) + _dot(b_zf, b_wf, PRECISION) + _dot(b_zg, b_wg, PRECISION)
                           + _dot(b_zo, b_wo, PRECISION))
-    b_new = _hw(_rows(p_z, o_z, m_b, H, S, K, BLOCK_H, SPLIT), b_wi, USE_DOT, PRECISION)
-    b_new += _hw(_rows(p_z + H, o_z, m_b, H, S, K, BLOCK_H, SPLIT), b_wf, USE_DOT, PRECISION)
-    b_new += _hw(_rows(p_z + 2 * H, o_z, m_b, H, S, K, BLOCK_H, SPLIT), b_wg, USE_DOT, PRECISION)
-    return b_new + _hw(_rows(p_z + 3 * H, o_z, m_b, H, S, K, BLOCK_H, SPLIT), b_wo, USE_DOT, PRECISION)
+    return (_hw(b_zi, b_wi, USE_DOT, PRECISION) + _hw(b_zf, b_wf, USE_DOT, PRECISION)
+            + _hw(b_zg, b_wg, USE_DOT, PRECISION) + _hw(b_zo, b_wo, USE_DOT, PRECISION))
+
+
+@triton.jit
+def _dz_w(p_z, o_z, m_b, H, S, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr, b_wi, b_wf, b_wg, b_wo,
+          USE_DOT: tl.constexpr, PRECISION: tl.constexpr, POLL: tl.constexpr = False, p_flag=None,
+          TIMEOUT: tl.constexpr = 0, INT16: tl.constexpr = True):
+    """Σ over the four gates of dz_gate · W_gate ([BB, HT]): gate g's rows at p_z + g·H (``_dz_rows``), POLL
+    polled (``_dz_poll``: the polled backward; INT16 its choice)."""
+    if POLL:
+        b_zi, b_zf, b_zg, b_zo = _dz_poll(p_z, o_z, m_b, H, S, K, BLOCK_H, SPLIT, p_flag, TIMEOUT, INT16)
+    else:
+        b_zi, b_zf, b_zg, b_zo = _dz_rows(p_z, o_z, m_b, H, S, K, BLOCK_H, SPLIT, False)
+    return _dz_product(b_zi, b_zf, b_zg, b_zo, b_wi, b_wf, b_wg, b_wo, USE_DOT, PRECISION)
 
 
 @triton.jit
 def _dy(p_zr, t, i_l, o_b, m_b, T, B, H, b_ui, b_uf, b_ug, b_uo, D: tl.constexpr, KX: tl.constexpr,
-        BLOCK_H: tl.constexpr, SPLIT_X: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
+        BLOCK_H: tl.constexpr, SPLIT_X: tl.constexpr, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+        POLL: tl.constexpr = False, p_flag=None, TIMEOUT: tl.constexpr = 0, INT16: tl.constexpr = True):
     """dy_l[t] = dz_{l+1}[t] · W_ih(l+1) for own columns (l < L-1: the gradient the layer above sends down to
-    layer l's output at t, before dropout), summed over the four gates of every direction above: [BB, HT]."""
+    layer l's output at t, before dropout), summed over the four gates of every direction above: [BB, HT]. POLL:
+    dz_{l+1}[t] polled."""
     DH = D * H
-    o_z = (((i_l + 1) * T + t).to(tl.int64) * B + o_b) * (4 * DH)
-    return _dz_w(p_zr, o_z, m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X, b_ui, b_uf, b_ug, b_uo, USE_DOT, PRECISION)
+    p_row = p_zr + ((i_l + 1) * T + t).to(tl.int64) * B * (4 * DH)     # the row's start one scalar (see
+    return _dz_w(p_row, o_b * (4 * DH), m_b, H, 4 * H, KX, BLOCK_H, SPLIT_X, b_ui, b_uf, b_ug, b_uo, USE_DOT,
+                 PRECISION, POLL, p_flag, TIMEOUT, INT16)               # ``_project_half``)
 
 
 @triton.jit
 def _project_dy(p_zr, p_dyu, t, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_ui, b_uf, b_ug, b_uo,
                 D: tl.constexpr, KX: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT_X: tl.constexpr,
-                USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """``_dy`` into p_dyu [L-1, 1, T, B, D·H] (accumulation dtype), where the layer's recurrence reads it."""
-    b_dy = _dy(p_zr, t, i_l, o_b, m_b, T, B, H, b_ui, b_uf, b_ug, b_uo, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
+                USE_DOT: tl.constexpr, PRECISION: tl.constexpr, POLL: tl.constexpr = False, p_flag=None,
+                TIMEOUT: tl.constexpr = 0):
+    """``_dy`` into p_dyu [L-1, 1, T, B, D·H] (accumulation dtype), where the layer's recurrence reads it (POLL:
+    dz polled, as loaded, and dy stored as the polled backward reads it, ``_canon``). Polled as int16 (as the
+    loop of a layer computing its own dy reads it, clean there) a projection group kept 711 values in local
+    memory inside its loop at H = 272 (B16 fp16, sm_90, triton 3.6); polled as loaded, the loop computing its
+    own dy kept 32 (B5 H512, 3 layers), the bidirectional pairs' projection 8 (H512)."""
+    b_dy = _dy(p_zr, t, i_l, o_b, m_b, T, B, H, b_ui, b_uf, b_ug, b_uo, D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION,
+               POLL, p_flag, TIMEOUT, False)
     o_r = (i_l * T + t).to(tl.int64) * B + o_b
-    tl.store(p_dyu + o_r[:, None] * (D * H) + i_d * H + o_u[None, :], b_dy, mask=m_bu)
+    tl.store(p_dyu + o_r[:, None] * (D * H) + i_d * H + o_u[None, :], _canon(b_dy) if POLL else b_dy, mask=m_bu)
 
 
 @triton.jit
 def _project_dy_half(p_zr, p_dyu, t, k_h, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_ui, b_uf, b_ug, b_uo,
                      D: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr, USE_DOT: tl.constexpr,
-                     PRECISION: tl.constexpr):
+                     PRECISION: tl.constexpr, POLL: tl.constexpr = False, p_flag=None, TIMEOUT: tl.constexpr = 0):
     """Half k_h of dy_l[t] (bidirectional, l < L-1) for units o_u: the four gates of dz of direction k_h of
     the layer above at t times the same rows of W_ih(l+1, k_h), into p_dyu [L-1, 2, T, B, D·H] at (l, k_h, t);
-    the recurrence adds the two halves (``_load_dy``)."""
+    the recurrence adds the two halves (``_load_dy``). POLL: dz polled."""
     DH = D * H
-    o_z = (((i_l + 1) * T + t).to(tl.int64) * B + o_b) * (4 * DH)
-    p_z = p_zr + k_h * 4 * H
-    b_dy = _dz_w(p_z, o_z, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT, b_ui, b_uf, b_ug, b_uo, USE_DOT, PRECISION)
+    p_row = p_zr + k_h * 4 * H + ((i_l + 1) * T + t).to(tl.int64) * B * (4 * DH)
+    b_dy = _dz_w(p_row, o_b * (4 * DH), m_b, H, H, BLOCK_H, BLOCK_H, SPLIT, b_ui, b_uf, b_ug, b_uo, USE_DOT,
+                 PRECISION, POLL, p_flag, TIMEOUT)
     o_r = ((i_l * 2 + k_h) * T + t).to(tl.int64) * B + o_b
     tl.store(p_dyu + o_r[:, None] * DH + i_d * H + o_u[None, :], b_dy, mask=m_bu)
 
@@ -876,15 +923,19 @@ def _load_saved(p_gates, p_cells, p_c0, t, i_l, i_d, o_b, o_u, m_bu, o_s, rev, T
 
 @triton.jit
 def _load_dy(p_dy, p_dyu, t, i_l, i_d, o_b, o_u, m_bu, T, B, L, H, D: tl.constexpr, TOP: tl.constexpr,
-             DYU: tl.constexpr, HALVES: tl.constexpr, ACC: tl.constexpr):
+             DYU: tl.constexpr, HALVES: tl.constexpr, ACC: tl.constexpr, VOL: tl.constexpr = False):
     """dy_t for own units, the sum of what is asked: TOP, the top layer's from the caller's gradient (p_dy
     [T, B, D·H]); DYU, a lower layer's from what it (bidirectional, HALVES parts to add) or its projection group
     (unidirectional) projected (p_dyu [L-1, HALVES, T, B, D·H]; .cg: another SM wrote it). Zeros for a t outside
-    0 … T-1, and for a lower layer without DYU (its loop computes dy)."""
+    0 … T-1, and for a lower layer without DYU (its loop computes dy). VOL: p_dyu's alone, a try of a poll
+    (volatile; the polled backward's projection groups, HALVES = 1)."""
     DH = D * H
     m_t = tl.where((t >= 0) & (t < T), m_bu, False)
     top = i_l == L - 1
     o = (t.to(tl.int64) * B + o_b)[:, None] * DH + i_d * H + o_u[None, :]
+    if VOL:     # as loaded: 0 + (-0.0) would be +0.0, an UNWRITTEN element read as written
+        p_l = p_dyu + (tl.minimum(i_l, L - 2) * HALVES).to(tl.int64) * T * B * DH
+        return tl.load(p_l + o, mask=tl.where(top, False, m_t), other=0., volatile=True)
     b_dy = tl.zeros(m_bu.shape, ACC)
     if TOP:
         b_dy += tl.load(p_dy + o, mask=tl.where(top, m_t, False), other=0.).to(ACC)
@@ -894,6 +945,28 @@ def _load_dy(p_dy, p_dyu, t, i_l, i_d, o_b, o_u, m_bu, T, B, L, H, D: tl.constex
         if HALVES == 2:
             b_dy += tl.load(p_l + tl.cast(T, tl.int64) * B * DH + o, mask=tl.where(top, False, m_t), other=0., cache_modifier=".cg")
     return b_dy
+
+
+@triton.jit
+def _dy_parts(p_dy, p_dyu, t, i_l, i_d, o_b, o_u, m_bu, T, B, L, H, D: tl.constexpr, HALVES: tl.constexpr):
+    """``_load_dy``'s loads (the caller's dy for the top layer; the HALVES parts a lower layer projected), as
+    loaded, for ``_dy_sum`` after the polled backward's poll: summed where they were loaded, the sum waited for
+    DRAM before the poll (0.39 µs a step modeled, B16 H512 fp16 bidirectional, sm_90, triton 3.6)."""
+    DH = D * H
+    m_t = tl.where((t >= 0) & (t < T), m_bu, False)
+    top = i_l == L - 1
+    o = (t.to(tl.int64) * B + o_b)[:, None] * DH + i_d * H + o_u[None, :]
+    p_l = p_dyu + (tl.minimum(i_l, L - 2) * tl.maximum(HALVES, 1)).to(tl.int64) * T * B * DH
+    m_0 = tl.where(top | (HALVES == 0), False, m_t)
+    m_1 = tl.where(top | (HALVES != 2), False, m_t)
+    return (tl.load(p_dy + o, mask=tl.where(top, m_t, False), other=0.),
+            tl.load(p_l + o, mask=m_0, other=0., cache_modifier=".cg"),
+            tl.load(p_l + tl.cast(T, tl.int64) * B * DH + o, mask=m_1, other=0., cache_modifier=".cg"))
+
+
+@triton.jit
+def _dy_sum(b_top, b_0, b_1, ACC: tl.constexpr):
+    return b_top.to(ACC) + b_0 + b_1
 
 
 @triton.jit(do_not_specialize=["T"])
@@ -932,6 +1005,7 @@ def _stack_bwd_kernel(
     USE_DOT: tl.constexpr, PRECISION: tl.constexpr, ACC: tl.constexpr,
     LOW_EXCHANGE: tl.constexpr,     # exchange dz in the 16-bit input dtype (the tensor cores read it so anyway)
     DROPOUT: tl.constexpr, TIMEOUT: tl.constexpr,
+    POLLED: tl.constexpr,       # every read between programs polled, as the forward's (no counter but one, PRE_DY)
 ):
     # dz as the programs read it. Exchanged in fp32 it was staged in fp32 for the tensor cores: 256 KB of shared
     # memory at B16 H512 fp16 bidirectional (sm_90, triton 3.6), over an SM's 227 KB; in 16 bits, 224 KB.
@@ -947,7 +1021,9 @@ def _stack_bwd_kernel(
     else:
         proj = False
         i_g = L * D - 1 - pid // NPG                # top layer first
+        i_pg = i_g
     i_l, i_d = i_g // D, i_g % D
+    p_flag = p_bar + 2 * i_pg + 1                   # the time-out flag (a projection program: its group's)
     rev = i_d == 1
     DH = D * H
     o_b = tl.arange(0, BLOCK_B)
@@ -998,17 +1074,19 @@ def _stack_bwd_kernel(
             b0 = NPG * (i_l + 1 < L - 1).to(tl.int32)           # a layer above below the top arrived once first
             if HALVES == 2:
                 for k in tl.range(1, T + 1, num_stages=1):
-                    _wait(p_bar, i_g, 0, i_above + k_h, b0 + NPG * k, i_above + k_h, 0, TIMEOUT)
+                    if not POLLED:
+                        _wait(p_bar, i_g, 0, i_above + k_h, b0 + NPG * k, i_above + k_h, 0, TIMEOUT)
                     _project_dy_half(p_zr, p_dyu, tl.where(k_h == 0, T - k, k - 1), k_h, i_l, i_d, o_b, m_b, o_u2,
                                      m_bu2, T, B, H, b_ui, b_uf, b_ug, b_uo, D, BLOCK_H, SPLIT_H, USE_DOT,
-                                     PRECISION)
+                                     PRECISION, POLLED, p_flag, TIMEOUT)
             else:
                 for k in tl.range(T // 2 + 1, T + 1, num_stages=1):
-                    _wait(p_bar, i_g, 0, i_above, b0 + NPG * k, i_above + 1, b0 + NPG * k, TIMEOUT)
+                    if not POLLED:
+                        _wait(p_bar, i_g, 0, i_above, b0 + NPG * k, i_above + 1, b0 + NPG * k, TIMEOUT)
                     _project_dy(p_zr, p_dyu, k - 1, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_ui, b_uf, b_ug, b_uo,
-                                D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
+                                D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, POLLED, p_flag, TIMEOUT)
                     _project_dy(p_zr, p_dyu, T - k, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_ui, b_uf, b_ug, b_uo,
-                                D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
+                                D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, POLLED, p_flag, TIMEOUT)
             _arrive(p_bar + 2 * i_g)
             _wait(p_bar, i_g, NPG, i_g, 0, i_g, 0, TIMEOUT)    # the group's dy complete before the first read
         off = lower.to(tl.int32)                                # arrivals before the recurrence's steps
@@ -1019,11 +1097,21 @@ def _stack_bwd_kernel(
         # as soon as the layer above has dz_t, a step ahead of the layer, whose step then has one reduction,
         # dz·W_hh, and one wait, as the top layer's: T + 2(L-1) steps of the reverse wavefront.
         # As the forward's: the group's own previous step awaited too, so its counter counts whole steps.
-        for s in tl.range(tl.where(proj, T, 0), num_stages=1):
-            _wait(p_bar, i_pg, NPG * s, i_g + 1, NPG * (s + 1), i_g + 1, 0, TIMEOUT)
+        if POLLED:
+            # the first step's projection, then one arrival: the layer below awaits its first dy through the
+            # counter (a poll of it, its tile carried through the poll's loop before the time loop, crashed triton
+            # 3.6's layout pass, sm_90); every later dy it polls
+            if proj:
+                _project_dy(p_zr, p_dyu, T - 1, i_l, 0, o_b, m_b, o_u, m_bu, T, B, H, b_ui, b_uf, b_ug, b_uo, D, KX,
+                            BLOCK_H, SPLIT_X, USE_DOT, PRECISION, True, p_flag, TIMEOUT)
+                _arrive(p_bar + 2 * i_pg)
+        for s in tl.range(tl.where(proj, 1 if POLLED else 0, 0), tl.where(proj, T, 0), num_stages=1):
+            if not POLLED:
+                _wait(p_bar, i_pg, NPG * s, i_g + 1, NPG * (s + 1), i_g + 1, 0, TIMEOUT)
             _project_dy(p_zr, p_dyu, T - 1 - s, i_l, 0, o_b, m_b, o_u, m_bu, T, B, H, b_ui, b_uf, b_ug, b_uo,
-                        D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION)
-            _arrive(p_bar + 2 * i_pg)
+                        D, KX, BLOCK_H, SPLIT_X, USE_DOT, PRECISION, POLLED, p_flag, TIMEOUT)
+            if not POLLED:
+                _arrive(p_bar + 2 * i_pg)
         # a layer below the top reads its first dy before its loop: its projection group done with t = T-1
         _wait(p_bar, i_g, 0, i_pg, tl.where(lower & ~proj, NPG, 0), i_pg, 0, TIMEOUT)
 
@@ -1053,10 +1141,11 @@ def _stack_bwd_kernel(
                 # the layer above done with t: its forward direction (walking T-1 … 0) after T-t of its steps,
                 # its reverse direction (0 … T-1) after t+1
                 i_above = i_g - i_d + D                         # group (l+1, forward)
-                _wait(p_bar, i_above, NPG * (T - t), i_above + D - 1, NPG * tl.where(D == 2, t + 1, T - t),
-                      i_above, 0, TIMEOUT)
+                if not POLLED:
+                    _wait(p_bar, i_above, NPG * (T - t), i_above + D - 1, NPG * tl.where(D == 2, t + 1, T - t),
+                          i_above, 0, TIMEOUT)
                 b_dy = _dy(p_zr, t, i_l, o_b, m_b, T, B, H, b_ui, b_uf, b_ug, b_uo, D, KX, BLOCK_H, SPLIT_X, USE_DOT,
-                           PRECISION)
+                           PRECISION, POLLED, p_flag, TIMEOUT)
         if DROPOUT:                                             # a lower layer's output was dropped out
             b_dy = tl.where(lower, tl.where(_keep(o_y, seed, drop), b_dy / (1. - drop), 0.), b_dy)
 
@@ -1068,33 +1157,70 @@ def _stack_bwd_kernel(
         b_dzf = tl.where(b_alive, b_dct * b_cp * b_f * (1. - b_f), 0.)
         b_dzg = tl.where(b_alive, b_dct * b_i * (1. - b_g * b_g), 0.)
         b_dzo = tl.where(b_alive, b_dht * b_tc * b_o * (1. - b_o), 0.)
+        if POLLED and not LOW_EXCHANGE:     # the others read this copy: a -0.0 as +0.0 (``_canon``)
+            b_dzi, b_dzf, b_dzg, b_dzo = _canon(b_dzi), _canon(b_dzf), _canon(b_dzg), _canon(b_dzo)
         tl.store(p_dz + o_g, b_dzi, mask=m_bu)
         tl.store(p_dz + o_g + H, b_dzf, mask=m_bu)
         tl.store(p_dz + o_g + 2 * H, b_dzg, mask=m_bu)
         tl.store(p_dz + o_g + 3 * H, b_dzo, mask=m_bu)
         if LOW_EXCHANGE:
             X = p_zx.dtype.element_ty
-            tl.store(p_zx + o_g, b_dzi.to(X), mask=m_bu)
-            tl.store(p_zx + o_g + H, b_dzf.to(X), mask=m_bu)
-            tl.store(p_zx + o_g + 2 * H, b_dzg.to(X), mask=m_bu)
-            tl.store(p_zx + o_g + 3 * H, b_dzo.to(X), mask=m_bu)
+            if POLLED:
+                tl.store(p_zx + o_g, _canon(b_dzi.to(X)), mask=m_bu)
+                tl.store(p_zx + o_g + H, _canon(b_dzf.to(X)), mask=m_bu)
+                tl.store(p_zx + o_g + 2 * H, _canon(b_dzg.to(X)), mask=m_bu)
+                tl.store(p_zx + o_g + 3 * H, _canon(b_dzo.to(X)), mask=m_bu)
+            else:
+                tl.store(p_zx + o_g, b_dzi.to(X), mask=m_bu)
+                tl.store(p_zx + o_g + H, b_dzf.to(X), mask=m_bu)
+                tl.store(p_zx + o_g + 2 * H, b_dzg.to(X), mask=m_bu)
+                tl.store(p_zx + o_g + 3 * H, b_dzo.to(X), mask=m_bu)
         b_dc = tl.where(b_alive, b_dct * b_f, b_dc)             # dc ← dc_t ⊙ f
-        _arrive(p_bar + 2 * i_g)
+        if not POLLED:
+            _arrive(p_bar + 2 * i_g)
 
         # the next step's reads of the forward (and of dy, where it is ready), after the arrival and before the
         # wait, whose round trip their latency overlaps
         t_n = tl.where(rev, t + 1, t - 1)
         b_i, b_f, b_g, b_o, b_ct, b_cp = _load_saved(p_gates, p_cells, p_c0, t_n, i_l, i_d, o_b, o_u, m_bu, o_s,
                                                      rev, T, B, H, D)
-        b_dy = _load_dy(p_dy, p_dyu, t_n, i_l, i_d, o_b, o_u, m_bu, T, B, L, H, D, True, PRE_DY, HALVES, ACC)
-        if PIPE:    # one wait: own group's dz_t and the projection of the next step's dy, read after it
-            _wait(p_bar, i_g, NPG * (s + 1), i_pg, tl.where(lower, NPG * tl.minimum(s + 2, T), 0), i_pg, 0,
-                  TIMEOUT)
-            b_dy += _load_dy(p_dy, p_dyu, t_n, i_l, i_d, o_b, o_u, m_bu, T, B, L, H, D, False, True, HALVES, ACC)
-        elif NPG > 1:
-            _wait(p_bar, i_g, NPG * (s + 1 + off), i_g, 0, i_g, 0, TIMEOUT)   # all of own group's dz_t written
-        o_zr = o_t * (4 * DH) + i_d * 4 * H
-        b_new = _dz_w(p_zr, o_zr, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H, b_ri, b_rf, b_rg, b_ro, USE_DOT, PRECISION)
+        if POLLED and not PIPE:     # summed after the poll (``_dy_parts``)
+            b_yt, b_y0, b_y1 = _dy_parts(p_dy, p_dyu, t_n, i_l, i_d, o_b, o_u, m_bu, T, B, L, H, D,
+                                         HALVES if PRE_DY else 0)
+        else:
+            b_dy = _load_dy(p_dy, p_dyu, t_n, i_l, i_d, o_b, o_u, m_bu, T, B, L, H, D, True, PRE_DY, HALVES, ACC)
+        p_zt = p_zr + (i_l * T + t).to(tl.int64) * B * (4 * DH) + i_d * 4 * H     # own group's dz_t, the row's start
+        if POLLED and PIPE:
+            # own group's dz_t and the projection of the next step's dy (a layer below the top) polled in one
+            # loop: one round trip when all is there
+            p_zq = p_zt.to(tl.pointer_type(tl.int16)) if p_zt.dtype.element_ty.primitive_bitwidth == 16 else p_zt
+            b_zi, b_zf, b_zg, b_zo = _dz_rows(p_zq, o_b * (4 * DH), m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H, True)
+            b_dn = _load_dy(p_dy, p_dyu, t_n, i_l, i_d, o_b, o_u, m_bu, T, B, L, H, D, False, True, HALVES, ACC, True)
+            late = _unwritten4(b_zi, b_zf, b_zg, b_zo, 4) | _unwritten(_marks(b_dn))
+            spins = 0
+            while late:
+                b_zi, b_zf, b_zg, b_zo = _dz_rows(p_zq, o_b * (4 * DH), m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H, True)
+                b_dn = _load_dy(p_dy, p_dyu, t_n, i_l, i_d, o_b, o_u, m_bu, T, B, L, H, D, False, True, HALVES, ACC,
+                                True)
+                late = _unwritten4(b_zi, b_zf, b_zg, b_zo, 4) | _unwritten(_marks(b_dn))
+                if TIMEOUT > 0:
+                    spins += 1
+                    late = late & ~_given_up(p_flag, spins, TIMEOUT)   # given up: invalid, the launcher raises
+            b_dy += b_dn
+            Z: tl.constexpr = p_zt.dtype.element_ty
+            b_new = _dz_product(b_zi.to(Z, bitcast=True), b_zf.to(Z, bitcast=True), b_zg.to(Z, bitcast=True),
+                                b_zo.to(Z, bitcast=True), b_ri, b_rf, b_rg, b_ro, USE_DOT, PRECISION)
+        else:
+            if PIPE and not POLLED:     # one wait: own group's dz_t and the projection of the next step's dy
+                _wait(p_bar, i_g, NPG * (s + 1), i_pg, tl.where(lower, NPG * tl.minimum(s + 2, T), 0), i_pg, 0,
+                      TIMEOUT)
+                b_dy += _load_dy(p_dy, p_dyu, t_n, i_l, i_d, o_b, o_u, m_bu, T, B, L, H, D, False, True, HALVES, ACC)
+            elif NPG > 1 and not POLLED:
+                _wait(p_bar, i_g, NPG * (s + 1 + off), i_g, 0, i_g, 0, TIMEOUT)   # all of own group's dz_t written
+            b_new = _dz_w(p_zt, o_b * (4 * DH), m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H, b_ri, b_rf, b_rg, b_ro, USE_DOT,
+                          PRECISION, POLLED, p_flag, TIMEOUT)
+            if POLLED and not PIPE:
+                b_dy = _dy_sum(b_yt, b_y0, b_y1, ACC)
         b_dh = tl.where(b_alive, b_new.to(ACC), b_dh)           # dh ← dz_t · W_hh; frozen rows pass it through
 
     m_bu = tl.where(proj, False, m_bu)                          # a projection program has no state to write
@@ -1107,12 +1233,18 @@ def _stack_bwd_kernel(
 # ----------------------------------------------------------------------------------------------------
 
 _TL_ACC = {torch.float64: tl.float64, torch.float32: tl.float32}
-# The forward polls what it reads (``_canon``); False: the epoch counters, as the backward. Bidirectional too, since
+# The forward polls what it reads (``_canon``); False: the epoch counters. Bidirectional too, since
 # its projection (program pairs, 2·HT units) holds less across its loop: the bias loaded where it is added, the
 # row's address one scalar, its zeros one (B16 H512 fp16, triton 3.6: 33-35 values in local memory inside the
 # loop -> 5 reloads of loop invariants, no store; bench/static_stack.py charges each a serial L1 hit). Through the
 # counters the bidirectional stack modeled 0.95x of per-layer launches, polled 0.65x.
 POLLED_FORWARD = True
+# The backward likewise (False: its epoch counters): its own group's dz_t (already a slot per step, [L, T, B, D·4H]),
+# the dz of the layer above that a projection (or a layer's own loop) reads and the projection group's dy
+# (unidirectional), all filled with -0.0 before the launch and polled. Each poll compiled clean (every stack that
+# fits 132 SMs, H 128-512, 2-4 layers, B 1 / 5 / 16, fp16 and bf16, triton 3.6) once each read of dz chose int16
+# or as loaded (``_project_dy``).
+POLLED_BACKWARD = True
 
 
 def choose_config(*, B: int, H: int, L: int, D: int, dtype: torch.dtype, device: torch.device) -> StackConfig:
@@ -1240,13 +1372,18 @@ def stack_bwd(dy, dh_n, dc_n, gates, cells, c0, w_ih, w_hh, lengths, *, dropout:
     halves = cfg.projection_halves if pre_dy else 1
     dyu = torch.empty(L - 1, halves, T, B, D * H, dtype=acc, device=device) if pre_dy or pipe else dz
     bar = barrier_state(device, L * D + cfg.proj_groups)
+    polled = POLLED_BACKWARD
+    if polled:      # everything one program writes and another reads: UNWRITTEN (-0.0) until written
+        dz_exchange.fill_(-0.0)
+        if pipe:
+            dyu.fill_(-0.0)
     meta = _meta(cfg, L, D, dtype)
     with host.device_guard(device):
         _stack_bwd_kernel[(cfg.num_programs,)](
             dy, dh_n, dc_n, gates, cells, c0.to(acc), w_hh, w_ih, lens, dz, dz_exchange, dh0, dc0, bar,
             _seed(seed, drop, lens), dyu, T, B, L, H, float(dropout),
             SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), PRE_DY=pre_dy, HALVES=halves, PIPE=pipe,
-            LOW_EXCHANGE=low_exchange, DROPOUT=drop,
+            LOW_EXCHANGE=low_exchange, DROPOUT=drop, POLLED=polled,
             **meta, **_launch_options(cfg, device))
     if meta["TIMEOUT"]:
         raise_if_timed_out(bar, "stack backward")

@@ -24,7 +24,9 @@ GPU rule (``gpu_config``; ``unsupported_reason`` says why a stack does not fit):
   does not fit. It now bounds them: with the fused forward and the backward's dz loaded in one round the
   compiles show 80 / 128 KB (forward / backward, unidirectional H512) and 144 / 192 KB (bidirectional H512),
   no spills in the loops (checked at H 128-512, 1-4 layers, B 1-16, fp16 and bf16). So at HT = 16 a 16-bit
-  stack of any depth fits up to H = 512, uni- or bidirectional;
+  stack of any depth fits up to H = 512 unidirectional; bidirectional, up to 256, and up to 512 where the
+  number of programs per group is even (program pairs split the projections' rows; each projecting whole
+  rows, the backward staged two row tiles: 263 KB at H = 272-511, found when its compile was first checked);
 - 16-bit: 4 warps, K chunks of 128; tf32: 8 warps, chunks of 64 (the single-layer choices).
 CPU (TRITON_INTERPRET=1): one program per group (HT = BLOCK_H), any float dtype but bf16, any batch.
 Under ``lstm_gpu.testing.concurrent_programs(n)`` the launcher takes ``gpu_config(..., n_sm=n)`` with the CUDA-core
@@ -127,7 +129,10 @@ def dot_shared_bytes(cfg: StackConfig, *, L: int, D: int, dtype: torch.dtype) ->
     widest operand tile (BB x D·H padded: the input row of layers ≥ 1, or one gate of the dz above)."""
     elem = 2 if dtype in (torch.float16, torch.bfloat16) else 4
     widest = cfg.block_h * (D if L > 1 else 1)
-    return (4 * cfg.ht * (cfg.block_h + (widest if L > 1 else 0)) + cfg.block_b * widest) * elem
+    # bidirectional with an odd number of programs per group (each projects whole rows): the backward staged
+    # two such tiles, 256 KB at H = 272-511 and 128 KB at H = 129-255 (B16 fp16, sm_90, triton 3.6)
+    tiles = 2 if D == 2 and L > 1 and cfg.projection_halves == 1 else 1
+    return (4 * cfg.ht * (cfg.block_h + (widest if L > 1 else 0)) + tiles * cfg.block_b * widest) * elem
 
 
 def unsupported_reason(*, device: torch.device, dtype: torch.dtype, hidden_size: int, num_layers: int,

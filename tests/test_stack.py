@@ -207,11 +207,12 @@ MUTATION_DEADLINE = 6.0
 
 
 @pytest.fixture
-def counter_forward(monkeypatch):
-    """The forward through the epoch counters (``triton_stack.POLLED_FORWARD`` off; the backward always): the
-    tests of its waits."""
+def counters(monkeypatch):
+    """Forward and backward through the epoch counters (``triton_stack.POLLED_FORWARD`` and ``POLLED_BACKWARD``
+    off; both poll by default): the tests of their waits."""
     if TRITON_SKIP is None:
         monkeypatch.setattr(triton_stack, "POLLED_FORWARD", False)
+        monkeypatch.setattr(triton_stack, "POLLED_BACKWARD", False)
 
 
 def _mutation_verdict(run, attempts=2):
@@ -247,7 +248,7 @@ def _one_step_early(real):
 @needs_triton
 @pytest.mark.parametrize("kind", ["no_wait", "one_early"])
 @pytest.mark.parametrize("n", [4, 6], ids=["in-loop-projection", "projection-group"])
-def test_broken_waits_are_caught(kind, n, counter_forward):
+def test_broken_waits_are_caught(kind, n, counters):
     L, D = 2, 1
     H = stack_h(n, L=L, D=D, dtype=torch.float64)
     mutation = _no_wait if kind == "no_wait" else _one_step_early(triton_stack._wait)
@@ -285,7 +286,7 @@ def _projection_not_awaited(real, npg):
 @pytest.mark.parametrize("n,mutation", [(8, _projection_one_step_early), (12, _projection_one_step_early),
                                         (8, _projection_not_awaited)],
                          ids=["pairs-split-rows-early", "whole-rows-early", "pairs-not-awaited"])
-def test_bidirectional_projection_waits_for_what_it_reads(n, mutation, counter_forward):
+def test_bidirectional_projection_waits_for_what_it_reads(n, mutation, counters):
     """A bidirectional layer ≥ 1 projecting an input row before the layer below has written it, or reading its
     gates_x before its group's projection is complete, in a many-program run, gives wrong outputs or a hang
     report, never a pass (each caught in every run while written: 6 of 6 and 3 of 3). n = 8: two programs per
@@ -311,7 +312,7 @@ def _projection_group_one_step_early(real, npg):
 
 
 @needs_triton
-def test_layer_waits_for_its_projection_group(counter_forward):
+def test_layer_waits_for_its_projection_group(counters):
     """A unidirectional layer ≥ 1 reading gates_x one step before its projection group wrote it, in a
     many-program run (two programs per group), gives wrong outputs or a hang report, never a pass. The
     projection is slowed down (50 ms a call), so that the layer catches up with it: left to run free it stays
@@ -335,7 +336,7 @@ def test_layer_waits_for_its_projection_group(counter_forward):
 
 @needs_triton
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_waits_ask_only_for_what_a_step_reads(bidirectional, counter_forward):
+def test_waits_ask_only_for_what_a_step_reads(bidirectional, counters):
     """The forward's waits, recorded (one program per group), as (group waited on first, count, …): every step
     waits for its own group's previous step; layer 0 for no other group. Unidirectional (programs: layer 0,
     layer 1's projection group, layer 1): the projection waits for layer 0 done with t and its own group done
@@ -420,6 +421,44 @@ def test_broken_polls_are_caught(kind, n, bidirectional):
 
 
 @needs_triton
+@pytest.mark.parametrize("kind", ["no_wait", "never_done"])
+@pytest.mark.parametrize("n,bidirectional", [(4, False), (6, False), (8, True)],
+                         ids=["in-loop-dy", "projection-group", "pairs"])
+def test_broken_backward_polls_are_caught(kind, n, bidirectional, monkeypatch):
+    """The polled backward (``triton_stack.POLLED_BACKWARD``; the forward through its counters here, so only the
+    backward's polls are mutated): a reader of dz (its own group's, or the layer above's for a dy) or of a
+    projection group's dy that does not wait reads elements not yet written: wrong gradients; one that never
+    accepts hangs; in a many-program run, never a pass."""
+    monkeypatch.setattr(triton_stack, "POLLED_FORWARD", False)
+    L, D = 2, 2 if bidirectional else 1
+    H = stack_h(n, L=L, D=D, dtype=torch.float64)
+
+    def run():
+        with _polls_mutation(kind):
+            stack_vs_torch(L=L, bidirectional=bidirectional, dtype=torch.float64, T=12, H=H,
+                           context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
+    verdict = _mutation_verdict(run)
+    assert verdict == ("ProgramsHung" if kind == "never_done" else "AssertionError"), verdict
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16], ids=str)
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_polled_backward_negative_zero(bidirectional, dtype, monkeypatch):
+    """A zero output gradient makes dz ±0 (dc_t = +0 times a negative g, c_{t-1} or tanh c gives -0.0): stored as
+    +0.0 where other programs poll it, or a reader would wait forever (the poll's debug time-out turns that into
+    an error). Every gradient zero, as nn.LSTM's."""
+    monkeypatch.setenv("LSTM_GPU_BARRIER_TIMEOUT", "2000")
+    torch.manual_seed(0)
+    model = lstm_gpu.LSTM(3, 5, num_layers=2, bidirectional=bidirectional, dtype=dtype, backend="triton", stack=True)
+    x = torch.randn(4, 2, 3, dtype=dtype, requires_grad=True)
+    y, _ = model(x)
+    y.backward(torch.zeros_like(y))
+    assert x.grad is not None and not x.grad.any()
+    assert all(not p.grad.any() for p in model.parameters())
+
+
+@needs_triton
 def test_polled_bidirectional_projection_is_awaited():
     """The polled bidirectional forward keeps one wait per program of a layer ≥ 1: its group's projection of the
     whole input complete (an arrival of each program, once), before its recurrence reads gates_x; skipped, in a
@@ -500,7 +539,7 @@ def test_polled_forward_negative_zero(layers, bidirectional, monkeypatch):
 
 @needs_triton
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_backward_waits_ask_only_for_what_a_step_reads(bidirectional):
+def test_backward_waits_ask_only_for_what_a_step_reads(bidirectional, counters):
     """The backward's waits, recorded (one program per group), as (group waited on first, count, …), the top
     layer's programs first. Unidirectional (programs: layer 1, layer 0's projection group, layer 0; counters:
     layer 0, layer 1, the projection group): the projection group waits for layer 1 done with each step (its
@@ -573,7 +612,7 @@ def _dy_projection_not_awaited(real, npg):
     (8, True, _projection_one_step_early), (12, True, _projection_one_step_early),
     (8, True, _dy_projection_not_awaited), (6, False, _projection_one_step_early)],
     ids=["pairs-split-by-direction-early", "whole-rows-early", "pairs-not-awaited", "projection-group-early"])
-def test_backward_projection_waits_for_what_it_reads(n, bidirectional, mutation):
+def test_backward_projection_waits_for_what_it_reads(n, bidirectional, mutation, counters):
     """In the backward only: a layer's dy projected (dz_{l+1}·W_ih(l+1)) a step of the layer above before that
     step's dz is written, or a bidirectional recurrence reading its dy before its group's projection is complete,
     in a many-program run, gives wrong gradients or a hang report, never a pass. n = 8: two programs per group,
@@ -603,7 +642,7 @@ def test_backward_projection_waits_for_what_it_reads(n, bidirectional, mutation)
 
 
 @needs_triton
-def test_layer_waits_for_its_dy_projection_group():
+def test_layer_waits_for_its_dy_projection_group(counters):
     """In the backward only: a unidirectional layer 0 reading the dy of its next step before its projection group
     wrote it (one step early), projection slowed (50 ms a call) so the layer catches up with it, gives wrong
     gradients or a hang report, never a pass."""
@@ -627,7 +666,7 @@ def test_layer_waits_for_its_dy_projection_group():
 @needs_triton
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
 @pytest.mark.parametrize("pass_", ["forward", "backward"])
-def test_projection_group_moves_in_lockstep(pass_, dtype, counter_forward):
+def test_projection_group_moves_in_lockstep(pass_, dtype, counters):
     """A unidirectional projection group's counter is read as "all of it done with k steps" (NPG·k arrivals), so
     no program of the group may run two steps ahead of a partner. One projection program (the group's second)
     held back 0.3 s on its first step while the other is free to go on: the layer it feeds must still read only
@@ -938,6 +977,7 @@ def test_gpu_config_of_the_modeled_stacks():
 
 @pytest.mark.parametrize("case,words", [
     (dict(H=768, L=2, bidirectional=True), "shared memory"),        # W_ih of layer 1 is 2H wide
+    (dict(H=400, L=2, bidirectional=True), "shared memory"),        # odd cdiv(H, 16): whole-row projections
     (dict(H=1024, L=2, bidirectional=False), "shared memory"),
     (dict(H=512, L=2, bidirectional=False, dtype=torch.float32, precision="tf32"), "shared memory"),
     (dict(H=64, L=4, bidirectional=True, n_sm=6), "= 8 programs, more than the 6 SMs"),   # a group per SM at least

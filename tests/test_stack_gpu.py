@@ -66,12 +66,13 @@ def test_stack_vs_cudnn_error(L, bidirectional, H, B, T, packed, dtype):
 
 @pytest.mark.parametrize("polled", [True, False], ids=["polled", "counters"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
-def test_forward_polled_and_counters(bidirectional, polled, monkeypatch):
-    """The stack's forward both ways (``triton_stack.POLLED_FORWARD``: every read polled, the default; or the
-    epoch counters), fp16, packed, 3 layers (bidirectional: 2 layers at H = 512, the program pairs' projection
-    with its reloads): within cuDNN's error of the float64 reference."""
+def test_polled_and_counters(bidirectional, polled, monkeypatch):
+    """The stack's forward and backward both ways (``triton_stack.POLLED_FORWARD`` / ``POLLED_BACKWARD``: every
+    read polled, the default; or the epoch counters), fp16, packed, 3 layers (bidirectional: 2 layers at H = 512,
+    the program pairs' projection with its reloads): within cuDNN's error of the float64 reference."""
     from lstm_gpu.kernels import triton_stack
     monkeypatch.setattr(triton_stack, "POLLED_FORWARD", polled)
+    monkeypatch.setattr(triton_stack, "POLLED_BACKWARD", polled)
     if bidirectional:
         test_stack_vs_cudnn_error(2, True, 512, 16, 64, True, torch.float16)
     else:
