@@ -610,7 +610,7 @@ def stack_table(csv_path: Path, env: dict) -> str:
                      f"{spec['layers']} × {2 if spec['bidirectional'] else 1} | {cell(cu)} | {cell(tr)} | "
                      f"{ratio(cu, tr)} | {cell(tl_)} | {ratio(tr, tl_)} |")
     lines += ["", "µs per time step of the whole stack (p50, p20-p80), layer 0's input projection included; "
-              "\"one launch / per layer\" is issue 16's ratio (modeled 0.67x / 0.65x forward, 0.82x / 0.85x fwd+bwd uni / bi, "
+              "\"one launch / per layer\" is issue 16's ratio (modeled 0.67x / 0.65x forward, 0.72x / 0.71x fwd+bwd uni / bi, "
               "bench.static_stack)."]
     return "\n".join(lines) + "\n"
 

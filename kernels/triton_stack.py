@@ -25,17 +25,18 @@ counted but not shared memory; 0.74x and 0.90x until H became a constant, the la
 projected ahead (program pairs splitting the rows, bidirectional), gates_x came as 32-bit words and h through
 exchange slots. Where the time goes: the synchronisation (0.50 µs), the L2 bytes of every group running at once
 (1.8 MB a step unidirectional) and shared memory (W re-read every step).)
-Training (forward saving gates and cells, then backward): 0.82x (uni) / 0.85x (bi), backward steps of 3.12 /
-2.98 µs (every program reads its group's whole dz, two or three groups at a time); the four gates' dz loads go
-out together (``_dz_w``): gate by gate they were four serial L2 rounds a step. Forward and backward compile
-without spills in the time loops (triton 3.6; H 128-512, 1-4 layers, B 1-16, fp16 and bf16; the bidirectional
-forward's projection loop reloads 2 loop invariants at H = 512), 80 / 128 KB
-(unidirectional forward / backward) and 144 / 192 KB (bidirectional) of shared memory.
+Training (forward saving gates and cells, then backward, both polled): 0.72x (uni) / 0.71x (bi), backward steps
+of 2.63 / 2.24 µs (every program reads its group's whole dz, two or three groups at a time: 5-7 MB a step); the
+four gates' dz loads go out together (``_dz_rows``): gate by gate they were four serial L2 rounds a step.
+Forward and backward compile without spills in the time loops (triton 3.6; every stack that fits 132 SMs, H 128-512,
+2-4 layers, B 1 / 5 / 16, fp16 and bf16; the bidirectional forward's projection loop reloads 2 loop invariants
+at H = 512), 80 / 128 KB (unidirectional forward / backward) and 144 / 192 KB (bidirectional) of shared memory.
 Known risks: (1) all programs of all groups must be co-resident (cooperative launch: the driver refuses rather
 than hangs); (2) the waits are the epoch counters of kernels/triton_barrier.py read across groups: correct by
-the same release/acquire argument, but only a GPU tests memory ordering (the forward polls written-once data
-instead, ``_unwritten``: it needs no ordering between elements, only that a 16-bit store is single-copy atomic;
-it holds an [L·D, T+1, B, H] ring of h, as much memory as y; one counter wait is left, bidirectional); (3) fp16/bf16 exchange dz between
+the same release/acquire argument, but only a GPU tests memory ordering (forward and backward poll written-once
+data instead, ``_unwritten``: it needs no ordering between elements, only that a 16-bit store is single-copy
+atomic; the forward holds an [L·D, T+1, B, H] ring of h, as much memory as y; a counter wait is left once per
+launch); (3) fp16/bf16 exchange dz between
 programs in 16 bits (as the tensor cores read it; the saved dz for the weight GEMMs stays fp32); (4) the shared-memory
 rule is an estimate checked against the sm_90 compile of the modeled shapes only.
 
