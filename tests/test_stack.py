@@ -233,6 +233,18 @@ def _mutation_verdict(run, attempts=2):
     return verdict
 
 
+def _mutant_verdict(n, *patches, L, bidirectional, H, T=12):
+    """``_mutation_verdict`` of a 2-core many-program run (n programs, float64) against nn.LSTM under the
+    patches (mocks of the kernel's waits or polls)."""
+    def run():
+        with contextlib.ExitStack() as stack:
+            for patch in patches:
+                stack.enter_context(patch)
+            stack_vs_torch(L=L, bidirectional=bidirectional, dtype=torch.float64, T=T, H=H,
+                           context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
+    return _mutation_verdict(run)
+
+
 def _no_wait(*args, **kwargs):
     return None
 
@@ -326,12 +338,10 @@ def test_layer_waits_for_its_projection_group(counters):
         time.sleep(0.05)
         return real_project(*args)
 
-    def run():
-        with mock.patch.object(triton_stack, "_wait", _projection_group_one_step_early(triton_stack._wait, 2)), \
-                mock.patch.object(triton_stack, "_project", slow_project):
-            stack_vs_torch(L=L, bidirectional=False, dtype=torch.float64, T=12, H=H,
-                           context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
-    assert _mutation_verdict(run) != "right", "the layer's early wait for its projection group went unnoticed"
+    verdict = _mutant_verdict(n, mock.patch.object(triton_stack, "_wait",
+                                                   _projection_group_one_step_early(triton_stack._wait, 2)),
+                              mock.patch.object(triton_stack, "_project", slow_project), L=L, bidirectional=False, H=H)
+    assert verdict != "right", "the layer's early wait for its projection group went unnoticed"
 
 
 @needs_triton
@@ -433,11 +443,7 @@ def test_broken_backward_polls_are_caught(kind, n, bidirectional, monkeypatch):
     L, D = 2, 2 if bidirectional else 1
     H = stack_h(n, L=L, D=D, dtype=torch.float64)
 
-    def run():
-        with _polls_mutation(kind):
-            stack_vs_torch(L=L, bidirectional=bidirectional, dtype=torch.float64, T=12, H=H,
-                           context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
-    verdict = _mutation_verdict(run)
+    verdict = _mutant_verdict(n, _polls_mutation(kind), L=L, bidirectional=bidirectional, H=H)
     assert verdict == ("ProgramsHung" if kind == "never_done" else "AssertionError"), verdict
 
 
@@ -481,11 +487,10 @@ def test_polled_bidirectional_projection_is_awaited():
         model(torch.randn(5, 2, 3, dtype=torch.float64))
     assert calls == [(2, 1, 2, 0, 2, 0), (3, 1, 3, 0, 3, 0)]     # groups (1, fwd), (1, rev), one program each
 
-    def run():
-        with mock.patch.object(triton_stack, "_wait", _projection_not_awaited(triton_stack._wait, n // (L * D))):
-            stack_vs_torch(L=L, bidirectional=True, dtype=torch.float64, T=12, H=H,
-                           context=lambda: concurrent_programs(n, deadline=MUTATION_DEADLINE, backends=("triton",)))
-    assert _mutation_verdict(run) != "right", "the polled projection's completion went unawaited, unnoticed"
+    verdict = _mutant_verdict(n, mock.patch.object(triton_stack, "_wait", _projection_not_awaited(triton_stack._wait,
+                                                                                                n // (L * D))),
+                              L=L, bidirectional=True, H=H)
+    assert verdict != "right", "the polled projection's completion went unawaited, unnoticed"
 
 
 @needs_triton
