@@ -1359,7 +1359,7 @@ def stack_bwd(dy, dh_n, dc_n, gates, cells, c0, w_ih, w_hh, lengths, *, dropout:
     L, D, G, H = w_hh.shape
     T, B, _ = dy.shape
     dtype, device, acc = dy.dtype, dy.device, gates.dtype
-    cfg = config or choose_config(B=B, H=H, L=L, D=D, dtype=dtype, device=device)
+    cfg = (config or choose_config(B=B, H=H, L=L, D=D, dtype=dtype, device=device)).backward()
     lens = host.lengths_or_full(lengths, T, B, device)
     drop = L > 1 and dropout > 0
 

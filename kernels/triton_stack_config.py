@@ -24,9 +24,9 @@ GPU rule (``gpu_config``; ``unsupported_reason`` says why a stack does not fit):
   does not fit. It now bounds them: with the fused forward and the backward's dz loaded in one round the
   compiles show 80 / 128 KB (forward / backward, unidirectional H512) and 144 / 192 KB (bidirectional H512),
   no spills in the loops (checked at H 128-512, 1-4 layers, B 1-16, fp16 and bf16). So at HT = 16 a 16-bit
-  stack of any depth fits up to H = 512 unidirectional; bidirectional, up to 256, and up to 512 where the
-  number of programs per group is even (program pairs split the projections' rows; each projecting whole
-  rows, the backward staged two row tiles: 263 KB at H = 272-511, found when its compile was first checked);
+  stack of any depth fits up to H = 512, uni- or bidirectional (a bidirectional backward with an odd number of
+  programs per group takes one more, ``StackConfig.backward``: each projecting whole rows, it staged two row
+  tiles, 263 KB at H = 272-511, found when that compile was first checked);
 - 16-bit: 4 warps, K chunks of 128; tf32: 8 warps, chunks of 64 (the single-layer choices).
 CPU (TRITON_INTERPRET=1): one program per group (HT = BLOCK_H), any float dtype but bf16, any batch.
 Under ``lstm_gpu.testing.concurrent_programs(n)`` the launcher takes ``gpu_config(..., n_sm=n)`` with the CUDA-core
@@ -34,7 +34,7 @@ Under ``lstm_gpu.testing.concurrent_programs(n)`` the launcher takes ``gpu_confi
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -60,6 +60,7 @@ class StackConfig:
     kc: int                 # K per tl.dot chunk (a power of two ≤ block_h)
     proj_groups: int = 0    # unidirectional: groups that project the input of layers 1 … L-1 (forward) and the
                             # output gradient of layers 0 … L-2 (backward): L-1 or 0
+    backward_npg: int = 0   # the backward's programs per group where they differ (0: the same; ``backward``)
 
     @property
     def num_programs(self) -> int:
@@ -71,6 +72,10 @@ class StackConfig:
         """Bidirectional layers ≥ 1: 2 where the programs of a group pair up to project each input row in its
         two halves (an even number of them), else 1 (each program projects whole rows for its own units)."""
         return 2 if self.programs_per_group % 2 == 0 else 1
+
+    def backward(self) -> "StackConfig":
+        """The backward's configuration: the forward's, with ``backward_npg`` programs per group where set."""
+        return replace(self, programs_per_group=self.backward_npg, backward_npg=0) if self.backward_npg else self
 
     def split(self, nseg: int) -> int:
         """K chunks of a reduction over ``nseg`` segments of block_h (independent tensor-core accumulators);
@@ -119,19 +124,26 @@ def gpu_config(*, B: int, H: int, L: int, D: int, dtype: torch.dtype, n_sm: int)
     # programs: the layers' step loses its second reduction; 0.60x with the later changes); else the layers
     # ≥ 1 project in their own loop.
     proj = L - 1 if D == 1 and npg * (2 * L - 1) <= n_sm else 0
+    # Bidirectional on the tensor cores with an odd number of programs per group: the backward takes one more
+    # (its units all masked), so program pairs split the dy projection by direction above. Each program
+    # projecting whole rows, the backward staged two row tiles: 263 KB of shared memory at H = 272-511 (B16 fp16,
+    # sm_90, triton 3.6), over an SM; paired, 193 KB. The forward keeps its whole-row projection: paired, its
+    # time loop reloaded 2 values from local memory (H = 400).
+    pad = D == 2 and L > 1 and use_dot and npg % 2 == 1 and (npg + 1) * L * D <= n_sm
     return StackConfig(ht=ht, block_h=block_h, block_b=block_b, use_dot=use_dot, precision=fp32_precision(),
-                       num_warps=num_warps, programs_per_group=npg, groups=L * D, kc=kc, proj_groups=proj)
+                       num_warps=num_warps, programs_per_group=npg, groups=L * D, kc=kc, proj_groups=proj,
+                       backward_npg=npg + 1 if pad else 0)
 
 
-def dot_shared_bytes(cfg: StackConfig, *, L: int, D: int, dtype: torch.dtype) -> int:
+def dot_shared_bytes(cfg: StackConfig, *, L: int, D: int, dtype: torch.dtype, backward: bool = True) -> int:
     """Shared memory of one program as the sm_90 compiles show it: its weight slices, staged once (forward and
     backward hold the same weights, rows or columns: 4·HT x K, K = H + D·H padded), and one buffer for the
     widest operand tile (BB x D·H padded: the input row of layers ≥ 1, or one gate of the dz above)."""
     elem = 2 if dtype in (torch.float16, torch.bfloat16) else 4
     widest = cfg.block_h * (D if L > 1 else 1)
-    # bidirectional with an odd number of programs per group (each projects whole rows): the backward staged
-    # two such tiles, 256 KB at H = 272-511 and 128 KB at H = 129-255 (B16 fp16, sm_90, triton 3.6)
-    tiles = 2 if D == 2 and L > 1 and cfg.projection_halves == 1 else 1
+    # the backward of a bidirectional stack with an odd number of programs per group (each projects whole rows)
+    # staged two such tiles: 256 KB at H = 272-511, 128 KB at H = 129-255 (B16 fp16, sm_90, triton 3.6)
+    tiles = 2 if backward and D == 2 and L > 1 and cfg.projection_halves == 1 else 1
     return (4 * cfg.ht * (cfg.block_h + (widest if L > 1 else 0)) + tiles * cfg.block_b * widest) * elem
 
 
@@ -159,10 +171,11 @@ def unsupported_reason(*, device: torch.device, dtype: torch.dtype, hidden_size:
     if batch > 16:
         return f"batch {batch} > 16: the stack kernel keeps the whole batch in one 16-row tile"
     cfg = gpu_config(B=batch, H=hidden_size, L=L, D=D, dtype=dtype, n_sm=n_sm)
+    need = max(dot_shared_bytes(cfg, L=L, D=D, dtype=dtype, backward=False),
+               dot_shared_bytes(cfg.backward(), L=L, D=D, dtype=dtype, backward=True))
     if cfg.num_programs > n_sm:
         return (f"{L} layer(s) x {D} direction(s) x {cfg.programs_per_group} programs (HT={cfg.ht}) = "
                 f"{cfg.num_programs} programs, more than the {n_sm} SMs")
-    need = dot_shared_bytes(cfg, L=L, D=D, dtype=dtype)
     if need > SHARED_BUDGET:
         return (f"the weight slices of one program (W_hh{' and W_ih' if L > 1 else ''} rows of {cfg.ht} units, "
                 f"K = {cfg.block_h * (1 + (D if L > 1 else 0))}) and its operand tiles need {need} bytes of shared "

@@ -338,10 +338,11 @@ def _patch_triton(patches: _Patches, n: int, deadline: float, stagger: bool, hol
     patches.set(triton_lstm, "choose_config", choose_config)
 
     # 1b. The one-launch stack (kernels/triton_stack.py): its GPU rule for n SMs, CUDA-core path included
-    #     (on a GPU that path runs per layer, but the kernel code is the same), exactly n programs.
+    #     (on a GPU that path runs per layer, but the kernel code is the same), exactly n programs in one of
+    #     its passes (a bidirectional backward may take more than its forward: ``StackConfig.backward``).
     def choose_stack_config(*, B, H, L, D, dtype, device=None):
         cfg = triton_stack_config.gpu_config(B=B, H=H, L=L, D=D, dtype=dtype, n_sm=n)
-        if cfg.num_programs != n:
+        if n not in (cfg.num_programs, cfg.backward().num_programs):
             raise ValueError(f"concurrent_programs({n}): the triton stack config for B={B}, H={H}, {L} layer(s) x "
                              f"{D} direction(s), {dtype} has {cfg.num_programs} programs (HT={cfg.ht}), not {n}: "
                              f"choose H so that it is (lstm_gpu.testing.triton_stack_programs)")

@@ -700,6 +700,22 @@ def test_projection_group_moves_in_lockstep(pass_, dtype, counters):
 
 
 @needs_triton
+def test_backward_pairs_up_an_odd_group():
+    """Bidirectional on the tensor cores with an odd number of programs per group: the backward takes one more
+    per group (its units all masked), so program pairs split the dy projection (whole rows, its backward staged
+    263 KB of shared memory at H = 272-511 on sm_90); the forward keeps whole rows. Unidirectional and CUDA-core
+    stacks keep their count. All programs at once, fp16: outputs and gradients as nn.LSTM's."""
+    cfg = config.gpu_config(B=3, H=40, L=2, D=2, dtype=torch.float16, n_sm=16)
+    assert (cfg.programs_per_group, cfg.projection_halves) == (3, 1)
+    assert (cfg.backward().programs_per_group, cfg.backward().projection_halves, cfg.backward().num_programs) == (4, 2, 16)
+    assert config.gpu_config(B=3, H=40, L=2, D=1, dtype=torch.float16, n_sm=16).backward_npg == 0
+    assert config.gpu_config(B=3, H=40, L=2, D=2, dtype=torch.float64, n_sm=16).backward_npg == 0
+    assert config.gpu_config(B=3, H=40, L=2, D=2, dtype=torch.float16, n_sm=12).backward_npg == 0    # no room
+    stack_vs_torch(L=2, bidirectional=True, dtype=torch.float16, T=4, H=40,
+                   context=lambda: concurrent_programs(16, backends=("triton",)))
+
+
+@needs_triton
 @pytest.mark.parametrize("n,bidirectional,dtype", [(6, False, torch.float16), (8, True, torch.float64)],
                          ids=["projection-groups", "pairs"])
 def test_any_program_held_back_changes_nothing(n, bidirectional, dtype):
@@ -978,11 +994,11 @@ def test_gpu_config_of_the_modeled_stacks():
     assert config.dot_shared_bytes(config.gpu_config(B=16, H=256, L=2, D=2, dtype=torch.float16, n_sm=132),
                                    L=2, D=2, dtype=torch.float16) == 114688
     assert _reason(512, 2, False) is None and _reason(512, 2, True) is None and _reason(512, 4, False) is None
+    assert _reason(400, 2, True) is None        # an odd group: its backward pairs up (one program more per group)
 
 
 @pytest.mark.parametrize("case,words", [
     (dict(H=768, L=2, bidirectional=True), "shared memory"),        # W_ih of layer 1 is 2H wide
-    (dict(H=400, L=2, bidirectional=True), "shared memory"),        # odd cdiv(H, 16): whole-row projections
     (dict(H=1024, L=2, bidirectional=False), "shared memory"),
     (dict(H=512, L=2, bidirectional=False, dtype=torch.float32, precision="tf32"), "shared memory"),
     (dict(H=64, L=4, bidirectional=True, n_sm=6), "= 8 programs, more than the 6 SMs"),   # a group per SM at least

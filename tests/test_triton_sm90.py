@@ -192,7 +192,8 @@ PROJECTION_RELOADS = 2
 STACK_CASES = [(16, 512, 2, 1, "float16", "fwd"), (16, 512, 2, 2, "float16", "fwd"), (16, 512, 2, 2, "float16", "bwd"),
                (8, 200, 2, 2, "bfloat16", "fwd"), (8, 200, 2, 2, "bfloat16", "bwd"),
                (16, 272, 2, 1, "float16", "bwd"), (5, 512, 3, 1, "float16", "bwd")]
-# (bench.static_stack compiles the unidirectional backward at H512; H = 200 has an odd number of programs per group,
+# (bench.static_stack compiles the unidirectional backward at H512; H = 200 has an odd number of programs per group:
+# the forward projects whole rows, the backward one program more per group, in pairs;
 # H = 272 masked units, 3 layers at H = 512 no room for projection groups: each layer computes its dy in its loop)
 _STACK_SCRIPT = """
 import json, sys, torch
