@@ -43,7 +43,7 @@ def _models(L, bidirectional, H, I, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("L,bidirectional,H,B,T,packed", [
     (2, False, 512, 16, 257, False), (2, True, 512, 16, 129, True), (3, False, 256, 5, 64, True),
-    (2, True, 100, 1, 33, False)], ids=str)
+    (2, True, 100, 1, 33, False), (2, True, 400, 16, 65, True)], ids=str)     # H = 400: odd groups, paired backward
 def test_stack_vs_cudnn_error(L, bidirectional, H, B, T, packed, dtype):
     skip_unless_runs_on_cuda("triton", dtype, H)
     I = 64
