@@ -63,6 +63,12 @@ from numba import cuda
 
 from .host import cpu_emulation
 
+# numba-cuda 0.30.4 registers an overload of np.row_stack when it first compiles a kernel; numpy 2.5 removed
+# row_stack (an alias of vstack), so on the first GPU run (H200 machine, 2026-11-28) every numba launch failed
+# with "module 'numpy' has no attribute 'row_stack'" (NVIDIA/numba-cuda#907, not fixed upstream). Restore it.
+if not hasattr(np, "row_stack"):
+    np.row_stack = np.vstack
+
 SIMULATOR = cpu_emulation("numba")
 FULL_MASK = 0xFFFFFFFF
 

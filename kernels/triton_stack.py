@@ -314,11 +314,11 @@ def _unwritten4(b0, b1, b2, b3, PIECES: tl.constexpr):
 @triton.jit
 def _given_up(p_flag, spins, TIMEOUT: tl.constexpr):
     """Debug mode (TIMEOUT > 0): whether a poll has tried TIMEOUT times, or another has given up (its flag)."""
-    failed = tl.atomic_add(p_flag, 0, sem="relaxed", scope="gpu")
-    if spins >= TIMEOUT:
+    failed = tl.atomic_add(p_flag, 0, sem="relaxed", scope="gpu") != 0    # a bool: the flag is int64, a literal
+    if spins >= TIMEOUT:                                                 # 1 int32 (sm_90 compile refused the mix)
         tl.atomic_xchg(p_flag, 1, sem="relaxed", scope="gpu")
-        failed = 1
-    return failed != 0
+        failed = True
+    return failed
 
 
 @triton.jit

@@ -178,6 +178,8 @@ def test_grid_rule_on_an_h100_model(dtype, H, fits):
 _COMPILE_FOR_SM90 = r"""
 import json, os, subprocess, sys
 os.environ.pop("NUMBA_ENABLE_CUDASIM", None)
+import numpy
+numpy.__dict__.pop("row_stack", None)     # as numpy >= 2.5 (the GPU machine's): numba_kernels must restore it
 import torch
 import numba.cuda.dispatcher as dispatcher
 class _SM90:                       # cooperative groups' device functions ask for the current device
