@@ -1,0 +1,62 @@
+"""The floor (bench/floor.py) against the number of programs: what the step barrier costs as the grid grows.
+
+The first GPU run (H200, 2026-11-28) measured the floor at 2.8 µs/step for B16 H768 fp16 (96 programs), while
+bench/static.py had modeled the barrier near 1 µs: this scan separates the barrier's cost (B = 1, H = 64: almost
+no exchange) from the exchange's (B16 H768) as the program count grows, to correct the model's parameters.
+
+    python -m bench.floor_scan            GPU: one CSV row per (shape, programs), reports/data/gpu-<gpu>-floor-scan.csv
+    python -m bench.floor_scan --dry      CPU plumbing check (interpreter, one program, tiny T); prints only
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+
+import torch
+
+SHAPES = ((1, 64, "fp16"), (16, 768, "fp16"))
+PROGRAMS = (2, 8, 32, 64, 96, 132)
+DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dry", action="store_true", help="CPU: the interpreter, one program, 4 steps")
+    ap.add_argument("--steps", type=int, default=1024)
+    args = ap.parse_args(argv)
+    if args.dry:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from bench import env
+    from bench import floor as fl
+    from bench.timing import measure
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.dry else "cpu")
+    steps, programs = (4, (1,)) if args.dry else (args.steps, PROGRAMS)
+    rows = []
+    for B, H, d in SHAPES:
+        for P in programs:
+            if P > H:
+                continue
+            h, ref, timed_out = fl.check_floor(B, H, DTYPES[d], device, P)
+            ok = not timed_out and torch.allclose(h.float(), ref.float(), atol=1e-2, rtol=1e-2)
+            h, bar = fl.make_buffers(B, H, steps, DTYPES[d], device)
+            t = measure(lambda: fl.floor_launch(h, bar, P), device)
+            row = dict(gpu=env.gpu_name() if device.type == "cuda" else "cpu", batch=B, hidden=H, dtype=d, programs=P,
+                       steps=steps, ok=ok, us_per_step_p50=round(1000 * t.p50 / steps, 3),
+                       us_per_step_p20=round(1000 * t.p20 / steps, 3), us_per_step_p80=round(1000 * t.p80 / steps, 3))
+            rows.append(row)
+            print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    if device.type == "cuda" and rows:
+        name = env.gpu_name().lower().replace(" ", "-")
+        path = os.path.join("reports", "data", f"gpu-{name}-floor-scan.csv")
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        print("wrote", path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
