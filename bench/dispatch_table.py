@@ -1,8 +1,10 @@
 """``python -m bench.dispatch_table``: build lstm_gpu/dispatch_table.json, the table ``backend="auto"``
 consults on a GPU, from the benchmark's GPU measurements (reports/data/gpu-*.csv).
 
-The rule, for each (gpu, dtype, batch bucket, hidden bucket, seq_len bucket) with measurements (buckets:
-the next power of two at or above the value, lstm_gpu/dispatch.py):
+The rule, for each (gpu, dtype, batch bucket, hidden bucket, seq_len bucket, layers, bidirectional) with
+measurements (buckets: the next power of two at or above the value, lstm_gpu/dispatch.py; layers and
+bidirectional exact: a 2-layer stack measured 10x faster than cuDNN, whose stacks run its standard algorithm,
+says nothing about one layer, where cuDNN runs persistent: H200, 2026-11-28):
 
 - a measured point is one (batch, hidden, seq_len, layers, bidirectional, input_size, mode) of one CSV
   file where cuDNN's ``time`` row is ok; a kernel is compared with cuDNN only inside the same file;
@@ -31,7 +33,8 @@ DEFAULT_GLOB = "reports/data/gpu-*.csv"
 DEFAULT_OUT = REPO / "lstm_gpu" / "dispatch_table.json"
 KERNELS = ("triton", "numba")
 MODES = ("fwd", "fwd+bwd")
-RULE = ("a kernel where, at every measured point of the bucket (next power of two of batch, hidden, seq_len), "
+RULE = ("a kernel where, at every measured point of the bucket (next power of two of batch, hidden, seq_len; "
+        "layers and bidirectional exact), "
         "forward and forward+backward, it passed the gate and its p50 was below cuDNN's in the same run; "
         "else cudnn. No row: no measurement, cudnn.")
 
@@ -62,15 +65,16 @@ def _p50(row: dict | None) -> float | None:
 
 def build(paths: list[Path]) -> dict:
     """The table (a JSON-ready dict) from these CSV files."""
-    buckets: dict = defaultdict(list)       # (gpu, dtype, b, h, t) -> [(point key, providers)]
+    buckets: dict = defaultdict(list)       # (gpu, dtype, b, h, t, layers, bidirectional) -> [(point, providers)]
     for key, providers in _points(paths).items():
         cudnn = _p50(providers.get("cudnn"))
         if cudnn is None or cudnn <= 0:
             continue                        # no cuDNN time to compare with: not a measured point
-        _, gpu, dtype, b, h, t = key[:6]
-        buckets[(gpu, dtype, bucket(b), bucket(h), bucket(t))].append((key, providers))
+        _, gpu, dtype, b, h, t, layers, bidirectional = key[:8]
+        buckets[(gpu, dtype, bucket(b), bucket(h), bucket(t), int(layers), bidirectional == "True")].append(
+            (key, providers))
     rows = []
-    for (gpu, dtype, b, h, t), pts in sorted(buckets.items()):
+    for (gpu, dtype, b, h, t, layers, bidirectional), pts in sorted(buckets.items()):
         modes = {k[-1] for k, _ in pts}
         best, best_ratio = "cudnn", None
         ratios = {}
@@ -86,7 +90,8 @@ def build(paths: list[Path]) -> dict:
             if worst is not None and worst < 1.0 and all(m in modes for m in MODES):
                 if best_ratio is None or worst < best_ratio:
                     best, best_ratio = kernel, worst
-        rows.append(dict(gpu=gpu, dtype=dtype, batch=b, hidden=h, seq_len=t, backend=best,
+        rows.append(dict(gpu=gpu, dtype=dtype, batch=b, hidden=h, seq_len=t, layers=layers,
+                         bidirectional=bidirectional, backend=best,
                          worst_ratio=best_ratio, points=len(pts), modes=sorted(modes),
                          kernel_worst_ratios={k: v for k, v in ratios.items()},
                          sources=sorted({k[0] for k, _ in pts})))

@@ -144,7 +144,14 @@ def dot_shared_bytes(cfg: StackConfig, *, L: int, D: int, dtype: torch.dtype, ba
     # the backward of a bidirectional stack with an odd number of programs per group (each projects whole rows)
     # staged two such tiles: 256 KB at H = 272-511, 128 KB at H = 129-255 (B16 fp16, sm_90, triton 3.6)
     tiles = 2 if backward and D == 2 and L > 1 and cfg.projection_halves == 1 else 1
-    return (4 * cfg.ht * (cfg.block_h + (widest if L > 1 else 0)) + tiles * cfg.block_b * widest) * elem
+    if backward and (L == 1 or (D == 1 and not cfg.proj_groups)):
+        # a backward that multiplies a whole dz row in its loop stages it, BB x 4·BLOCK_H: one layer (its own dz:
+        # 64 / 128 / 256 KB at H = 256 / 512 / 600-1024, B 1 and 16, fp16, either direction count) and a
+        # unidirectional stack without projection groups (each layer's dy from the dz above: 192 KB at 3 layers,
+        # H = 512, B = 5; sm_90, triton 3.6). Counted as the forward's tile, it passed a bidirectional H = 768
+        # layer that a GPU then refused (256 KB, 2026-11-28)
+        widest = 4 * cfg.block_h
+    return (4 * cfg.ht * (cfg.block_h + (cfg.block_h * D if L > 1 else 0)) + tiles * cfg.block_b * widest) * elem
 
 
 def unsupported_reason(*, device: torch.device, dtype: torch.dtype, hidden_size: int, num_layers: int,

@@ -89,12 +89,13 @@ def _describe_device(device: torch.device) -> str:
 
 
 def select_backend(backend: str, *, device: torch.device | str, dtype: torch.dtype, hidden_size: int,
-                   proj_size: int = 0, batch: int = 1, seq_len: int | None = None, explain: bool = False
-                   ) -> str | Choice:
+                   proj_size: int = 0, batch: int = 1, seq_len: int | None = None, num_layers: int = 1,
+                   bidirectional: bool = False, explain: bool = False) -> str | Choice:
     """Resolve ``backend`` (possibly "auto") to the concrete backend that will run the call.
 
     "auto": on CUDA, a kernel only where the dispatch table (lstm_gpu/dispatch.py) holds a GPU measurement
-    showing it faster than cuDNN for this GPU, dtype and (batch, hidden, seq_len) bucket, else cudnn; on
+    showing it faster than cuDNN for this GPU, dtype, (num_layers, bidirectional) and (batch, hidden, seq_len)
+    bucket, else cudnn; on
     any other device "cudnn" too (torch's own LSTM: ATen's on the CPU), except while torch.compile traces
     the call: there the reference recurrence, one op opaque to the compiler (torch's LSTM would be
     unrolled step by step and recompiled for every sequence length). ``explain=True`` returns a
@@ -109,7 +110,7 @@ def select_backend(backend: str, *, device: torch.device | str, dtype: torch.dty
     check_backend_name(backend)
     device = torch.device(device)
     if backend == "auto":
-        choice = _auto(device, dtype, hidden_size, proj_size, batch, seq_len)
+        choice = _auto(device, dtype, hidden_size, proj_size, batch, seq_len, num_layers, bidirectional)
         return choice if explain else choice.backend
     reason = unsupported_reason(backend, device=device, dtype=dtype, hidden_size=hidden_size,
                                 proj_size=proj_size, batch=batch)
@@ -123,7 +124,7 @@ def select_backend(backend: str, *, device: torch.device | str, dtype: torch.dty
 
 
 def _auto(device: torch.device, dtype: torch.dtype, hidden_size: int, proj_size: int, batch: int,
-          seq_len: int | None) -> Choice:
+          seq_len: int | None, num_layers: int = 1, bidirectional: bool = False) -> Choice:
     if device.type != "cuda":
         if torch.compiler.is_compiling():
             return Choice("reference", f"auto on {device.type} under torch.compile: the reference recurrence, "
@@ -134,7 +135,8 @@ def _auto(device: torch.device, dtype: torch.dtype, hidden_size: int, proj_size:
                       "2-8x its time here; the kernels run on CUDA)")
     if proj_size:
         return Choice("cudnn", "proj_size > 0: no GPU measurement of the kernels with a projection, cuDNN")
-    choice = dispatch.measured_choice(device, dtype, batch=batch, hidden_size=hidden_size, seq_len=seq_len)
+    choice = dispatch.measured_choice(device, dtype, batch=batch, hidden_size=hidden_size, seq_len=seq_len,
+                                      num_layers=num_layers, bidirectional=bidirectional)
     if choice.backend == "cudnn":
         return choice
     reason = unsupported_reason(choice.backend, device=device, dtype=dtype, hidden_size=hidden_size,

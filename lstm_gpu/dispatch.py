@@ -8,12 +8,15 @@ The measurements live in ``dispatch_table.json`` beside this file, generated fro
     dtype     fp16 | bf16 | fp32-ieee | fp32-tf32 (fp32: how cuDNN runs it, torch.backends.cudnn.allow_tf32)
     batch, hidden, seq_len   a bucket each: the next power of two at or above the value, so the row with
               batch 16 covers batches 9..16, hidden 1024 covers 513..1024, seq_len 1024 covers 513..1024
+    layers, bidirectional    exact (rows without them: 1, False): a stack's measurement says nothing about
+              one layer (H200: cuDNN ran a 2-layer B16 H512 fp16 stack 10x slower than our one launch, one
+              such layer persistent, faster than ours)
     backend   the kernel that was faster than cuDNN at EVERY measured point of the bucket, forward and
               forward+backward both measured; "cudnn" where none was (the row says cuDNN won there)
     worst_ratio, points, sources   the slowest kernel/cuDNN time ratio seen, the points, the CSV files
 
-No row for a call's bucket means no measurement: cuDNN. Today no GPU run has been made, so the table is
-empty and ``auto`` is cuDNN on every GPU.
+No row for a call's bucket means no measurement: cuDNN. The measurements so far: one NVIDIA H200 run
+(reports/data/gpu-nvidia-h200-*.csv, 2026-11-28); on every other GPU ``auto`` is cuDNN.
 """
 from __future__ import annotations
 
@@ -58,12 +61,14 @@ def dtype_label(dtype: torch.dtype) -> str | None:
 
 
 class Table:
-    """The rows of a dispatch table, indexed by (gpu, dtype, batch bucket, hidden bucket, seq_len bucket)."""
+    """The rows of a dispatch table, indexed by (gpu, dtype, layers, bidirectional, batch bucket, hidden bucket,
+    seq_len bucket)."""
 
     def __init__(self, rows: list[dict], sources: list[str] | None = None):
         self.rows = rows
         self.sources = sources or []
-        self.index = {(r["gpu"], r["dtype"], r["batch"], r["hidden"], r["seq_len"]): r for r in rows}
+        self.index = {(r["gpu"], r["dtype"], r.get("layers", 1), bool(r.get("bidirectional", False)), r["batch"],
+                       r["hidden"], r["seq_len"]): r for r in rows}
         self.gpus = {r["gpu"] for r in rows}
 
     @classmethod
@@ -71,15 +76,16 @@ class Table:
         data = json.loads(Path(path).read_text())
         return cls(data.get("rows", []), data.get("sources", []))
 
-    def lookup(self, gpu: str, dtype: str, batch: int, hidden: int, seq_len: int | None) -> dict | list | None:
+    def lookup(self, gpu: str, dtype: str, batch: int, hidden: int, seq_len: int | None, layers: int = 1,
+               bidirectional: bool = False) -> dict | list | None:
         """The row for this call, or None. ``seq_len`` None (unknown): the rows of every measured seq_len
-        bucket of that (gpu, dtype, batch, hidden), as a list, or None when there are none."""
+        bucket of that (gpu, dtype, layers, bidirectional, batch, hidden), as a list, or None when there are none."""
         if gpu not in self.gpus:
             return None
-        b, h = bucket(batch), bucket(hidden)
+        key = (gpu, dtype, int(layers), bool(bidirectional), bucket(batch), bucket(hidden))
         if seq_len is not None:
-            return self.index.get((gpu, dtype, b, h, bucket(seq_len)))
-        rows = [r for k, r in self.index.items() if k[:4] == (gpu, dtype, b, h)]
+            return self.index.get((*key, bucket(seq_len)))
+        rows = [r for k, r in self.index.items() if k[:6] == key]
         return rows or None
 
 
@@ -109,14 +115,15 @@ def gpu_name(device: torch.device) -> str:
 
 
 def describe_row(row: dict) -> str:
-    return (f"dispatch table row {row['gpu']} {row['dtype']} batch<={row['batch']} hidden<={row['hidden']} "
+    stack = f"{row.get('layers', 1)} layer(s){' bidirectional' if row.get('bidirectional') else ''} "
+    return (f"dispatch table row {row['gpu']} {row['dtype']} {stack}batch<={row['batch']} hidden<={row['hidden']} "
             f"seq_len<={row['seq_len']}: {row['backend']}"
             + (f", worst {row['backend']}/cudnn time {row['worst_ratio']:.3g}" if row.get("worst_ratio") else "")
             + f" over {row.get('points', '?')} measured point(s)")
 
 
 def measured_choice(device: torch.device, dtype: torch.dtype, *, batch: int, hidden_size: int,
-                    seq_len: int | None) -> Choice:
+                    seq_len: int | None, num_layers: int = 1, bidirectional: bool = False) -> Choice:
     """What the dispatch table says for an "auto" call on a CUDA device (before asking the kernel whether
     it can run the call): a kernel, or cudnn with the reason (no measurement, or cuDNN measured faster)."""
     t = table()
@@ -124,8 +131,9 @@ def measured_choice(device: torch.device, dtype: torch.dtype, *, batch: int, hid
         return Choice("cudnn", "no GPU measurement in the dispatch table: cuDNN")
     gpu = gpu_name(device)
     label = dtype_label(dtype)
-    where = f"{gpu}, {label or dtype}, batch {batch}, hidden {hidden_size}, seq_len {seq_len}"
-    found = None if label is None else t.lookup(gpu, label, batch, hidden_size, seq_len)
+    where = (f"{gpu}, {label or dtype}, {num_layers} layer(s){' bidirectional' if bidirectional else ''}, "
+             f"batch {batch}, hidden {hidden_size}, seq_len {seq_len}")
+    found = None if label is None else t.lookup(gpu, label, batch, hidden_size, seq_len, num_layers, bidirectional)
     if found is None:
         return Choice("cudnn", f"no measurement for {where}: cuDNN")
     if isinstance(found, list):            # seq_len unknown: only a choice every measured T agrees on

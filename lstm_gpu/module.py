@@ -82,7 +82,8 @@ class LSTM(nn.RNNBase):
         if ops.autocast_enabled(data.device.type) and dtype != torch.float64:
             dtype = torch.get_autocast_dtype(data.device.type)      # the layers run in the autocast dtype
         choice = select_backend(self.backend, device=data.device, dtype=dtype, hidden_size=self.hidden_size,
-                                proj_size=self.proj_size, batch=batch, seq_len=seq_len, explain=True)
+                                proj_size=self.proj_size, batch=batch, seq_len=seq_len, num_layers=self.num_layers,
+                                bidirectional=self.bidirectional, explain=True)
         if choice.backend == "triton":
             why = self._stack_reason(data.device, dtype, batch)
             how = (f"one launch for all {self.num_layers} layer(s) x {2 if self.bidirectional else 1} direction(s)"

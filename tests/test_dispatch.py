@@ -15,9 +15,9 @@ from lstm_gpu import backends, dispatch
 H100 = "NVIDIA H100 80GB HBM3"
 
 
-def _row(provider, mode, dtype, B, H, T, p50, status="ok", gpu=H100):
-    return dict(kernel="lstm", provider=provider, mode=mode, dtype=dtype, batch=B, hidden=H, seq_len=T, layers=1,
-                bidirectional=False, input_size=H, metric="time", unit="ms", p50=p50 if status == "ok" else "",
+def _row(provider, mode, dtype, B, H, T, p50, status="ok", gpu=H100, layers=1, bidirectional=False):
+    return dict(kernel="lstm", provider=provider, mode=mode, dtype=dtype, batch=B, hidden=H, seq_len=T, layers=layers,
+                bidirectional=bidirectional, input_size=H, metric="time", unit="ms", p50=p50 if status == "ok" else "",
                 p20=p50, p80=p50, status=status, device_kind="cuda", gpu=gpu)
 
 
@@ -37,6 +37,11 @@ POINTS = [   # (provider, mode, dtype, B, H, T, p50 ms[, status[, gpu]])
     ("numba", "fwd", "fp32-tf32", 16, 768, 1024, 1.9),
     ("cudnn", "fwd+bwd", "fp32-tf32", 16, 768, 1024, 5.0), ("triton", "fwd+bwd", "fp32-tf32", 16, 768, 1024, 1.0),
     ("numba", "fwd+bwd", "fp32-tf32", 16, 768, 1024, 4.9),
+    # B1 H256 fp16 in a 2-layer bidirectional stack: triton faster (a bucket of its own, beside the one layer's)
+    ("cudnn", "fwd", "fp16", 1, 256, 1024, 9.0, "ok", H100, 2, True),
+    ("triton", "fwd", "fp16", 1, 256, 1024, 1.0, "ok", H100, 2, True),
+    ("cudnn", "fwd+bwd", "fp16", 1, 256, 1024, 20.0, "ok", H100, 2, True),
+    ("triton", "fwd+bwd", "fp16", 1, 256, 1024, 3.0, "ok", H100, 2, True),
     # another GPU: its own rows
     ("cudnn", "fwd", "fp16", 16, 768, 1024, 1.0, "ok", "NVIDIA H200"),
     ("triton", "fwd", "fp16", 16, 768, 1024, 2.0, "ok", "NVIDIA H200"),
@@ -66,7 +71,9 @@ def _auto(dtype=torch.float16, B=16, H=768, T=1024, **kw):
 
 
 def test_generated_rows(table):
-    rows = {(r["gpu"], r["dtype"], r["batch"], r["hidden"]): r for r in table["rows"]}
+    rows = {(r["gpu"], r["dtype"], r["batch"], r["hidden"]): r for r in table["rows"] if r["layers"] == 1}
+    assert [(r["layers"], r["bidirectional"], r["backend"]) for r in table["rows"] if r["layers"] > 1] == [
+        (2, True, "triton")]
     assert rows[(H100, "fp16", 16, 1024)]["backend"] == "triton"
     assert rows[(H100, "fp16", 16, 1024)]["worst_ratio"] == pytest.approx(0.8)
     assert rows[(H100, "fp16", 1, 256)]["backend"] == "cudnn"
@@ -111,6 +118,27 @@ def test_a_kernel_that_cannot_run_the_call_falls_back_to_cudnn(table, monkeypatc
     monkeypatch.setattr(backends, "unsupported_reason", lambda *a, **k: "too big for this GPU")
     c = _auto()
     assert c.backend == "cudnn" and "too big for this GPU" in c.reason and c.row["backend"] == "triton"
+
+
+def test_a_stack_is_decided_by_measurements_of_that_stack(table):
+    """The first GPU run measured a 2-layer stack 10x faster than cuDNN's and one layer of the same shape slower:
+    neither decides for the other."""
+    assert _auto(B=1, H=256).backend == "cudnn"
+    c = _auto(B=1, H=256, num_layers=2, bidirectional=True)
+    assert c.backend == "triton" and c.row["layers"] == 2 and c.row["bidirectional"] and "2 layer(s) bidir" in c.reason
+    for kw in [dict(num_layers=2), dict(num_layers=3, bidirectional=True), dict(num_layers=1, bidirectional=True)]:
+        c = _auto(B=1, H=256, **kw)
+        assert c.backend == "cudnn" and c.row is None and "no measurement" in c.reason
+    from lstm_gpu import module
+    seen = {}
+    real = module.select_backend
+    def spy(*a, **k):
+        seen.update(k)
+        return real(*a, **k)
+    with pytest.MonkeyPatch.context() as mp:       # the module passes its stack on
+        mp.setattr(module, "select_backend", spy)
+        lstm_gpu.LSTM(4, 8, num_layers=2, bidirectional=True).backend_for(torch.randn(3, 1, 4))
+    assert seen["num_layers"] == 2 and seen["bidirectional"] is True
 
 
 def test_unknown_seq_len_needs_every_measured_seq_len_to_agree(table):

@@ -995,11 +995,20 @@ def test_gpu_config_of_the_modeled_stacks():
                                    L=2, D=2, dtype=torch.float16) == 114688
     assert _reason(512, 2, False) is None and _reason(512, 2, True) is None and _reason(512, 4, False) is None
     assert _reason(400, 2, True) is None        # an odd group: its backward pairs up (one program more per group)
+    one = config.gpu_config(B=16, H=512, L=1, D=2, dtype=torch.float16, n_sm=132)
+    # one layer's backward: W_hh columns and the whole dz row, 64 + 64 KB as compiled (its forward 64 + 16 KB)
+    assert config.dot_shared_bytes(one, L=1, D=2, dtype=torch.float16) == 131072
+    assert config.dot_shared_bytes(one, L=1, D=2, dtype=torch.float16, backward=False) == 81920
+    assert _reason(512, 1, True) is None
 
 
 @pytest.mark.parametrize("case,words", [
     (dict(H=768, L=2, bidirectional=True), "shared memory"),        # W_ih of layer 1 is 2H wide
     (dict(H=1024, L=2, bidirectional=False), "shared memory"),
+    # one bidirectional layer: its forward fits (160 KB) but its backward stages the whole dz row (256 KB): passed,
+    # a GPU refused it (the first GPU run's smoke grid, H = 768 and 1024, 2026-11-28)
+    (dict(H=768, L=1, bidirectional=True), "262144 bytes of shared"),
+    (dict(H=768, L=1, bidirectional=True, B=1), "262144 bytes of shared"),
     (dict(H=512, L=2, bidirectional=False, dtype=torch.float32, precision="tf32"), "shared memory"),
     (dict(H=64, L=4, bidirectional=True, n_sm=6), "= 8 programs, more than the 6 SMs"),   # a group per SM at least
     (dict(H=64, L=2, bidirectional=False, B=17), "batch 17 > 16"),
