@@ -387,7 +387,13 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     # piece of K (H = 768: 512 + 256) on 8 warps: on 4 its eight polled tiles kept 38-53 values in local memory
     # inside the loop (B16 / B5); without a tail 4 warps compile clean (8: H512 1.77 -> 2.14, shared memory).
     one_bwd = backward and dz_one_round and half and block_b == 16 and tiles_per_group == 1
-    polled = (one_16 or one_32 or one_bwd) if forced is None else forced
+    # MEASURED (H200, triton 3.6, 2026-11-28, reports/data/gpu-nvidia-h200-headline.csv: "triton" polled where
+    # this rule then chose it, "triton, step counter" the counter), µs/step p50, polled vs counter: B16 H768 fp16
+    # forward 3.21 vs 3.27, bf16 3.19 vs 3.27; B1 H256 fp16 forward 1.94 vs 1.86; B64 H1024 bf16 forward (one_32)
+    # 6.50 vs 5.12; B16 H768 fp16 forward + backward (one_bwd) 11.9 vs 8.77. The model had the poll ahead in all
+    # five; the GPU only in the first two. So polled only there, 16-row tiles of 9-16 rows; the rest counts
+    # steps (``POLLED_H`` / LSTM_GPU_POLLED_H=1 still forces every polled path above, to measure them again).
+    polled = (one_16 and B > 8) if forced is None else forced
     if polled and one_16:
         transposed, num_warps = True, 4
     if polled and one_bwd and k_tail:

@@ -408,23 +408,30 @@ def test_k_pieces_cover_h_with_little_padding():
 
 
 def test_h_exchange_rule(monkeypatch):
-    """gpu_config polls the forward's h exchange where a batch group is one 16-row tile of a 16-bit fused forward
-    (K ≤ 1024), transposed on 4 warps, or one 32-row tile (8 warps); elsewhere the step counter. POLLED_H /
-    LSTM_GPU_POLLED_H force either."""
+    """gpu_config polls the forward's h exchange where a batch group is one 16-row tile of 9-16 rows of a 16-bit
+    fused forward (K ≤ 1024), transposed on 4 warps: where the H200 measured the poll faster (B16 H768 fp16 and
+    bf16); elsewhere the step counter, measured faster at B1 H256 fp16, B64 H1024 bf16 (one 32-row tile) and in the
+    backward (B16 H768 fp16). POLLED_H / LSTM_GPU_POLLED_H force either."""
     tc = triton_config
     monkeypatch.setattr(tc, "POLLED_H", None)
     monkeypatch.delenv("LSTM_GPU_POLLED_H", raising=False)
-    cfg = lambda B, H, dtype=torch.float16: tc.gpu_config(B=B, H=H, dtype=dtype, n_sm=132)   # noqa: E731
+    cfg = lambda B, H, dtype=torch.float16, **k: tc.gpu_config(B=B, H=H, dtype=dtype, n_sm=132, **k)   # noqa: E731
     k1024 = triton.__version__.startswith("3.6")                  # K = 1024 with the GPU machine's triton only
-    for B, H, dtype in [(16, 768, torch.float16), (1, 256, torch.float16), (32, 512, torch.float16)] + (
-            [(16, 1024, torch.bfloat16), (5, 1000, torch.bfloat16), (1, 1024, torch.float16)] if k1024 else []):
+    for B, H, dtype in [(16, 768, torch.float16), (16, 768, torch.bfloat16), (32, 512, torch.float16), (9, 256,
+                        torch.float16)] + ([(16, 1024, torch.bfloat16), (16, 1024, torch.float16)] if k1024 else []):
         c = cfg(B, H, dtype)                                        # B32 H512: 2 batch groups of 16 rows
         assert c.polled_exchange(dtype) and c.transposed and c.num_warps == 4, (B, H, c)
+    for B, H, dtype in [(16, 1536, torch.bfloat16), (16, 768, torch.float32), (5, 1000, torch.float16),
+                        (1, 256, torch.float16), (8, 256, torch.float16), (64, 1024, torch.bfloat16),
+                        (5, 1000, torch.bfloat16), (1, 1024, torch.float16)] + (
+                            [] if k1024 else [(16, 1024, torch.bfloat16)]):
+        assert not cfg(B, H, dtype).polled_exchange(dtype), (B, H)
+    assert not cfg(16, 768, backward=True).polled_backward(torch.float16)
+    monkeypatch.setenv("LSTM_GPU_POLLED_H", "1")                    # forced: the polled paths measured against
     c = cfg(64, 1024, torch.bfloat16)                               # 2 batch groups of one 32-row tile each
     assert c.polled_exchange(torch.bfloat16) and c.block_b == 32 and c.num_warps == 8 and c.rows_per_group(64) == 32, c
-    for B, H, dtype in [(16, 1536, torch.bfloat16), (16, 768, torch.float32),
-                        (5, 1000, torch.float16)] + ([] if k1024 else [(16, 1024, torch.bfloat16)]):
-        assert not cfg(B, H, dtype).polled_exchange(dtype), (B, H)
+    assert cfg(16, 768, backward=True).polled_backward(torch.float16)
+    assert cfg(1, 256).polled_exchange(torch.float16)
     monkeypatch.setenv("LSTM_GPU_POLLED_H", "0")
     c = cfg(16, 768)
     assert not c.polled_h and not c.transposed and c.num_warps == 2, c     # the counter's config: rows, 2 warps
