@@ -58,8 +58,11 @@ class Grid:
     proj: tuple = ()        # (dtype, hidden, batch) cases of the above that also run PROJ_VARIANT
 
     def cases(self) -> list[tuple]:
-        """(dtype, hidden, batch) of every case, in the order they run: the product, then ``extra``."""
-        return [(d, H, B) for d in self.dtypes for H in self.hidden for B in self.batch] + list(self.extra)
+        """(dtype, hidden, batch) of every case, in the order they run: the product, then ``extra``; only the
+        hidden sizes in LSTM_GPU_SMOKE_HIDDEN (comma-separated) where it is set (a re-run of failed cases)."""
+        only = {int(h) for h in os.environ.get("LSTM_GPU_SMOKE_HIDDEN", "").split(",") if h.strip()}
+        cases = [(d, H, B) for d in self.dtypes for H in self.hidden for B in self.batch] + list(self.extra)
+        return [c for c in cases if not only or c[1] in only]
 
     def variants(self, case: tuple) -> tuple:
         return SMOKE_VARIANTS + ((PROJ_VARIANT,) if case in self.proj else ())

@@ -103,3 +103,14 @@ def test_every_step_writes_its_files(dry_session):
     assert len(quick) == 1 and _csv(quick[0])
     assert (data / "cpu-dry-profile.md").read_text().startswith("# Where the time goes")
     assert not list((REPO / "reports").rglob("cpu-dry-*")), "a dry run must not write under reports/"
+
+
+def test_smoke_hidden_filter(monkeypatch):
+    """LSTM_GPU_SMOKE_HIDDEN narrows the smoke grid (and its warm-up) to some hidden sizes: a short re-run of the
+    cases that failed, in a second device call."""
+    from bench import session
+    every = session.SMOKE_GPU.cases()
+    monkeypatch.setenv("LSTM_GPU_SMOKE_HIDDEN", "768,1024")
+    some = session.SMOKE_GPU.cases()
+    assert some == [c for c in every if c[1] in (768, 1024)] and len(some) < len(every)
+    assert {t["H"] for t in session.warmup_tasks(False) if t["kind"] == "smoke"} == {768, 1024}
