@@ -22,8 +22,9 @@ trips of the step synchronisation, registers / spills / shared memory, programs.
                  (the serial rounds of loads the step waits for, ``sass.load_phases``: a load issued after
                   the wait for an earlier one is a round of its own; the exchange of h or dz is an L2
                   round; unprefetched streamed data a DRAM one; bytes from ``step_bytes``)
-    compute  = max(instructions · ceil(warps / 4) / ISSUE, mma_chain · MMA, MMA work · ceil(warps / 4) · MMA_ISSUE,
-                   shared-memory wavefronts · warps / SMEM)
+    compute  = max(instructions · ceil(warps / 4) / ISSUE, instructions · CPI, mma_chain · MMA,
+                   MMA work · ceil(warps / 4) · MMA_ISSUE, shared-memory wavefronts · warps / SMEM)
+                 (CPI: a warp's dependent stream, the one parameter fitted to a GPU measurement so far)
                  (the last: a tl.dot operand staged in shared memory, W_hh included, is read back with
                   ldmatrix every step; every warp reads its own copy of the operand the warps share)
     step     = sync + exchange + compute                (cycles; µs = cycles / CLOCK)
@@ -54,6 +55,9 @@ PARAMS = dict(
     FENCE=450,            # cycles: MEMBAR.GPU waits for the program's outstanding stores to reach L2
     L1=35,                # cycles: an L1 hit, e.g. a reload of a value ptxas kept in local memory
     L2_BW=5.5e12,         # bytes/s: L2 bandwidth of the whole chip
+    CPI=5.7,              # cycles per instruction of one warp's dependent stream: FITTED to the first GPU measurement
+                          # (H200, 2026-11-28; bench/model_fit.py: four recurrences, residuals -31 % to +12 %). Without
+                          # it (issue slots only) the model had B16 H768 fp16 at 1.21 µs/step, measured 3.11
 )
 N_SM = 132
 HEADLINE = [
@@ -101,6 +105,7 @@ class Row:
     exchange_us: float
     compute_us: float
     step_us: float
+    slots_us: float = 0.0       # compute without the CPI bound (issue slots, MMA, shared memory): bench/model_fit.py
     triton: str = ""
 
 
@@ -137,10 +142,11 @@ def model(step, *, warps: int, programs: int, grid_bytes: int, params: dict = PA
     issue = step.instructions * math.ceil(warps / 4) / p["ISSUE"]
     tensor = step.mma_units * math.ceil(warps / 4) * p["MMA_ISSUE"]
     smem = step.smem_wavefronts * warps / p["SMEM"]
-    compute = max(issue, step.mma_chain * step.tile_trips * p["MMA"], tensor, smem)
+    slots = max(issue, step.mma_chain * step.tile_trips * p["MMA"], tensor, smem)
+    compute = max(slots, step.instructions * p["CPI"])   # one warp's stream: 1-2 warps per sub-partition hide little
     us = lambda cycles: cycles / (p["CLOCK_GHZ"] * 1e3)   # noqa: E731
     return dict(bytes_per_program=per_program, grid_bytes=grid, sync_us=us(sync), exchange_us=us(exchange),
-                compute_us=us(compute), step_us=us(sync + exchange + compute))
+                compute_us=us(compute), step_us=us(sync + exchange + compute), slots_us=us(slots))
 
 
 def profile(B: int, H: int, T: int, dtype: str, direction: str, n_sm: int = N_SM, save: bool = True) -> Row:
@@ -207,7 +213,8 @@ def markdown(cases: list[tuple], rows_of: dict) -> str:
 
 
 def params_line(params: dict = PARAMS) -> str:
-    return "model parameters (assumed, not measured): " + ", ".join(f"{k}={v:g}" for k, v in params.items())
+    return ("model parameters (assumed, not measured; CPI fitted to the H200 measurement): "
+            + ", ".join(f"{k}={v:g}" for k, v in params.items()))
 
 
 def main(argv=None) -> int:
