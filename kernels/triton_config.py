@@ -378,9 +378,8 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
                         and (dtype == torch.bfloat16 or B == 1 or B % 16 == 0))
     one_16 = (pieces > 0 and 4 * ht == 64 and half and block_b == 16 and tiles_per_group == 1 and k_ok
               and transposed_gates())
-    # And where a batch group is one 32-row tile (8 warps, its own transposed choice): B64 H1024 bf16 4.21 ->
-    # 3.70 µs/step, no spills (186 registers; as 32-bit tagged words it was 4.68).
-    one_32 = pieces > 0 and half and block_b == 32 and tiles_per_group == 1
+    # (Modeled, polled where a batch group is one 32-row tile too: B64 H1024 bf16 4.21 -> 3.70 µs/step, no spills;
+    # measured the other way round, below. Forced, it still polls there.)
     # The backward's dz exchange polled likewise (``LSTMConfig.polled_backward``: 16-bit dz in a slot per step)
     # where a batch group is one 16-row tile and all four gates' dz loads go out together (H ≤ 768): B16 H768
     # fp16 backward 3.47 -> 3.08 µs/step (forward + backward 4.68 -> 4.29), B16 H512 2.28 -> 1.77. With a tail
@@ -389,7 +388,7 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     one_bwd = backward and dz_one_round and half and block_b == 16 and tiles_per_group == 1
     # MEASURED (H200, triton 3.6, 2026-11-28, reports/data/gpu-nvidia-h200-headline.csv: "triton" polled where
     # this rule then chose it, "triton, step counter" the counter), µs/step p50, polled vs counter: B16 H768 fp16
-    # forward 3.21 vs 3.27, bf16 3.19 vs 3.27; B1 H256 fp16 forward 1.94 vs 1.86; B64 H1024 bf16 forward (one_32)
+    # forward 3.21 vs 3.27, bf16 3.19 vs 3.27; B1 H256 fp16 forward 1.94 vs 1.86; B64 H1024 bf16 forward (one 32-row tile)
     # 6.50 vs 5.12; B16 H768 fp16 forward + backward (one_bwd) 11.9 vs 8.77. The model had the poll ahead in all
     # five; the GPU only in the first two. So polled only there, 16-row tiles of 9-16 rows; the rest counts
     # steps (``POLLED_H`` / LSTM_GPU_POLLED_H=1 still forces every polled path above, to measure them again).
