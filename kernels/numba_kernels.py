@@ -1,9 +1,9 @@
 """The persistent fused LSTM recurrence as Numba-CUDA kernels: one launch walks every time step.
 
-STATUS, honestly: these kernels have NEVER run on a real GPU. They were written on a machine without
-one and tested only in Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1), one block at a time
-(tests/test_numba_cpu.py). tests/test_numba_gpu.py holds the many-block, cuDNN, resource and
-back-to-back launch checks that a session with a GPU must run before anyone trusts a number.
+STATUS: written on a machine without a GPU and tested in Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1), one
+block at a time (tests/test_numba_cpu.py); since run on one GPU (an H200, 2026-11-28): the smoke grid matched the
+reference. tests/test_numba_gpu.py holds the many-block, cuDNN, resource and back-to-back launch checks, not yet
+run on a GPU.
 
 Supports: float16 (fp32 accumulation), float32, float64 (float64 state); bfloat16 is refused by the
 launcher (kernels/numba_lstm.py says why). Per-sequence lengths (state frozen past the end, output zero),

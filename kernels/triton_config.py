@@ -2,8 +2,8 @@
 
 Supports / tested on: pure host-side Python; the GPU rules were chosen from sm_90 compiles of exactly
 what launches (tests/test_triton_sm90.py: no spills, ≤ 227 KB shared memory, co-resident) and the static
-profiler's model (``python -m bench.static``), NEVER from a run on a GPU. Known risk: the model's
-latencies are assumptions; the first GPU measurement decides.
+profiler's model (``python -m bench.static``); the h / dz exchange rule was then corrected by the first GPU
+measurement (an H200, 2026-11-28; below). Known risk: the other rules still rest on the model.
 
 Rules (GPU), each checked by compiling every chosen config for sm_90 (tests/test_triton_sm90.py):
 - path: ``tl.dot`` (tensor cores) for fp16/bf16, and fp32 with tf32 precision, at every batch size, while

@@ -2,8 +2,8 @@
 tested without a GPU, and the reasons a stack does not fit (then the module runs today's per-layer launches).
 
 Supports / tested on: host-side Python only (tests/test_stack.py). The GPU rule below was derived from the
-single-layer rules (kernels/triton_config.py) and the sm_90 compile of the stack kernel (bench/static_stack.py),
-NEVER from a run on a GPU.
+single-layer rules (kernels/triton_config.py) and the sm_90 compile of the stack kernel (bench/static_stack.py);
+one GPU run (an H200) found its shared-memory bound short for a one-layer backward (fixed, below).
 
 The work split: the programs are divided among the L·D (layer, direction) groups, layer-major
 (group g = layer·D + direction), NPG programs per group, each owning HT hidden units of its group in all four
