@@ -10,7 +10,8 @@
 #       headline   reports/README.md's headline rows: cudnn, triton, numba, floor; fwd and fwd+bwd; p50 (p20-p80)
 #       stack      the one-launch stack (2 layers, uni- and bidirectional, B16 H512 fp16) against cuDNN and
 #                  against the same kernels launched per layer
-#       host       host time per module call (2 layers, bidirectional, T = 1), real launches
+#       host       host time per module call (2 layers, bidirectional, T = 1), real launches; a cProfile of triton's call
+#       gputests   pytest -m gpu on the stack, triton and numba GPU tests, 150 s at most
 #       quick      as much of `python -m bench --quick` (cudnn, triton, numba) as the time left allows
 #       profile    python -m bench.profile on the headline shape
 #   bash bench/gpu_session.sh STEP ...        only those steps; also the older ones: verify (python -m lstm_gpu),
@@ -103,7 +104,7 @@ sys.exit(not os.path.exists(libs.get_cudalib('cudadevrt', static=True)))" 2>/dev
 
 cudadevrt
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(versions warmup smoke headline stack host quick profile)
+[ ${#steps[@]} -eq 0 ] && steps=(versions warmup smoke headline stack host gputests quick profile)
 for s1 in "${steps[@]}"; do
     case $s1 in
       versions) versions ;;
@@ -114,6 +115,9 @@ for s1 in "${steps[@]}"; do
       host)     session host 30 ;;
       quick)    q=$(( $(left) - 50 )); [ "$q" -gt 10 ] && session quick "$q" || echo "=== quick: skipped (no time left)" | tee -a "$LOG" ;;
       profile)  session profile 60 ;;
+      # the GPU tests of the three kernel files, as many as 150 s allow (none had run before 2026-11-28's session)
+      gputests) step gputests 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider --maxfail=5 --durations=10 \
+                  tests/test_stack_gpu.py tests/test_triton_gpu.py tests/test_numba_gpu.py ;;
       # the older steps, each a call of its own
       verify) step verify 300 "$PY" -m lstm_gpu ;;
       tests) step tests 540 "$PY" -m pytest -m gpu -q -x --durations=15 -p no:cacheprovider ;;
