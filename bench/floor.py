@@ -73,6 +73,39 @@ def _floor_kernel(
         step_barrier(p_bar, t, NUM_PROGRAMS, TIMEOUT)
 
 
+# The polled exchange's mark, as the LSTM's (kernels/triton_lstm.py): a slot element not yet written holds the bits
+# of fp16 -0.0, the least int16; a -0.0 that is written is stored as +0.0.
+UNWRITTEN = tl.constexpr(-32768)
+
+
+@triton.jit(do_not_specialize=["T"])
+def _floor_polled_kernel(
+    p_h,            # [T+1, B, H] int16, the bits of fp16 h: slot 0 is h0, slots 1 … T filled with UNWRITTEN
+    T, B, H, HT,    # steps, batch, hidden, hidden units owned by one program
+    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HT: tl.constexpr,
+):
+    """The floor with the LSTM's polled exchange instead of the barrier: no counter, no fence. Each step's h has a
+    slot of its own, written once; a program reloads all of h_t until no element is UNWRITTEN (one L2 round trip
+    when it is all there), then writes its slice of h_{t+1}. What one step of the polled forward pays at least."""
+    i_p = tl.program_id(0)
+    o_b = tl.arange(0, BLOCK_B)
+    o_k = tl.arange(0, BLOCK_H)
+    o_own = i_p * HT + tl.arange(0, BLOCK_HT)
+    m_b = o_b < B
+    m = m_b[:, None] & (o_k < H)[None, :]
+    m2 = m_b[:, None] & ((tl.arange(0, BLOCK_HT) < HT) & (o_own < H))[None, :]
+    for t in tl.range(0, T, num_stages=1):
+        p_prev = p_h + t * B * H
+        w = tl.load(p_prev + o_b[:, None] * H + o_k[None, :], mask=m, other=0, volatile=True)
+        while tl.min(w) == UNWRITTEN:                   # all of h_t, polled: the data is the flag
+            w = tl.load(p_prev + o_b[:, None] * H + o_k[None, :], mask=m, other=0, volatile=True)
+        b_acc = tl.sum(w.to(tl.float16, bitcast=True).to(tl.float32), 1)
+        b_own = tl.load(p_prev + o_b[:, None] * H + o_own[None, :], mask=m2, other=0)
+        b_new = 0.5 * b_own.to(tl.float16, bitcast=True).to(tl.float32) + (0.5 / H) * b_acc[:, None]
+        bits = b_new.to(tl.float16).to(tl.int16, bitcast=True)
+        tl.store(p_prev + B * H + o_b[:, None] * H + o_own[None, :], tl.where(bits == UNWRITTEN, 0, bits), mask=m2)
+
+
 def interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -111,6 +144,44 @@ def floor_launch(h: torch.Tensor, bar: torch.Tensor, programs: int, timeout: int
     extra = {} if interpreted() else {"launch_cooperative_grid": True, "num_warps": lp["num_warps"], "num_stages": 1}
     _floor_kernel[(programs,)](h, bar, T1 - 1, B, H, lp["HT"], BLOCK_B=lp["BLOCK_B"], BLOCK_K=lp["BLOCK_K"],
                                BLOCK_HT=lp["BLOCK_HT"], NUM_PROGRAMS=programs, TIMEOUT=timeout, **extra)
+
+
+def polled_params(batch: int, hidden: int, programs: int) -> dict:
+    """Tiles and warps of the polled floor: all of h in one tile (one poll), 8 warps from 8192 elements."""
+    BLOCK_B, BLOCK_H = triton.next_power_of_2(batch), max(16, triton.next_power_of_2(hidden))
+    HT = triton.cdiv(hidden, programs)
+    return dict(HT=HT, BLOCK_B=BLOCK_B, BLOCK_H=BLOCK_H, BLOCK_HT=triton.next_power_of_2(HT),
+                num_warps=8 if BLOCK_B * BLOCK_H >= 8192 else 4)
+
+
+def polled_launch(h_bits: torch.Tensor, programs: int) -> None:
+    """One launch of the polled floor over every slot of ``h_bits`` ([T+1, B, H] int16; ``make_polled_buffers``).
+    A launch consumes its slots: refill them (``refill_polled``) before the next."""
+    T1, B, H = h_bits.shape
+    lp = polled_params(B, H, programs)
+    extra = {} if interpreted() else {"launch_cooperative_grid": True, "num_warps": lp["num_warps"], "num_stages": 1}
+    _floor_polled_kernel[(programs,)](h_bits, T1 - 1, B, H, lp["HT"], BLOCK_B=lp["BLOCK_B"], BLOCK_H=lp["BLOCK_H"],
+                                      BLOCK_HT=lp["BLOCK_HT"], **extra)
+
+
+def make_polled_buffers(batch: int, hidden: int, steps: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(h as int16 bits, slot 0 = h0 with -0.0 stored as +0.0, the rest UNWRITTEN; h0 in fp16)."""
+    h0 = torch.randn(batch, hidden, device=device).half()
+    h0 = torch.where(h0 == 0, torch.zeros_like(h0), h0)
+    h = torch.full((steps + 1, batch, hidden), -32768, dtype=torch.int16, device=device)
+    h[0] = h0.view(torch.int16)
+    return h, h0
+
+
+def refill_polled(h: torch.Tensor) -> None:
+    h[1:].fill_(-32768)
+
+
+def check_polled(batch: int, hidden: int, device, programs: int, steps: int = 4):
+    """Run the polled floor once: (its h slots in fp16, ``floor_reference``'s)."""
+    h, h0 = make_polled_buffers(batch, hidden, steps, device)
+    polled_launch(h, programs)
+    return h.view(torch.float16), floor_reference(h0, steps)
 
 
 def floor_reference(h0: torch.Tensor, T: int) -> torch.Tensor:
@@ -160,11 +231,29 @@ def sm90_resource_usage(batch: int, hidden: int, dtype: torch.dtype, sm_count: i
     return usage
 
 
-if __name__ == "__main__":      # python -m bench.floor 1,128,fp32 256,2048,bf16 ...  -> one JSON line each
+def sm90_polled_usage(batch: int, hidden: int, programs: int) -> dict:
+    """``sm90_resource_usage`` for the polled floor (fp16 bits), ``programs`` programs."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from lstm_gpu.kernels.triton_sm90 import resource_usage
+    lp = polled_params(batch, hidden, programs)
+    sig = {"p_h": "*i16", "T": "i32", "B": "i32", "H": "i32", "HT": "i32",
+           **{k: "constexpr" for k in ("BLOCK_B", "BLOCK_H", "BLOCK_HT")}}
+    consts = dict(BLOCK_B=lp["BLOCK_B"], BLOCK_H=lp["BLOCK_H"], BLOCK_HT=lp["BLOCK_HT"])
+    k = triton.compile(ASTSource(_floor_polled_kernel, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
+                       options={"num_warps": lp["num_warps"], "num_stages": 1})
+    usage = resource_usage(k)
+    usage.update(programs=programs, num_warps=lp["num_warps"], barrier="none (polled)")
+    return usage
+
+
+if __name__ == "__main__":      # python -m bench.floor 1,128,fp32 256,2048,bf16 16,768,fp16,polled ...  -> JSON lines
     import json
     import sys
     for spec in sys.argv[1:]:
-        b, h, d = spec.split(",")
+        b, h, d, *polled = spec.split(",")
         dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[d]
-        usage = sm90_resource_usage(int(b), int(h), dt)
+        usage = (sm90_polled_usage(int(b), int(h), programs_for(int(b), int(h), dt, 132)) if polled
+                 else sm90_resource_usage(int(b), int(h), dt))
         print(json.dumps({"spec": spec, **{k: v for k, v in usage.items() if k != "text"}}))
