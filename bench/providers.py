@@ -235,11 +235,40 @@ setup_triton_rows = _triton_switched("TRANSPOSED_GATES", False, "the fused forwa
                                      "forward fused gates in rows")
 
 
+def _stack_switched(values: dict, note: str) -> Setup:
+    """The one-launch stack (``stack=True``: raises where it does not fit) with kernels/triton_stack.py's switches set
+    to ``values`` around each call, forward and the backward autograd runs in it."""
+    def setup(shape: Shape, dtype, weights, device) -> Prepared:
+        from lstm_gpu.kernels import triton_stack
+        prep = _lstm_gpu_setup("triton", stack=True)(shape, dtype, weights, device)
+
+        @contextlib.contextmanager
+        def around():
+            saved = {k: getattr(triton_stack, k) for k in values}
+            for k, v in values.items():
+                setattr(triton_stack, k, v)
+            try:
+                yield
+            finally:
+                for k, v in saved.items():
+                    setattr(triton_stack, k, v)
+        return Prepared(prep.forward, prep.params, f"lstm_gpu.LSTM(backend='triton', stack=True), {note}", around)
+    return setup
+
+
+# The stack's exchanges through its epoch counters instead of polled (kernels/triton_stack.py's POLLED_FORWARD,
+# POLLED_BACKWARD): the single layer measured its polled backward 3 µs a step slower than the counter (H200, B16
+# H768 fp16); whether the stack's is, this decides.
+setup_triton_stack_counters = _stack_switched({"POLLED_FORWARD": False, "POLLED_BACKWARD": False},
+                                              "exchanges through the epoch counters")
+
+
 PROVIDERS: dict[str, Setup] = {
     "reference": _lstm_gpu_setup("reference"),
     "cudnn": setup_cudnn,
     "triton": _lstm_gpu_setup("triton"),
     "triton-layers": _lstm_gpu_setup("triton", stack=False),    # one launch per layer and direction
+    "triton-stack-counters": setup_triton_stack_counters,
     "triton-polled": setup_triton_polled,
     "triton-counter": setup_triton_counter,
     "triton-per-gate": setup_triton_per_gate,

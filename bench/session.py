@@ -84,7 +84,7 @@ STACK_GPU = [(16, 512, 1024, "fp16", "fwd", 2, False), (16, 512, 1024, "fp16", "
              (16, 512, 1024, "fp16", "fwd+bwd", 2, False), (16, 512, 1024, "fp16", "fwd+bwd", 2, True)]
 STACK_DRY = [(2, 8, 4, "fp32-ieee", "fwd+bwd", 2, False), (2, 8, 4, "fp32-ieee", "fwd", 2, True)]
 # "triton-layers": the same kernels one launch per layer and direction, what issue 16's ratio compares against
-STACK_PROVIDERS = ("cudnn", "triton", "triton-layers")
+STACK_PROVIDERS = ("cudnn", "triton", "triton-layers", "triton-stack-counters")
 HEADLINE_PROVIDERS = ("cudnn", "triton", "numba")
 # 16-bit headline rows also time the forward's h exchange and the backward's dz exchange through the step counter
 # where the configs poll them (one 16-row tile per batch group; elsewhere the same config as "triton"): the static
@@ -398,7 +398,7 @@ def warm_one(task: dict) -> tuple[dict, float, str]:
             shape = Shape(B, H, T, layers=task["L"], bidirectional=task["bi"])
             x = torch.randn(T, B, H, device=device).to(dtype)
             dy = torch.randn(T, B, shape.directions * H, device=device).to(dtype)
-            for provider in ("triton", "triton-layers"):
+            for provider in STACK_PROVIDERS[1:]:
                 prep = PROVIDERS[provider](shape, dtype, shared_weights(shape), device)
                 for mode in ("fwd", "fwd+bwd"):
                     outputs(prep, x, dy, mode)
@@ -605,16 +605,17 @@ def stack_table(csv_path: Path, env: dict) -> str:
 
     lines = [f"Machine: `{env['machine']}`", "",
              "| B | H | T | dtype | mode | layers × directions | cuDNN µs/step | triton (one launch) µs/step "
-             "| speedup over cuDNN | triton per layer µs/step | one launch / per layer |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| speedup over cuDNN | triton per layer µs/step | one launch / per layer | one launch, counters µs/step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for spec in env["headline"]:
         cu, tr, tl_ = find("cudnn", spec), find("triton", spec), find("triton-layers", spec)
+        tc = find("triton-stack-counters", spec)
         lines.append(f"| {spec['batch']} | {spec['hidden']} | {spec['seq_len']} | {spec['dtype']} | {spec['mode']} | "
                      f"{spec['layers']} × {2 if spec['bidirectional'] else 1} | {cell(cu)} | {cell(tr)} | "
-                     f"{ratio(cu, tr)} | {cell(tl_)} | {ratio(tr, tl_)} |")
+                     f"{ratio(cu, tr)} | {cell(tl_)} | {ratio(tr, tl_)} | {cell(tc)} |")
     lines += ["", "µs per time step of the whole stack (p50, p20-p80), layer 0's input projection included; "
-              "\"one launch / per layer\" is issue 16's ratio (modeled 0.67x / 0.65x forward, 0.72x / 0.71x fwd+bwd uni / bi, "
-              "bench.static_stack)."]
+              "\"one launch / per layer\" is issue 16's ratio (first measured on an H200: 0.53x / 0.54x forward, 0.57x "
+              "fwd+bwd, uni / bi); \"counters\": the stack's exchanges through its epoch counters instead of polled."]
     return "\n".join(lines) + "\n"
 
 

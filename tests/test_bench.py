@@ -324,3 +324,25 @@ def test_polled_floor_exchanges_h():
     h, ref = check_polled(3, 20, "cpu", programs=1, steps=3)
     assert not (h.view(torch.int16) == -32768).any()
     assert compare({"h": h}, {"h": ref}, "fp16").ok
+
+
+def test_stack_counters_provider_switches_both_passes(monkeypatch):
+    """"triton-stack-counters" (the GPU session's stack step) runs the one-launch stack with its exchanges through the
+    epoch counters, forward and backward, matches the oracle, and leaves the switches as they were."""
+    from lstm_gpu.kernels import triton_stack
+    shape = providers.Shape(2, 8, 4, layers=2, bidirectional=True)
+    weights = providers.shared_weights(shape)
+    seen = []
+    for name in ("stack_fwd", "stack_bwd"):
+        real = getattr(triton_stack, name)
+        monkeypatch.setattr(triton_stack, name, lambda *a, _real=real, _n=name, **k: seen.append(
+            (_n, triton_stack.POLLED_FORWARD, triton_stack.POLLED_BACKWARD)) or _real(*a, **k))
+    prep = providers.PROVIDERS["triton-stack-counters"](shape, torch.float32, weights, torch.device("cpu"))
+    x = torch.randn(4, 2, 8, generator=torch.Generator().manual_seed(0))
+    dy = torch.randn(4, 2, 16, generator=torch.Generator().manual_seed(1))
+    got = providers.outputs(prep, x, dy, "fwd+bwd")
+    assert {n for n, _, _ in seen} == {"stack_fwd", "stack_bwd"} and all(not f and not b for _, f, b in seen), seen
+    assert triton_stack.POLLED_FORWARD and triton_stack.POLLED_BACKWARD
+    want = providers.oracle(shape, torch.float32, weights, x, dy)
+    for k in ("y", "h_n", "grad_x"):
+        assert (got[k].double() - want[k].double()).abs().max().item() < 1e-4, k
