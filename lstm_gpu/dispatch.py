@@ -129,7 +129,11 @@ def measured_choice(device: torch.device, dtype: torch.dtype, *, batch: int, hid
     t = table()
     if not t.rows:
         return Choice("cudnn", "no GPU measurement in the dispatch table: cuDNN")
-    gpu = gpu_name(device)
+    try:
+        gpu = gpu_name(device)
+    except (RuntimeError, AssertionError) as e:     # no CUDA here (a CPU build, no driver): nothing measured it
+        return Choice("cudnn", f"the name of {device} cannot be read ({' '.join(str(e).split())[:80]}), so no "
+                      "measurement applies: cuDNN")
     label = dtype_label(dtype)
     where = (f"{gpu}, {label or dtype}, {num_layers} layer(s){' bidirectional' if bidirectional else ''}, "
              f"batch {batch}, hidden {hidden_size}, seq_len {seq_len}")

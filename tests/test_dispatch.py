@@ -166,3 +166,13 @@ def test_without_measurements_auto_is_torch_lstm_on_cuda_and_on_cpu():
                                        explain=True).reason == "named explicitly"
     finally:
         dispatch.set_table(None)
+
+
+def test_a_device_whose_name_cannot_be_read_gets_cudnn(table, monkeypatch):
+    """auto on "cuda" where torch has no CUDA (a CPU build): no measurement can apply, cuDNN, not an error from
+    torch.cuda.get_device_name (the first H200 rows in the shipped table made every such call raise)."""
+    def no_cuda(device):
+        raise AssertionError("Torch not compiled with CUDA enabled")
+    monkeypatch.setattr(dispatch, "gpu_name", no_cuda)
+    c = _auto()
+    assert c.backend == "cudnn" and c.row is None and "cannot be read" in c.reason
