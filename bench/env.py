@@ -96,7 +96,12 @@ def _git(*args: str) -> str | None:
 
 
 def git_sha() -> tuple[str, bool]:
-    """(sha or "unknown", dirty). Dirty = tracked files differ from HEAD."""
+    """(sha or "unknown", dirty). Dirty = tracked files differ from HEAD. LSTM_GPU_COMMIT, where set, is the commit
+    the caller says the tree is (clean): the device machine's copy of the repository kept the session's first
+    commit in its .git and called every later tree "22b96d8 dirty" (H200 session, 2026-11-28)."""
+    stated = os.environ.get("LSTM_GPU_COMMIT", "").strip()
+    if stated:
+        return stated, False
     sha = _git("rev-parse", "HEAD") or "unknown"
     status = _git("status", "--porcelain", "--untracked-files=no")
     return sha, bool(status)

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # A GPU session in ONE device call (device tool: fresh machine, no network, at most 10 minutes a command).
 #
-#   bash bench/gpu_session.sh                 the whole session, within $LSTM_GPU_SESSION_BUDGET s (default 540):
+#   LSTM_GPU_COMMIT=<sha> bash bench/gpu_session.sh
+#                                             the whole session, within $LSTM_GPU_SESSION_BUDGET s (default 540);
+#                                             commit first and state the commit: the device's copy of .git can be
+#                                             stale (it called every tree of 2026-11-28's session "22b96d8 dirty")
 #       versions   GPU, SMs, driver, CUDA, cuDNN, torch, triton, numba, numba-cuda, git sha
 #       warmup     compile every Triton config the later steps launch, in parallel processes
 #       smoke      triton, then numba (separate processes): correctness grid vs the reference and cuDNN,

@@ -115,3 +115,12 @@ def test_smoke_hidden_filter(monkeypatch):
     some = session.SMOKE_GPU.cases()
     assert some == [c for c in every if c[1] in (768, 1024)] and len(some) < len(every)
     assert {t["H"] for t in session.warmup_tasks(False) if t["kind"] == "smoke"} == {768, 1024}
+
+
+def test_stated_commit_names_the_tree(monkeypatch):
+    """LSTM_GPU_COMMIT (the device call's command states the committed tree it ran) wins over the copy's .git."""
+    from bench import env
+    monkeypatch.setenv("LSTM_GPU_COMMIT", "abc1234")
+    assert env.git_sha() == ("abc1234", False)
+    monkeypatch.delenv("LSTM_GPU_COMMIT")
+    assert env.git_sha()[0] != "abc1234"
