@@ -15,6 +15,7 @@
 #                  against the same kernels launched per layer
 #       host       host time per module call (2 layers, bidirectional, T = 1), real launches; a cProfile of triton's call
 #       floorscan  the floor (barrier, polled exchange) against the program count (bench/floor_scan.py)
+#       stalls     ncu's warp stall reasons, our B16 H768 fp16 forward beside cuDNN's (bench/stalls.py)
 #       gputests   pytest -m gpu on the stack, triton and numba GPU tests, 150 s at most
 #       quick      as much of `python -m bench --quick` (cudnn, triton, numba) as the time left allows
 #       profile    python -m bench.profile on the headline shape
@@ -108,7 +109,7 @@ sys.exit(not os.path.exists(libs.get_cudalib('cudadevrt', static=True)))" 2>/dev
 
 cudadevrt
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(versions warmup smoke headline stack host floorscan gputests quick profile)
+[ ${#steps[@]} -eq 0 ] && steps=(versions warmup smoke headline stack host floorscan stalls gputests quick profile)
 for s1 in "${steps[@]}"; do
     case $s1 in
       versions) versions ;;
@@ -121,6 +122,8 @@ for s1 in "${steps[@]}"; do
       profile)  session profile 60 ;;
       floorscan) if [ "$DRY" = 1 ]; then step floorscan 60 "$PY" -m bench.floor_scan --dry
                  else step floorscan 60 "$PY" -m bench.floor_scan; fi ;;
+      stalls)   if [ "$DRY" = 1 ]; then step stalls 90 "$PY" -m bench.stalls --dry
+                else step stalls 90 "$PY" -m bench.stalls; fi ;;
       # the GPU tests of the three kernel files, as many as 150 s allow (none had run before 2026-11-28's session)
       gputests) step gputests 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider --maxfail=5 --durations=10 \
                   tests/test_stack_gpu.py tests/test_triton_gpu.py tests/test_numba_gpu.py ;;

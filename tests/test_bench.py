@@ -346,3 +346,21 @@ def test_stack_counters_provider_switches_both_passes(monkeypatch):
     want = providers.oracle(shape, torch.float32, weights, x, dy)
     for k in ("y", "h_n", "grad_x"):
         assert (got[k].double() - want[k].double()).abs().max().item() < 1e-4, k
+
+
+def test_stall_reasons_parse_ncu_raw_csv():
+    """bench/stalls.py reads ncu's raw CSV page: the units row skipped, the stall reasons by their short names."""
+    from bench import stalls
+    text = "\n".join([
+        "==PROF== Connected to process 1",
+        '"ID","Kernel Name","gpu__time_duration.sum","smsp__average_warps_issue_stalled_long_scoreboard'
+        '_per_issue_active.ratio","smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio",'
+        '"smsp__inst_executed.sum"',
+        '"","","nsecond","ratio","ratio","inst"',
+        '"0","_lstm_fwd_kernel","821,000","3.5","1.25","1,234,567"'])
+    got = stalls.parse(text)
+    assert got == {"gpu__time_duration.sum": 821000.0, "long_scoreboard": 3.5, "barrier": 1.25,
+                   "smsp__inst_executed.sum": 1234567.0, "kernel": "_lstm_fwd_kernel"}
+    md = stalls.table({"triton": got, "cudnn": "ncu gave no rows"})
+    assert md.index("long_scoreboard") < md.index("barrier") and "| 3.50 |" in md
+    assert stalls.main(["--dry"]) == 0
