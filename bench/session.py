@@ -68,10 +68,12 @@ class Grid:
         return SMOKE_VARIANTS + ((PROJ_VARIANT,) if case in self.proj else ())
 
 
-# The 16-bit H = 1536 cases (K in two pieces, 224 KB of shared memory per program) come last: the grid runs
-# in order under a time limit, and they are the newest and slowest
+# The newest cases come last (the grid runs in order under a time limit): the 16-bit H = 1536 cases (K in two
+# pieces, 224 KB of shared memory per program), then tf32 at H = 1024 (8 units a program, the gates fused; one
+# tile, and four walked per step)
 SMOKE_GPU = Grid(dtypes=("fp16", "bf16", "fp32-ieee"), hidden=(256, 768, 1024), batch=(1, 16, 64), seq_len=65,
-                 extra=(("fp16", 1536, 16), ("bf16", 1536, 16)), proj=(("fp16", 768, 16), ("fp32-ieee", 256, 16)))
+                 extra=(("fp16", 1536, 16), ("bf16", 1536, 16), ("fp32-tf32", 1024, 16), ("fp32-tf32", 1024, 64)),
+                 proj=(("fp16", 768, 16), ("fp32-ieee", 256, 16)))
 SMOKE_DRY = Grid(dtypes=("fp32-ieee",), hidden=(8,), batch=(2,), seq_len=3, proj=(("fp32-ieee", 8, 2),))
 # reports/README.md's headline rows: (batch, hidden, seq_len, dtype, mode)
 HEADLINE_GPU = [(16, 768, 1024, "fp16", "fwd"), (16, 768, 1024, "fp16", "fwd+bwd"), (16, 768, 1024, "bf16", "fwd"),

@@ -32,6 +32,7 @@ trips of the step synchronisation, registers / spills / shared memory, programs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import math
 import os
@@ -68,6 +69,7 @@ HEADLINE = [
     (16, 1024, 1024, "bfloat16", "fwd"),
     (16, 1536, 1024, "bfloat16", "fwd+bwd"),     # the largest H whose W_hh stays on chip (K as 1024 + 512)
     (16, 512, 1024, "float32", "fwd+bwd"),       # fp32-ieee on CUDA cores: tl.dot in IEEE fp32 (FMAs)
+    (64, 1024, 1024, "tf32", "fwd"),             # fp32 on the tensor cores, 8 units a program (16 do not fit)
 ]
 
 
@@ -149,6 +151,23 @@ def model(step, *, warps: int, programs: int, grid_bytes: int, params: dict = PA
                 compute_us=us(compute), step_us=us(sync + exchange + compute), slots_us=us(slots))
 
 
+def torch_dtype(name: str) -> torch.dtype:
+    """A case's dtype: a torch dtype's name, or "tf32" (float32 on the tensor cores, as cuDNN runs it by default)."""
+    return torch.float32 if name == "tf32" else getattr(torch, name)
+
+
+@contextlib.contextmanager
+def _precision(name: str):
+    """The configs of dtype ``name``: fp32 matmul precision tf32 for "tf32", else the default (ieee)."""
+    from lstm_gpu.kernels import triton_config
+    saved = triton_config.FP32_PRECISION
+    triton_config.FP32_PRECISION = "tf32" if name == "tf32" else saved
+    try:
+        yield
+    finally:
+        triton_config.FP32_PRECISION = saved
+
+
 def profile(B: int, H: int, T: int, dtype: str, direction: str, n_sm: int = N_SM, save: bool = True) -> Row:
     """Compile what the dispatcher launches for one direction of a case and model its step. ``save``:
     whether the forward saves gates and cells for backward (training); an inference forward does not."""
@@ -156,8 +175,9 @@ def profile(B: int, H: int, T: int, dtype: str, direction: str, n_sm: int = N_SM
     from lstm_gpu.kernels.triton_config import gpu_config
 
     from . import sass
-    dt = getattr(torch, dtype)
-    cfg = gpu_config(B=B, H=H, dtype=dt, n_sm=n_sm, backward=direction == "bwd")
+    dt = torch_dtype(dtype)
+    with _precision(dtype):
+        cfg = gpu_config(B=B, H=H, dtype=dt, n_sm=n_sm, backward=direction == "bwd")
     extra = dict(save=save) if direction == "fwd" else {}
     launch = triton_sm90.capture(direction, B=B, H=H, T=T, dtype=dt, cfg=cfg, **extra)
     kernel = triton_sm90.compile_launch(launch)
@@ -232,8 +252,9 @@ def main(argv=None) -> int:
             cases.append((int(b), int(h), int(t), dtype, mode))
         except ValueError:
             ap.error(f"--case wants B,H,T,DTYPE,MODE (e.g. 16,768,1024,float16,fwd), got {text!r}")
-        if mode not in ("fwd", "fwd+bwd") or not isinstance(getattr(torch, dtype, None), torch.dtype):
-            ap.error(f"--case {text!r}: MODE is fwd or fwd+bwd, DTYPE a torch dtype name (float16, bfloat16, ...)")
+        if mode not in ("fwd", "fwd+bwd") or not (dtype == "tf32" or isinstance(getattr(torch, dtype, None), torch.dtype)):
+            ap.error(f"--case {text!r}: MODE is fwd or fwd+bwd, DTYPE a torch dtype name (float16, bfloat16, ...) "
+                     "or tf32")
     cases = cases or HEADLINE
     rows_of = {case: case_rows(*case) for case in cases}
     rows = list({id(r): r for case in cases for r in rows_of[case]}.values())

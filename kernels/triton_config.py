@@ -17,7 +17,8 @@ Rules (GPU), each checked by compiling every chosen config for sm_90 (tests/test
   broadcast-multiply-sum, one batch tile of BLOCK_B rows at a time (looped inside the program when B is larger;
   five shuffle levels per output).
 - HT (hidden units per program, all four gates) is the smallest power of two that keeps the grid
-  cdiv(H, HT) ≤ the SM count (one program per SM); ≥ 4, and ≥ 16 on the tensor cores (N of each gate's dot).
+  cdiv(H, HT) ≤ the SM count (one program per SM); ≥ 4, and ≥ 16 on the tensor cores (N of each gate's dot);
+  but 8 for a tf32 forward where 16 units' fp32 weights do not fit (H 769-1024: the four gates fused, N = 32).
 - Dot path (see ``gpu_config``): 16-row batch tiles; 16-bit: 4 warps, tf32: 8 warps; K in chunks of 64,
   at most 8 (the tail piece in as many chunks as the first). The 16-bit forward takes 32-row tiles at 8 warps where a batch group has 32 rows or more.
   The forward fuses the four gates into one dot per piece of K (``fused_pieces``: at most 4 pieces) wherever
@@ -44,6 +45,7 @@ default (torch.backends.cudnn.rnn.fp32_precision).
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -278,6 +280,15 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     half = dtype in (torch.float16, torch.bfloat16)     # 16-bit operands (else tf32: 32-bit operands)
     dot_k, dot_tail = k_pieces(H)
     use_mma = tensor_cores and dot_shared_bytes(ht_dot, dot_k, 16, dtype, dot_tail) <= DOT_SHARED_BUDGET
+    # tf32 (32-bit operands) at H 769-1024 forward: 16 units per program do not fit (W_hh alone is 256 KB at
+    # H = 1024), 8 do with the four gates fused ([BB, 4·8] per piece of K: N = 32 ≥ 16; W 128 KB + an h tile 64
+    # KB), 128 programs. MEASURED before (H200, reports/data/gpu-nvidia-h200-headline.csv): B64 H1024 on the
+    # broadcast path (CUDA cores, the batch a row at a time) 151 µs/step, cuDNN 21.4. The backward's dh has N = HT
+    # = 8 per program (< 16 for tl.dot): it stays on the broadcast path.
+    narrow = -(-H // 8)
+    if (tensor_cores and not use_mma and not backward and fused_gates() and narrow <= n_sm
+            and dot_shared_bytes(8, math.prod(fused_pieces(H)), 16, dtype) <= DOT_SHARED_BUDGET):
+        ht_dot, use_mma = 8, True
     fma = (dtype == torch.float32 and not tensor_cores and H <= fma_max_h(backward)
            and (B % 16 == 0 or (not backward and FMA_MIN_ROWS <= B < 16)))
     use_dot = use_mma or fma
@@ -302,7 +313,9 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
         # - Both: K in chunks of 64, at most 8 (B16 H768 fp16 forward 1.46 -> 1.45 µs/step against chunks of
         #   128; 16 chunks spilled at H = 1536).
         block_b = 16                                    # M ≥ 16 for tl.dot on triton 3.6
-        num_warps = 4 if half or fma else 8
+        # (tf32 on 8 units a program, H 769-1024: 4 warps. Modeled, B 1 / 16 / 64 H1024 inference forward: 2.87 /
+        # 4.49 / 18.9 µs/step on 4 warps, 3.57 / 5.98 / 24.2 on 2, 4.60 / 6.10 / 23.4 on 8; all three without spills.)
+        num_warps = 4 if half or fma or ht == 8 else 8
         # FMA: K in one chunk (2-8 chunks spilled 171-1069 accesses per step at B16 H768)
         k_split = 1 if fma else min(8, max(1, block_k // (DOT_KC // 2)))
     else:
@@ -403,7 +416,7 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     # 544 instructions per warp, on half the sub-partitions: 0.54 µs of issue, under the 0.79 of shared
     # memory); B16 H1024 bf16 training forward 2.53 -> 2.26; no spills (254-255 registers). Not with the polled
     # h exchange (a measurement option): at 2 warps it kept 8-33 values in local memory inside the loop.
-    if pieces and not transposed and block_b == 16 and not polled:
+    if pieces and not transposed and block_b == 16 and not polled and half:
         num_warps = 2
     return LSTMConfig(ht=ht, block_k=block_k, block_b=block_b, use_dot=use_dot, precision=precision,
                       num_warps=num_warps, num_programs=num_programs * groups, k_split=k_split,

@@ -3,7 +3,8 @@
 Supports: one layer, one direction per call (reverse too), no projection (lstm_gpu/functional.py folds one into W_hh), packed
 sequences (per-sequence ``lengths``, any order), float16, bfloat16 and float32 with tf32 on tensor cores
 (tl.dot), float32-ieee and float64 on CUDA cores (tl.dot in IEEE fp32 where it compiles without spills, else a
-register broadcast-multiply-sum). H ≤ 1536 in 16 bits,
+register broadcast-multiply-sum); tf32 takes the tensor cores up to H = 1024 in the forward (8 units a program
+above H = 768, where 16 units' fp32 weights do not fit; not yet run on a GPU). H ≤ 1536 in 16 bits,
 ≤ 1024 in fp32, ≤ 528 in fp64, on a 132-SM H100: the whole W_hh must stay on chip, spread over the programs (``triton_config``
 has the rules and says the limit when a call does not fit).
 Tested on: the Triton CPU interpreter (TRITON_INTERPRET=1: one program, and every program of a grid at

@@ -30,7 +30,8 @@ def test_smoke_stops_starting_cases_when_out_of_time(tmp_path, monkeypatch):
 def test_warmup_covers_the_shapes_the_later_steps_launch():
     tasks = session.warmup_tasks(dry=False)
     smoke = {(t["dtype"], t["B"], t["H"]) for t in tasks if t["kind"] == "smoke"}
-    assert len(smoke) == 29 and ("bf16", 64, 1024) in smoke and ("bf16", 16, 1536) in smoke   # 27 + H = 1536
+    assert len(smoke) == 31 and ("bf16", 64, 1024) in smoke and ("bf16", 16, 1536) in smoke   # 27 + H = 1536 + tf32
+    assert ("fp32-tf32", 64, 1024) in smoke
     bench = {(t["dtype"], t["B"], t["H"], t["T"]) for t in tasks if t["kind"] == "bench"}
     assert {(d, b, h, t) for b, h, t, d, _ in session.HEADLINE_GPU} <= bench
     assert ("fp32-tf32", 1, 256, 1024) in bench                          # a --quick shape
@@ -39,7 +40,7 @@ def test_warmup_covers_the_shapes_the_later_steps_launch():
     assert variants == {(d, b, h, t) for b, h, t, d, _ in session.HEADLINE_GPU if d in ("fp16", "bf16")}
     stack = {(t["dtype"], t["B"], t["H"], t["T"], t["L"], t["bi"]) for t in tasks if t["kind"] == "stack"}
     assert stack == {(d, b, h, t, L, bi) for b, h, t, d, _, L, bi in session.STACK_GPU}
-    assert [t["kind"] for t in tasks][:29] == ["smoke"] * 29            # in the order they are needed
+    assert [t["kind"] for t in tasks][:31] == ["smoke"] * 31            # in the order they are needed
 
 
 @pytest.fixture(scope="module")

@@ -196,6 +196,23 @@ def test_triton_layer_fp32_ieee_fma(n, B, reverse, monkeypatch):
 
 
 @needs_triton
+@pytest.mark.parametrize("B,reverse", [(3, True), (20, False)], ids=str)
+def test_triton_layer_tf32_eight_units(B, reverse, monkeypatch):
+    """tf32 where 16 units' fp32 weights do not fit on chip (on an H100, H 769-1024): 8 units a program, the
+    four gates fused in one [BB, 32] dot per piece of K; the backward on the broadcast path. Scaled down: the
+    shared-memory budget cut so that at H = 37 on 5 SMs 16 units do not fit and 8 do (5 programs, the last
+    with 5 units; B = 3 one tile, B = 20 two). Every output and gradient vs the reference."""
+    monkeypatch.setattr(triton_config, "FP32_PRECISION", "tf32")
+    monkeypatch.setattr(triton_config, "DOT_SHARED_BUDGET", 12_000)   # 16 units: 14336 bytes; 8 fused: 9216
+    n, H = 5, 37
+    fwd = triton_config.gpu_config(B=B, H=H, dtype=torch.float32, n_sm=n)
+    bwd = triton_config.gpu_config(B=B, H=H, dtype=torch.float32, n_sm=n, backward=True)
+    assert (fwd.ht, fwd.pieces, fwd.use_dot, fwd.num_programs, fwd.num_warps) == (8, 3, True, n, 4), fwd
+    assert (bwd.ht, bwd.use_dot, bwd.num_programs) == (8, False, n), bwd
+    check_layer("triton", n, 4, B, H, torch.float32, lengths_for(4, B), reverse)
+
+
+@needs_triton
 @pytest.mark.parametrize("n,B,reverse,tiles", [(4, 64, True, 1), pytest.param(2, 64, False, 2, marks=pytest.mark.slow)],
                          ids=str)
 def test_triton_layer_32_row_tiles(n, B, reverse, tiles, monkeypatch):

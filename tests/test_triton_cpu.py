@@ -407,6 +407,25 @@ def test_k_pieces_cover_h_with_little_padding():
     assert dot_shared_bytes(cfg.ht, cfg.block_k, cfg.block_b, torch.bfloat16, cfg.k_tail) == 224 * 1024
 
 
+def test_tf32_forward_on_tensor_cores_up_to_h1024(monkeypatch):
+    """tf32 on a 132-SM H100: 16 units a program where their fp32 weights fit (H ≤ 768), 8 units with the gates
+    fused above that, up to H = 1024 (128 programs, W 128 KB + an h tile 64 KB); the backward (dh's N would be 8)
+    and fp32-ieee stay on CUDA cores there; H = 1280 (160 programs of 8) is refused as before."""
+    monkeypatch.setattr(triton_config, "FP32_PRECISION", "tf32")
+    cfg = lambda H, B=64, **k: gpu_config(B=B, H=H, dtype=torch.float32, n_sm=132, **k)   # noqa: E731
+    assert (cfg(768).ht, cfg(768).use_dot) == (16, True)
+    for H in (800, 1024):
+        c = cfg(H)
+        assert (c.ht, c.use_dot, c.pieces, c.block_b, c.num_warps) == (8, True, 4, 16, 4), c
+        assert c.num_programs == -(-H // 8) and c.shared_bytes(torch.float32) == dot_shared_bytes(8, 1024, 16, torch.float32)
+        assert not cfg(H, backward=True).use_dot
+    cuda = torch.device("cuda")
+    assert triton_config.unsupported_reason(device=cuda, dtype=torch.float32, hidden_size=1024, batch=64, n_sm=132) is None
+    assert triton_config.unsupported_reason(device=cuda, dtype=torch.float32, hidden_size=1280, batch=64, n_sm=132)
+    monkeypatch.setattr(triton_config, "FP32_PRECISION", "ieee")
+    assert not cfg(1024).use_dot
+
+
 def test_h_exchange_rule(monkeypatch):
     """gpu_config polls the forward's h exchange where a batch group is one 16-row tile of 9-16 rows of a 16-bit
     fused forward (K ≤ 1024), transposed on 4 warps: where the H200 measured the poll faster (B16 H768 fp16 and
