@@ -116,6 +116,15 @@ def test_host_overhead_script_runs():
     assert all(r["p50_us"] > 0 for r in rows)
 
 
+def test_host_overhead_one_call_at_a_time_separates_host_and_device_time():
+    """drained_calls: the host time of a call with the device idle before it, and its latency through the
+    synchronize after it. A fake device whose synchronize takes 20 ms: the latency holds it, the host time not."""
+    import time as clock
+    from bench import host_overhead
+    r = host_overhead.drained_calls(lambda variant: None, "no_grad", 3, sync=lambda: clock.sleep(0.02))
+    assert r["drained_us"] < 5_000 <= 20_000 <= r["latency_us"], r
+
+
 def test_host_overhead_stubs_every_triton_launch(monkeypatch):
     """With launches stubbed, a triton module call (2 layers, bidirectional: the one-launch stack) runs no
     kernel in the interpreter: left unstubbed, the stack's kernel ran there and its 240 ms a call were reported
