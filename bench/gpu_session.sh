@@ -15,6 +15,8 @@
 #                  against the same kernels launched per layer
 #       host       host time per module call (2 layers, bidirectional, T = 1), real launches; a cProfile of triton's call
 #       floorscan  the floor (barrier, polled exchange) against the program count (bench/floor_scan.py)
+#       insitu     the headline kernels with and without their step synchronisation: what the wait costs in them
+#                  (bench/insitu.py)
 #       stalls     ncu's warp stall reasons, our B16 H768 fp16 forward beside cuDNN's (bench/stalls.py)
 #       gputests   pytest -m gpu on the stack, triton and numba GPU tests, 150 s at most
 #       quick      as much of `python -m bench --quick` (cudnn, triton, numba) as the time left allows
@@ -109,7 +111,7 @@ sys.exit(not os.path.exists(libs.get_cudalib('cudadevrt', static=True)))" 2>/dev
 
 cudadevrt
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(versions warmup smoke headline stack host floorscan stalls gputests quick profile)
+[ ${#steps[@]} -eq 0 ] && steps=(versions warmup smoke headline stack host floorscan insitu stalls gputests quick profile)
 for s1 in "${steps[@]}"; do
     case $s1 in
       versions) versions ;;
@@ -122,6 +124,8 @@ for s1 in "${steps[@]}"; do
       profile)  session profile 60 ;;
       floorscan) if [ "$DRY" = 1 ]; then step floorscan 60 "$PY" -m bench.floor_scan --dry
                  else step floorscan 60 "$PY" -m bench.floor_scan; fi ;;
+      insitu)   if [ "$DRY" = 1 ]; then step insitu 45 "$PY" -m bench.insitu --dry
+                else step insitu 45 "$PY" -m bench.insitu; fi ;;
       stalls)   if [ "$DRY" = 1 ]; then step stalls 90 "$PY" -m bench.stalls --dry
                 else step stalls 90 "$PY" -m bench.stalls; fi ;;
       # the GPU tests of the three kernel files, as many as 150 s allow (none had run before 2026-11-28's session)

@@ -971,6 +971,11 @@ _TL_ACC = {torch.float64: tl.float64, torch.float32: tl.float32}
 # The polled exchanges' slots (a slot per step: as much memory as y forward, half of dgates backward) above this
 # size: the step counter's two slots instead, so a long sequence does not run out of memory for speed.
 POLLED_SLOTS_BYTES = 1 << 30
+# A measurement switch, never for results: False launches the step-counter kernels with NUM_PROGRAMS = 1, so no
+# program waits for the others (every step reads whatever h / dz the exchange holds: WRONG results). Timed
+# against the same launch with it on (bench/insitu.py), it gives what the step synchronisation costs inside the
+# kernel; the floor kernel (bench/floor.py) gives it alone.
+STEP_SYNC = True
 
 
 def _grid(cfg: LSTMConfig, B: int) -> tuple[tuple[int, int], int, bool]:
@@ -1019,15 +1024,15 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
     c_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
     h_scratch = torch.empty(1 if one_tile else B * H, dtype=dtype, device=device)
     polled = (cfg.polled_exchange(dtype) and one_tile     # several tiles, polled: 6-8 spills per step (sm_90)
-              and (T + 1) * B * H * 2 <= POLLED_SLOTS_BYTES)
+              and (T + 1) * B * H * 2 <= POLLED_SLOTS_BYTES and STEP_SYNC)
     # Polled: a slot per generation, UNWRITTEN until written, h0's bits (a -0.0 as +0.0) in slot 0. Through the
     # counter: two slots, h0 in slot 0 (so the first synchronisation inside is step 0's).
     if polled:
         h_exchange = torch.full((T + 1, B, H), UNWRITTEN.value, dtype=torch.int16, device=device)
         bits = h0.view(torch.int16)
         h_exchange[0] = bits.masked_fill(bits == UNWRITTEN.value, 0)
-    else:
-        h_exchange = torch.empty(2, B, H, dtype=dtype, device=device)
+    else:   # (zeroed where nothing waits for a slot to be written: no step reads garbage, say a NaN)
+        h_exchange = (torch.empty if STEP_SYNC else torch.zeros)(2, B, H, dtype=dtype, device=device)
         h_exchange[0].copy_(h0)
     if T == 0:
         h_n.copy_(h0), c_n.copy_(c0)
@@ -1041,7 +1046,8 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
             REVERSE=bool(reverse), SAVE=bool(save), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b,
             ONE_TILE=one_tile, K_SPLIT=cfg.k_split, K_TAIL=cfg.k_tail, TAIL_AFTER=cfg.tail_after(dtype),
             PIECES=cfg.pieces, TRANSPOSED=cfg.transposed, GROUPED=grid[1] > 1, USE_DOT=cfg.use_dot,
-            PRECISION=cfg.precision, POLLED=polled, NUM_PROGRAMS=grid[0], ACC=_TL_ACC[acc], TIMEOUT=timeout,
+            PRECISION=cfg.precision, POLLED=polled, NUM_PROGRAMS=grid[0] if STEP_SYNC else 1, ACC=_TL_ACC[acc],
+            TIMEOUT=timeout,
             **_launch_options(cfg, device))
     if timeout:
         raise_if_timed_out(bar, "forward")
@@ -1059,18 +1065,20 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
     lens = host.lengths_or_full(lengths, T, B, device)
     c0 = c0.to(acc)     # c_{t-1} of the first step, in the dtype of the saved cells: no convert in the loop
 
-    dgates = torch.empty(T, B, G, dtype=acc, device=device)
+    dgates = (torch.empty if STEP_SYNC else torch.zeros)(T, B, G, dtype=acc, device=device)   # (as forward)
     dh0 = torch.empty(B, H, dtype=acc, device=device)
     dc0 = torch.empty(B, H, dtype=acc, device=device)
     grid, rows, one_tile = _grid(cfg, B)
     dh_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
     dc_scratch = torch.empty(1 if one_tile else B * H, dtype=acc, device=device)
     low_exchange = cfg.low_exchange(dtype)
-    polled = cfg.polled_backward(dtype) and one_tile and T * B * G * 2 <= POLLED_SLOTS_BYTES   # one tile, as forward
+    polled = (cfg.polled_backward(dtype) and one_tile and T * B * G * 2 <= POLLED_SLOTS_BYTES   # one tile, as forward
+              and STEP_SYNC)
     if polled:      # a slot per step, UNWRITTEN until written (see the forward's h exchange)
         dz_exchange = torch.full((max(T, 1), B, G), UNWRITTEN.value, dtype=torch.int16, device=device)
     else:
-        dz_exchange = torch.empty(2 * B * G if low_exchange else 1, dtype=dtype, device=device)
+        dz_exchange = (torch.empty if STEP_SYNC else torch.zeros)(2 * B * G if low_exchange else 1, dtype=dtype,
+                                                                  device=device)
     if T == 0:
         dh0.copy_(dh_n), dc0.copy_(dc_n)
         return dgates, dh0, dc0
@@ -1084,7 +1092,7 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
             K_SPLIT=cfg.k_split, K_TAIL=cfg.k_tail, GROUPED=grid[1] > 1,
             LOW_EXCHANGE=low_exchange, POLLED=polled, DZ_ONE_ROUND=cfg.dz_one_round and cfg.use_dot,
             USE_DOT=cfg.use_dot,
-            PRECISION=cfg.precision, NUM_PROGRAMS=grid[0], ACC=_TL_ACC[acc], TIMEOUT=timeout,
+            PRECISION=cfg.precision, NUM_PROGRAMS=grid[0] if STEP_SYNC else 1, ACC=_TL_ACC[acc], TIMEOUT=timeout,
             **_launch_options(cfg, device))
     if timeout:
         raise_if_timed_out(bar, "backward")

@@ -61,7 +61,7 @@ def test_the_shell_script_dry(dry_session):
     tmp_path, r = dry_session
     log = (tmp_path / "session.log").read_text()
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for name in ("versions", "warmup", "smoke", "headline", "stack", "host", "floorscan", "stalls", "gputests",
+    for name in ("versions", "warmup", "smoke", "headline", "stack", "host", "floorscan", "insitu", "stalls", "gputests",
                  "quick", "profile"):
         assert f"=== {name} (limit" in log, name
     assert "TIME LIMIT" not in log and "=== session done" in log

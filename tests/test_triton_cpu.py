@@ -456,3 +456,17 @@ def test_h_exchange_rule(monkeypatch):
     assert not c.polled_h and not c.transposed and c.num_warps == 2, c     # the counter's config: rows, 2 warps
     monkeypatch.setattr(tc, "POLLED_H", True)                               # the module switch wins
     assert cfg(16, 768).polled_h and cfg(64, 1024, torch.bfloat16).polled_h
+
+
+@pytest.mark.parametrize("direction", ["fwd", "bwd"])
+def test_step_sync_switch_only_removes_the_wait(direction, monkeypatch):
+    """bench/insitu.py's switch: with ``STEP_SYNC`` off the launch is the same but for NUM_PROGRAMS = 1 (no grid
+    barrier compiled) and the counter exchange (a polled exchange would still wait); on, the grid's programs."""
+    from lstm_gpu.kernels import triton_sm90
+    on = triton_sm90.capture(direction, B=16, H=768, T=8, dtype=torch.float16)
+    monkeypatch.setattr(triton_lstm, "STEP_SYNC", False)
+    off = triton_sm90.capture(direction, B=16, H=768, T=8, dtype=torch.float16)
+    assert on.kwargs["NUM_PROGRAMS"] == on.grid[0] == 48 and off.kwargs["NUM_PROGRAMS"] == 1 and off.grid == on.grid
+    assert not off.kwargs["POLLED"]
+    same = lambda k: k not in ("NUM_PROGRAMS", "POLLED")     # noqa: E731
+    assert {k: v for k, v in on.kwargs.items() if same(k)} == {k: v for k, v in off.kwargs.items() if same(k)}
