@@ -132,6 +132,17 @@ def _is_strong(ins: Instr) -> bool:
     return ".STRONG.GPU" in ins.mods or ".STRONG.SYS" in ins.mods
 
 
+def _exit_branch(body: list[Instr], first: int, last: int) -> int:
+    """The address of the first branch inside the loop (first, last) that leaves it (a conditional BRA with a
+    target outside), or first - 1 where there is none."""
+    for ins in body:
+        if first <= ins.addr <= last and ins.op == "BRA":
+            m = re.search(r"0x([0-9a-f]+)", ins.operands)
+            if m and not first <= int(m.group(1), 16) <= last:
+                return ins.addr
+    return first - 1
+
+
 def _is_data_poll(ins: Instr) -> bool:
     """A volatile load (STRONG.SYS): the polled exchange polls the data itself, so its round trip is the
     step synchronisation's, not an exchange round of its own."""
@@ -242,7 +253,12 @@ def read_step(code: list[Instr], inner_trips: int = 1, loop: tuple[int, int] | N
     inner = [(a, b) for a, b in loops(body) if (a, b) != (lo, hi)]
     polls = [(a, b) for a, b in inner if any(_is_sync_atomic(i) for i in body if a <= i.addr <= b)
              and not any(i.cls == "mma" or i.op == "STG" for i in body if a <= i.addr <= b)]
-    in_poll = lambda ins: any(a <= ins.addr <= b for a, b in polls)   # noqa: E731
+    # a data poll's loop (volatile loads, the polled exchanges) opens with the check of the try before it, up to
+    # the branch that leaves the loop: that part runs every step; the reloads after it only while waiting
+    data_polls = [(a, b) for a, b in polls if any(_is_data_poll(i) for i in body if a <= i.addr <= b)]
+    checks = [(a, _exit_branch(body, a, b)) for a, b in data_polls]
+    in_check = lambda ins: any(a <= ins.addr <= e for a, e in checks)   # noqa: E731
+    in_poll = lambda ins: any(a <= ins.addr <= b for a, b in polls) and not in_check(ins)   # noqa: E731
     tiles = [(a, b) for a, b in inner if (a, b) not in polls]
     trips = lambda ins: inner_trips if any(a <= ins.addr <= b for a, b in tiles) else 1   # noqa: E731
     step = Step(inner_loops=len(tiles))
@@ -260,10 +276,9 @@ def read_step(code: list[Instr], inner_trips: int = 1, loop: tuple[int, int] | N
             step.fences += 1
         step.smem_wavefronts += n * ins.smem_wavefronts()
         step.mma_units += n * ins.mma_units()
-    # a counter's poll loop runs at least once (its first poll is the loop's); a data poll's (volatile loads, the
-    # polled exchanges) follows a first try outside it, and runs only while the data is not there: waiting, the
-    # synchronisation's time, not issue slots of a step whose data is in time
-    data_polls = [(a, b) for a, b in polls if any(_is_data_poll(i) for i in body if a <= i.addr <= b)]
+    # a counter's poll loop runs at least once (its first poll is the loop's); a data poll's reloads (after its
+    # check, counted above) run only while the data is not there: waiting, the synchronisation's time, not issue
+    # slots of a step whose data is in time
     if not data_polls:
         for k, v in step.poll.items():
             step.counts[k] = step.counts.get(k, 0) + v

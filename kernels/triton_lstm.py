@@ -284,15 +284,22 @@ def _poll_pieces(p, o0, m0, o1, m1, o2, m2, o3, m3, PIECES: tl.constexpr):
 
 @triton.jit
 def _late_pieces(w0, w1, w2, w3, PIECES: tl.constexpr):
-    """Whether any element of the used pieces is still UNWRITTEN (``_late``)."""
-    late = _late(w0)
+    """Whether any element of the used pieces (one shape) is still UNWRITTEN: their elementwise minimum, then ONE
+    ``_late``, as kernels/triton_stack.py's ``_unwritten4``. A ``_late`` per piece was a reduction across the
+    program each (a shared-memory round between two block barriers): 3 a step at B16 H768 fp16 (13 BAR.SYNC in
+    the loop; now 7), 8 in the polled backward (now 2), every one on the step's serial path. The elementwise
+    minimum re-pairs the 16-bit halves across registers (41 more PRMT a step there, independent of each other),
+    so the instruction count rises (501 -> 528 a warp) and the model, one CPI for every instruction, rates it
+    0.08 µs slower; a barrier's round costs more than an ALU instruction: the GPU decides. (One tuple reduce of
+    all pieces kept 7 BAR.SYNC and 501 instructions, but turned the warp's REDUX into 15 SHFL, 5 levels deep.)"""
+    w = w0
     if PIECES > 1:
-        late |= _late(w1)
+        w = tl.minimum(w, w1)
     if PIECES > 2:
-        late |= _late(w2)
+        w = tl.minimum(w, w2)
     if PIECES > 3:
-        late |= _late(w3)
-    return late
+        w = tl.minimum(w, w3)
+    return _late(w)
 
 
 @triton.jit

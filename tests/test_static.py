@@ -115,6 +115,25 @@ def test_polled_exchange_polls_the_data():
     assert sass.read_step(sass.parse(_loop(code2 + after, []))).sync_round_trips == 2
 
 
+def test_a_poll_loop_that_opens_with_its_check_counts_the_check_every_step():
+    """As triton 3.6 compiles the polled h: the first try's loads, then a loop that opens with the check (a
+    reduction across the program: BAR.SYNC, shared memory), leaves at a conditional branch when nothing is
+    unwritten, else reloads and branches back. The check runs every step: counted; the reloads only while
+    waiting: not (the reader had counted neither, so the polled kernels' checks, 3 block reductions a step at
+    B16 H768, were invisible to the model)."""
+    first = ["LDG.E.128.STRONG.SYS R8, desc[UR8][R20.64]"]
+    check = ["VIMNMX.S16x2 R12, R8, R9, PT", "STS [R30], R12", "BAR.SYNC.DEFER_BLOCKING 0x0", "LDS R13, [R31]",
+             "ISETP.NE.U32.AND P1, PT, R13, -0x8000, PT", "@P1 BRA {done}"]
+    reload = ["LDG.E.128.STRONG.SYS R8, desc[UR8][R20.64]", "BRA {head}"]
+    head = 2 + len(first)
+    done = head + len(check) + len(reload)
+    poll = [s.replace("{done}", hex(done * 16)).replace("{head}", hex(head * 16)) for s in first + check + reload]
+    step = sass.read_step(sass.parse(_loop(poll + MMA4 + ["STG.E desc[UR8][R30.64], R60"], [])))
+    assert step.counts["bar"] == 1 and step.counts["lds"] == 1 and step.counts["sts"] == 1
+    assert step.counts["ldg"] == 1 and step.poll == {"ldg": 1, "other": 1}      # the reload and the branch back
+    assert step.sync_round_trips == 1
+
+
 def test_tile_loop_counts_per_tile():
     body = ["MOV R2, RZ", "HMMA.16816.F32 R60, R52, R56, RZ", "HMMA.16816.F32 R60, R72, R58, R60",
             "@P1 BRA 0x30"]                                           # an inner loop over batch tiles
