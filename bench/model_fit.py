@@ -1,7 +1,12 @@
 """The static model (bench/static.py) beside the first GPU measurement, and the fit of its one fitted parameter.
 
-    python -m bench.model_fit          reads reports/data/static-h100.csv (modeled) and prints, per measured case,
-                                       modeled (issue slots only, CPI = 0), modeled (CPI), measured, and the CPI fit
+    python -m bench.model_fit          reads reports/data/static-h100-measured.csv (modeled) and prints, per measured
+                                       case, modeled (issue slots only, CPI = 0), modeled (CPI), measured, and the CPI fit
+
+The model it fits is the model of the code the GPU ran (commit 00d2a57), read with today's profiler: the kernels
+have changed since (kernels/README.md), and a fit of today's code to yesterday's times would credit the model
+with the change. To rebuild that CSV: ``git worktree add /tmp/wt 00d2a57``, copy today's bench/static.py and
+bench/sass.py into it, and run ``python -m bench.static --case ... --csv`` there for the cases below.
 
 MEASURED below: the recurrence alone, µs per step, on the NVIDIA H200 of 2026-11-28 (triton 3.6; the configs of
 commit 516f26d). The headline (reports/data/gpu-nvidia-h200-headline.csv) includes the input projection and, for
@@ -21,9 +26,8 @@ from pathlib import Path
 from . import static
 
 REPO = Path(__file__).resolve().parent.parent
-# (B, H, dtype, direction in static-h100.csv) -> measured recurrence µs/step, and where it comes from. The B16 H768
-# forward was measured on the kernel before its poll check took one reduction for all pieces of h (modeled 2.44
-# µs/step then, 2.42 now, with the reader that counts the check): the fit reads the CSV of the code as it is.
+MEASURED_CODE = "static-h100-measured.csv"
+# (B, H, dtype, direction in that CSV) -> measured recurrence µs/step, and where it comes from
 MEASURED = {
     (16, 768, "float16", "fwd"): (3.11, "profile: _lstm_fwd_kernel 3188 µs / 1024 (training forward)"),
     (1, 256, "float16", "fwd (inference)"): (1.85, "headline 1.86 less the input GEMM (0.5 GFLOP, ~0.01 µs/step)"),
@@ -45,7 +49,7 @@ def fit(rows: dict) -> float:
 
 
 def main() -> int:
-    path = REPO / "reports" / "data" / "static-h100.csv"
+    path = REPO / "reports" / "data" / MEASURED_CODE
     with open(path) as f:
         rows = {(int(r["B"]), int(r["H"]), r["dtype"], r["direction"]): r for r in csv.DictReader(f)}
     cpi_now = static.PARAMS["CPI"]
