@@ -31,8 +31,8 @@ forward, ≤ 512 backward, B a multiple of 16 or a forward tile of 8-15 rows, at
 HT 16, in K chunks or with rows masked off it spilled 31-5160 local accesses per step); elsewhere fp32-ieee and fp64 keep the broadcast path (B/BLOCK_B passes over registers
 per step, shuffle reductions): fp64 tl.dot (DMMA) spilled 193-1220 accesses per step (triton 3.6); (7) on a GPU
 the fp32 activations use the hardware's approximate exp2 and reciprocal with denormals flushed (``_APPROX``,
-inline PTX, relative error about 2^-22), which the interpreter cannot run: the CPU tests check the exact path,
-only a GPU run checks these (not yet run).
+inline PTX, relative error about 2^-22), which the interpreter cannot run: the CPU tests check the same formula
+on numpy's exp2 and division; only a GPU run checks the two instructions (not yet run).
 
 Dimension legend
     T  time steps          B  batch            H  hidden units          G = 4H  gates (i, f, g, o)
@@ -126,30 +126,34 @@ __all__ = ["unsupported", "forward", "backward", "lstm_fwd", "lstm_bwd"]
 # fp32 activations on a GPU: the hardware's approximations, flushing denormals (ex2.approx.ftz, rcp.approx.ftz:
 # one MUFU each, relative error about 2^-22). Without .ftz (tl.exp, and div.full for the division) ptxas wraps
 # every MUFU in range fixes, denormal scaling before EX2 and a large-denominator check around RCP (FSETP, two
-# predicated FMULs, FSEL: 12 instructions a sigmoid, 4 now; sm_90 SASS, triton 3.6). Inline PTX: the interpreter
-# has no PTX, so it runs the portable path (numpy's exp and division).
+# predicated FMULs, FSEL: 12 instructions a sigmoid, 4 now; sm_90 SASS, triton 3.6). The interpreter has no
+# PTX: there the same formula runs on numpy's exp2 and division (the CPU tests check it; only the two
+# instructions are the GPU's own).
 _APPROX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
 
 
 @triton.jit
 def _exp2_ftz(x):
-    return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
-                                     pack=1)
+    if _APPROX:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp2(x)
 
 
 @triton.jit
 def _rcp_ftz(x):
-    return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
-                                     pack=1)
+    if _APPROX:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return 1.0 / x
 
 
 @triton.jit
 def _sigmoid(x):
     if x.dtype == tl.float32:   # σ(x) = 1 / (1 + 2^(-x·log2 e)); x ≪ 0: 1 / inf = 0; x ≫ 0: 1 / 1
-        if _APPROX:
-            return _rcp_ftz(1.0 + _exp2_ftz(x * -1.4426950408889634))
-        else:
-            return tl.fdiv(1.0, 1.0 + tl.exp(-x), ieee_rounding=False)
+        return _rcp_ftz(1.0 + _exp2_ftz(x * -1.4426950408889634))
     return 1.0 / (1.0 + tl.exp(-x))
 
 
