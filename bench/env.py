@@ -131,6 +131,17 @@ def gpu_name() -> str:
     return f"CPU ({platform.processor() or platform.machine()}) - not GPU timings"
 
 
+def write_gpu_csv(what: str, rows: list[dict]) -> str:
+    """Write ``rows`` to reports/data/gpu-<gpu>-<what>.csv (columns: the first row's keys); returns the path."""
+    import csv
+    path = os.path.join("reports", "data", f"gpu-{gpu_name().lower().replace(' ', '-')}-{what}.csv")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
 def collect(argv: list[str] | None = None) -> dict:
     """Everything needed to interpret a result file later."""
     sha, dirty = git_sha()

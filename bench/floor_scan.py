@@ -12,7 +12,6 @@ forward uses at B16 and which the first run could not separate from the math.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 
@@ -26,8 +25,7 @@ DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
 
 def _row(env, device, B, H, d, exchange, P, steps, ok, t) -> dict:
     return dict(gpu=env.gpu_name() if device.type == "cuda" else "cpu", batch=B, hidden=H, dtype=d, exchange=exchange,
-                programs=P, steps=steps, ok=ok, us_per_step_p50=round(1000 * t.p50 / steps, 3),
-                us_per_step_p20=round(1000 * t.p20 / steps, 3), us_per_step_p80=round(1000 * t.p80 / steps, 3))
+                programs=P, steps=steps, ok=ok, **t.per_step(steps))
 
 
 def main(argv=None) -> int:
@@ -62,14 +60,7 @@ def main(argv=None) -> int:
                 rows.append(_row(env, device, B, H, d, exchange, P, steps, ok, t))
                 print(" ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
     if device.type == "cuda" and rows:
-
-        name = env.gpu_name().lower().replace(" ", "-")
-        path = os.path.join("reports", "data", f"gpu-{name}-floor-scan.csv")
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        print("wrote", path)
+        print("wrote", env.write_gpu_csv("floor-scan", rows))
     return 0
 
 

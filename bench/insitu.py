@@ -14,7 +14,6 @@ arrival, the fence, the poll, and the wait for the slowest program); what is lef
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 
@@ -25,8 +24,6 @@ import torch
 CASES = ((16, 768, "float16", "fwd"), (16, 768, "float16", "bwd"), (64, 1024, "bfloat16", "fwd"),
          (1, 256, "float16", "fwd"))
 DRY_CASES = ((2, 8, "float32", "fwd"), (2, 8, "float32", "bwd"))
-COLUMNS = ["gpu", "batch", "hidden", "dtype", "kernel", "programs", "warps", "sync", "steps",
-           "us_per_step_p50", "us_per_step_p20", "us_per_step_p80"]
 
 
 def counter_config(B: int, H: int, dtype: torch.dtype, backward: bool, device):
@@ -71,10 +68,7 @@ def run(cases, steps: int, device, out=print) -> list[dict]:
             finally:
                 triton_lstm.STEP_SYNC = True
             rows.append(dict(gpu=gpu, batch=B, hidden=H, dtype=d, kernel=kernel, programs=cfg.num_programs,
-                             warps=cfg.num_warps, sync="on" if sync else "off", steps=steps,
-                             us_per_step_p50=round(1000 * t.p50 / steps, 3),
-                             us_per_step_p20=round(1000 * t.p20 / steps, 3),
-                             us_per_step_p80=round(1000 * t.p80 / steps, 3)))
+                             warps=cfg.num_warps, sync="on" if sync else "off", steps=steps, **t.per_step(steps)))
             out(" ".join(f"{k}={v}" for k, v in rows[-1].items()))
         on, off = rows[-2]["us_per_step_p50"], rows[-1]["us_per_step_p50"]
         out(f"B{B} H{H} {d} {kernel}: {on} µs/step with the step counter, {off} without: the wait costs "
@@ -93,13 +87,7 @@ def main(argv=None) -> int:
     rows = run(DRY_CASES if args.dry else CASES, 4 if args.dry else args.steps, device)
     if device.type == "cuda" and rows:
         from bench import env
-        name = env.gpu_name().lower().replace(" ", "-")
-        path = os.path.join("reports", "data", f"gpu-{name}-insitu.csv")
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
-        print("wrote", path)
+        print("wrote", env.write_gpu_csv("insitu", rows))
     return 0
 
 

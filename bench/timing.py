@@ -25,6 +25,10 @@ class Timing:
     p80: float
     samples: int
 
+    def per_step(self, steps: int) -> dict:
+        """µs per step of a call that ran ``steps`` steps: the CSV columns us_per_step_p50 / p20 / p80."""
+        return {f"us_per_step_{q}": round(1000 * getattr(self, q) / steps, 3) for q in ("p50", "p20", "p80")}
+
 
 @dataclass
 class TimingConfig:

@@ -364,3 +364,18 @@ def test_stall_reasons_parse_ncu_raw_csv():
     md = stalls.table({"triton": got, "cudnn": "ncu gave no rows"})
     assert md.index("long_scoreboard") < md.index("barrier") and "| 3.50 |" in md
     assert stalls.main(["--dry"]) == 0
+
+
+def test_gpu_csv_and_per_step_columns(tmp_path, monkeypatch):
+    """bench.env.write_gpu_csv (floor_scan, insitu): reports/data/gpu-<gpu>-<what>.csv, the first row's columns;
+    Timing.per_step: ms a call -> µs a step."""
+    from bench import env
+    from bench.timing import Timing
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "reports" / "data").mkdir(parents=True)
+    monkeypatch.setattr(env, "gpu_name", lambda: "NVIDIA H200")
+    rows = [dict(a=1, **Timing(2.0, 1.0, 3.0, 5).per_step(1000))]
+    path = env.write_gpu_csv("insitu", rows)
+    assert path == "reports/data/gpu-nvidia-h200-insitu.csv"
+    assert (tmp_path / path).read_text().splitlines() == [
+        "a,us_per_step_p50,us_per_step_p20,us_per_step_p80", "1,2.0,1.0,3.0"]
