@@ -20,9 +20,10 @@ cooperative launch should refuse instead); (2) the configs were chosen from sm_9
 model, not from measurements; (3) the compiler is trusted to stage the W_hh blocks in shared memory once
 before the time loop (the smem figure of the sm_90 compile says it does, a GPU run must confirm); they are
 read back from shared memory every step, which the model makes the largest part of a step's compute;
-(4) on the per-gate path, after the K-chunk sum the reduced tile is copied on every warp, so the activations
-run once per warp (the static profiler counts them; 4 warps were chosen over 8 for that reason; the fused
-forward has no such copy); (5) fp16/bf16 exchange h
+(4) on the per-gate path the K chunks sit on different warps; ``_chunk_sum`` moves them to one axis through
+shared memory and adds them in registers, so the tile comes out spread over the warps (summed along axis 0 it
+was copied on every warp, and everything combined with it converted into that copy every step; the stack's
+backward still sums so: the other way spilled there); (5) fp16/bf16 exchange h
 (and dz, backward) between programs in 16 bits, as cuDNN's fp16 GEMMs consume them, while the reference
 carries them in fp32: a small, tolerated difference (the tensor cores would round dz to 16 bits anyway,
 so exchanging it in 16 bits changes no result and halves the bytes); (6) fp32-ieee runs tl.dot in IEEE fp32
@@ -410,8 +411,36 @@ def _dot_acc(b_a, b_w, b_acc, PRECISION: tl.constexpr):
 
 @triton.jit
 def _chunk_sum(b_z):
-    """The per-chunk products of ``_dot`` summed over the chunks: [BB, HT]."""
-    return tl.sum(b_z, 0) if len(b_z.shape) == 3 else b_z
+    """The per-chunk products of ``_dot`` ([K_SPLIT, BB, HT], the chunks on different warps) summed over the
+    chunks: [BB, HT]. The chunks are moved to the last axis first (one exchange through shared memory), then
+    halved by split-and-add in registers. Summed along axis 0 instead (``tl.sum(b_z, 0)``), the result was the
+    slice of the dot's layout, the same [BB, HT] tile on every warp: every saved tensor the backward combines with
+    dh was converted into that layout through shared memory every step, and every warp ran the same math (B16
+    H768 fp16 backward, sm_90, triton 3.6: 15 convert_layout, 31 BAR.SYNC, 972 instructions a step; now 1, 8,
+    692)."""
+    if len(b_z.shape) == 3:
+        KS: tl.constexpr = b_z.shape[0]
+        tl.static_assert(KS <= 16, "at most 16 chunks")
+        if KS == 1:
+            return tl.sum(b_z, 0)
+        b = tl.permute(b_z, (1, 2, 0))                      # [BB, HT, KS]
+        if KS >= 16:
+            b = _halve(b)
+        if KS >= 8:
+            b = _halve(b)
+        if KS >= 4:
+            b = _halve(b)
+        b0, b1 = tl.split(b)
+        return b0 + b1
+    else:
+        return b_z
+
+
+@triton.jit
+def _halve(b):
+    """[R, C, 2n] -> [R, C, n]: the last axis's neighbours added."""
+    b0, b1 = tl.split(tl.reshape(b, [b.shape[0], b.shape[1], b.shape[2] // 2, 2]))
+    return b0 + b1
 
 
 @triton.jit

@@ -89,6 +89,23 @@ def test_several_batch_tiles(reverse):
         assert_close(got, want, 1e-12, name)
 
 
+@triton.jit
+def _chunk_sum_kernel(p_in, p_out, KS: tl.constexpr, R: tl.constexpr, C: tl.constexpr):
+    o = (tl.arange(0, KS)[:, None, None] * R + tl.arange(0, R)[None, :, None]) * C + tl.arange(0, C)[None, None, :]
+    o2 = tl.arange(0, R)[:, None] * C + tl.arange(0, C)[None, :]
+    tl.store(p_out + o2, triton_lstm._chunk_sum(tl.load(p_in + o)))
+
+
+@pytest.mark.parametrize("ks", [1, 2, 4, 8, 16])
+def test_chunk_sum_adds_every_chunk(ks):
+    """``_chunk_sum`` (the K chunks moved to the last axis, then halved by split-and-add): the sum over axis 0,
+    for every chunk count the configs use."""
+    x = torch.randn(ks, 16, 8)
+    out = torch.empty(16, 8)
+    _chunk_sum_kernel[(1,)](x, out, KS=ks, R=16, C=8)
+    torch.testing.assert_close(out, x.sum(0), rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 @pytest.mark.parametrize("k_split", [2, 4])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
