@@ -19,7 +19,7 @@ Rules (GPU), each checked by compiling every chosen config for sm_90 (tests/test
 - HT (hidden units per program, all four gates) is the smallest power of two that keeps the grid
   cdiv(H, HT) ≤ the SM count (one program per SM); ≥ 4, and ≥ 16 on the tensor cores (N of each gate's dot);
   but 8 for a tf32 forward where 16 units' fp32 weights do not fit (H 769-1024: the four gates fused, N = 32).
-- Dot path (see ``gpu_config``): 16-row batch tiles; 16-bit: 4 warps, tf32: 8 warps; K in chunks of 64,
+- Dot path (see ``gpu_config``): 16-row batch tiles; 16-bit: 4 warps, tf32: 8 (4 on 8 units); K in chunks of 64,
   at most 8 (the tail piece in as many chunks as the first). The 16-bit forward takes 32-row tiles at 8 warps where a batch group has 32 rows or more.
   The forward fuses the four gates into one dot per piece of K (``fused_pieces``: at most 4 pieces) wherever
   the weights and all of h's pieces fit the shared-memory budget (not H = 1536); the backward issues the
