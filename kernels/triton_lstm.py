@@ -23,7 +23,7 @@ read back from shared memory every step, which the model makes the largest part 
 (4) on the per-gate path the K chunks sit on different warps; ``_chunk_sum`` moves them to one axis through
 shared memory and adds them in registers, so the tile comes out spread over the warps (summed along axis 0 it
 was copied on every warp, and everything combined with it converted into that copy every step; the stack's
-backward still sums so: the other way spilled there); (5) fp16/bf16 exchange h
+bidirectional backward still sums so: the other way spilled there); (5) fp16/bf16 exchange h
 (and dz, backward) between programs in 16 bits, as cuDNN's fp16 GEMMs consume them, while the reference
 carries them in fp32: a small, tolerated difference (the tensor cores would round dz to 16 bits anyway,
 so exchanging it in 16 bits changes no result and halves the bytes); (6) fp32-ieee runs tl.dot in IEEE fp32

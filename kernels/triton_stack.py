@@ -105,7 +105,7 @@ import triton.language as tl
 
 from . import host, triton_lstm
 from .triton_barrier import barrier_state, barrier_timeout, raise_if_timed_out
-from .triton_lstm import _dot, _fused_gates, _hw, _opaque_zero, _sigmoid, _tanh
+from .triton_lstm import _chunk_sum, _dot, _fused_gates, _hw, _opaque_zero, _sigmoid, _tanh
 from .triton_config import fused_pieces, transposed_gates
 from .triton_stack_config import StackConfig, gpu_config, interpreter_config
 
@@ -837,13 +837,16 @@ def _dz_poll(p_z, o_z, m_b, H, S, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT:
 
 
 @triton.jit
-def _dz_product(b_zi, b_zf, b_zg, b_zo, b_wi, b_wf, b_wg, b_wo, USE_DOT: tl.constexpr, PRECISION: tl.constexpr):
-    """Σ over the four gates of dz_gate · W_gate ([BB, HT])."""
-    if USE_DOT:     # summed over the K chunks along axis 0 (the result on every warp), not as ``_chunk_sum``
-        # does for the single layer: its exchange of the chunks through shared memory kept 1970 accesses a step in
-        # local memory here (B16 H512 bidirectional backward, sm_90, triton 3.6)
+def _dz_product(b_zi, b_zf, b_zg, b_zo, b_wi, b_wf, b_wg, b_wo, USE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+                SPREAD: tl.constexpr = False):
+    """Σ over the four gates of dz_gate · W_gate ([BB, HT]). SPREAD: the K chunks summed as the single layer's
+    ``_chunk_sum`` (the result spread over the warps), else along axis 0 (the result on every warp): spread, the
+    bidirectional B16 H512 backward kept 1970 accesses a step in local memory (sm_90, triton 3.6)."""
+    if USE_DOT:
         b_z = (_dot(b_zi, b_wi, PRECISION) + _dot(b_zf, b_wf, PRECISION) + _dot(b_zg, b_wg, PRECISION)
                + _dot(b_zo, b_wo, PRECISION))
+        if SPREAD:
+            return _chunk_sum(b_z)
         return tl.sum(b_z, 0) if len(b_z.shape) == 3 else b_z
     return (_hw(b_zi, b_wi, USE_DOT, PRECISION) + _hw(b_zf, b_wf, USE_DOT, PRECISION)
             + _hw(b_zg, b_wg, USE_DOT, PRECISION) + _hw(b_zo, b_wo, USE_DOT, PRECISION))
@@ -852,14 +855,14 @@ def _dz_product(b_zi, b_zf, b_zg, b_zo, b_wi, b_wf, b_wg, b_wo, USE_DOT: tl.cons
 @triton.jit
 def _dz_w(p_z, o_z, m_b, H, S, K: tl.constexpr, BLOCK_H: tl.constexpr, SPLIT: tl.constexpr, b_wi, b_wf, b_wg, b_wo,
           USE_DOT: tl.constexpr, PRECISION: tl.constexpr, POLL: tl.constexpr = False, p_flag=None,
-          TIMEOUT: tl.constexpr = 0, INT16: tl.constexpr = True):
+          TIMEOUT: tl.constexpr = 0, INT16: tl.constexpr = True, SPREAD: tl.constexpr = False):
     """Σ over the four gates of dz_gate · W_gate ([BB, HT]): gate g's rows at p_z + g·H (``_dz_rows``), POLL
     polled (``_dz_poll``: the polled backward; INT16 its choice)."""
     if POLL:
         b_zi, b_zf, b_zg, b_zo = _dz_poll(p_z, o_z, m_b, H, S, K, BLOCK_H, SPLIT, p_flag, TIMEOUT, INT16)
     else:
         b_zi, b_zf, b_zg, b_zo = _dz_rows(p_z, o_z, m_b, H, S, K, BLOCK_H, SPLIT, False)
-    return _dz_product(b_zi, b_zf, b_zg, b_zo, b_wi, b_wf, b_wg, b_wo, USE_DOT, PRECISION)
+    return _dz_product(b_zi, b_zf, b_zg, b_zo, b_wi, b_wf, b_wg, b_wo, USE_DOT, PRECISION, SPREAD)
 
 
 @triton.jit
@@ -1214,7 +1217,7 @@ def _stack_bwd_kernel(
             b_dy += b_dn
             Z: tl.constexpr = p_zt.dtype.element_ty
             b_new = _dz_product(b_zi.to(Z, bitcast=True), b_zf.to(Z, bitcast=True), b_zg.to(Z, bitcast=True),
-                                b_zo.to(Z, bitcast=True), b_ri, b_rf, b_rg, b_ro, USE_DOT, PRECISION)
+                                b_zo.to(Z, bitcast=True), b_ri, b_rf, b_rg, b_ro, USE_DOT, PRECISION, D == 1)
         else:
             if PIPE and not POLLED:     # one wait: own group's dz_t and the projection of the next step's dy
                 _wait(p_bar, i_g, NPG * (s + 1), i_pg, tl.where(lower, NPG * tl.minimum(s + 2, T), 0), i_pg, 0,
@@ -1223,7 +1226,7 @@ def _stack_bwd_kernel(
             elif NPG > 1 and not POLLED:
                 _wait(p_bar, i_g, NPG * (s + 1 + off), i_g, 0, i_g, 0, TIMEOUT)   # all of own group's dz_t written
             b_new = _dz_w(p_zt, o_b * (4 * DH), m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H, b_ri, b_rf, b_rg, b_ro, USE_DOT,
-                          PRECISION, POLLED, p_flag, TIMEOUT)
+                          PRECISION, POLLED, p_flag, TIMEOUT, SPREAD=D == 1)
             if POLLED and not PIPE:
                 b_dy = _dy_sum(b_yt, b_y0, b_y1, ACC)
         b_dh = tl.where(b_alive, b_new.to(ACC), b_dh)           # dh ← dz_t · W_hh; frozen rows pass it through
