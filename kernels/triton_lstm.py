@@ -539,17 +539,30 @@ def _batch_group(B, BG, GROUPED: tl.constexpr):
 
 
 @triton.jit
-def _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT: tl.constexpr, BLOCK_B: tl.constexpr):
+def _tile_rows(r0, b_end, BLOCK_B: tl.constexpr, FULL: tl.constexpr):
+    """The batch rows of the tile that starts at row r0, and which of them exist (< b_end). FULL (every tile of
+    the launch is whole, ``_full_tiles``): a constant mask, so the loads and stores under it carry no predicate.
+    A predicated load first sets its destination registers to its ``other`` (a CS2R per pair) before it may
+    issue: 47 of the 561 instructions of a B16 H768 fp16 forward step, in front of the poll's loads of h, and
+    ~90 of the backward's 692 (sm_90 SASS, triton 3.6)."""
+    o_b = r0 + tl.arange(0, BLOCK_B)
+    m_b = o_b < b_end
+    if FULL:
+        m_b = tl.full([BLOCK_B], 1, tl.int1)
+    return o_b, m_b
+
+
+@triton.jit
+def _load_gx(p_gx, t, T, i_p, o_b, m_b, B, H, HT: tl.constexpr, BLOCK_B: tl.constexpr):
     """gates_x[t] for one tile, the four gates of this program's units ([BB, HT] each, in gates_x's dtype:
     ``_fwd_tile`` converts them where it adds them); zeros for a t outside 0..T-1 (the prefetch after the last
     step). It depends on no other program, so the single-tile loop issues it for step t+1 before the step
     synchronisation of step t: its DRAM latency hides behind the wait. Converted here, at the load, the
     conversion waited for DRAM right after it in the SASS: on the polled path, with no wait after it, that
     was a DRAM round of its own each step (sm_90, triton 3.6, B16 H768 fp16: 0.39 µs/step modeled)."""
-    o_b = r0 + tl.arange(0, BLOCK_B)
     o_j = i_p * HT + tl.arange(0, HT)
     o_t = tl.zeros([BLOCK_B], dtype=tl.int32) + t
-    m = ((o_b < b_end) & (o_t >= 0) & (o_t < T))[:, None] & (o_j < H)[None, :]
+    m = (m_b & (o_t >= 0) & (o_t < T))[:, None] & (o_j < H)[None, :]
     p = p_gx + ((tl.cast(t, tl.int64) * B + o_b) * (4 * H))[:, None] + o_j[None, :]   # rows of [T, B, 4H]
     return (tl.load(p, mask=m, other=0.), tl.load(p + H, mask=m, other=0.),
             tl.load(p + 2 * H, mask=m, other=0.), tl.load(p + 3 * H, mask=m, other=0.))
@@ -557,14 +570,11 @@ def _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT: tl.constexpr, BLOCK_B: tl.con
 
 @triton.jit
 def _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_ri, b_rf, b_rg, b_ro, b_xi, b_xf, b_xg, b_xo, b_c, b_hc,
-              s, t, i_p, r0, b_end, B, H, SAVE: tl.constexpr, HT: tl.constexpr, BLOCK_B: tl.constexpr,
-              POLLED: tl.constexpr):
+              s, t, i_p, o_b, m_b, B, H, SAVE: tl.constexpr, HT: tl.constexpr, POLLED: tl.constexpr):
     """Step s (time t) for one batch tile, given h_{t-1} · W_gateᵀ (b_r*: ``_h_w`` of generation s for its rows),
     gates_x[t] (b_x*), its rows' lengths and its carried c and h (b_hc: this program's units of generation s):
     returns the new c (accumulation dtype) and the new carried h, which it publishes as generation s + 1."""
     ACC = b_c.dtype
-    o_b = r0 + tl.arange(0, BLOCK_B)                   # batch rows of this tile
-    m_b = o_b < b_end
     o_j = i_p * HT + tl.arange(0, HT)                               # this program's hidden units
     m_j = o_j < H
     m_bj = m_b[:, None] & m_j[None, :]
@@ -620,6 +630,7 @@ def _lstm_fwd_kernel(
     # meta-parameters
     REVERSE: tl.constexpr, SAVE: tl.constexpr,
     HT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, ONE_TILE: tl.constexpr,
+    FULL: tl.constexpr,          # every batch tile has BLOCK_B rows (``_full_tiles``): no row masks
     K_SPLIT: tl.constexpr,       # tl.dot: K chunks, each an independent accumulator
     K_TAIL: tl.constexpr,        # tl.dot: a second, smaller piece of K after BLOCK_K (0: none), in K_SPLIT chunks too
     TAIL_AFTER: tl.constexpr,    # read h's tail piece only after the first piece's products (see ``_h_w``)
@@ -663,19 +674,18 @@ def _lstm_fwd_kernel(
     o_j = i_p * HT + tl.arange(0, HT)
     m_j = o_j < H
     if ONE_TILE:                                                    # c and the carried h live in registers
-        o_b = row0 + tl.arange(0, BLOCK_B)
-        m_b = o_b < b_end
+        o_b, m_b = _tile_rows(row0, b_end, BLOCK_B, FULL)
         m_bj = m_b[:, None] & m_j[None, :]
         o_bj = o_b[:, None] * H + o_j[None, :]
         b_c = tl.load(p_c0 + o_bj, mask=m_bj, other=0.).to(ACC)
         b_hc = tl.load(p_h0 + o_bj, mask=m_bj, other=0.)
         b_len = tl.load(p_len + o_b, mask=m_b, other=0)            # lengths: loaded once
-        b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, T - 1 if REVERSE else 0, T, i_p, row0, b_end, B, H, HT, BLOCK_B)
+        b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, T - 1 if REVERSE else 0, T, i_p, o_b, m_b, B, H, HT, BLOCK_B)
         for s in tl.range(T, num_stages=1):                         # num_stages=1: no load hoisted above the wait
             t = T - 1 - s if REVERSE else s
             t_next = t - 1 if REVERSE else t + 1
             if POLLED:      # no wait after the step: the next step's gates_x leave before this step's poll
-                b_nxi, b_nxf, b_nxg, b_nxo = _load_gx(p_gx, t_next, T, i_p, row0, b_end, B, H, HT, BLOCK_B)
+                b_nxi, b_nxf, b_nxg, b_nxo = _load_gx(p_gx, t_next, T, i_p, o_b, m_b, B, H, HT, BLOCK_B)
             if PIECES > 0:
                 b_ri, b_rf, b_rg, b_ro = _h_w_fused(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, b_wi, b_wf, b_wg,
                                                     b_wo, b_zero, BLOCK_K, PIECES, POLLED, TIMEOUT, PRECISION,
@@ -685,18 +695,17 @@ def _lstm_fwd_kernel(
                                               b_ti, b_tf, b_tg, b_to, BLOCK_K, K_TAIL, TAIL_AFTER, KS, POLLED,
                                               TIMEOUT, USE_DOT, PRECISION)
             b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_ri, b_rf, b_rg, b_ro, b_xi, b_xf, b_xg, b_xo,
-                                  b_c, b_hc, s, t, i_p, row0, b_end, B, H, SAVE, HT, BLOCK_B, POLLED)
+                                  b_c, b_hc, s, t, i_p, o_b, m_b, B, H, SAVE, HT, POLLED)
             if POLLED:
                 b_xi, b_xf, b_xg, b_xo = b_nxi, b_nxf, b_nxg, b_nxo
             else:           # the next step's, before the wait
-                b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t_next, T, i_p, row0, b_end, B, H, HT, BLOCK_B)
+                b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t_next, T, i_p, o_b, m_b, B, H, HT, BLOCK_B)
                 step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
         tl.store(p_cn + o_bj, b_c.to(p_cn.dtype.element_ty), mask=m_bj)
         tl.store(p_hn + o_bj, b_hc, mask=m_bj)                      # h_n: the carried h
     else:                                                           # c and h live in scratch slices
         for i_bt in range(num_bt):
-            o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-            m_b = o_b < b_end
+            o_b, m_b = _tile_rows(row0 + i_bt * BLOCK_B, b_end, BLOCK_B, FULL)
             m_bj = m_b[:, None] & m_j[None, :]
             o_bj = o_b[:, None] * H + o_j[None, :]
             tl.store(p_cs + o_bj, tl.load(p_c0 + o_bj, mask=m_bj, other=0.).to(ACC), mask=m_bj)
@@ -704,49 +713,47 @@ def _lstm_fwd_kernel(
         for s in tl.range(T, num_stages=1):
             t = T - 1 - s if REVERSE else s
             for i_bt in range(num_bt):
-                o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-                m_bj = (o_b < b_end)[:, None] & m_j[None, :]
+                o_b, m_b = _tile_rows(row0 + i_bt * BLOCK_B, b_end, BLOCK_B, FULL)
+                m_bj = m_b[:, None] & m_j[None, :]
                 o_bj = o_b[:, None] * H + o_j[None, :]
                 tl.debug_barrier()
                 b_c = tl.load(p_cs + o_bj, mask=m_bj, other=0.)
                 b_hc = tl.load(p_hs + o_bj, mask=m_bj, other=0.)
-                b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)
-                r0 = row0 + i_bt * BLOCK_B
-                b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t, T, i_p, r0, b_end, B, H, HT, BLOCK_B)
+                b_len = tl.load(p_len + o_b, mask=m_b, other=0)
+                b_xi, b_xf, b_xg, b_xo = _load_gx(p_gx, t, T, i_p, o_b, m_b, B, H, HT, BLOCK_B)
                 if PIECES > 0:
-                    b_ri, b_rf, b_rg, b_ro = _h_w_fused(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, b_wi,
+                    b_ri, b_rf, b_rg, b_ro = _h_w_fused(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, b_wi,
                                                         b_wf, b_wg, b_wo, b_zero, BLOCK_K, PIECES, POLLED, TIMEOUT,
                                                         PRECISION, TRANSPOSED)
                 else:
-                    b_ri, b_rf, b_rg, b_ro = _h_w(p_hx, s, o_b, o_b < b_end, B, H, p_flag, b_hc.dtype, b_wi, b_wf,
+                    b_ri, b_rf, b_rg, b_ro = _h_w(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, b_wi, b_wf,
                                                   b_wg, b_wo, b_ti, b_tf, b_tg, b_to, BLOCK_K, K_TAIL, TAIL_AFTER, KS,
                                                   POLLED, TIMEOUT, USE_DOT, PRECISION)
                 b_c, b_hc = _fwd_tile(p_hx, p_y, b_len, p_gates, p_cells, b_ri, b_rf, b_rg, b_ro, b_xi, b_xf, b_xg,
-                                      b_xo, b_c, b_hc, s, t, i_p, r0, b_end, B, H, SAVE, HT, BLOCK_B, POLLED)
+                                      b_xo, b_c, b_hc, s, t, i_p, o_b, m_b, B, H, SAVE, HT, POLLED)
                 tl.store(p_cs + o_bj, b_c, mask=m_bj)
                 tl.store(p_hs + o_bj, b_hc, mask=m_bj)
             if not POLLED:
                 step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
         tl.debug_barrier()
         for i_bt in range(num_bt):
-            o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-            m_bj = (o_b < b_end)[:, None] & m_j[None, :]
+            o_b, m_b = _tile_rows(row0 + i_bt * BLOCK_B, b_end, BLOCK_B, FULL)
+            m_bj = m_b[:, None] & m_j[None, :]
             o_bj = o_b[:, None] * H + o_j[None, :]
             tl.store(p_cn + o_bj, tl.load(p_cs + o_bj, mask=m_bj).to(p_cn.dtype.element_ty), mask=m_bj)
             tl.store(p_hn + o_bj, tl.load(p_hs + o_bj, mask=m_bj), mask=m_bj)
 
 
 @triton.jit
-def _bwd_saved(p_dy, p_gates, p_cells, p_c0, t, T, i_p, r0, b_end, B, H, REVERSE: tl.constexpr, HT: tl.constexpr,
+def _bwd_saved(p_dy, p_gates, p_cells, p_c0, t, T, i_p, o_b, m_b, B, H, REVERSE: tl.constexpr, HT: tl.constexpr,
                BLOCK_B: tl.constexpr, ACC: tl.constexpr):
     """What backward step t reads of its own units ([BB, HT] each): the saved gates i, f, g, o, c_t, c_{t-1}
     (c0 before the first step) and dy_t; zeros for a t outside 0..T-1 (the prefetch after the last step).
     None of it depends on another program, so the single-tile loop issues it for the next step before the
     step synchronisation: its DRAM latency hides behind the wait."""
-    o_b = r0 + tl.arange(0, BLOCK_B)
     o_j = i_p * HT + tl.arange(0, HT)
     o_t = tl.zeros([BLOCK_B], dtype=tl.int32) + t
-    m_bj = ((o_b < b_end) & (o_t >= 0) & (o_t < T))[:, None] & (o_j < H)[None, :]
+    m_bj = (m_b & (o_t >= 0) & (o_t < T))[:, None] & (o_j < H)[None, :]
     o_bh = (tl.cast(t, tl.int64) * B + o_b) * H
     p_g = p_gates + ((tl.cast(t, tl.int64) * B + o_b) * (4 * H))[:, None] + o_j[None, :]
     b_i = tl.load(p_g, mask=m_bj, other=0.)
@@ -776,13 +783,11 @@ def _exchanged(b, p_zx, X: tl.constexpr):
 
 
 @triton.jit
-def _bwd_tile_dz(b_len, p_dgates, p_zx, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_dh, b_dc, t, i_p, r0, b_end, B, H,
-                 HT: tl.constexpr, BLOCK_B: tl.constexpr, LOW_EXCHANGE: tl.constexpr, X: tl.constexpr):
+def _bwd_tile_dz(b_len, p_dgates, p_zx, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_dh, b_dc, t, i_p, o_b, m_b, B, H,
+                 HT: tl.constexpr, LOW_EXCHANGE: tl.constexpr, X: tl.constexpr):
     """Backward step t, part 1 (own units only), given what ``_bwd_saved`` read for t: dz_t into dgates[t]
     (and, LOW_EXCHANGE, a 16-bit copy into the exchange slot p_zx [B, 4H] that the other programs read);
     returns the carried dc."""
-    o_b = r0 + tl.arange(0, BLOCK_B)
-    m_b = o_b < b_end
     o_j = i_p * HT + tl.arange(0, HT)
     m_bj = m_b[:, None] & (o_j < H)[None, :]
     b_alive = (t < b_len)[:, None]
@@ -845,14 +850,12 @@ def _late_dz(z_i, z_f, z_g, z_o, t_i, t_f, t_g, t_o, K_TAIL: tl.constexpr):
 
 
 @triton.jit
-def _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_ti, b_tf, b_tg, b_to, b_dh, t, r0, b_end, B, H,
-                 BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, K_SPLIT: tl.constexpr, K_TAIL: tl.constexpr,
+def _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_ti, b_tf, b_tg, b_to, b_dh, t, o_b, m_b, B, H,
+                 BLOCK_K: tl.constexpr, K_SPLIT: tl.constexpr, K_TAIL: tl.constexpr,
                  USE_DOT: tl.constexpr, PRECISION: tl.constexpr, DZ_ONE_ROUND: tl.constexpr, p_flag,
                  DTYPE: tl.constexpr, TIMEOUT: tl.constexpr):
     """Backward step t, part 2 (after the step synchronisation): dh ← Σ_gates dz_gate · W_gate[:, own units],
     reading all of dz_t (p_z: its [B, 4H] matrix, written by every program); returns dh."""
-    o_b = r0 + tl.arange(0, BLOCK_B)
-    m_b = o_b < b_end
     o_z = o_b * (4 * H)                                             # row b of dz_t: [i | f | g | o]
     KS: tl.constexpr = K_SPLIT if USE_DOT else 1
     if DZ_ONE_ROUND and p_z.dtype.element_ty == tl.int16:    # polled: reloaded until none is UNWRITTEN
@@ -928,6 +931,7 @@ def _lstm_bwd_kernel(
     # meta-parameters
     REVERSE: tl.constexpr,
     HT: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, ONE_TILE: tl.constexpr,
+    FULL: tl.constexpr,          # every batch tile has BLOCK_B rows (``_full_tiles``): no row masks
     K_SPLIT: tl.constexpr,       # tl.dot: K chunks, each an independent accumulator
     K_TAIL: tl.constexpr,        # tl.dot: a second, smaller piece of K after BLOCK_K (0: none), in K_SPLIT chunks too
     GROUPED: tl.constexpr,       # more than one batch group (program_id(1) > 0 exists)
@@ -961,36 +965,36 @@ def _lstm_bwd_kernel(
     m_j = o_j < H
 
     if ONE_TILE:                                                    # dh, dc live in registers
-        o_b = row0 + tl.arange(0, BLOCK_B)
-        m_bj = (o_b < b_end)[:, None] & m_j[None, :]
+        o_b, m_b = _tile_rows(row0, b_end, BLOCK_B, FULL)
+        m_bj = m_b[:, None] & m_j[None, :]
         o_bj = o_b[:, None] * H + o_j[None, :]
         b_dh = tl.load(p_dhn + o_bj, mask=m_bj, other=0.).to(ACC)
         b_dc = tl.load(p_dcn + o_bj, mask=m_bj, other=0.).to(ACC)
-        b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)    # lengths: loaded once
+        b_len = tl.load(p_len + o_b, mask=m_b, other=0)            # lengths: loaded once
         b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy = _bwd_saved(p_dy, p_gates, p_cells, p_c0, 0 if REVERSE else T - 1, T,
-                                                          i_p, row0, b_end, B, H, REVERSE, HT, BLOCK_B, ACC)
+                                                          i_p, o_b, m_b, B, H, REVERSE, HT, BLOCK_B, ACC)
         for s in tl.range(T, num_stages=1):
             t = s if REVERSE else T - 1 - s                         # the opposite order to forward
             if POLLED:      # dz_t in slot s of the ring
                 p_z = p_zx + tl.cast(s, tl.int64) * B * 4 * H
             else:
                 p_z = p_zx + (s % 2) * B * 4 * H if LOW_EXCHANGE else p_dgates + t.to(tl.int64) * B * 4 * H
-            b_dc = _bwd_tile_dz(b_len, p_dgates, p_z, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_dh, b_dc, t, i_p, row0,
-                                b_end, B, H, HT, BLOCK_B, LOW_EXCHANGE, X)
+            b_dc = _bwd_tile_dz(b_len, p_dgates, p_z, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_dh, b_dc, t, i_p, o_b,
+                                m_b, B, H, HT, LOW_EXCHANGE, X)
             b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy = _bwd_saved(    # the next step's, before the wait
-                p_dy, p_gates, p_cells, p_c0, t + 1 if REVERSE else t - 1, T, i_p, row0, b_end, B, H, REVERSE, HT,
+                p_dy, p_gates, p_cells, p_c0, t + 1 if REVERSE else t - 1, T, i_p, o_b, m_b, B, H, REVERSE, HT,
                 BLOCK_B, ACC)
             if not POLLED:
                 step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
-            b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_ti, b_tf, b_tg, b_to, b_dh, t, row0, b_end, B, H,
-                                BLOCK_K, BLOCK_B, K_SPLIT, K_TAIL, USE_DOT, PRECISION, DZ_ONE_ROUND, p_flag, X,
+            b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_ti, b_tf, b_tg, b_to, b_dh, t, o_b, m_b, B, H,
+                                BLOCK_K, K_SPLIT, K_TAIL, USE_DOT, PRECISION, DZ_ONE_ROUND, p_flag, X,
                                 TIMEOUT)
         tl.store(p_dh0 + o_bj, b_dh, mask=m_bj)
         tl.store(p_dc0 + o_bj, b_dc, mask=m_bj)
     else:                                                           # dh, dc live in scratch slices
         for i_bt in range(num_bt):
-            o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-            m_bj = (o_b < b_end)[:, None] & m_j[None, :]
+            o_b, m_b = _tile_rows(row0 + i_bt * BLOCK_B, b_end, BLOCK_B, FULL)
+            m_bj = m_b[:, None] & m_j[None, :]
             o_bj = o_b[:, None] * H + o_j[None, :]
             tl.store(p_dhs + o_bj, tl.load(p_dhn + o_bj, mask=m_bj, other=0.).to(ACC), mask=m_bj)
             tl.store(p_dcs + o_bj, tl.load(p_dcn + o_bj, mask=m_bj, other=0.).to(ACC), mask=m_bj)
@@ -998,34 +1002,33 @@ def _lstm_bwd_kernel(
             t = s if REVERSE else T - 1 - s
             p_z = p_zx + (s % 2) * B * 4 * H if LOW_EXCHANGE else p_dgates + t.to(tl.int64) * B * 4 * H
             for i_bt in range(num_bt):
-                o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-                m_bj = (o_b < b_end)[:, None] & m_j[None, :]
+                o_b, m_b = _tile_rows(row0 + i_bt * BLOCK_B, b_end, BLOCK_B, FULL)
+                m_bj = m_b[:, None] & m_j[None, :]
                 o_bj = o_b[:, None] * H + o_j[None, :]
                 tl.debug_barrier()
                 b_dh = tl.load(p_dhs + o_bj, mask=m_bj, other=0.)
                 b_dc = tl.load(p_dcs + o_bj, mask=m_bj, other=0.)
-                b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)
-                r0 = row0 + i_bt * BLOCK_B
-                b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy = _bwd_saved(p_dy, p_gates, p_cells, p_c0, t, T, i_p, r0, b_end, B,
+                b_len = tl.load(p_len + o_b, mask=m_b, other=0)
+                b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy = _bwd_saved(p_dy, p_gates, p_cells, p_c0, t, T, i_p, o_b, m_b, B,
                                                                   H, REVERSE, HT, BLOCK_B, ACC)
                 b_dc = _bwd_tile_dz(b_len, p_dgates, p_z, b_i, b_f, b_g, b_o, b_ct, b_cp, b_dy, b_dh, b_dc, t, i_p,
-                                    r0, b_end, B, H, HT, BLOCK_B, LOW_EXCHANGE, X)
+                                    o_b, m_b, B, H, HT, LOW_EXCHANGE, X)
                 tl.store(p_dcs + o_bj, b_dc, mask=m_bj)
             step_barrier(p_bar + 2 * i_q, s, NUM_PROGRAMS, TIMEOUT)
             for i_bt in range(num_bt):
-                o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-                m_bj = (o_b < b_end)[:, None] & m_j[None, :]
+                o_b, m_b = _tile_rows(row0 + i_bt * BLOCK_B, b_end, BLOCK_B, FULL)
+                m_bj = m_b[:, None] & m_j[None, :]
                 o_bj = o_b[:, None] * H + o_j[None, :]
                 b_dh = tl.load(p_dhs + o_bj, mask=m_bj, other=0.)
-                b_len = tl.load(p_len + o_b, mask=o_b < b_end, other=0)
+                b_len = tl.load(p_len + o_b, mask=m_b, other=0)
                 b_dh = _bwd_tile_dh(p_z, b_len, b_wi, b_wf, b_wg, b_wo, b_ti, b_tf, b_tg, b_to, b_dh, t,
-                                    row0 + i_bt * BLOCK_B, b_end, B, H, BLOCK_K, BLOCK_B, K_SPLIT, K_TAIL, USE_DOT,
+                                    o_b, m_b, B, H, BLOCK_K, K_SPLIT, K_TAIL, USE_DOT,
                                     PRECISION, DZ_ONE_ROUND, p_flag, X, TIMEOUT)
                 tl.store(p_dhs + o_bj, b_dh, mask=m_bj)
         tl.debug_barrier()
         for i_bt in range(num_bt):
-            o_b = row0 + i_bt * BLOCK_B + tl.arange(0, BLOCK_B)
-            m_bj = (o_b < b_end)[:, None] & m_j[None, :]
+            o_b, m_b = _tile_rows(row0 + i_bt * BLOCK_B, b_end, BLOCK_B, FULL)
+            m_bj = m_b[:, None] & m_j[None, :]
             o_bj = o_b[:, None] * H + o_j[None, :]
             tl.store(p_dh0 + o_bj, tl.load(p_dhs + o_bj, mask=m_bj), mask=m_bj)
             tl.store(p_dc0 + o_bj, tl.load(p_dcs + o_bj, mask=m_bj), mask=m_bj)
@@ -1055,6 +1058,13 @@ def _grid(cfg: LSTMConfig, B: int) -> tuple[tuple[int, int], int, bool]:
     if groups != cfg.batch_groups or cfg.num_programs % groups:
         raise ValueError(f"config {cfg} does not split a batch of {B} into {cfg.batch_groups} groups")
     return (cfg.num_programs // groups, groups), rows, rows <= cfg.block_b
+
+
+def _full_tiles(B: int, rows: int, block_b: int) -> bool:
+    """Whether the kernels' row masks can be constants (``_tile_rows``): every batch group (``rows`` rows) is
+    ONE whole tile, none cut short by B. With several tiles a group the forward kept a value in local memory
+    inside the time loop (bf16 B256 H1024, 4 tiles of 32 rows, sm_90, triton 3.6): masks kept there."""
+    return B > 0 and rows == block_b and B % rows == 0
 
 
 def _launch_options(cfg: LSTMConfig, device: torch.device) -> dict:
@@ -1112,7 +1122,7 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
             gates_x, h0, c0, w_hh, lens, y, h_n, c_n, gates, cells, h_exchange, c_scratch, h_scratch, bar,
             T, B, H, rows,
             REVERSE=bool(reverse), SAVE=bool(save), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b,
-            ONE_TILE=one_tile, K_SPLIT=cfg.k_split, K_TAIL=cfg.k_tail, TAIL_AFTER=cfg.tail_after(dtype),
+            ONE_TILE=one_tile, FULL=_full_tiles(B, rows, cfg.block_b), K_SPLIT=cfg.k_split, K_TAIL=cfg.k_tail, TAIL_AFTER=cfg.tail_after(dtype),
             PIECES=cfg.pieces, TRANSPOSED=cfg.transposed, GROUPED=grid[1] > 1, USE_DOT=cfg.use_dot,
             PRECISION=cfg.precision, POLLED=polled, NUM_PROGRAMS=grid[0] if STEP_SYNC else 1, ACC=_TL_ACC[acc],
             TIMEOUT=timeout,
@@ -1157,6 +1167,7 @@ def lstm_bwd(dy, dh_n, dc_n, gates, cells, c0, w_hh, lengths=None, reverse=False
             dy, dh_n, dc_n, gates, cells, c0, w_hh, lens, dgates, dh0, dc0, dh_scratch, dc_scratch, dz_exchange,
             bar, T, B, H, rows,
             REVERSE=bool(reverse), HT=cfg.ht, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b, ONE_TILE=one_tile,
+            FULL=_full_tiles(B, rows, cfg.block_b),
             K_SPLIT=cfg.k_split, K_TAIL=cfg.k_tail, GROUPED=grid[1] > 1,
             LOW_EXCHANGE=low_exchange, POLLED=polled, DZ_ONE_ROUND=cfg.dz_one_round and cfg.use_dot,
             USE_DOT=cfg.use_dot,

@@ -274,13 +274,15 @@ def test_polled_slots_beyond_their_budget_take_the_counter(monkeypatch):
         assert_close(a, b, TOL[torch.float16][1], "polled vs counter")
 
 
-@pytest.mark.parametrize("dtype,use_dot,B,rows", [(torch.float64, False, 5, 4), (torch.float16, True, 20, 16)],
-                         ids=["broadcast", "dot"])
+@pytest.mark.parametrize("dtype,use_dot,B,rows", [(torch.float64, False, 5, 4), (torch.float16, True, 20, 16),
+                                                  (torch.float16, True, 32, 16)],
+                         ids=["broadcast", "dot", "dot-whole-groups"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 def test_batch_groups(dtype, use_dot, B, rows, reverse):
     """The batch split in two groups of rows, each its own program and step counter (grid (1, 2)): every
-    output and gradient as with one group; the second group is partial, lengths unsorted."""
-    lengths = [3, 5, 1, 4, 2] * (B // 5)
+    output and gradient as with one group; the second group is partial (whole with B = 32: no row masks),
+    lengths unsorted."""
+    lengths = ([3, 5, 1, 4, 2] * B)[:B]
     T, H = 5, 12
     gx, h0, c0, w, (dy, dhn, dcn) = make_inputs(T, B, H, dtype)
     lens = torch.tensor(lengths)
@@ -298,6 +300,18 @@ def test_batch_groups(dtype, use_dot, B, rows, reverse):
         assert_close(got, want, tol, name)
     for name, got, want in zip(["dgates", "dh0", "dc0"], grads, ref_grads):
         assert_close(got, want, gtol, name)
+
+
+def test_full_tiles_only_where_every_tile_is_whole():
+    """The row masks become constants only where each batch group is one whole tile: (B, rows per batch group,
+    rows per tile)."""
+    full = triton_lstm._full_tiles
+    assert full(16, 16, 16) and full(64, 32, 32) and full(32, 16, 16)
+    assert not full(1, 1, 16)           # B = 1: one row of a 16-row tile
+    assert not full(17, 17, 16)         # a whole tile, then a short one
+    assert not full(20, 16, 16)         # the second group has 4 rows
+    assert not full(64, 32, 16)         # two whole tiles a group: masks kept (a spill, see _full_tiles)
+    assert not full(0, 16, 16)
 
 
 def test_batch_groups_must_match_the_batch():
