@@ -233,6 +233,11 @@ setup_triton_per_gate = _triton_switched("FUSED_GATES", False,
 # 5.60 vs 4.21 µs/step): the measurement checks the model's shared-memory floor.
 setup_triton_rows = _triton_switched("TRANSPOSED_GATES", False, "the fused forward in rows is measured at 16 bits only",
                                      "forward fused gates in rows")
+# The forward without K folded into M where the configs fold it (``triton_config.FOLDED_GATES`` off): W_hh in shared
+# memory, read back by every MMA of every step, instead of in registers; modeled slower (B16 H768 fp16 forward 2.01 vs
+# 1.28 µs/step): the measurement checks the fold, the model's shared-memory floor and the instructions it saves.
+setup_triton_unfolded = _triton_switched("FOLDED_GATES", False, "the unfolded forward is measured at 16 bits only",
+                                         "forward not folded (W_hh in shared memory)")
 
 
 def _stack_switched(values: dict, note: str) -> Setup:
@@ -273,6 +278,7 @@ PROVIDERS: dict[str, Setup] = {
     "triton-counter": setup_triton_counter,
     "triton-per-gate": setup_triton_per_gate,
     "triton-rows": setup_triton_rows,
+    "triton-unfolded": setup_triton_unfolded,
     "numba": _lstm_gpu_setup("numba"),
     "eager": _cell_loop_setup(False),
     "compiled": _cell_loop_setup(True),

@@ -64,6 +64,10 @@ FUSED_GATES: bool | None = None             # forward tl.dot fused over the gate
 TRANSPOSED_GATES: bool | None = None        # fused forward computed transposed (LSTMConfig.transposed) where
                                             # the rule in gpu_config allows; None: on unless the environment
                                             # variable LSTM_GPU_TRANSPOSED_GATES=0 (a measurement switch)
+FOLDED_GATES: bool | None = None            # fused forward with K folded into M, W_hh in registers
+                                            # (LSTMConfig.fold) where the rule in gpu_config allows; None: on
+                                            # unless the environment variable LSTM_GPU_FOLDED_GATES=0 (a
+                                            # measurement switch)
 
 H100_SMS = 132                              # SMs of an H100 SXM, the design target
 REGS_PER_SM = 64 * 1024                     # 32-bit registers per SM (sm_80 .. sm_90)
@@ -77,6 +81,10 @@ DOT_SHARED_BUDGET = 225 * 1024              # bytes: the W_hh slice + one staged
                                             # compiles show beside it and a margin)
 DOT_KC = 128                                # K per tl.dot chunk: K/128 independent accumulators
 FUSED_MAX_PIECES = 4                        # the fused forward's pieces of K (kernels/triton_lstm.py has four)
+# K folded into M (LSTMConfig.fold): the largest H, and K per piece. W_hh takes H/8 registers a thread in
+# registers (96 at H = 768: 254 registers in all, no spills; H = 1024 spilled 192 bytes, sm_90, triton 3.6).
+FOLD_MAX_H = 768
+FOLD_KC = 128
 # fp32-ieee on CUDA cores: tl.dot in IEEE fp32 (FMAs, each thread reducing over all of K: no shuffles) where
 # the sm_90 compile keeps the loop free of spills: H ≤ 768 forward (triton 3.6, the GPU machine's; 512 with
 # 3.9), H ≤ 512 backward (H = 768
@@ -131,11 +139,15 @@ class LSTMConfig:
                             # (0: per gate, in k_split chunks)
     transposed: bool = False    # fused forward: the gates computed transposed, [4·HT, BB] = W · hᵀ, so that
                                 # M = 4·HT = 64 fills Hopper's warpgroup MMA (wgmma)
+    fold: int = 1           # transposed fused forward, 16-bit: 2 = K folded into M, [2·4·HT, K/2] (each
+                            # warpgroup one half of K), the weights held in registers as the MMA's A operand
+                            # (kernels/triton_lstm.py, ``_load_w_folded``); K = 2 x pieces x block_k
 
     @property
     def k_total(self) -> int:
-        """The K covered on chip: pieces x block_k, or block_k + k_tail (≥ H; the rest is masked padding)."""
-        return self.pieces * self.block_k if self.pieces else self.block_k + self.k_tail
+        """The K covered on chip: (fold x) pieces x block_k, or block_k + k_tail (≥ H; the rest is masked
+        padding)."""
+        return self.fold * self.pieces * self.block_k if self.pieces else self.block_k + self.k_tail
 
     def shared_bytes(self, dtype: torch.dtype) -> int:
         """Shared memory of the tl.dot path (``dot_shared_bytes``): the fused forward stages all of h's
@@ -197,6 +209,24 @@ def transposed_gates() -> bool:
     return os.environ.get("LSTM_GPU_TRANSPOSED_GATES", "1") != "0"
 
 
+def folded_gates() -> bool:
+    """Whether the configs may fold K into M where the rule allows (the default; ``LSTMConfig.fold``)."""
+    if FOLDED_GATES is not None:
+        return FOLDED_GATES
+    return os.environ.get("LSTM_GPU_FOLDED_GATES", "1") != "0"
+
+
+def fold_pieces(H: int) -> tuple[int, int]:
+    """K of the folded forward: (pieces, K per piece) covering each half of K, ceil(H/2), in pieces of
+    FOLD_KC (or the one power of two ≥ 16 that covers a smaller half): 768 = 2 x 3 x 128, 512 = 2 x 2 x 128,
+    256 = 2 x 1 x 128, 40 = 2 x 1 x 32. Each piece is one staging of h and one wait for its products (the
+    pieces chain into one accumulator), so fewer is better; the identity product that puts a piece in
+    registers stages a KC x KC matrix once (32 KB at 128)."""
+    half = -(-H // 2)
+    kc = min(FOLD_KC, max(16, _pow2(half)))
+    return -(-half // kc), kc
+
+
 def polled_h() -> bool | None:
     """The polled h exchange forced on (True) or off (False) by ``POLLED_H`` or LSTM_GPU_POLLED_H (a
     measurement switch), or None: the configs' rule decides (``gpu_config``, ``interpreter_config``)."""
@@ -228,9 +258,12 @@ def interpreter_config(*, B: int, H: int, dtype: torch.dtype, use_dot: bool | No
     half = dtype in (torch.float16, torch.bfloat16)     # and in the backward where dz's loads go out together
     dz_one_round = use_dot and tensor_cores and backward
     polled = forced if forced is not None else ((transposed or dz_one_round) and B <= bb and half)
+    fold = 1
+    if transposed and half and H <= FOLD_MAX_H and folded_gates():     # as on the GPU (gpu_config)
+        (pieces, block_k), fold = fold_pieces(H), 2
     return LSTMConfig(ht=k, block_k=block_k, block_b=bb, use_dot=use_dot, precision=fp32_precision(),
                       num_warps=4, num_programs=1, k_split=k_split, polled_h=polled, k_tail=k_tail,
-                      pieces=pieces, dz_one_round=dz_one_round, transposed=transposed)
+                      pieces=pieces, dz_one_round=dz_one_round, transposed=transposed, fold=fold)
 
 
 def k_pieces(H: int) -> tuple[int, int]:
@@ -418,11 +451,22 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     # h exchange (a measurement option): at 2 warps it kept 8-33 values in local memory inside the loop.
     if pieces and not transposed and block_b == 16 and not polled and half:
         num_warps = 2
+    # K folded into M (``LSTMConfig.fold``), 16-bit forward, 16-row tiles, H ≤ FOLD_MAX_H: the transposed product
+    # as [2·4·HT, K/2] · [K/2, 2·BB], row (f, gate, u) of W times column (f', b) of h, fold f of K against fold f';
+    # the two blocks with f' = f kept, the two others dropped (half the MMAs' work wasted: the tensor cores are
+    # not what bounds a step). That makes M = 128, two warpgroups (8 warps) each multiplying one half of K, and
+    # each warpgroup's operand 64 rows x K/2, which fits in registers (H/8 a thread): W_hh stays in registers for
+    # the launch and no MMA reads it from shared memory. Modeled (python -m bench.static, triton 3.6): see
+    # reports/README.md (B16 H768 fp16 forward 481 -> FOLD instructions a warp).
+    fold = 1
+    if (pieces and half and not backward and block_b == 16 and 4 * ht == 64 and H <= FOLD_MAX_H
+            and transposed_gates() and folded_gates()):
+        (pieces, block_k), fold, transposed, num_warps = fold_pieces(H), 2, True, 8
     return LSTMConfig(ht=ht, block_k=block_k, block_b=block_b, use_dot=use_dot, precision=precision,
                       num_warps=num_warps, num_programs=num_programs * groups, k_split=k_split,
                       batch_groups=groups, group_rows=tiles_per_group * block_b if groups > 1 else 0,
                       polled_h=polled, k_tail=k_tail, pieces=pieces, dz_one_round=dz_one_round,
-                      transposed=transposed)
+                      transposed=transposed, fold=fold)
 
 
 def sm_count(device: torch.device) -> int:

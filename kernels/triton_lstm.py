@@ -270,18 +270,35 @@ def _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, K0, BLOCK_K: t
 
 
 @triton.jit
+def _fold_rows(o_b, m_b, H, KF: tl.constexpr, FOLD: tl.constexpr):
+    """Where each row of h's operand tile starts, which rows exist, and where along K each row's pieces start:
+    the rows o_b themselves (FOLD = 1), or FOLD = 2 (K folded into M, ``_load_w_folded``): 2·BB rows, row
+    f·BB + b holding h[b, f·KF …], the half of K that fold f of the weights multiplies."""
+    if FOLD == 1:
+        return o_b * H, m_b, 0
+    else:
+        BB: tl.constexpr = o_b.shape[0]
+        o_f = tl.arange(0, FOLD * BB) // BB
+        o_r = tl.reshape(tl.broadcast_to(o_b[None, :], [FOLD, BB]), [FOLD * BB])
+        m_r = tl.reshape(tl.broadcast_to(m_b[None, :], [FOLD, BB]), [FOLD * BB])
+        return o_r * H, m_r, (o_f * KF)[:, None]
+
+
+@triton.jit
 def _read_h_pieces(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, KC: tl.constexpr, PIECES: tl.constexpr,
-                   POLLED: tl.constexpr, TIMEOUT: tl.constexpr):
-    """All PIECES pieces of K (KC each) of h generation g for the rows o_b, [BB, KC] each (the unused ones
-    repeat the first), their loads issued together: one L2 round trip. Polled, they are polled together
-    too (every piece reloaded until none is UNWRITTEN): polled piece by piece, each piece's first load
-    left only once the previous piece was in, one round trip per piece (3 at H = 768, sm_90 SASS)."""
+                   POLLED: tl.constexpr, TIMEOUT: tl.constexpr, FOLD: tl.constexpr = 1):
+    """All PIECES pieces of K (KC each) of h generation g for the rows o_b, [BB, KC] each (FOLD = 2: [2·BB, KC],
+    ``_fold_rows``; the unused ones repeat the first), their loads issued together: one L2 round trip. Polled,
+    they are polled together too (every piece reloaded until none is UNWRITTEN): polled piece by piece, each
+    piece's first load left only once the previous piece was in, one round trip per piece (3 at H = 768, sm_90
+    SASS)."""
+    o_r, m_r, k0 = _fold_rows(o_b, m_b, H, PIECES * KC, FOLD)
     if POLLED:
         p = p_hx + tl.cast(g, tl.int64) * B * H
-        o0, m0 = _row_offsets(o_b * H, m_b, H, 0, KC, 1)
-        o1, m1 = _row_offsets(o_b * H, m_b, H, KC, KC, 1)
-        o2, m2 = _row_offsets(o_b * H, m_b, H, 2 * KC, KC, 1)
-        o3, m3 = _row_offsets(o_b * H, m_b, H, 3 * KC, KC, 1)
+        o0, m0 = _row_offsets(o_r, m_r, H, k0, KC, 1)
+        o1, m1 = _row_offsets(o_r, m_r, H, k0 + KC, KC, 1)
+        o2, m2 = _row_offsets(o_r, m_r, H, k0 + 2 * KC, KC, 1)
+        o3, m3 = _row_offsets(o_r, m_r, H, k0 + 3 * KC, KC, 1)
         w0, w1, w2, w3 = _poll_pieces(p, o0, m0, o1, m1, o2, m2, o3, m3, PIECES)
         if TIMEOUT > 0:
             failed = tl.atomic_add(p_flag, 0, sem="relaxed", scope="gpu")
@@ -298,10 +315,11 @@ def _read_h_pieces(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, KC: tl.
         return (w0.to(DTYPE, bitcast=True), w1.to(DTYPE, bitcast=True), w2.to(DTYPE, bitcast=True),
                 w3.to(DTYPE, bitcast=True))
     else:
-        b_h0 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 0, KC, 1, False, TIMEOUT)
-        b_h1 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, KC, KC, 1, False, TIMEOUT) if PIECES > 1 else b_h0
-        b_h2 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 2 * KC, KC, 1, False, TIMEOUT) if PIECES > 2 else b_h0
-        b_h3 = _read_h(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, 3 * KC, KC, 1, False, TIMEOUT) if PIECES > 3 else b_h0
+        p = p_hx + (g % 2) * B * H
+        b_h0 = _load_rows(p, o_r, m_r, H, k0, KC, 1)
+        b_h1 = _load_rows(p, o_r, m_r, H, k0 + KC, KC, 1) if PIECES > 1 else b_h0
+        b_h2 = _load_rows(p, o_r, m_r, H, k0 + 2 * KC, KC, 1) if PIECES > 2 else b_h0
+        b_h3 = _load_rows(p, o_r, m_r, H, k0 + 3 * KC, KC, 1) if PIECES > 3 else b_h0
         return b_h0, b_h1, b_h2, b_h3
 
 
@@ -467,6 +485,44 @@ def _load_w_fused(p_w, i_p, H, K0, HT: tl.constexpr, KC: tl.constexpr):
 
 
 @triton.jit
+def _load_w_folded(p_w, i_p, H, K0, HT: tl.constexpr, KC: tl.constexpr, KF: tl.constexpr, FOLD: tl.constexpr):
+    """Forward, K folded into M (FOLD = 2): the rows of W_hh for this program's units, as the A operand
+    [FOLD·4·HT, KC] of the transposed product: row (f, gate, u) holds W_hh[gate·H + u, f·KF + K0 …], the piece
+    at K0 of fold f's half of K (KF long). M = 2·4·16 = 128 is two warpgroups, each multiplying one half of K,
+    and the operand, put ``_in_registers``, stays there: K/2 · 64 rows · 2 bytes over 128 threads, H/8
+    registers a thread (96 at H = 768)."""
+    o_m = tl.arange(0, FOLD * 4 * HT)
+    o_u = i_p * HT + o_m % HT
+    o_k = (o_m // (4 * HT) * KF + K0)[:, None] + tl.arange(0, KC)[None, :]
+    o_w = ((o_m // HT) % 4 * H + o_u)[:, None] * H + o_k
+    return _in_registers(tl.load(p_w + o_w, mask=(o_u < H)[:, None] & (o_k < H), other=0.))
+
+
+@triton.jit
+def _in_registers(b_w):
+    """b_w · I: the same values (exact: one product by 1.0 each, fp32 accumulation), now in the layout of a
+    warpgroup MMA's result, which the compiler lets a later tl.dot read as its A operand straight from
+    registers (the pattern attention kernels use for P). Loaded, the operand goes to shared memory and every
+    HGMMA of every step reads it back from there: at B16 H768 fp16, 96 KB a step per SM, the step's shared-
+    memory floor (sm_90 SASS, triton 3.6)."""
+    o = tl.arange(0, b_w.shape[1])
+    return tl.dot(b_w, (o[:, None] == o[None, :]).to(b_w.dtype), out_dtype=tl.float32).to(b_w.dtype)
+
+
+@triton.jit
+def _unfold(b_z, BB: tl.constexpr, HT: tl.constexpr):
+    """The folded product [2·4·HT, 2·BB] (rows (f, gate, u), columns (f', b): fold f of W times fold f' of h)
+    -> [BB, 4·HT], column 4u + gate as ``_gates_of`` takes it: the two diagonal blocks (f' = f) added, the
+    other two (products of mismatched halves of K) dropped. The select runs in registers (f' lies in each
+    thread's registers), then one exchange through shared memory brings both folds and the four gates of a
+    unit to one thread."""
+    b_z = tl.permute(tl.reshape(b_z, [2, 4, HT, 2, BB]), (4, 2, 1, 0, 3))     # [b, u, gate, f, f']
+    b_0, b_1 = tl.split(b_z)                                                 # f' = 0, 1
+    b_d0, b_d1 = tl.split(tl.where((tl.arange(0, 2) == 0)[None, None, None, :], b_0, b_1))   # f' = f
+    return tl.reshape(b_d0 + b_d1, [BB, 4 * HT])
+
+
+@triton.jit
 def _opaque_zero(R: tl.constexpr, C: tl.constexpr, T):
     """[R, C] zeros the compiler cannot prove zero: column j is j · (0 · T). From a literal zero, Triton's combine
     pass folds dot(a₁, w₁) + z into dot(a₁, w₁, acc=z), chaining every piece of K into one accumulator (a chain
@@ -499,6 +555,23 @@ def _piece(b_a, b_w, b_zero, PRECISION: tl.constexpr, TRANSPOSED: tl.constexpr):
 
 
 @triton.jit
+def _folded_gates(b_a0, b_a1, b_a2, b_a3, b_w0, b_w1, b_w2, b_w3, PIECES: tl.constexpr):
+    """K folded into M (``_load_w_folded``): Σ over the pieces of w_k · a_kᵀ, [2·4·HT, 2·BB], one accumulator
+    (a separate one per piece cost 16 registers each and, at 254 a thread, a move per element to start it:
+    +72 instructions a step, sm_90 SASS, triton 3.6), then ``_unfold`` and split into the gates."""
+    b_z = tl.dot(b_w0, tl.trans(b_a0.to(b_w0.dtype)), out_dtype=tl.float32)
+    if PIECES > 1:
+        b_z += tl.dot(b_w1, tl.trans(b_a1.to(b_w1.dtype)), out_dtype=tl.float32)
+    if PIECES > 2:
+        b_z += tl.dot(b_w2, tl.trans(b_a2.to(b_w2.dtype)), out_dtype=tl.float32)
+    if PIECES > 3:
+        b_z += tl.dot(b_w3, tl.trans(b_a3.to(b_w3.dtype)), out_dtype=tl.float32)
+    BB: tl.constexpr = b_a0.shape[0] // 2
+    HT: tl.constexpr = b_w0.shape[0] // 8
+    return _gates_of(_unfold(b_z, BB, HT), BB, HT)
+
+
+@triton.jit
 def _fused_gates(b_a0, b_a1, b_a2, b_a3, b_w0, b_w1, b_w2, b_w3, b_zero, PIECES: tl.constexpr,
                  PRECISION: tl.constexpr, TRANSPOSED: tl.constexpr):
     """Σ over the PIECES pieces of K of a_k · w_k (``_piece``: each its own accumulator, so the chain of
@@ -519,12 +592,19 @@ def _fused_gates(b_a0, b_a1, b_a2, b_a3, b_w0, b_w1, b_w2, b_w3, b_zero, PIECES:
 @triton.jit
 def _h_w_fused(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE: tl.constexpr, b_w0, b_w1, b_w2, b_w3, b_zero, KC: tl.constexpr,
                PIECES: tl.constexpr, POLLED: tl.constexpr, TIMEOUT: tl.constexpr, PRECISION: tl.constexpr,
-               TRANSPOSED: tl.constexpr):
+               TRANSPOSED: tl.constexpr, FOLD: tl.constexpr = 1):
     """h_{t-1} · W_hhᵀ for the four gates at once, K in PIECES pieces of KC: one tl.dot per piece into
     [BB, 4·HT], each piece its own accumulator (the chain of dependent MMAs is KC/16), the pieces added in
-    registers (same layout: no exchange between warps), then split into the gates."""
-    b_h0, b_h1, b_h2, b_h3 = _read_h_pieces(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, KC, PIECES, POLLED, TIMEOUT)
-    return _fused_gates(b_h0, b_h1, b_h2, b_h3, b_w0, b_w1, b_w2, b_w3, b_zero, PIECES, PRECISION, TRANSPOSED)
+    registers (same layout: no exchange between warps), then split into the gates. FOLD = 2: K folded into M,
+    the weights in registers (``_folded_gates``)."""
+    b_h0, b_h1, b_h2, b_h3 = _read_h_pieces(p_hx, g, o_b, m_b, B, H, p_flag, DTYPE, KC, PIECES, POLLED, TIMEOUT,
+                                            FOLD)
+    if FOLD > 1:
+        b_i, b_f, b_g, b_o = _folded_gates(b_h0, b_h1, b_h2, b_h3, b_w0, b_w1, b_w2, b_w3, PIECES)
+    else:
+        b_i, b_f, b_g, b_o = _fused_gates(b_h0, b_h1, b_h2, b_h3, b_w0, b_w1, b_w2, b_w3, b_zero, PIECES, PRECISION,
+                                          TRANSPOSED)
+    return b_i, b_f, b_g, b_o
 
 
 @triton.jit
@@ -642,6 +722,7 @@ def _lstm_fwd_kernel(
     NUM_PROGRAMS: tl.constexpr,  # programs of one batch group: they meet at the group's step counter
     ACC: tl.constexpr,
     TIMEOUT: tl.constexpr,       # polls before giving up (debug mode); 0 = wait forever
+    FOLD: tl.constexpr = 1,      # fused, 16-bit: 2 = K folded into M, the weights in registers (``_load_w_folded``)
 ):
     i_p = tl.program_id(0)
     i_q, row0, b_end = _batch_group(B, BG, GROUPED)                 # this program's rows: [row0, b_end)
@@ -651,7 +732,13 @@ def _lstm_fwd_kernel(
 
     # This program's rows of W_hh, loaded ONCE and kept on chip for all T steps: fused (PIECES > 0), the four
     # gates side by side in PIECES pieces of K (b_wi … b_wo hold pieces 0 … 3); else gate by gate.
-    if PIECES > 0:
+    if FOLD > 1:        # the pieces of each half of K: [2·4·HT, BLOCK_K] each, in registers
+        KF: tl.constexpr = PIECES * BLOCK_K
+        b_wi = _load_w_folded(p_w, i_p, H, 0, HT, BLOCK_K, KF, FOLD)
+        b_wf = _load_w_folded(p_w, i_p, H, BLOCK_K, HT, BLOCK_K, KF, FOLD) if PIECES > 1 else b_wi
+        b_wg = _load_w_folded(p_w, i_p, H, 2 * BLOCK_K, HT, BLOCK_K, KF, FOLD) if PIECES > 2 else b_wi
+        b_wo = _load_w_folded(p_w, i_p, H, 3 * BLOCK_K, HT, BLOCK_K, KF, FOLD) if PIECES > 3 else b_wi
+    elif PIECES > 0:
         b_wi = _load_w_fused(p_w, i_p, H, 0, HT, BLOCK_K)
         b_wf = _load_w_fused(p_w, i_p, H, BLOCK_K, HT, BLOCK_K) if PIECES > 1 else b_wi
         b_wg = _load_w_fused(p_w, i_p, H, 2 * BLOCK_K, HT, BLOCK_K) if PIECES > 2 else b_wi
@@ -689,7 +776,7 @@ def _lstm_fwd_kernel(
             if PIECES > 0:
                 b_ri, b_rf, b_rg, b_ro = _h_w_fused(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, b_wi, b_wf, b_wg,
                                                     b_wo, b_zero, BLOCK_K, PIECES, POLLED, TIMEOUT, PRECISION,
-                                                    TRANSPOSED)
+                                                    TRANSPOSED, FOLD)
             else:
                 b_ri, b_rf, b_rg, b_ro = _h_w(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, b_wi, b_wf, b_wg, b_wo,
                                               b_ti, b_tf, b_tg, b_to, BLOCK_K, K_TAIL, TAIL_AFTER, KS, POLLED,
@@ -724,7 +811,7 @@ def _lstm_fwd_kernel(
                 if PIECES > 0:
                     b_ri, b_rf, b_rg, b_ro = _h_w_fused(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, b_wi,
                                                         b_wf, b_wg, b_wo, b_zero, BLOCK_K, PIECES, POLLED, TIMEOUT,
-                                                        PRECISION, TRANSPOSED)
+                                                        PRECISION, TRANSPOSED, FOLD)
                 else:
                     b_ri, b_rf, b_rg, b_ro = _h_w(p_hx, s, o_b, m_b, B, H, p_flag, b_hc.dtype, b_wi, b_wf,
                                                   b_wg, b_wo, b_ti, b_tf, b_tg, b_to, BLOCK_K, K_TAIL, TAIL_AFTER, KS,
@@ -1125,7 +1212,7 @@ def lstm_fwd(gates_x, h0, c0, w_hh, lengths=None, reverse=False, save=True, conf
             ONE_TILE=one_tile, FULL=_full_tiles(B, rows, cfg.block_b), K_SPLIT=cfg.k_split, K_TAIL=cfg.k_tail, TAIL_AFTER=cfg.tail_after(dtype),
             PIECES=cfg.pieces, TRANSPOSED=cfg.transposed, GROUPED=grid[1] > 1, USE_DOT=cfg.use_dot,
             PRECISION=cfg.precision, POLLED=polled, NUM_PROGRAMS=grid[0] if STEP_SYNC else 1, ACC=_TL_ACC[acc],
-            TIMEOUT=timeout,
+            TIMEOUT=timeout, FOLD=cfg.fold,
             **_launch_options(cfg, device))
     if timeout:
         raise_if_timed_out(bar, "forward")

@@ -280,19 +280,21 @@ def test_exchange_switch_covers_the_backward(provider, polled, monkeypatch):
     assert (got["grad_x"].double() - want["grad_x"].double()).abs().max().item() < 2e-2
 
 
-@pytest.mark.parametrize("provider", ["triton-polled", "triton-counter", "triton-per-gate", "triton-rows"])
+@pytest.mark.parametrize("provider", ["triton-polled", "triton-counter", "triton-per-gate", "triton-rows",
+                                      "triton-unfolded"])
 def test_switched_providers_run_their_variant_and_match_the_oracle(provider, monkeypatch):
     """The headline's variants of the triton forward: "triton-polled" / "triton-counter" (the h exchange forced
     polled / through the step counter, and the backward's dz exchange with it; one batch tile, as here, the
     configs poll it), "triton-per-gate" (the
-    tensor-core product per gate, not fused) and "triton-rows" (the fused product in rows, not transposed),
-    interpreter on CPU, fp16: the variant
+    tensor-core product per gate, not fused), "triton-rows" (the fused product in rows, not transposed) and
+    "triton-unfolded" (K not folded into M: the weights in shared memory), interpreter on CPU, fp16: the variant
     runs, within fp16 tolerance of the oracle; the switch is back to its default after the call; not for fp32."""
     from lstm_gpu.kernels import triton_config, triton_lstm
     variant = {"triton-polled": lambda c: c.polled_exchange(torch.float16),
                "triton-counter": lambda c: not c.polled_exchange(torch.float16),
                "triton-per-gate": lambda c: c.use_dot and c.pieces == 0,
-               "triton-rows": lambda c: c.pieces > 0 and not c.transposed}[provider]
+               "triton-rows": lambda c: c.pieces > 0 and not c.transposed,
+               "triton-unfolded": lambda c: c.pieces > 0 and c.fold == 1}[provider]
     shape = providers.Shape(3, 20, 5)
     weights = providers.shared_weights(shape)
     cpu = torch.device("cpu")
@@ -306,9 +308,10 @@ def test_switched_providers_run_their_variant_and_match_the_oracle(provider, mon
     dy = torch.randn(5, 3, 20, generator=torch.Generator().manual_seed(1)).half()
     got = providers.outputs(prep, x, dy, "fwd")
     assert seen and all(variant(c) for c in seen)
-    assert triton_config.polled_h() is None and triton_config.fused_gates() and triton_config.transposed_gates()
+    assert (triton_config.polled_h() is None and triton_config.fused_gates() and triton_config.transposed_gates()
+            and triton_config.folded_gates())
     default = triton_config.choose_config(B=3, H=20, dtype=torch.float16, device=cpu)
-    assert default.polled_exchange(torch.float16) and default.transposed and default.pieces > 0
+    assert default.polled_exchange(torch.float16) and default.transposed and default.pieces > 0 and default.fold == 2
     want = providers.oracle(shape, torch.float16, weights, x, dy)
     for k in ("y", "h_n", "c_n"):
         assert (got[k].double() - want[k].double()).abs().max().item() < 1e-2, k

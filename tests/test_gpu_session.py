@@ -35,7 +35,7 @@ def test_warmup_covers_the_shapes_the_later_steps_launch():
     bench = {(t["dtype"], t["B"], t["H"], t["T"]) for t in tasks if t["kind"] == "bench"}
     assert {(d, b, h, t) for b, h, t, d, _ in session.HEADLINE_GPU} <= bench
     assert ("fp32-tf32", 1, 256, 1024) in bench                          # a --quick shape
-    # the forward variants (HEADLINE_16BIT_EXTRA: counter, per-gate, rows, polled) compiled for the headline's 16-bit rows only
+    # the forward variants (HEADLINE_16BIT_EXTRA: counter, unfolded, rows, polled) compiled for the headline's 16-bit rows only
     variants = {(t["dtype"], t["B"], t["H"], t["T"]) for t in tasks if t.get("forward_variants")}
     assert variants == {(d, b, h, t) for b, h, t, d, _ in session.HEADLINE_GPU if d in ("fp16", "bf16")}
     stack = {(t["dtype"], t["B"], t["H"], t["T"], t["L"], t["bi"]) for t in tasks if t["kind"] == "stack"}

@@ -137,8 +137,9 @@ def test_fused_gates_forward(H, pieces, reverse, transposed, monkeypatch):
     (H = 20, 40, 56), every output and gradient vs the reference, unsorted lengths; and the per-gate path
     (pieces = 0) gives the same within fp16 rounding."""
     monkeypatch.setattr(triton_config, "TRANSPOSED_GATES", transposed)
+    monkeypatch.setattr(triton_config, "FOLDED_GATES", False)      # K folded into M: test_folded_gates_forward
     cfg = interpreter_config(B=3, H=H, dtype=torch.float16, use_dot=True)
-    assert (cfg.pieces, cfg.block_k, cfg.k_split, cfg.transposed) == (pieces, 16, 1, transposed), cfg
+    assert (cfg.pieces, cfg.block_k, cfg.k_split, cfg.transposed, cfg.fold) == (pieces, 16, 1, transposed, 1), cfg
     out, ref, grads, ref_grads = run_both(5, 3, H, torch.float16, True, [2, 5, 4], reverse)
     tol, gtol = TOL[torch.float16]
     for name, got, want in zip(["y", "h_n", "c_n", "gates", "cells", "dgates", "dh0", "dc0"], out + grads,
@@ -149,6 +150,29 @@ def test_fused_gates_forward(H, pieces, reverse, transposed, monkeypatch):
     other = triton_lstm.lstm_fwd(gx, h0, c0, w, torch.tensor([2, 5, 4]), reverse, True, config=per_gate)
     for name, a, b in zip(["y", "h_n", "c_n", "gates", "cells"], out, other):
         assert_close(a, b, tol, name)
+
+
+@pytest.mark.parametrize("H,pieces", [(20, 1), (41, 2), (80, 3), (100, 4)], ids=str)
+@pytest.mark.parametrize("B,polled", [(3, True), (3, False), (20, False)], ids=["polled", "counter", "two-tiles"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_folded_gates_forward(H, pieces, B, polled, reverse, monkeypatch):
+    """The forward with K folded into M (the GPU's fp16/bf16 forward at H ≤ 768: each half of K multiplied by
+    its own rows of the weights, held in registers, and the two matching blocks of the [2·4·HT, 2·BB] product
+    added): K/2 in 1-4 pieces of 16 (FOLD_KC lowered to reach them at these sizes; the second half partly
+    masked at H = 41, 80 and 100), h polled or through the counter, one batch tile or two (the second partly
+    masked), every output and gradient vs the reference, unsorted lengths. Forced on a wrong block (f' = 1 - f)
+    or with one half of K dropped, it fails here."""
+    monkeypatch.setattr(triton_config, "FOLD_KC", 16)
+    monkeypatch.setattr(triton_config, "POLLED_H", polled)
+    cfg = interpreter_config(B=B, H=H, dtype=torch.float16, use_dot=True)
+    assert (cfg.fold, cfg.pieces, cfg.block_k, cfg.transposed) == (2, pieces, 16, True), cfg
+    assert cfg.polled_exchange(torch.float16) == polled
+    lengths = [2, 5, 4] + [5, 1, 3, 4] * 4 + [5] if B == 20 else [2, 5, 4]
+    out, ref, grads, ref_grads = run_both(5, B, H, torch.float16, True, lengths, reverse)
+    tol, gtol = TOL[torch.float16]
+    for name, got, want in zip(["y", "h_n", "c_n", "gates", "cells", "dgates", "dh0", "dc0"], out + grads,
+                               ref + ref_grads):
+        assert_close(got, want, tol if name in ("y", "h_n", "c_n", "gates", "cells") else gtol, name)
 
 
 @pytest.mark.parametrize("one_round", [False, True], ids=["per-gate", "one-round"])
@@ -459,9 +483,9 @@ def test_tf32_forward_on_tensor_cores_up_to_h1024(monkeypatch):
 
 def test_h_exchange_rule(monkeypatch):
     """gpu_config polls the forward's h exchange where a batch group is one 16-row tile of 9-16 rows of a 16-bit
-    fused forward (K ≤ 1024), transposed on 4 warps: where the H200 measured the poll faster (B16 H768 fp16 and
-    bf16); elsewhere the step counter, measured faster at B1 H256 fp16, B64 H1024 bf16 (one 32-row tile) and in the
-    backward (B16 H768 fp16). POLLED_H / LSTM_GPU_POLLED_H force either."""
+    fused forward (K ≤ 1024), transposed on 4 warps (K folded into M on 8 at H ≤ 768): where the H200 measured the
+    poll faster (B16 H768 fp16 and bf16); elsewhere the step counter, measured faster at B1 H256 fp16, B64 H1024
+    bf16 (one 32-row tile) and in the backward (B16 H768 fp16). POLLED_H / LSTM_GPU_POLLED_H force either."""
     tc = triton_config
     monkeypatch.setattr(tc, "POLLED_H", None)
     monkeypatch.delenv("LSTM_GPU_POLLED_H", raising=False)
@@ -470,7 +494,9 @@ def test_h_exchange_rule(monkeypatch):
     for B, H, dtype in [(16, 768, torch.float16), (16, 768, torch.bfloat16), (32, 512, torch.float16), (9, 256,
                         torch.float16)] + ([(16, 1024, torch.bfloat16), (16, 1024, torch.float16)] if k1024 else []):
         c = cfg(B, H, dtype)                                        # B32 H512: 2 batch groups of 16 rows
-        assert c.polled_exchange(dtype) and c.transposed and c.num_warps == 4, (B, H, c)
+        folded = H <= triton_config.FOLD_MAX_H
+        assert c.polled_exchange(dtype) and c.transposed and c.num_warps == (8 if folded else 4), (B, H, c)
+        assert c.fold == (2 if folded else 1), (B, H, c)
     for B, H, dtype in [(16, 1536, torch.bfloat16), (16, 768, torch.float32), (5, 1000, torch.float16),
                         (1, 256, torch.float16), (8, 256, torch.float16), (64, 1024, torch.bfloat16),
                         (5, 1000, torch.bfloat16), (1, 1024, torch.float16)] + (
@@ -484,7 +510,11 @@ def test_h_exchange_rule(monkeypatch):
     assert cfg(1, 256).polled_exchange(torch.float16)
     monkeypatch.setenv("LSTM_GPU_POLLED_H", "0")
     c = cfg(16, 768)
-    assert not c.polled_h and not c.transposed and c.num_warps == 2, c     # the counter's config: rows, 2 warps
+    assert not c.polled_h and c.fold == 2 and c.num_warps == 8, c          # the counter's config: folded too
+    monkeypatch.setattr(tc, "FOLDED_GATES", False)
+    c = cfg(16, 768)
+    assert not c.polled_h and not c.transposed and c.num_warps == 2, c     # unfolded: rows, 2 warps
+    monkeypatch.setattr(tc, "FOLDED_GATES", None)
     monkeypatch.setattr(tc, "POLLED_H", True)                               # the module switch wins
     assert cfg(16, 768).polled_h and cfg(64, 1024, torch.bfloat16).polled_h
 
