@@ -81,9 +81,10 @@ DOT_SHARED_BUDGET = 225 * 1024              # bytes: the W_hh slice + one staged
                                             # compiles show beside it and a margin)
 DOT_KC = 128                                # K per tl.dot chunk: K/128 independent accumulators
 FUSED_MAX_PIECES = 4                        # the fused forward's pieces of K (kernels/triton_lstm.py has four)
-# K folded into M (LSTMConfig.fold): the largest H, and K per piece. W_hh takes H/8 registers a thread in
-# registers (96 at H = 768: 254 registers in all, no spills; H = 1024 spilled 192 bytes, sm_90, triton 3.6).
-FOLD_MAX_H = 768
+# K folded into M (LSTMConfig.fold): the largest H, and K per piece. W_hh takes H/8 registers a thread (96 at
+# H = 768: 246 registers in all, no stack; 128 at H = 1024: 255 and a 128-byte stack frame used before the time loop
+# only, none inside it; sm_90, triton 3.6).
+FOLD_MAX_H = 1024
 FOLD_KC = 128
 # fp32-ieee on CUDA cores: tl.dot in IEEE fp32 (FMAs, each thread reducing over all of K: no shuffles) where
 # the sm_90 compile keeps the loop free of spills: H ≤ 768 forward (triton 3.6, the GPU machine's; 512 with

@@ -80,7 +80,11 @@ fused product is computed transposed, [4·HT, BB] = W · hᵀ: M = 4·HT = 64 is
 (HGMMA), which reads W and hᵀ from shared memory once per warpgroup, where the [BB, 4·HT] product's mma.sync
 has every warp ldmatrix all of h and its quarter of W each step. Shared memory, not the tensor cores, bounds
 this product: W_hh stays in shared memory and is read back every step (128 B per cycle per SM; the static
-profiler counts it). Elsewhere (backward; forward at H = 1536, where h's pieces
+profiler counts it). So where it fits (16-bit, 16-row tiles, H ≤ 1024: ``triton_config``, FOLD = 2) K is folded
+into M and W_hh held in registers instead (``_load_w_folded``): row (f, gate, u) of the operand holds half f of
+K, so each of two warpgroups keeps 64 rows × K/2 (H/8 registers a thread); h enters as its two halves side by
+side (2·BB columns) and of the product's four blocks the two whose halves match are added (``_unfold``).
+Elsewhere (backward; forward at H = 1536, where h's pieces
 do not fit beside the weights) per gate: the K = H reduction is split into
 K_SPLIT chunks held as a third tensor dimension, so each chunk is its own accumulator and the longest
 chain of dependent MMAs per step is K/K_SPLIT/16 (a few instead of 48 at H = 768), then the chunks are
