@@ -128,8 +128,10 @@ for s1 in "${steps[@]}"; do
                 else step insitu 45 "$PY" -m bench.insitu; fi ;;
       stalls)   if [ "$DRY" = 1 ]; then step stalls 90 "$PY" -m bench.stalls --dry
                 else step stalls 90 "$PY" -m bench.stalls; fi ;;
-      # the GPU tests of the three kernel files, as many as 150 s allow (none had run before 2026-11-28's session)
+      # the GPU tests of the three kernel files, as many as 150 s allow (none had run before 2026-11-28's session);
+      # first the forward with K folded into M (the newest path: never run on a GPU), then the files in order
       gputests) step gputests 150 "$PY" -m pytest -m gpu -q -p no:cacheprovider --maxfail=5 --durations=10 \
+                  tests/test_triton_gpu.py::test_folded_forward_with_lengths \
                   tests/test_stack_gpu.py tests/test_triton_gpu.py tests/test_numba_gpu.py ;;
       # the older steps, each a call of its own
       verify) step verify 300 "$PY" -m lstm_gpu ;;

@@ -141,6 +141,29 @@ def test_h_exchange_with_lengths(H, B, reverse, polled, monkeypatch):
         assert max_err(a, b) <= 5e-2, f"{name}: {max_err(a, b):.3g} ({cfg})"
 
 
+@pytest.mark.parametrize("folded", [True, False], ids=["folded", "unfolded"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("H,B", [(256, 1), (768, 16), (1000, 5), (1024, 16)])
+def test_folded_forward_with_lengths(H, B, dtype, folded, monkeypatch):
+    """The forward with K folded into M and W_hh in registers (``LSTMConfig.fold``: the configs' choice for 16-bit
+    16-row tiles at H ≤ 1024) and without it (the switch the GPU session's "triton-unfolded" column sets), many
+    programs, polled or through the counter as the configs choose: every output vs the reference, unsorted lengths."""
+    monkeypatch.setattr(triton_config, "FOLDED_GATES", folded)
+    T = 37
+    g = torch.Generator(device=DEV).manual_seed(H + B)
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g, device=DEV, dtype=torch.float64) * scale)  # noqa: E731
+    gx, h0, c0, w = r(T, B, 4 * H), r(B, H), r(B, H), r(4 * H, H, scale=H ** -0.5)
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(B))
+    lengths[0] = T
+    cfg = triton_config.choose_config(B=B, H=H, dtype=dtype, device=torch.device(DEV))
+    assert (cfg.fold == 2) == folded and cfg.num_programs > 1, cfg
+    low = [t.to(dtype) for t in (gx, h0, c0, w)]
+    ref = reference.forward(*[t.double() for t in low], None, lengths.to(DEV), reverse=False, save=True)
+    out = triton_lstm.lstm_fwd(*low, lengths.to(DEV), False, True, config=cfg)
+    for name, a, b in zip(["y", "h_n", "c_n", "gates", "cells"], out, ref):
+        assert max_err(a, b) <= 5e-2, f"{name}: {max_err(a, b):.3g} ({cfg})"
+
+
 @pytest.mark.parametrize("polled", [True, False], ids=["polled", "counter"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("H,B", [(256, 3), (768, 16), (512, 16)])

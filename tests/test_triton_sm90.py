@@ -247,3 +247,41 @@ def test_stack_kernels_compile_with_the_debug_time_out():
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert len([line for line in r.stdout.splitlines() if line.startswith("{")]) == len(cases)
+
+
+_FOLD_SCRIPT = """
+import json, sys
+import torch
+from bench import sass
+from lstm_gpu.kernels import triton_config as tc, triton_sm90
+out = []
+for folded in (True, False):
+    tc.FOLDED_GATES = folded
+    for dtype in (torch.float16, torch.bfloat16):
+        k = triton_sm90.compile_case("fwd", B=16, H=768, T=1024, dtype=dtype, save=False)
+        code = sass.parse(triton_sm90.sass(k))
+        lo, hi = sass.time_loop(code)
+        mma = [i for i in code if lo <= i.addr <= hi and i.op == "HGMMA"]
+        out.append(dict(folded=folded, dtype=str(dtype), fold=tc.gpu_config(B=16, H=768, dtype=dtype).fold,
+                        hgmma=len(mma), a_smem=sum(1 for i in mma if i._wgmma()[4])))
+print(json.dumps(out))
+"""
+
+
+def test_folded_forward_reads_the_weights_from_registers():
+    """K folded into M (kernels/triton_lstm.py, ``_in_registers``) holds W_hh in registers only because Triton
+    lets a warpgroup MMA read an A operand that an earlier MMA produced from registers: if a Triton release stopped
+    doing so, the folded kernel would still be correct and compile, but read W from shared memory again (and do
+    twice the tensor-core work for it). So: in the sm_90 SASS of the B16 H768 forward (fp16, bf16), no HGMMA of the
+    time loop takes A by descriptor when folded, every one does unfolded."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    r = subprocess.run([sys.executable, "-W", "ignore", "-c", _FOLD_SCRIPT], cwd=root, env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for x in json.loads(r.stdout.splitlines()[-1]):
+        assert x["hgmma"] > 0, x
+        if x["folded"]:
+            assert x["fold"] == 2 and x["a_smem"] == 0, x
+        else:
+            assert x["fold"] == 1 and x["a_smem"] == x["hgmma"], x
