@@ -289,6 +289,29 @@ def test_triton_layer_more(n, dtype, dot, B, reverse, k_split, monkeypatch):
     _triton_case(n, dtype, dot, B, reverse, k_split, monkeypatch, T=5)
 
 
+@needs_triton
+@pytest.mark.slow
+@pytest.mark.parametrize("B,H,polled", [(16, 768, True), (1, 256, False)], ids=["B16-H768-polled", "B1-H256-counter"])
+def test_triton_headline_forward_as_configured_for_an_h100(B, H, polled):
+    """The headline forwards with the very config a 132-SM GPU gets (gpu_config: K folded into M, 8 warps, HT = 16;
+    B16 H768: 48 programs, h polled, K/2 in three pieces; B1 H256: 16 programs, the step counter), all programs
+    at once: every output vs the reference from the same fp16 inputs, lengths mixed."""
+    from lstm_gpu.kernels import triton_config, triton_lstm
+    cfg = triton_config.gpu_config(B=B, H=H, dtype=torch.float16, n_sm=132)
+    assert cfg.fold == 2 and cfg.polled_exchange(torch.float16) == polled and cfg.num_programs == H // 16, cfg
+    T = 3
+    g = torch.Generator().manual_seed(H)
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).half()  # noqa: E731
+    gx, h0, c0, w = r(T, B, 4 * H), r(B, H), r(B, H), r(4 * H, H, scale=H ** -0.5)
+    lens = torch.tensor(([T, 2, 1] * B)[:B]) if B > 1 else None
+    with testing.concurrent_programs(cfg.num_programs, backends=("triton",), deadline=300):
+        out = triton_lstm.lstm_fwd(gx, h0, c0, w, lens, False, True, config=cfg)
+    ref = reference.forward(gx.double(), h0.double(), c0.double(), w.double(), None, lens, False, True)
+    for name, a, b in zip(["y", "h_n", "c_n", "gates", "cells"], out, ref):
+        err = (a.double() - b.double()).abs().max().item()
+        assert err <= TOL[torch.float16][0], f"{name}: {err:.3g}"
+
+
 # ----------------------------------------------------------------------------------------------------
 # Numba: one layer, every output and gradient vs the reference
 # ----------------------------------------------------------------------------------------------------
