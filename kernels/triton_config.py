@@ -19,7 +19,8 @@ Rules (GPU), each checked by compiling every chosen config for sm_90 (tests/test
 - HT (hidden units per program, all four gates) is the smallest power of two that keeps the grid
   cdiv(H, HT) ≤ the SM count (one program per SM); ≥ 4, and ≥ 16 on the tensor cores (N of each gate's dot);
   but 8 for a tf32 forward where 16 units' fp32 weights do not fit (H 769-1024: the four gates fused, N = 32).
-- Dot path (see ``gpu_config``): 16-row batch tiles; 16-bit: 4 warps, tf32: 8 (4 on 8 units); K in chunks of 64,
+- Dot path (see ``gpu_config``): 16-row batch tiles; 16-bit: 4 warps (8 folded, and in the backward), tf32: 8 (4 on
+  8 units); K in chunks of 64,
   at most 8 (the tail piece in as many chunks as the first). The 16-bit forward takes 32-row tiles at 8 warps where a batch group has 32 rows or more.
   The forward fuses the four gates into one dot per piece of K (``fused_pieces``: at most 4 pieces) wherever
   the weights and all of h's pieces fit the shared-memory budget (not H = 1536); the backward issues the
@@ -443,6 +444,13 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     if polled and one_16:
         transposed, num_warps = True, 4
     if polled and one_bwd and k_tail:
+        num_warps = 8
+    # The 16-bit backward on 8 warps: since its K chunks are summed spread over the warps (kernels/triton_lstm.py,
+    # ``_chunk_sum``), dh and the elementwise work on it divide among them, where 4 warps had chosen when every
+    # warp held a copy. Modeled (python -m bench.static, triton 3.6), 4 -> 8 warps: B16 H768 fp16 backward 3.89 ->
+    # 3.09 µs/step (606 -> 390 instructions a warp, 255 -> 166 registers), B16 H512 2.63 -> 2.17, B1 H256 1.75 ->
+    # 1.63, B64 H1024 bf16 16.16 -> 14.25, B16 H1536 bf16 9.24 -> 9.02; no spills in any (tests/test_triton_sm90.py).
+    if backward and use_mma and half:
         num_warps = 8
     # Where it stays in rows ([BB, 4·HT], mma.sync, N spread over the warps) on 16-row tiles: 2 warps, so h is
     # ldmatrix-ed by 2 warps a step instead of 4 (each warp reads all of h). Modeled (python -m bench.static,

@@ -27,7 +27,7 @@ GPU rule (``gpu_config``; ``unsupported_reason`` says why a stack does not fit):
   stack of any depth fits up to H = 512, uni- or bidirectional (a bidirectional backward with an odd number of
   programs per group takes one more, ``StackConfig.backward``: each projecting whole rows, it staged two row
   tiles, 263 KB at H = 272-511, found when that compile was first checked);
-- 16-bit: 4 warps, K chunks of 128; tf32: 8 warps, chunks of 64 (the single-layer choices).
+- 16-bit: 8 warps, K chunks of 128; tf32: 8 warps, chunks of 64.
 CPU (TRITON_INTERPRET=1): one program per group (HT = BLOCK_H), any float dtype but bf16, any batch.
 Under ``lstm_gpu.testing.concurrent_programs(n)`` the launcher takes ``gpu_config(..., n_sm=n)`` with the CUDA-core
 (broadcast) path allowed, so several programs per group run on CPU with float64 too.
@@ -114,7 +114,11 @@ def gpu_config(*, B: int, H: int, L: int, D: int, dtype: torch.dtype, n_sm: int)
     if use_dot:
         block_b = max(16, _pow2(B))
         half = dtype in (torch.float16, torch.bfloat16)
-        num_warps, kc = (4, DOT_KC) if half else (8, DOT_KC // 2)
+        # 8 warps either way: 16-bit on 4 until the single layer's backward summed its K chunks spread over the
+        # warps; now 8 divide the step's work. Modeled (python -m bench.static_stack, triton 3.6), B16 H512 fp16 2
+        # layers, 4 -> 8 warps: forward 2.63 -> 2.36 µs a step unidirectional, 2.43 -> 1.94 bidirectional;
+        # backward 5.00 -> 4.16, 5.04 -> 4.13; registers 213-255 -> 143-168, no spills (tests/test_triton_sm90.py).
+        num_warps, kc = (8, DOT_KC) if half else (8, DOT_KC // 2)
         kc = min(kc, block_h)
     else:
         block_b, num_warps, kc = _pow2(max(B, 1)), 4, block_h
@@ -151,7 +155,10 @@ def dot_shared_bytes(cfg: StackConfig, *, L: int, D: int, dtype: torch.dtype, ba
         # H = 512, B = 5; sm_90, triton 3.6). Counted as the forward's tile, it passed a bidirectional H = 768
         # layer that a GPU then refused (256 KB, 2026-11-28)
         widest = 4 * cfg.block_h
-    return (4 * cfg.ht * (cfg.block_h + (cfg.block_h * D if L > 1 else 0)) + tiles * cfg.block_b * widest) * elem
+    # and the compiler's scratch for exchanges between the warps, which the tiles cover except at the smallest sizes
+    # (8 warps, one bidirectional layer at H = 64: 12 KB against 10 KB of tiles; sm_90, triton 3.6)
+    scratch = 256 * cfg.num_warps
+    return (4 * cfg.ht * (cfg.block_h + (cfg.block_h * D if L > 1 else 0)) + tiles * cfg.block_b * widest) * elem + scratch
 
 
 def unsupported_reason(*, device: torch.device, dtype: torch.dtype, hidden_size: int, num_layers: int,

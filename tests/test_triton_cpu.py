@@ -519,6 +519,18 @@ def test_h_exchange_rule(monkeypatch):
     assert cfg(16, 768).polled_h and cfg(64, 1024, torch.bfloat16).polled_h
 
 
+def test_backward_takes_eight_warps_on_the_tensor_cores():
+    """The 16-bit backward runs on 8 warps (its K chunks summed spread over them: modeled faster in every headline
+    case, kernels/triton_config.py); the forward's rules and the fp32-IEEE FMA backward (4) are not touched."""
+    cfg = lambda B, H, dtype, **k: gpu_config(B=B, H=H, dtype=dtype, n_sm=132, **k)   # noqa: E731
+    for B, H, dtype in [(16, 768, torch.float16), (64, 1024, torch.bfloat16), (1, 256, torch.float16),
+                        (16, 1536, torch.bfloat16), (5, 1000, torch.bfloat16)]:
+        c = cfg(B, H, dtype, backward=True)
+        assert c.use_dot and c.num_warps == 8, (B, H, c)
+    assert cfg(16, 512, torch.float32, backward=True).num_warps == 4                    # FMA path (ieee)
+    assert cfg(16, 768, torch.float16).num_warps == 8 and cfg(16, 768, torch.float16).fold == 2   # forward: folded
+
+
 @pytest.mark.parametrize("direction", ["fwd", "bwd"])
 def test_step_sync_switch_only_removes_the_wait(direction, monkeypatch):
     """bench/insitu.py's switch: with ``STEP_SYNC`` off the launch is the same but for NUM_PROGRAMS = 1 (no grid

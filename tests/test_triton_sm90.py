@@ -191,11 +191,13 @@ def test_every_config_compiles_for_sm90_without_spills(compiled):
 PROJECTION_RELOADS = 2
 STACK_CASES = [(16, 512, 2, 1, "float16", "fwd"), (16, 512, 2, 2, "float16", "fwd"), (16, 512, 2, 2, "float16", "bwd"),
                (8, 200, 2, 2, "bfloat16", "fwd"), (8, 200, 2, 2, "bfloat16", "bwd"),
-               (16, 272, 2, 1, "float16", "bwd"), (5, 512, 3, 1, "float16", "bwd"), (16, 512, 1, 2, "float16", "bwd")]
+               (16, 272, 2, 1, "float16", "bwd"), (5, 512, 3, 1, "float16", "bwd"), (16, 512, 1, 2, "float16", "bwd"),
+               (16, 64, 1, 2, "float16", "fwd")]
 # (bench.static_stack compiles the unidirectional backward at H512; H = 200 has an odd number of programs per group:
 # the forward projects whole rows, the backward one program more per group, in pairs;
 # H = 272 masked units, 3 layers at H = 512 no room for projection groups: each layer computes its dy in its loop;
-# one bidirectional layer at H = 512: the backward's whole dz row staged, the widest one layer that fits)
+# one bidirectional layer at H = 512: the backward's whole dz row staged, the widest one layer that fits; one at
+# H = 64: the compiler's scratch for the exchanges between 8 warps beyond the tiles)
 _STACK_SCRIPT = """
 import json, sys, torch
 from bench import sass, static_stack
