@@ -117,6 +117,16 @@ def test_contract_tensors_with_lengths(H, B, dtype, precision, tol, reverse, mon
         assert max_err(a, b) <= tol, f"{name}: {max_err(a, b):.3g}"
 
 
+def _forward_inputs(H, B, T=37):
+    """fp64 gates_x, h0, c0, W_hh on the GPU (seeded by H and B) and unsorted lengths, the first row T long."""
+    g = torch.Generator(device=DEV).manual_seed(H + B)
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g, device=DEV, dtype=torch.float64) * scale)  # noqa: E731
+    gx, h0, c0, w = r(T, B, 4 * H), r(B, H), r(B, H), r(4 * H, H, scale=H ** -0.5)
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(B))
+    lengths[0] = T
+    return gx, h0, c0, w, lengths
+
+
 @pytest.mark.parametrize("polled", [True, False], ids=["polled", "counter"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
 @pytest.mark.parametrize("H,B", [(256, 1), (768, 16), (1000, 5)])
@@ -126,12 +136,7 @@ def test_h_exchange_with_lengths(H, B, reverse, polled, monkeypatch):
     the GPU session's "triton-counter" column sets), fp16, many programs: every output vs the reference,
     unsorted lengths."""
     monkeypatch.setattr(triton_config, "POLLED_H", polled)
-    T = 37
-    g = torch.Generator(device=DEV).manual_seed(H + B)
-    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g, device=DEV, dtype=torch.float64) * scale)  # noqa: E731
-    gx, h0, c0, w = r(T, B, 4 * H), r(B, H), r(B, H), r(4 * H, H, scale=H ** -0.5)
-    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(B))
-    lengths[0] = T
+    gx, h0, c0, w, lengths = _forward_inputs(H, B)
     cfg = triton_config.choose_config(B=B, H=H, dtype=torch.float16, device=torch.device(DEV))
     assert cfg.polled_exchange(torch.float16) == polled and cfg.num_programs > 1, cfg
     ref = reference.forward(gx, h0, c0, w, None, lengths.to(DEV), reverse, True)
@@ -149,12 +154,7 @@ def test_folded_forward_with_lengths(H, B, dtype, folded, monkeypatch):
     16-row tiles at H ≤ 1024) and without it (the switch the GPU session's "triton-unfolded" column sets), many
     programs, polled or through the counter as the configs choose: every output vs the reference, unsorted lengths."""
     monkeypatch.setattr(triton_config, "FOLDED_GATES", folded)
-    T = 37
-    g = torch.Generator(device=DEV).manual_seed(H + B)
-    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g, device=DEV, dtype=torch.float64) * scale)  # noqa: E731
-    gx, h0, c0, w = r(T, B, 4 * H), r(B, H), r(B, H), r(4 * H, H, scale=H ** -0.5)
-    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(B))
-    lengths[0] = T
+    gx, h0, c0, w, lengths = _forward_inputs(H, B)
     cfg = triton_config.choose_config(B=B, H=H, dtype=dtype, device=torch.device(DEV))
     assert (cfg.fold == 2) == folded and cfg.num_programs > 1, cfg
     low = [t.to(dtype) for t in (gx, h0, c0, w)]
