@@ -25,7 +25,10 @@ reads W from shared memory once per warpgroup: 1.76 → 1.57 µs/step. Before: 0
 counted but not shared memory; 0.74x and 0.90x until H became a constant, the layers ≥ 1 got their input
 projected ahead (program pairs splitting the rows, bidirectional), gates_x came as 32-bit words and h through
 exchange slots. Where the time goes: the synchronisation (0.50 µs), the L2 bytes of every group running at once
-(1.8 MB a step unidirectional) and shared memory (W re-read every step).)
+(1.8 MB a step unidirectional) and shared memory (W re-read every step).) Since (modeled, CPI fitted, not yet run on
+a GPU): 8 warps, and the recurrence's product with K folded into M, W_hh in registers (FH, kernels/triton_lstm.py's
+``_load_w_folded``), where BLOCK_H ≥ 32: B16 H512 fp16 2 layers 2.63 -> 1.76 µs a step unidirectional, 2.43 ->
+1.52 bidirectional.
 Training (forward saving gates and cells, then backward, both polled): 0.72x (uni) / 0.71x (bi), backward steps
 of 2.63 / 2.24 µs (every program reads its group's whole dz, two or three groups at a time: 5-7 MB a step); the
 four gates' dz loads go out together (``_dz_rows``): gate by gate they were four serial L2 rounds a step.
@@ -105,9 +108,10 @@ import triton.language as tl
 
 from . import host, triton_lstm
 from .triton_barrier import barrier_state, barrier_timeout, raise_if_timed_out
-from .triton_lstm import _chunk_sum, _dot, _fused_gates, _hw, _opaque_zero, _sigmoid, _tanh, _tile_rows
-from .triton_config import fused_pieces, transposed_gates
-from .triton_stack_config import StackConfig, gpu_config, interpreter_config
+from .triton_lstm import (_chunk_sum, _dot, _fold_rows, _folded_gates, _fused_gates, _hw, _load_w_folded, _opaque_zero,
+                          _sigmoid, _tanh, _tile_rows)
+from .triton_config import fold_pieces, fused_pieces, transposed_gates
+from .triton_stack_config import StackConfig, gpu_config, interpreter_config, recurrence_fold
 
 __all__ = ["stack_fwd", "stack_bwd", "choose_config"]
 
@@ -232,8 +236,8 @@ def _w4(p, s_u, on, i_p, H, S, HT: tl.constexpr, K: tl.constexpr, BLOCK_H: tl.co
 
 @triton.jit
 def _rows_at(p, o_row, m_row, H, S, K0, KC: tl.constexpr, BLOCK_H: tl.constexpr, VOL: tl.constexpr = False):
-    """Piece k = K0 … K0 + KC - 1 of ``_rows``'s left operand: [BB, KC]. Written by other programs: .cg (L2), or
-    VOL volatile (``_rows``)."""
+    """Piece k = K0 … K0 + KC - 1 of ``_rows``'s left operand: [BB, KC] (K0 a scalar, or one start per row:
+    [BB, 1], K folded into M). Written by other programs: .cg (L2), or VOL volatile (``_rows``)."""
     o_k, m_k = _seg(K0 + tl.arange(0, KC)[None, :], H, S, BLOCK_H)
     if VOL:
         return tl.load(p + o_row[:, None] + o_k, mask=m_row[:, None] & m_k, other=0., volatile=True)
@@ -242,13 +246,14 @@ def _rows_at(p, o_row, m_row, H, S, K0, KC: tl.constexpr, BLOCK_H: tl.constexpr,
 
 @triton.jit
 def _pieces(p, o_row, m_row, H, S, KC: tl.constexpr, BLOCK_H: tl.constexpr, PIECES: tl.constexpr,
-            VOL: tl.constexpr):
-    """The PIECES pieces of KC of ``_rows``'s left operand, every load issued before any is used (the unused
-    ones repeat the first)."""
-    b_a0 = _rows_at(p, o_row, m_row, H, S, 0, KC, BLOCK_H, VOL)
-    b_a1 = _rows_at(p, o_row, m_row, H, S, KC, KC, BLOCK_H, VOL) if PIECES > 1 else b_a0
-    b_a2 = _rows_at(p, o_row, m_row, H, S, 2 * KC, KC, BLOCK_H, VOL) if PIECES > 2 else b_a0
-    b_a3 = _rows_at(p, o_row, m_row, H, S, 3 * KC, KC, BLOCK_H, VOL) if PIECES > 3 else b_a0
+            VOL: tl.constexpr, k0=0):
+    """The PIECES pieces of KC of ``_rows``'s left operand from k0 on (kernels/triton_lstm.py's ``_fold_rows``:
+    one start per row where K is folded into M), every load issued before any is used (the unused ones repeat
+    the first)."""
+    b_a0 = _rows_at(p, o_row, m_row, H, S, k0, KC, BLOCK_H, VOL)
+    b_a1 = _rows_at(p, o_row, m_row, H, S, k0 + KC, KC, BLOCK_H, VOL) if PIECES > 1 else b_a0
+    b_a2 = _rows_at(p, o_row, m_row, H, S, k0 + 2 * KC, KC, BLOCK_H, VOL) if PIECES > 2 else b_a0
+    b_a3 = _rows_at(p, o_row, m_row, H, S, k0 + 3 * KC, KC, BLOCK_H, VOL) if PIECES > 3 else b_a0
     return b_a0, b_a1, b_a2, b_a3
 
 
@@ -361,7 +366,7 @@ def _poll_rows(p, o_row, m_row, H, S, K: tl.constexpr, BLOCK_H: tl.constexpr, SP
 @triton.jit
 def _fused(p, o_row, m_row, H, S, KC: tl.constexpr, BLOCK_H: tl.constexpr, PIECES: tl.constexpr, b_w0, b_w1, b_w2,
            b_w3, b_zero, PRECISION: tl.constexpr, TRANSPOSED: tl.constexpr, POLL: tl.constexpr, p_flag,
-           TIMEOUT: tl.constexpr):
+           TIMEOUT: tl.constexpr, k0=0, FOLD: tl.constexpr = 1):
     """The four gates of a reduction in one tensor-core product per piece of K (b_w0 … b_w3: ``_w_fused``'s
     pieces), each piece its own accumulator, every piece's load issued before the first product (one L2
     round), then split into the gates: i, f, g, o as [BB, HT] (kernels/triton_lstm.py's ``_h_w_fused`` has
@@ -371,8 +376,13 @@ def _fused(p, o_row, m_row, H, S, KC: tl.constexpr, BLOCK_H: tl.constexpr, PIECE
     if POLL:
         b_a0, b_a1, b_a2, b_a3 = _poll_pieces(p, o_row, m_row, H, S, KC, BLOCK_H, PIECES, p_flag, TIMEOUT)
     else:
-        b_a0, b_a1, b_a2, b_a3 = _pieces(p, o_row, m_row, H, S, KC, BLOCK_H, PIECES, False)
-    return _fused_gates(b_a0, b_a1, b_a2, b_a3, b_w0, b_w1, b_w2, b_w3, b_zero, PIECES, PRECISION, TRANSPOSED)
+        b_a0, b_a1, b_a2, b_a3 = _pieces(p, o_row, m_row, H, S, KC, BLOCK_H, PIECES, False, k0)
+    if FOLD > 1:        # K folded into M, the weights in registers (kernels/triton_lstm.py, ``_folded_gates``)
+        b_i, b_f, b_g, b_o = _folded_gates(b_a0, b_a1, b_a2, b_a3, b_w0, b_w1, b_w2, b_w3, PIECES)
+    else:
+        b_i, b_f, b_g, b_o = _fused_gates(b_a0, b_a1, b_a2, b_a3, b_w0, b_w1, b_w2, b_w3, b_zero, PIECES, PRECISION,
+                                          TRANSPOSED)
+    return b_i, b_f, b_g, b_o
 
 
 @triton.jit
@@ -499,11 +509,11 @@ def _project_half(p_x, p_gxu, t, k_h, i_l, i_d, o_b, m_b, o_u, m_bu, T, B, H, b_
 
 @triton.jit
 def _h_tries(p, o_row, m_row, H, KCH: tl.constexpr, BLOCK_H: tl.constexpr, PH: tl.constexpr, SPLIT_H: tl.constexpr,
-             USE_DOT: tl.constexpr):
-    """One try (volatile) at h_{t-1} of the polled forward: the fused product's pieces on the tensor cores, else
-    the rows as the broadcast path reads them (repeated four times)."""
+             USE_DOT: tl.constexpr, k0=0):
+    """One try (volatile) at h_{t-1} of the polled forward: the fused product's pieces on the tensor cores (from
+    k0: ``_pieces``), else the rows as the broadcast path reads them (repeated four times)."""
     if USE_DOT:
-        b_a0, b_a1, b_a2, b_a3 = _pieces(p, o_row, m_row, H, H, KCH, BLOCK_H, PH, True)
+        b_a0, b_a1, b_a2, b_a3 = _pieces(p, o_row, m_row, H, H, KCH, BLOCK_H, PH, True, k0)
     else:
         b_a0 = _rows(p, o_row, m_row, H, H, BLOCK_H, BLOCK_H, SPLIT_H, True)
         b_a1, b_a2, b_a3 = b_a0, b_a0, b_a0
@@ -543,6 +553,8 @@ def _stack_fwd_kernel(
     KCH: tl.constexpr, PH: tl.constexpr,    # tensor cores, fused gates: h·W_hhᵀ in PH pieces of KCH (K = BLOCK_H)
     KCX: tl.constexpr, PX: tl.constexpr,    # and x·W_ihᵀ in PX pieces of KCX (K = D·BLOCK_H)
     TRH: tl.constexpr, TRX: tl.constexpr,   # those products transposed (wgmma; ``_fused``)
+    FH: tl.constexpr,                       # h·W_hhᵀ with K folded into M, W_hh in registers (2; else 1)
+    KCR: tl.constexpr, PR: tl.constexpr,    # h·W_hhᵀ's pieces: KCH, PH, or folded each half of K in PR of KCR
     MULTI: tl.constexpr,        # L > 1: programs of layers ≥ 1 exist
     PRE_X: tl.constexpr,        # layers ≥ 1 project their whole input before their recurrence (bidirectional)
     HALVES: tl.constexpr,       # PRE_X with NPG even: program pairs split the input row in halves (else 1)
@@ -664,8 +676,15 @@ def _stack_fwd_kernel(
         if not POLLED:
             _wait(p_bar, i_g, 0, i_pg, tl.where(upper & ~proj, NPG, 0), i_pg, 0, TIMEOUT)
     p_w = p_whh + i_g * 4 * H * H
-    b_hi, b_hf, b_hg, b_ho = _w4(p_w, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, KCH, PH, USE_DOT,
-                                 ACC)      # tensor cores: the fused pieces, not the gates
+    if FH > 1:      # K folded into M: the PR pieces of each half of K in registers (kernels/triton_lstm.py)
+        b_hi = _load_w_folded(p_w, i_p, H, 0, HT, KCR, PR * KCR, FH)
+        b_hf = _load_w_folded(p_w, i_p, H, KCR, HT, KCR, PR * KCR, FH) if PR > 1 else b_hi
+        b_hg = _load_w_folded(p_w, i_p, H, 2 * KCR, HT, KCR, PR * KCR, FH) if PR > 2 else b_hi
+        b_ho = _load_w_folded(p_w, i_p, H, 3 * KCR, HT, KCR, PR * KCR, FH) if PR > 3 else b_hi
+    else:
+        b_hi, b_hf, b_hg, b_ho = _w4(p_w, H, True, i_p, H, H, HT, BLOCK_H, BLOCK_H, SPLIT_H, KCR, PR, USE_DOT,
+                                     ACC)      # tensor cores: the fused pieces, not the gates
+    o_hr, m_hr, k_hr = _fold_rows(o_b, m_b, H, PR * KCR, FH)   # the rows of h the product reads (FH: both halves)
 
     b_c = tl.load(p_c0 + o_s, mask=m_bu, other=0.).to(ACC)
     b_hc = tl.load(p_h0 + o_s, mask=m_bu, other=0.)            # the carried h (frozen past a row's end)
@@ -696,17 +715,17 @@ def _stack_fwd_kernel(
             if HX.primitive_bitwidth == 16:     # read as int16, its marks as loaded (``_marks``), bitcast for the
                 p_hs = p_hs.to(tl.pointer_type(tl.int16))   # product: 822 -> 759 instructions a step (B16 H512 fp16,
                 # 2 layers, sm_90, triton 3.6; the halves of fp16 tiles were each moved out with a PRMT)
-            b_a0, b_a1, b_a2, b_a3 = _h_tries(p_hs, o_b * H, m_b, H, KCH, BLOCK_H, PH, SPLIT_H, USE_DOT)
+            b_a0, b_a1, b_a2, b_a3 = _h_tries(p_hs, o_hr, m_hr, H, KCR, BLOCK_H, PR, SPLIT_H, USE_DOT, k_hr)
             gx_polled = (i_l > 0) & PIPE     # a projection group's gates_x, written a step ahead
             spins = 0
-            late = _unwritten4(b_a0, b_a1, b_a2, b_a3, PH if USE_DOT else 1) | (gx_polled & _unwritten4(
+            late = _unwritten4(b_a0, b_a1, b_a2, b_a3, PR if USE_DOT else 1) | (gx_polled & _unwritten4(
                 b_gi, b_gf, b_gg, b_go, 4))
             while late:
-                b_a0, b_a1, b_a2, b_a3 = _h_tries(p_hs, o_b * H, m_b, H, KCH, BLOCK_H, PH, SPLIT_H, USE_DOT)
+                b_a0, b_a1, b_a2, b_a3 = _h_tries(p_hs, o_hr, m_hr, H, KCR, BLOCK_H, PR, SPLIT_H, USE_DOT, k_hr)
                 if PIPE:
                     b_gi, b_gf, b_gg, b_go = _load_gx(p_gx, p_gxu, t, i_l, i_d, o_b, o_u, m_bu, T, B, H, D, True, WORDS,
                                                       0, 1, True)
-                late = _unwritten4(b_a0, b_a1, b_a2, b_a3, PH if USE_DOT else 1) | (gx_polled & _unwritten4(
+                late = _unwritten4(b_a0, b_a1, b_a2, b_a3, PR if USE_DOT else 1) | (gx_polled & _unwritten4(
                     b_gi, b_gf, b_gg, b_go, 4))
                 if TIMEOUT > 0:
                     spins += 1
@@ -714,8 +733,10 @@ def _stack_fwd_kernel(
             if HX.primitive_bitwidth == 16:
                 b_a0, b_a1 = b_a0.to(HX, bitcast=True), b_a1.to(HX, bitcast=True)
                 b_a2, b_a3 = b_a2.to(HX, bitcast=True), b_a3.to(HX, bitcast=True)
-            if USE_DOT:
-                b_ri, b_rf, b_rg, b_ro = _fused_gates(b_a0, b_a1, b_a2, b_a3, b_hi, b_hf, b_hg, b_ho, b_zero, PH,
+            if USE_DOT and FH > 1:
+                b_ri, b_rf, b_rg, b_ro = _folded_gates(b_a0, b_a1, b_a2, b_a3, b_hi, b_hf, b_hg, b_ho, PR)
+            elif USE_DOT:
+                b_ri, b_rf, b_rg, b_ro = _fused_gates(b_a0, b_a1, b_a2, b_a3, b_hi, b_hf, b_hg, b_ho, b_zero, PR,
                                                       PRECISION, TRH)
             else:
                 b_ri, b_rf = _hw(b_a0, b_hi, USE_DOT, PRECISION), _hw(b_a0, b_hf, USE_DOT, PRECISION)
@@ -733,8 +754,9 @@ def _stack_fwd_kernel(
             # which each reached after reading generation s (kernels/triton_lstm.py's exchange: read from y and
             # h0 with a select, it took 2 loads and 130-190 more instructions a step, sm_90, triton 3.6).
             if USE_DOT:
-                b_ri, b_rf, b_rg, b_ro = _fused(p_hxg + (s % 2) * B * H, o_b * H, m_b, H, H, KCH, BLOCK_H, PH, b_hi,
-                                                b_hf, b_hg, b_ho, b_zero, PRECISION, TRH, False, p_flag, TIMEOUT)
+                b_ri, b_rf, b_rg, b_ro = _fused(p_hxg + (s % 2) * B * H, o_hr, m_hr, H, H, KCR, BLOCK_H, PR, b_hi,
+                                                b_hf, b_hg, b_ho, b_zero, PRECISION, TRH, False, p_flag, TIMEOUT,
+                                                k_hr, FH)
             else:
                 b_h = _rows(p_hxg + (s % 2) * B * H, o_b * H, m_b, H, H, BLOCK_H, BLOCK_H, SPLIT_H)
                 b_ri, b_rf = _hw(b_h, b_hi, USE_DOT, PRECISION), _hw(b_h, b_hf, USE_DOT, PRECISION)
@@ -1282,15 +1304,21 @@ def _meta(cfg: StackConfig, L: int, D: int, B: int, dtype: torch.dtype) -> dict:
                 TIMEOUT=barrier_timeout())
 
 
-def _fused_pieces(cfg: StackConfig, D: int) -> dict:
+def _fused_pieces(cfg: StackConfig, D: int, dtype: torch.dtype) -> dict:
     """The forward's fused products (tensor cores): h·W_hhᵀ (K = BLOCK_H) and x·W_ihᵀ (K = D·BLOCK_H) each in at
-    most 4 pieces of a power of two ≥ 16 (kernels/triton_config.py's ``fused_pieces``)."""
+    most 4 pieces of a power of two ≥ 16 (kernels/triton_config.py's ``fused_pieces``); h·W_hhᵀ with K folded
+    into M (FH = 2: each half of K in ``fold_pieces``, W_hh in registers) where the single layer folds too:
+    16-bit, 16-row tiles, 16 units a program on 8 warps (M = 2·4·16, two warpgroups): KCR, PR. The bidirectional
+    projection in program pairs keeps KCH, PH."""
     ph, kch = fused_pieces(cfg.block_h)
     px, kcx = fused_pieces(D * cfg.block_h)
     # transposed (wgmma) where K ≤ 512: at K = 1024 (a bidirectional projection without program pairs, H = 272)
     # ptxas kept the wgmma descriptors in registers and spilled 72 accesses per step in the loop (triton 3.6)
     tr = cfg.use_dot and transposed_gates()
-    return dict(KCH=kch, PH=ph, KCX=kcx, PX=px, TRH=tr and ph * kch <= 512, TRX=tr and px * kcx <= 512)
+    fh = recurrence_fold(cfg, dtype)
+    pr, kcr = fold_pieces(cfg.block_h) if fh > 1 else (ph, kch)    # each half of BLOCK_H exactly (BLOCK_H ≥ 32)
+    return dict(KCH=kch, PH=ph, KCX=kcx, PX=px, TRH=tr and ph * kch <= 512, TRX=tr and px * kcx <= 512, FH=fh,
+                KCR=kcr, PR=pr)
 
 
 def _seed(seed: torch.Tensor | None, drop: bool, stand_in: torch.Tensor) -> torch.Tensor:
@@ -1350,7 +1378,7 @@ def stack_fwd(gx0, w_ih, w_hh, bias, h0, c0, lengths, *, dropout: float = 0.0, s
             gx0, w_ih, w_hh, unused if bias is None else bias, h0, c0, lens, y, y if x is None else x, h_n, c_n,
             unused if gates is None else gates, unused if cells is None else cells, bar, _seed(seed, drop, lens),
             gxu, h_exchange, T, B, L, H, float(dropout),
-            SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), **_fused_pieces(cfg, D), SAVE=save, DROPOUT=drop,
+            SPLIT_H=cfg.split(1), SPLIT_X=cfg.split(D), **_fused_pieces(cfg, D, dtype), SAVE=save, DROPOUT=drop,
             HAS_BIAS=bias is not None,
             PRE_X=pre_x, PIPE=pipe, HALVES=halves, POLLED=polled,
             **meta, **_launch_options(cfg, device))

@@ -38,7 +38,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .triton_config import DOT_KC, SHARED_PER_SM, fp32_precision
+from .triton_config import (DOT_KC, FOLD_MAX_H, SHARED_PER_SM, fold_pieces, folded_gates, fp32_precision,
+                            transposed_gates)
 
 # Bytes of dynamic shared memory one program may take: an SM's 227 KB less the 1 KB of static shared memory
 # every sm_90 compile of the stack kernels shows (cuobjdump SHARED).
@@ -139,6 +140,19 @@ def gpu_config(*, B: int, H: int, L: int, D: int, dtype: torch.dtype, n_sm: int)
                        backward_npg=npg + 1 if pad else 0)
 
 
+def recurrence_fold(cfg: StackConfig, dtype: torch.dtype) -> int:
+    """2 where the forward's h·W_hhᵀ folds K into M and holds W_hh in registers as the single layer does
+    (kernels/triton_lstm.py, ``_load_w_folded``: 16-bit, transposed, 16-row tiles, H ≤ FOLD_MAX_H), with M =
+    2·4·HT rows one warpgroup per 64 (HT = 16 on 8 warps, the GPU's configs; the interpreter's one program a
+    group has HT = BLOCK_H and no warps to fill); else 1."""
+    rows_fit = 8 * cfg.ht == 16 * cfg.num_warps or cfg.programs_per_group == 1
+    # BLOCK_H ≥ 32: each half of it one piece of K ≥ 16 or more (``fold_pieces``: exactly BLOCK_H / 2, so no fold
+    # reads past its row into the next segment, which ``_seg`` would take for another direction's)
+    folds = (cfg.use_dot and transposed_gates() and folded_gates() and dtype in (torch.float16, torch.bfloat16)
+             and cfg.block_b == 16 and 32 <= cfg.block_h <= FOLD_MAX_H and rows_fit)
+    return 2 if folds else 1
+
+
 def dot_shared_bytes(cfg: StackConfig, *, L: int, D: int, dtype: torch.dtype, backward: bool = True) -> int:
     """Shared memory of one program as the sm_90 compiles show it: its weight slices, staged once (forward and
     backward hold the same weights, rows or columns: 4·HT x K, K = H + D·H padded), and one buffer for the
@@ -158,7 +172,14 @@ def dot_shared_bytes(cfg: StackConfig, *, L: int, D: int, dtype: torch.dtype, ba
     # and the compiler's scratch for exchanges between the warps, which the tiles cover except at the smallest sizes
     # (8 warps, one bidirectional layer at H = 64: 12 KB against 10 KB of tiles; sm_90, triton 3.6)
     scratch = 256 * cfg.num_warps
-    return (4 * cfg.ht * (cfg.block_h + (cfg.block_h * D if L > 1 else 0)) + tiles * cfg.block_b * widest) * elem + scratch
+    total = (4 * cfg.ht * (cfg.block_h + (cfg.block_h * D if L > 1 else 0)) + tiles * cfg.block_b * widest) * elem
+    if not backward and recurrence_fold(cfg, dtype) > 1:
+        # folded, W_hh goes to registers through an identity product before the time loop, which stages a KC x KC
+        # identity and one piece of the weights at once: 64 KB at KC = 128, more than a small layer's weights
+        # (one bidirectional layer at H = 200-256: 65 KB against 43 KB counted; sm_90, triton 3.6)
+        kc = fold_pieces(cfg.block_h)[1]
+        total = max(total, (kc * kc + 8 * cfg.ht * kc) * elem)
+    return total + scratch
 
 
 def unsupported_reason(*, device: torch.device, dtype: torch.dtype, hidden_size: int, num_layers: int,

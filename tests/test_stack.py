@@ -128,6 +128,17 @@ def test_fused_products_as_rows(bidirectional, monkeypatch):
 
 
 @needs_triton
+@pytest.mark.parametrize("L,bidirectional", [(2, False), (3, False), (2, True)], ids=str)
+def test_folded_recurrence_vs_torch_lstm(L, bidirectional):
+    """The recurrence's product with K folded into M and W_hh in registers (kernels/triton_lstm.py's fold, the GPU's
+    16-bit stacks; BLOCK_H ≥ 32, so H = 20 here; the other fp16 tests, H = 5-6, run it unfolded): every output and
+    gradient vs nn.LSTM, packed. Read with both folds starting at the first half of K, it fails."""
+    cfg = config.interpreter_config(B=3, H=20, L=L, D=2 if bidirectional else 1, dtype=torch.float16)
+    assert config.recurrence_fold(cfg, torch.float16) == 2
+    stack_vs_torch(L=L, bidirectional=bidirectional, dtype=torch.float16, T=5, H=20, lengths=lengths_for(5, 3))
+
+
+@needs_triton
 def test_stack_without_bias_vs_torch_lstm():
     stack_vs_torch(L=3, bidirectional=True, dtype=torch.float64, lengths=lengths_for(4, 3), bias=False)
 
