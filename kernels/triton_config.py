@@ -450,6 +450,11 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     # warp held a copy. Modeled (python -m bench.static, triton 3.6), 4 -> 8 warps: B16 H768 fp16 backward 3.89 ->
     # 3.09 µs/step (606 -> 390 instructions a warp, 255 -> 166 registers), B16 H512 2.63 -> 2.17, B1 H256 1.75 ->
     # 1.63, B64 H1024 bf16 16.16 -> 14.25, B16 H1536 bf16 9.24 -> 9.02; no spills in any (tests/test_triton_sm90.py).
+    # (Tried, not kept: W_hh's columns in registers as the forward's fold holds them, the product transposed, dhᵀ =
+    # W_gateᵀ · dz_gateᵀ, W the A operand of a batched mma.sync after an identity product. Its LDSM halved (32 -> 16
+    # at B16 H512), but the weights took 64 registers a thread (96 at H = 768): 124 -> 254 in all, and ptxas no longer
+    # kept the four gates' dz loads in flight together (BAR.SYNC 8 -> 22 a step, the loads in several rounds).
+    # Modeled B16 H512 fp16 backward 2.17 -> 2.95 µs/step, B16 H768 3.09 -> 4.77; sm_90, triton 3.6.)
     if backward and use_mma and half:
         num_warps = 8
     # Where it stays in rows ([BB, 4·HT], mma.sync, N spread over the warps) on 16-row tiles: 2 warps, so h is
@@ -466,7 +471,7 @@ def gpu_config(*, B: int, H: int, dtype: torch.dtype, n_sm: int = H100_SMS, back
     # not what bounds a step). That makes M = 128, two warpgroups (8 warps) each multiplying one half of K, and
     # each warpgroup's operand 64 rows x K/2, which fits in registers (H/8 a thread): W_hh stays in registers for
     # the launch and no MMA reads it from shared memory. Modeled (python -m bench.static, triton 3.6): see
-    # reports/README.md (B16 H768 fp16 forward 481 -> FOLD instructions a warp).
+    # reports/README.md (B16 H768 fp16 forward 481 -> 249 instructions a warp, 2.01 -> 1.28 µs a step).
     fold = 1
     if (pieces and half and not backward and block_b == 16 and 4 * ht == 64 and H <= FOLD_MAX_H
             and transposed_gates() and folded_gates()):
