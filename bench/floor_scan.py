@@ -6,6 +6,8 @@ no exchange) from the exchange's (B16 H768) as the program count grows, to corre
 the polled exchange's floor beside it (no barrier: each step's h in a slot of its own, polled), which the LSTM's
 forward uses at B16 and which the first run could not separate from the math.
 
+Before the scan, bench/l2_read.py: the L2 read bandwidth the model's exchange term assumes, at B64 H1024's volume.
+
     python -m bench.floor_scan            GPU: one CSV row per (shape, programs), reports/data/gpu-<gpu>-floor-scan.csv
     python -m bench.floor_scan --dry      CPU plumbing check (interpreter, one program, tiny T); prints only
 """
@@ -37,8 +39,10 @@ def main(argv=None) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     from bench import env
     from bench import floor as fl
+    from bench import l2_read
     from bench.timing import measure
     device = torch.device("cuda" if torch.cuda.is_available() and not args.dry else "cpu")
+    l2_read.main(["--dry"] if args.dry else [])     # first: seconds, and its own CSV (gpu-<gpu>-l2-read.csv)
     steps, programs = (4, (1,)) if args.dry else (args.steps, PROGRAMS)
     rows = []
     for B, H, d in SHAPES:

@@ -14,7 +14,8 @@
 #       stack      the one-launch stack (2 layers, uni- and bidirectional, B16 H512 fp16) against cuDNN and
 #                  against the same kernels launched per layer
 #       host       host time per module call (2 layers, bidirectional, T = 1), real launches; a cProfile of triton's call
-#       floorscan  the floor (barrier, polled exchange) against the program count (bench/floor_scan.py)
+#       floorscan  the floor (barrier, polled exchange) against the program count (bench/floor_scan.py), after
+#                  the L2 read bandwidth at B64 H1024's volume (bench/l2_read.py)
 #       insitu     the headline kernels with and without their step synchronisation: what the wait costs in them
 #                  (bench/insitu.py)
 #       stalls     ncu's warp stall reasons, our B16 H768 fp16 forward beside cuDNN's (bench/stalls.py)

@@ -329,6 +329,20 @@ def test_polled_floor_exchanges_h():
     assert compare({"h": h}, {"h": ref}, "fp16").ok
 
 
+def test_l2_read_probe_reads_both_copies():
+    """bench/l2_read.py (the GPU session's L2 bandwidth probe): three passes read copy 0, 1, 0 of the values, each
+    folded to BLOCK lanes, against the sum written out here (a pass hoisted out of the loop, or one reading the
+    same copy every time, would not match); two programs, run one after the other (interpreter)."""
+    from bench import l2_read
+    h = torch.randn(2, 2 * l2_read.BLOCK, generator=torch.Generator().manual_seed(0)).half()
+    out = torch.zeros(2, l2_read.BLOCK)
+    l2_read.launch(h, out, programs=2, iters=3)
+    a, b = h.float().split(l2_read.BLOCK, dim=1)                  # each copy's two blocks of lanes
+    want = 2 * (a[0] + b[0]) + (a[1] + b[1])
+    assert torch.allclose(out, want.expand(2, -1), atol=1e-3)
+    assert torch.allclose(l2_read.expected(h, 3, l2_read.BLOCK), want, atol=1e-3)
+
+
 def test_stack_counters_provider_switches_both_passes(monkeypatch):
     """"triton-stack-counters" (the GPU session's stack step) runs the one-launch stack with its exchanges through the
     epoch counters, forward and backward, matches the oracle, and leaves the switches as they were."""
