@@ -330,17 +330,18 @@ def test_polled_floor_exchanges_h():
 
 
 def test_l2_read_probe_reads_both_copies():
-    """bench/l2_read.py (the GPU session's L2 bandwidth probe): three passes read copy 0, 1, 0 of the values, each
-    folded to BLOCK lanes, against the sum written out here (a pass hoisted out of the loop, or one reading the
-    same copy every time, would not match); two programs, run one after the other (interpreter)."""
+    """bench/l2_read.py (the GPU session's L2 bandwidth probe): three passes read copy 0, 1, 0 of a group's values,
+    each folded to BLOCK lanes, against the sum written out here (a pass hoisted out of the loop, one reading the
+    same copy every time, or a program reading another group's rows would not match); three programs in two groups,
+    run one after the other (interpreter)."""
     from bench import l2_read
-    h = torch.randn(2, 2 * l2_read.BLOCK, generator=torch.Generator().manual_seed(0)).half()
-    out = torch.zeros(2, l2_read.BLOCK)
-    l2_read.launch(h, out, programs=2, iters=3)
-    a, b = h.float().split(l2_read.BLOCK, dim=1)                  # each copy's two blocks of lanes
-    want = 2 * (a[0] + b[0]) + (a[1] + b[1])
-    assert torch.allclose(out, want.expand(2, -1), atol=1e-3)
-    assert torch.allclose(l2_read.expected(h, 3, l2_read.BLOCK), want, atol=1e-3)
+    h = torch.randn(2, 2, 2 * l2_read.BLOCK, generator=torch.Generator().manual_seed(0)).half()   # copies, groups
+    out = torch.zeros(3, l2_read.BLOCK)
+    l2_read.launch(h, out, programs=3, iters=3)
+    a, b = h.float().split(l2_read.BLOCK, dim=2)                  # each copy's two blocks of lanes, per group
+    want = 2 * (a[0] + b[0]) + (a[1] + b[1])                      # [group, BLOCK]
+    assert torch.allclose(out, want[[0, 1, 0]], atol=1e-3)        # program i reads group i % 2
+    assert torch.allclose(l2_read.expected(h, 3, 3, l2_read.BLOCK), want[[0, 1, 0]], atol=1e-3)
 
 
 def test_stack_counters_provider_switches_both_passes(monkeypatch):
