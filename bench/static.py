@@ -55,7 +55,8 @@ PARAMS = dict(
                           # full GH100: 32.3 TB/s = 144 SMs x 128 B x 1.755 GHz); bank conflicts not modeled
     FENCE=450,            # cycles: MEMBAR.GPU waits for the program's outstanding stores to reach L2
     L1=35,                # cycles: an L1 hit, e.g. a reload of a value ptxas kept in local memory
-    L2_BW=5.5e12,         # bytes/s: L2 bandwidth of the whole chip
+    L2_BW=5.5e12,         # bytes/s: L2 bandwidth of the whole chip (assumed; bench/l2_read.py measures it, in the GPU
+                          # session's floorscan step)
     CPI=5.7,              # cycles per instruction of one warp's dependent stream: FITTED to the first GPU measurement
                           # (H200, 2026-11-28; bench/model_fit.py: four recurrences, residuals -31 % to +12 %). Without
                           # it (issue slots only) the model had B16 H768 fp16 at 1.21 µs/step, measured 3.11
